@@ -14,8 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.errors import BadInputError
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInputError):
     """A config that cannot be used; the message is one line naming the file and the field."""
 
 
@@ -180,3 +182,13 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
         update={"source": absolute(config.data.source), "schema_path": absolute(config.data.schema_path)}
     )
     return config.model_copy(update={"data": data})
+
+
+def load_placement(path: str | os.PathLike[str]) -> PlacementConfig:
+    """Only the `placement` section: DAG files read it at parse time, when the run's environment
+    (e.g. ${KILN_HOME} in data paths) may not be set."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return PlacementConfig.model_validate(raw.get("placement", {}))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: in section 'placement': {_first_error(exc)}") from None

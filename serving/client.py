@@ -1,0 +1,150 @@
+"""A client for TensorFlow Serving's protocol (REST for predictions, gRPC for model management).
+
+Everything in kiln talks to serving through this module, so the real `tensorflow_model_server`
+and `kiln-model-server` are interchangeable behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class ServingClientError(RuntimeError):
+    """The model server refused a request or did not reach the wanted state in time."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: Any  # the "predictions" value of TF Serving's row-format response
+    latency_ms: float
+
+
+def version_path(model: str, version: int | None = None, label: str | None = None) -> str:
+    if version is not None and label is not None:
+        raise ValueError("pass a version or a label, not both")
+    if version is not None:
+        return f"/v1/models/{model}/versions/{version}"
+    if label is not None:
+        return f"/v1/models/{model}/labels/{label}"
+    return f"/v1/models/{model}"
+
+
+class RestClient:
+    """Predict and status over TF Serving's REST API; light enough for the CLI (no TensorFlow)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def predict(
+        self,
+        model: str,
+        instances: Sequence[Any],
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+    ) -> Prediction:
+        body: dict[str, Any] = {"instances": list(instances)}
+        if signature_name:
+            body["signature_name"] = signature_name
+        started = time.perf_counter()
+        response = self._http.post(f"{version_path(model, version, label)}:predict", content=json.dumps(body))
+        latency_ms = (time.perf_counter() - started) * 1000
+        return Prediction(outputs=self._json(response)["predictions"], latency_ms=latency_ms)
+
+    def status(self, model: str, version: int | None = None) -> list[dict[str, Any]]:
+        """The model_version_status list (newest first, END entries included)."""
+        return self._json(self._http.get(version_path(model, version)))["model_version_status"]
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        try:
+            payload = response.json()
+        except ValueError:
+            raise ServingClientError(
+                f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}, not JSON"
+            ) from None
+        if response.status_code != 200:
+            raise ServingClientError(
+                f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}: "
+                f"{payload.get('error', payload)}"
+            )
+        return payload
+
+
+class GrpcModelService:
+    """ModelService over gRPC: status and HandleReloadConfigRequest (imports TensorFlow protos)."""
+
+    def __init__(self, address: str, timeout: float = 120.0):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc
+
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GrpcModelService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def version_states(self, model: str) -> dict[int, str]:
+        """version -> state name (AVAILABLE, END, ...); {} when the server knows no version."""
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        try:
+            response = self._stub.GetModelStatus(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise ServingClientError(f"GetModelStatus({model}) at {self.address}: {exc.details()}") from None
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return {s.version: states.Name(s.state) for s in response.model_version_status}
+
+    def reload_config(self, config: Any) -> None:
+        """Send a ModelServerConfig; TF Serving blocks until added models are AVAILABLE."""
+        import grpc
+        from tensorflow_serving.apis import model_management_pb2
+
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        try:
+            response = self._stub.HandleReloadConfigRequest(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise ServingClientError(f"reload config at {self.address}: {exc.code().name}: {exc.details()}") from None
+        if response.status.error_code != 0:
+            raise ServingClientError(f"reload config at {self.address}: {response.status.error_message}")
+
+    def wait_available(self, model: str, version: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.version_states(model).get(version)
+            if state == "AVAILABLE":
+                return
+            if state == "END":
+                raise ServingClientError(f"{model} version {version} failed to load (state END)")
+            if time.monotonic() > deadline:
+                raise ServingClientError(f"{model} version {version} not AVAILABLE after {timeout:.0f}s ({state})")
+            time.sleep(0.2)

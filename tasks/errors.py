@@ -1,0 +1,10 @@
+"""Errors that mean "the input is wrong", as opposed to "something broke".
+
+A step raises a subclass with a one-line message naming the file, column or field at fault. The
+DAG fails such a task without retrying (a retry cannot fix bad data), and the CLI prints the line
+without a traceback.
+"""
+
+
+class BadInputError(ValueError):
+    """Bad data, a bad config or a model that does not meet the bar; never worth a retry."""
