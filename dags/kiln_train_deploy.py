@@ -22,7 +22,8 @@ from airflow.sdk.exceptions import AirflowFailException  # noqa: E402
 from tasks.config import OVERRIDABLE, ConfigError, load_placement  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = "pipelines/digits.yaml"
+# Which pipeline YAML this DAG file places and defaults to (relative to the repo).
+DEFAULT_CONFIG = os.environ.get("KILN_PIPELINE_CONFIG", "pipelines/digits.yaml")
 PLACEMENT = load_placement(REPO_ROOT / DEFAULT_CONFIG)
 
 
