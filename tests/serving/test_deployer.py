@@ -1,0 +1,111 @@
+"""The deployer against a live kiln-model-server, through the protocol only: pushes land as
+canary, promotion moves stable and keeps the previous version loaded, failures put things back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.client import GrpcModelService, RestClient
+from serving.deployer import DeployError, ServingDeployer, read_config
+
+pytestmark = pytest.mark.slow
+
+ROW = [float(i % 17) for i in range(64)]
+
+
+def save_pixels_model(path, seed: int) -> None:
+    """A stand-in classifier with the serving contract of the digits model (pixels -> probabilities, digit)."""
+    import tensorflow as tf
+
+    class Classifier(tf.Module):
+        def __init__(self):
+            self.weights = tf.Variable(np.random.default_rng(seed).normal(size=(64, 10)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32)])
+        def serve(self, pixels):
+            probabilities = tf.nn.softmax(tf.matmul(pixels, self.weights) / 100.0)
+            return {"probabilities": probabilities, "digit": tf.argmax(probabilities, axis=1)}
+
+    model = Classifier()
+    tf.saved_model.save(model, str(path), signatures={"serving_default": model.serve})
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved_models")
+    paths = {}
+    for seed in (1, 2, 3):
+        paths[seed] = root / f"model-{seed}"
+        save_pixels_model(paths[seed], seed)
+    return paths
+
+
+def probabilities(target, **where):
+    with RestClient(target.rest_url) as client:
+        return np.array(client.predict("digits", [ROW], **where).outputs[0]["probabilities"])
+
+
+def test_push_promote_push_keeps_one_rollback_version(model_server, saved_models):
+    deployer = ServingDeployer(model_server)
+    deployer.stage_version("digits", 1, saved_models[1], {})
+    assert deployer.push_version("digits", 1).labels == {"canary": 1}
+    assert deployer.promote("digits", 1).labels == {"stable": 1}
+    v1 = probabilities(model_server, label="stable")
+
+    deployer.stage_version("digits", 2, saved_models[2], {})
+    pushed = deployer.push_version("digits", 2)
+    assert pushed.labels == {"stable": 1, "canary": 2} and pushed.versions == (1, 2)
+    assert np.allclose(probabilities(model_server, label="stable"), v1)
+    assert not np.allclose(probabilities(model_server, label="canary"), v1)
+
+    promoted = deployer.promote("digits", 2)
+    assert promoted.labels == {"stable": 2} and promoted.versions == (1, 2)
+    on_disk = read_config(model_server.config_file).model_config_list.config[0]
+    assert dict(on_disk.version_labels) == {"stable": 2}
+    assert list(on_disk.model_version_policy.specific.versions) == [1, 2]
+
+    deployer.stage_version("digits", 3, saved_models[3], {})
+    deployer.push_version("digits", 3)
+    deployer.promote("digits", 3)
+    with GrpcModelService(model_server.grpc_address) as models:
+        states = models.version_states("digits")
+    assert states[3] == "AVAILABLE" and states[2] == "AVAILABLE" and states[1] == "END"
+
+
+def test_staging_a_version_twice_is_a_no_op_but_new_content_is_refused(model_server, saved_models):
+    deployer = ServingDeployer(model_server)
+    first = deployer.stage_version("digits", 7, saved_models[1], {})
+    assert deployer.stage_version("digits", 7, saved_models[1], {}) == first
+    with pytest.raises(DeployError, match="already exists with different content"):
+        deployer.stage_version("digits", 7, saved_models[2], {})
+    leftovers = [p.name for p in first.parent.iterdir() if p.name.startswith(".staging")]
+    assert leftovers == []
+
+
+def test_a_version_that_fails_to_load_is_rolled_back(model_server, saved_models):
+    deployer = ServingDeployer(model_server, load_timeout=60)
+    deployer.stage_version("digits", 1, saved_models[1], {})
+    deployer.push_version("digits", 1)
+    deployer.promote("digits", 1)
+    before = model_server.config_file.read_text()
+
+    broken = deployer.stage_version("digits", 2, saved_models[2], {})
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with pytest.raises(DeployError, match="rolled back"):
+        deployer.push_version("digits", 2)
+    assert model_server.config_file.read_text() == before
+    assert probabilities(model_server, label="stable").shape == (10,)
+
+
+def test_withdraw_removes_an_unpromoted_canary(model_server, saved_models):
+    deployer = ServingDeployer(model_server)
+    for version in (1, 2):
+        deployer.stage_version("digits", version, saved_models[version], {})
+    deployer.push_version("digits", 1)
+    deployer.promote("digits", 1)
+    deployer.push_version("digits", 2)
+    withdrawn = deployer.withdraw("digits", 2)
+    assert withdrawn.labels == {"stable": 1} and withdrawn.versions == (1,)
+    with RestClient(model_server.rest_url) as client:
+        assert client.predict("digits", [ROW], label="stable").outputs[0]["digit"] in range(10)
