@@ -1,0 +1,1 @@
+"""kiln-model-server: a protocol-exact local stand-in for tensorflow_model_server (entry point: main.py)."""

@@ -1,0 +1,207 @@
+"""Fixtures for the serving tests: TF Serving's test models written with tf.saved_model.save, and a helper
+that runs kiln-model-server as a subprocess on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SERVER_BIN = str(Path(sys.executable).parent / "kiln-model-server")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def save_half_plus(path: Path, offset: float) -> None:
+    """TF Serving's half_plus_two test model (y = 0.5x + offset) with its three signatures."""
+    import tensorflow as tf
+
+    class HalfPlus(tf.Module):
+        def __init__(self):
+            self.a = tf.Variable(0.5)
+            self.b = tf.Variable(offset)
+
+        def _y(self, x):
+            return self.a * x + self.b
+
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="x")])
+        def predict(self, x):
+            return {"y": self._y(x)}
+
+        def _parsed(self, serialized):
+            features = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})
+            return self._y(features["x"])
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, inputs):
+            return {"scores": self._parsed(inputs)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, inputs):
+            return {"outputs": self._parsed(inputs)}
+
+    module = HalfPlus()
+    signatures = {
+        "serving_default": module.predict,
+        "classify_x_to_y": module.classify,
+        "regress_x_to_y": module.regress,
+    }
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+def save_two_inputs(path: Path) -> None:
+    """A model with two inputs and two outputs, for the multi-tensor JSON shapes."""
+    import tensorflow as tf
+
+    class TwoInputs(tf.Module):
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"), tf.TensorSpec([None], tf.string, name="b")]
+        )
+        def serve(self, a, b):
+            return {"sum": tf.reduce_sum(a, axis=1), "text_bytes": tf.strings.join([b, b"!"])}
+
+    module = TwoInputs()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def write_warmup(version_dir: Path, good: bool) -> None:
+    """A warmup file of two predict records, or bytes that are not a TFRecord."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    target = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not good:
+        target.write_bytes(b"this is not a TFRecord file")
+        return
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        for value in (1.0, 2.0):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "warm"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([value], dtype=tf.float32))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+
+
+@dataclass
+class TestModels:
+    root: Path
+    sources: dict[str, Path] = field(default_factory=dict)
+
+    def install(self, source: str, base_path: Path, version: int) -> Path:
+        """Copy a saved model into base_path/<version> the way the deployer does: temp folder, then rename."""
+        base_path.mkdir(parents=True, exist_ok=True)
+        staging = base_path / f".tmp-{version}"
+        shutil.copytree(self.sources[source], staging)
+        final = base_path / str(version)
+        os.rename(staging, final)
+        return final
+
+
+@pytest.fixture(scope="session")
+def test_models(tmp_path_factory) -> TestModels:
+    """half_plus_two, half_plus_three and two_inputs as SavedModels (built once per session)."""
+    root = tmp_path_factory.mktemp("tfs_test_models")
+    models = TestModels(root)
+    for name, builder in {
+        "half_plus_two": lambda p: save_half_plus(p, 2.0),
+        "half_plus_three": lambda p: save_half_plus(p, 3.0),
+        "two_inputs": save_two_inputs,
+    }.items():
+        models.sources[name] = root / name
+        builder(models.sources[name])
+    return models
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    grpc_port: int
+    rest_port: int
+    log_path: Path
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_server(log_dir: Path, *flags: str, timeout: float = 90) -> RunningServer:
+    """Start kiln-model-server and wait until both ports accept connections (they open only when ready)."""
+    grpc_port, rest_port = _free_port(), _free_port()
+    log_path = log_dir / f"server-{grpc_port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [SERVER_BIN, f"--port={grpc_port}", f"--rest_api_port={rest_port}", *flags],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = RunningServer(process, grpc_port, rest_port, log_path)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"kiln-model-server exited with {process.returncode}:\n{server.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kiln-model-server was not ready in {timeout}s:\n{server.log()[-3000:]}")
+            if "Exporting HTTP/REST API" in server.log():
+                return server
+            time.sleep(0.05)
+    except BaseException:
+        server.stop()
+        raise
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def server_factory(tmp_path_factory):
+    """Start servers with factory(flags...); every server a module started is stopped when the module ends."""
+    started: list[RunningServer] = []
+    log_dir = tmp_path_factory.mktemp("server_logs")
+
+    def factory(*flags: str, timeout: float = 90) -> RunningServer:
+        server = start_server(log_dir, *flags, timeout=timeout)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
