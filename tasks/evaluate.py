@@ -16,6 +16,7 @@ import numpy as np
 from tasks import ingest, tracking
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
+from tasks.errors import BadInputError
 from tasks.model import predict
 from tasks.train import SAVED_MODEL_DIR
 
@@ -26,7 +27,7 @@ METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 
 
-class ModelNotBlessedError(RuntimeError):
+class ModelNotBlessedError(BadInputError):
     """The model's eval accuracy is below `evaluate.min_accuracy`."""
 
 

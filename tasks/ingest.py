@@ -20,6 +20,7 @@ import fsspec
 
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
+from tasks.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ KIND = "Examples"
 SPLITS = ("train", "eval")
 
 
-class IngestError(ValueError):
+class IngestError(BadInputError):
     """The data source cannot be turned into examples; one line naming the file/row/column."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from tasks import tracking
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
+from tasks.errors import BadInputError
 from tasks.model import PROBABILITIES, load_serving_function
 from tasks.optimize import TFLITE_FILE
 from tasks.train import SAVED_MODEL_DIR
@@ -26,8 +27,8 @@ CHALLENGER = "challenger"
 SERVING_ARTIFACT_PATH = "tf_serving"
 
 
-class RegisterError(RuntimeError):
-    """The model cannot be registered (not blessed, or the registry refused)."""
+class RegisterError(BadInputError):
+    """The model cannot be registered: its evaluation is not blessed."""
 
 
 def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, optimized: str) -> dict[str, str]:
@@ -102,6 +103,3 @@ def _signature(saved_model: Path, keras_model: Any) -> Any:
     sample = np.zeros((1, keras_model.input_shape[-1]), dtype=np.float32)
     probabilities = load_serving_function(saved_model)(pixels=sample)[PROBABILITIES].numpy()
     return infer_signature(sample, probabilities)
-
-
-

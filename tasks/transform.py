@@ -17,6 +17,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tasks import ingest
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
+from tasks.errors import BadInputError
 from tasks.validate import read_schema
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ KIND = "TransformGraph"
 STATS_FILE = "normalization.json"
 
 
-class TransformError(ValueError):
+class TransformError(BadInputError):
     """The examples cannot be analyzed; one line naming the column at fault."""
 
 

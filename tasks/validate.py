@@ -20,6 +20,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_p
 from tasks import ingest
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
+from tasks.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ ANOMALIES_FILE = "SchemaDiff.pbtxt"
 MAX_ERRORS_IN_MESSAGE = 4
 
 
-class DataValidationError(ValueError):
+class DataValidationError(BadInputError):
     """The examples do not match the schema; one line naming the columns at fault."""
 
 
