@@ -76,7 +76,9 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def run(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(
+        self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """A Runner: blocks until the batch holding this task has run, returns this task's slice."""
         return self.submit(servable, signature, inputs).result()
 
@@ -84,7 +86,9 @@ class BatchScheduler:
         size = _task_size(inputs)
         limit = self._options.max_batch_size
         if size > limit:
-            raise ServingError("INVALID_ARGUMENT", f"Task size {size} is larger than maximum input batch size {limit}")
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Task size {size} is larger than maximum input batch size {limit}"
+            )
         task = _Task(inputs, size)
         self._metrics.input_batch_size.observe(THREAD_POOL_LABEL, value=size)
         with self._ready:
@@ -135,7 +139,9 @@ class BatchScheduler:
     def _process(self, queue: _Queue, batch: _Batch) -> None:
         started = time.perf_counter()
         for task in batch.tasks:
-            self._metrics.batch_queuing_latency.observe(THREAD_POOL_LABEL, value=(started - task.enqueued) * 1e6)
+            self._metrics.batch_queuing_latency.observe(
+                THREAD_POOL_LABEL, value=(started - task.enqueued) * 1e6
+            )
         try:
             merged, padded = self._merge(batch)
             self._metrics.processed_batch_size.observe(THREAD_POOL_LABEL, value=batch.size + padded)

@@ -80,7 +80,9 @@ def parse_text_proto_file(path: str, message_class):
     try:
         return text_format.Parse(text, message_class())
     except text_format.ParseError as exc:
-        raise ConfigFileError(f"Error parsing text-format {full_name}: {exc} (Invalid protobuf file: '{path}')") from exc
+        raise ConfigFileError(
+            f"Error parsing text-format {full_name}: {exc} (Invalid protobuf file: '{path}')"
+        ) from exc
 
 
 def single_model_config(model_name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
@@ -124,7 +126,9 @@ def validate_transition(old, new) -> None:
     seen: set[str] = set()
     for model in new.model_config_list.config:
         if model.name in seen:
-            raise ServingError("INVALID_ARGUMENT", f"Illegal to list model {model.name} multiple times in config list")
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Illegal to list model {model.name} multiple times in config list"
+            )
         seen.add(model.name)
     for model in new.model_config_list.config:
         if not _is_absolute_uri(model.base_path):
@@ -136,7 +140,9 @@ def validate_transition(old, new) -> None:
     for model in new.model_config_list.config:
         platform = _platform(model)
         if platform != TENSORFLOW_PLATFORM:
-            raise ServingError("INVALID_ARGUMENT", f"Model {model.name} requests unsupported platform {platform}")
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Model {model.name} requests unsupported platform {platform}"
+            )
         if model.name in old_platforms and old_platforms[model.name] != platform:
             raise ServingError(
                 "INVALID_ARGUMENT",

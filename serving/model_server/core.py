@@ -34,7 +34,9 @@ class ServingCore:
     def runner_for(self, model_name: str, api: str):
         """A Runner that goes through the batcher when batching is on and records runtime latency."""
 
-        def run(servable: Servable, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def run(
+            servable: Servable, signature: str, inputs: Mapping[str, np.ndarray]
+        ) -> dict[str, np.ndarray]:
             started = time.perf_counter()
             if self.batcher is not None:
                 outputs = self.batcher.run(servable, signature, inputs)

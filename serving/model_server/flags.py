@@ -103,10 +103,15 @@ def _parser() -> argparse.ArgumentParser:
                 f"--{flag.name}", type=_boolean, nargs="?", const=True, default=flag.default,
                 help=f"{flag.help} (default: {str(flag.default).lower()})",
             )  # fmt: skip
-            parser.add_argument(f"--no{flag.name}", dest=flag.name, action="store_false", help=argparse.SUPPRESS)
+            parser.add_argument(
+                f"--no{flag.name}", dest=flag.name, action="store_false", help=argparse.SUPPRESS
+            )
         else:
             parser.add_argument(
-                f"--{flag.name}", type=flag.kind, default=flag.default, help=f"{flag.help} (default: {flag.default!r})"
+                f"--{flag.name}",
+                type=flag.kind,
+                default=flag.default,
+                help=f"{flag.help} (default: {flag.default!r})",
             )
     parser.add_argument("--version", action="store_true", help="Display version")
     return parser

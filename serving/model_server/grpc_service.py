@@ -55,7 +55,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             self._core.metrics.request_count.inc(model_name, error.code)
             _abort(context, error)
         self._core.metrics.request_count.inc(model_name, "OK")
-        self._core.metrics.request_latency.observe(model_name, api, "GRPC", value=(time.perf_counter() - started) * 1e6)
+        self._core.metrics.request_latency.observe(
+            model_name, api, "GRPC", value=(time.perf_counter() - started) * 1e6
+        )
         return response
 
     def Predict(self, request: predict_pb2.PredictRequest, context):  # noqa: N802 - gRPC method name
@@ -74,7 +76,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     )
                 inputs[key] = array_from_proto(proto)
             run = self._core.runner_for(request.model_spec.name, "Predict")
-            outputs = inference.select_outputs(signature, run(servable, signature.name, inputs), request.output_filter)
+            outputs = inference.select_outputs(
+                signature, run(servable, signature.name, inputs), request.output_filter
+            )
             response = predict_pb2.PredictResponse()
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = version
@@ -90,10 +94,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             version, servable = self._core.resolve_spec(request.model_spec)
             run = self._core.runner_for(request.model_spec.name, "Classify")
             response = classification_pb2.ClassificationResponse()
-            response.result.CopyFrom(inference.classify(servable, request.model_spec.signature_name, request.input, run))
+            response.result.CopyFrom(
+                inference.classify(servable, request.model_spec.signature_name, request.input, run)
+            )
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = version
-            response.model_spec.signature_name = request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
+            response.model_spec.signature_name = (
+                request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
+            )
             return response
 
         return self._measured("Classify", request.model_spec.name, context, handle)
@@ -103,10 +111,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             version, servable = self._core.resolve_spec(request.model_spec)
             run = self._core.runner_for(request.model_spec.name, "Regress")
             response = regression_pb2.RegressionResponse()
-            response.result.CopyFrom(inference.regress(servable, request.model_spec.signature_name, request.input, run))
+            response.result.CopyFrom(
+                inference.regress(servable, request.model_spec.signature_name, request.input, run)
+            )
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = version
-            response.model_spec.signature_name = request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
+            response.model_spec.signature_name = (
+                request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
+            )
             return response
 
         return self._measured("Regress", request.model_spec.name, context, handle)
@@ -114,7 +126,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def MultiInference(self, request, context):  # noqa: N802
         try:
             name = request.tasks[0].model_spec.name if request.tasks else ""
-            return inference.multi_inference(request, self._core.resolve_spec, self._core.runner_for(name, "MultiInference"))
+            return inference.multi_inference(
+                request, self._core.resolve_spec, self._core.runner_for(name, "MultiInference")
+            )
         except ServingError as error:
             _abort(context, error)
 
@@ -127,7 +141,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 def model_metadata(core: ServingCore, request: get_model_metadata_pb2.GetModelMetadataRequest):
     if not request.metadata_field:
-        raise ServingError("INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field")
+        raise ServingError(
+            "INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field"
+        )
     for field in request.metadata_field:
         if field != "signature_def":
             raise ServingError("INVALID_ARGUMENT", f"Metadata field {field} is not supported")
@@ -173,14 +189,18 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def build_grpc_server(core: ServingCore, max_threads: int, channel_arguments: list[tuple[str, object]]) -> grpc.Server:
+def build_grpc_server(
+    core: ServingCore, max_threads: int, channel_arguments: list[tuple[str, object]]
+) -> grpc.Server:
     options = [
         ("grpc.max_send_message_length", INT32_MAX),
         ("grpc.max_receive_message_length", INT32_MAX),
         ("grpc.so_reuseport", 0),
         *channel_arguments,
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"), options=options
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core), server)
     return server

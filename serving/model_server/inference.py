@@ -22,7 +22,9 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 Runner = Callable[[Servable, str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def direct_runner(servable: Servable, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def direct_runner(
+    servable: Servable, signature: str, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     return servable.run(signature, inputs)
 
 
@@ -105,10 +107,13 @@ def classify(
     signature = _lookup(servable, signature_name)
     input_key = _single_input(signature)
     if len(signature.output_dtypes) not in (1, 2):
-        raise ServingError("INVALID_ARGUMENT", f"Expected one or two output Tensors, found {len(signature.output_dtypes)}")
+        raise ServingError(
+            "INVALID_ARGUMENT", f"Expected one or two output Tensors, found {len(signature.output_dtypes)}"
+        )
     if "classes" not in signature.output_dtypes and "scores" not in signature.output_dtypes:
         raise ServingError(
-            "INVALID_ARGUMENT", 'Expected classification signature outputs to contain at least one of "classes" and "scores".'
+            "INVALID_ARGUMENT",
+            'Expected classification signature outputs to contain at least one of "classes" and "scores".',
         )
     examples = serialized_examples(model_input)
     outputs = run(servable, signature.name, {input_key: examples})
@@ -118,11 +123,19 @@ def classify(
         if tensor is None:
             continue
         if tensor.ndim != 2:
-            raise ServingError("INVALID_ARGUMENT", f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)}")
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)}",
+            )
         if tensor.shape[0] != batch:
-            raise ServingError("INVALID_ARGUMENT", f"Expected {name} output batch size of {batch}, got {tensor.shape[0]}")
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Expected {name} output batch size of {batch}, got {tensor.shape[0]}"
+            )
     if classes is not None and scores is not None and classes.shape != scores.shape:
-        raise ServingError("INVALID_ARGUMENT", f"Tensors class and score should match in shape, but had shape {list(classes.shape)} and {list(scores.shape)}")
+        raise ServingError(
+            "INVALID_ARGUMENT",
+            f"Tensors class and score should match in shape, but had shape {list(classes.shape)} and {list(scores.shape)}",
+        )
     result = classification_pb2.ClassificationResult()
     width = (classes if classes is not None else scores).shape[1]
     for row in range(batch):
@@ -155,7 +168,8 @@ def regress(
         )
     if values.shape[0] != len(examples):
         raise ServingError(
-            "INVALID_ARGUMENT", f"Input batch size did not match output batch size: {len(examples)} vs. {values.shape[0]}"
+            "INVALID_ARGUMENT",
+            f"Input batch size did not match output batch size: {len(examples)} vs. {values.shape[0]}",
         )
     result = regression_pb2.RegressionResult()
     for value in values.reshape(-1):
@@ -174,7 +188,10 @@ def multi_inference(
     seen: set[str] = set()
     for task in request.tasks:
         if task.model_spec.name != model_name:
-            raise ServingError("INVALID_ARGUMENT", "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+            )
         signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature in seen:
             raise ServingError("INVALID_ARGUMENT", f"Duplicate evaluation of signature: {signature}")
@@ -189,7 +206,11 @@ def multi_inference(
         result.model_spec.version.value = version
         result.model_spec.signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if task.method_name == CLASSIFY_METHOD:
-            result.classification_result.CopyFrom(classify(servable, task.model_spec.signature_name, request.input, run))
+            result.classification_result.CopyFrom(
+                classify(servable, task.model_spec.signature_name, request.input, run)
+            )
         else:
-            result.regression_result.CopyFrom(regress(servable, task.model_spec.signature_name, request.input, run))
+            result.regression_result.CopyFrom(
+                regress(servable, task.model_spec.signature_name, request.input, run)
+            )
     return response

@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> None:
             fail("Both server_options.model_base_path and server_options.model_config_file are empty!")
         if options.batching_parameters_file and not options.enable_batching:
             fail("--batching_parameters_file is only valid with --enable_batching")
-        batching = config_files.load_batching_options(options.batching_parameters_file) if options.enable_batching else None
+        batching = (
+            config_files.load_batching_options(options.batching_parameters_file)
+            if options.enable_batching
+            else None
+        )
         prometheus_path = config_files.load_prometheus_path(options.monitoring_config_file)
     except config_files.ConfigFileError as exc:
         fail(str(exc))
@@ -146,7 +150,10 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         grpc_server = build_grpc_server(core, options.grpc_max_threads, channel_arguments)
         if options.port and grpc_server.add_insecure_port(f"{_host(bind)}:{options.port}") == 0:
             fail(f"Failed to start server. Error: could not bind gRPC port {bind}:{options.port}")
-        if options.grpc_socket_path and grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}") == 0:
+        if (
+            options.grpc_socket_path
+            and grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}") == 0
+        ):
             fail(f"Failed to start server. Error: could not bind gRPC socket {options.grpc_socket_path}")
         grpc_server.start()
         if options.port:
@@ -207,7 +214,11 @@ def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> No
 
     executor = ThreadPoolExecutor(max_workers=max(options.rest_api_num_threads, 1), thread_name_prefix="rest")
     app = RestApp(
-        core, executor, options.rest_api_timeout_in_ms / 1000, prometheus_path, options.rest_api_enable_cors_support
+        core,
+        executor,
+        options.rest_api_timeout_in_ms / 1000,
+        prometheus_path,
+        options.rest_api_enable_cors_support,
     )
     config = uvicorn.Config(
         app, loop="uvloop", http="httptools", lifespan="off", access_log=False, log_level="warning",

@@ -66,7 +66,9 @@ class VersionDiscovery:
                 continue
             version = int(name)
             if version in found:
-                log.warning("Multiple versions found for %s: %s and %s; using the last", version, found[version], path)
+                log.warning(
+                    "Multiple versions found for %s: %s and %s; using the last", version, found[version], path
+                )
             found[version] = path
         return found, unsettled
 
@@ -79,7 +81,9 @@ class VersionDiscovery:
                     stat = os.stat(os.path.join(root, name))
                 except OSError:
                     return False
-                entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+                entries.append(
+                    (os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns)
+                )
                 newest = max(newest, stat.st_mtime)
         fingerprint = tuple(sorted(entries))
         previous = self._seen.get(path)
@@ -98,7 +102,12 @@ def aspired_versions(policy: model_server_config_pb2.ModelConfig, found: dict[in
         wanted = set(version_policy.specific.versions)
         missing = wanted - set(found)
         if missing:
-            log.warning("Version(s) %s of servable %s not found under %s", sorted(missing), policy.name, policy.base_path)
+            log.warning(
+                "Version(s) %s of servable %s not found under %s",
+                sorted(missing),
+                policy.name,
+                policy.base_path,
+            )
         return {v: p for v, p in found.items() if v in wanted}
     keep = max(version_policy.latest.num_versions, 1) if kind == "latest" else 1
     return {v: found[v] for v in sorted(found, reverse=True)[:keep]}
@@ -155,7 +164,9 @@ class ModelManager:
         self._poller: threading.Thread | None = None
 
     # ----- request path -------------------------------------------------------------------------------------
-    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> tuple[int, Servable]:
+    def resolve(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> tuple[int, Servable]:
         """The servable a request addresses, with TF Serving's errors for unknown models, versions and labels."""
         view = self._view
         if label is not None:
@@ -196,7 +207,9 @@ class ModelManager:
     def config(self) -> model_server_config_pb2.ModelServerConfig:
         return self._config
 
-    def reload_config(self, new_config: model_server_config_pb2.ModelServerConfig, initial: bool = False) -> None:
+    def reload_config(
+        self, new_config: model_server_config_pb2.ModelServerConfig, initial: bool = False
+    ) -> None:
         """Apply a ModelServerConfig; blocks until added models are AVAILABLE (raises UNKNOWN if they fail)."""
         with self._reconcile_lock:
             validate_transition(self._config, new_config)
@@ -249,7 +262,11 @@ class ModelManager:
                 if aspired:
                     pending.pop(name)
             if pending:
-                delay = UNSETTLED_RESCAN_SECONDS if unsettled else max(self._options.file_system_poll_wait_seconds, 0.1)
+                delay = (
+                    UNSETTLED_RESCAN_SECONDS
+                    if unsettled
+                    else max(self._options.file_system_poll_wait_seconds, 0.1)
+                )
                 self._stop.wait(delay)
         self._raise_unavailable([m.name for m in models], "servable(s)")
 
@@ -262,10 +279,16 @@ class ModelManager:
                     continue
                 version = max(record.versions) if record.versions else 0
                 entry = record.versions.get(version)
-                error = f" due to error: {entry.error_code}: {entry.error_message}" if entry and entry.error_code != "OK" else ""
+                error = (
+                    f" due to error: {entry.error_code}: {entry.error_message}"
+                    if entry and entry.error_code != "OK"
+                    else ""
+                )
                 failures.append(f"{{{{name: {name} version: {version}}}{error}}}, ")
         if failures:
-            raise ServingError("UNKNOWN", f"{len(failures)} {noun} did not become available: {{{''.join(failures)}}}")
+            raise ServingError(
+                "UNKNOWN", f"{len(failures)} {noun} did not become available: {{{''.join(failures)}}}"
+            )
 
     # ----- polling ------------------------------------------------------------------------------------------
     def start_polling(self) -> None:
@@ -324,8 +347,12 @@ class ModelManager:
                 break
             self._load(name, version, aspired[version])
         with self._state_lock:
-            ready = sorted(v for v, r in record.versions.items() if r.state == State.AVAILABLE and v not in aspired)
-            aspired_ready = any(record.versions.get(v, VersionRecord(State.END)).state == State.AVAILABLE for v in aspired)
+            ready = sorted(
+                v for v, r in record.versions.items() if r.state == State.AVAILABLE and v not in aspired
+            )
+            aspired_ready = any(
+                record.versions.get(v, VersionRecord(State.END)).state == State.AVAILABLE for v in aspired
+            )
             to_unload = ready if (aspired_ready or not aspired) else ready[:-1]
             for version in to_unload:
                 record.versions[version].state = State.UNLOADING
@@ -358,10 +385,16 @@ class ModelManager:
 
                 error = serving_error_from_tf(exc)
                 servable = None
-                log.error("Servable {name: %s version: %d} cannot be loaded: %s", name, version, error.message)
+                log.error(
+                    "Servable {name: %s version: %d} cannot be loaded: %s", name, version, error.message
+                )
             if self._on_load_attempt is not None:
                 self._on_load_attempt(path, error is None, time.perf_counter() - started)
-            if error is None or attempt == attempts - 1 or self._stop.wait(self._options.load_retry_interval_seconds):
+            if (
+                error is None
+                or attempt == attempts - 1
+                or self._stop.wait(self._options.load_retry_interval_seconds)
+            ):
                 break
         with self._state_lock:
             entry = record.versions[version]
@@ -376,7 +409,9 @@ class ModelManager:
     def _publish(self, labels: dict[str, dict[str, int]] | None = None) -> None:
         """Swap in a new request view; caller holds _state_lock."""
         serving = {
-            name: {v: r.servable for v, r in record.versions.items() if r.state == State.AVAILABLE and r.servable}
+            name: {
+                v: r.servable for v, r in record.versions.items() if r.state == State.AVAILABLE and r.servable
+            }
             for name, record in self._models.items()
         }
         self._view = _View(self._view.labels if labels is None else labels, serving)

@@ -109,14 +109,18 @@ class ServerMetrics:
         self.request_example_counts = Histogram(
             "/tensorflow/serving/request_example_counts", ("model",), exponential_buckets(1, 2, 18)
         )
-        self.request_example_count_total = Counter("/tensorflow/serving/request_example_count_total", ("model",))
+        self.request_example_count_total = Counter(
+            "/tensorflow/serving/request_example_count_total", ("model",)
+        )
         self.model_warmup_latency = Histogram(
             "/tensorflow/serving/model_warmup_latency", ("model_path", "status"), LATENCY_BUCKETS_US
         )
         self.model_warmup_records_read = Counter(
             "/tensorflow/serving/model_warmup_records_read", ("model_path", "status")
         )
-        self.load_attempt_count = Counter("/tensorflow/cc/saved_model/load_attempt_count", ("model_path", "status"))
+        self.load_attempt_count = Counter(
+            "/tensorflow/cc/saved_model/load_attempt_count", ("model_path", "status")
+        )
         self.load_latency = Counter("/tensorflow/cc/saved_model/load_latency", ("model_path",))
         self.batch_queuing_latency = Histogram(
             "/tensorflow/serving/batching_session/queuing_latency", ("thread_pool_name",), LATENCY_BUCKETS_US
@@ -125,7 +129,9 @@ class ServerMetrics:
             "/tensorflow/serving/batching_session/input_batch_size", ("thread_pool_name",), BATCH_SIZE_BUCKETS
         )
         self.processed_batch_size = Histogram(
-            "/tensorflow/serving/batching_session/processed_batch_size", ("thread_pool_name",), BATCH_SIZE_BUCKETS
+            "/tensorflow/serving/batching_session/processed_batch_size",
+            ("thread_pool_name",),
+            BATCH_SIZE_BUCKETS,
         )
         self._all = [value for value in vars(self).values() if isinstance(value, Counter | Histogram)]
 

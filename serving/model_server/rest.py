@@ -25,7 +25,8 @@ log = logging.getLogger("kiln.model_server")
 
 V1_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 POST_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+    r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE,
 )
 GET_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
@@ -124,9 +125,15 @@ class RestApp:
 
     def _route(self, method: str, path: str, body: bytes):
         """Return (blocking call producing the JSON body, model name, API label) or raise Malformed request."""
-        if method == "POST" and (match := POST_PATH.fullmatch(path)) and match.group(4) in ("classify", "regress", "predict"):
+        if (
+            method == "POST"
+            and (match := POST_PATH.fullmatch(path))
+            and match.group(4) in ("classify", "regress", "predict")
+        ):
             target = _Target(match.group(1), match.group(2), match.group(3))
-            handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[match.group(4)]
+            handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[
+                match.group(4)
+            ]
             return (lambda: handler(target, body)), target.name, match.group(4)
         if method == "GET" and (match := GET_PATH.fullmatch(path)):
             target = _Target(match.group(1), match.group(2), match.group(3))
@@ -142,7 +149,9 @@ class RestApp:
         signature_name = request.signature_name or inference.DEFAULT_SIGNATURE
         signature = servable.signatures.get(signature_name)
         if signature is None:
-            raise ServingError("INVALID_ARGUMENT", f'Serving signature name: "{signature_name}" not found in signature def')
+            raise ServingError(
+                "INVALID_ARGUMENT", f'Serving signature name: "{signature_name}" not found in signature def'
+            )
         inputs = codec.tensors_from_predict_request(request, signature.input_dtypes)
         outputs = self._core.runner_for(target.name, "predict")(servable, signature.name, inputs)
         return codec.predict_response_json(outputs, signature.output_dtypes, request.row_format)
@@ -186,7 +195,9 @@ def _maybe_gunzip(scope, body: bytes) -> bytes:
             try:
                 return gzip.decompress(body)
             except (OSError, EOFError) as exc:
-                raise ServingError("INVALID_ARGUMENT", f"Failed to decompress gzip request body: {exc}") from exc
+                raise ServingError(
+                    "INVALID_ARGUMENT", f"Failed to decompress gzip request body: {exc}"
+                ) from exc
     return body
 
 

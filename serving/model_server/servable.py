@@ -43,7 +43,9 @@ def serving_error_from_tf(exc: Exception) -> ServingError:
         code = ERROR_CODE_NAMES[exc.error_code] if 0 < exc.error_code < len(ERROR_CODE_NAMES) else "UNKNOWN"
         return ServingError(code, exc.message)
     if isinstance(exc, ValueError | TypeError):
-        return ServingError("INVALID_ARGUMENT", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        return ServingError(
+            "INVALID_ARGUMENT", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        )
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
@@ -139,7 +141,9 @@ class TFLiteServable(Servable):
         except ImportError:  # pragma: no cover - the pinned stack ships ai-edge-litert
             Interpreter = tf.lite.Interpreter  # noqa: N806
         self.path = version_dir
-        self._interpreter = Interpreter(model_path=os.path.join(version_dir, TFLITE_FILE), num_threads=num_threads)
+        self._interpreter = Interpreter(
+            model_path=os.path.join(version_dir, TFLITE_FILE), num_threads=num_threads
+        )
         # A TFLite interpreter is not thread-safe; one call at a time per version.
         self._lock = threading.Lock()
         self._runners = {}
@@ -179,9 +183,13 @@ def has_model_file(version_dir: str, prefer_tflite: bool) -> bool:
     return any(os.path.isfile(os.path.join(version_dir, name)) for name in names)
 
 
-def load_servable(version_dir: str, prefer_tflite: bool = False, tags: Sequence[str] = (SERVE_TAG,)) -> Servable:
+def load_servable(
+    version_dir: str, prefer_tflite: bool = False, tags: Sequence[str] = (SERVE_TAG,)
+) -> Servable:
     if prefer_tflite and os.path.isfile(os.path.join(version_dir, TFLITE_FILE)):
-        return TFLiteServable(version_dir, num_threads=tf.config.threading.get_intra_op_parallelism_threads() or None)
+        return TFLiteServable(
+            version_dir, num_threads=tf.config.threading.get_intra_op_parallelism_threads() or None
+        )
     if not any(os.path.isfile(os.path.join(version_dir, name)) for name in SAVED_MODEL_FILES):
         raise ServingError(
             "NOT_FOUND",

@@ -28,7 +28,8 @@ def _read_records(path: str) -> list[bytes]:
             records.append(record)
             if len(records) > MAX_WARMUP_RECORDS:
                 raise ServingError(
-                    "INVALID_ARGUMENT", f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}"
+                    "INVALID_ARGUMENT",
+                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}",
                 )
     except tf.errors.OpError as exc:
         raise ServingError(
@@ -81,7 +82,11 @@ def run_warmup(version_dir: str, servable: Servable, metrics: ServerMetrics, ite
             for _ in range(max(iterations, 1)):
                 _replay(servable, entry)
         metrics.model_warmup_records_read.inc(version_dir, status, amount=len(records))
-        log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.", path, len(records))
+        log.info(
+            "Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+            path,
+            len(records),
+        )
     except ServingError as exc:
         status = exc.code
         raise

@@ -69,7 +69,10 @@ def save_two_inputs(path: Path) -> None:
 
     class TwoInputs(tf.Module):
         @tf.function(
-            input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"), tf.TensorSpec([None], tf.string, name="b")]
+            input_signature=[
+                tf.TensorSpec([None, 2], tf.float32, name="a"),
+                tf.TensorSpec([None], tf.string, name="b"),
+            ]
         )
         def serve(self, a, b):
             return {"sum": tf.reduce_sum(a, axis=1), "text_bytes": tf.strings.join([b, b"!"])}
@@ -93,8 +96,11 @@ def write_warmup(version_dir: Path, good: bool) -> None:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "warm"
             request.inputs["x"].CopyFrom(tf.make_tensor_proto([value], dtype=tf.float32))
-            writer.write(prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+            writer.write(
+                prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request)
+                ).SerializeToString()
+            )
 
 
 @dataclass
@@ -169,9 +175,13 @@ def start_server(log_dir: Path, *flags: str, timeout: float = 90) -> RunningServ
     try:
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"kiln-model-server exited with {process.returncode}:\n{server.log()[-3000:]}")
+                raise AssertionError(
+                    f"kiln-model-server exited with {process.returncode}:\n{server.log()[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"kiln-model-server was not ready in {timeout}s:\n{server.log()[-3000:]}")
+                raise AssertionError(
+                    f"kiln-model-server was not ready in {timeout}s:\n{server.log()[-3000:]}"
+                )
             if "Exporting HTTP/REST API" in server.log():
                 return server
             time.sleep(0.05)
@@ -204,4 +214,51 @@ def server_factory(tmp_path_factory):
 
     yield factory
     for server in started:
+        server.stop()
+
+
+@dataclass
+class StandardServer:
+    server: RunningServer
+    base_paths: dict[str, Path]
+    prometheus_path: str = "/monitoring/prometheus/metrics"
+
+
+@pytest.fixture(scope="session")
+def standard_server(test_models, tmp_path_factory):
+    """One server shared by the REST and gRPC protocol tests.
+
+    Models: `half_plus_two` (policy all; version 123 = half_plus_two, version 124 = half_plus_three, label
+    `Version_Label` -> 123), `default` (half_plus_two v123 only) and `two_inputs` (v1); Prometheus enabled.
+    """
+    root = tmp_path_factory.mktemp("standard_server")
+    bases = {name: root / name for name in ("half_plus_two", "default", "two_inputs")}
+    test_models.install("half_plus_two", bases["half_plus_two"], 123)
+    test_models.install("half_plus_three", bases["half_plus_two"], 124)
+    test_models.install("half_plus_two", bases["default"], 123)
+    test_models.install("two_inputs", bases["two_inputs"], 1)
+    config = root / "models.config"
+    config.write_text(
+        f"""model_config_list {{
+  config {{ name: "half_plus_two" base_path: "{bases["half_plus_two"]}" model_platform: "tensorflow"
+           model_version_policy {{ all {{}} }}
+           version_labels {{ key: "Version_Label" value: 123 }} }}
+  config {{ name: "default" base_path: "{bases["default"]}" model_platform: "tensorflow" }}
+  config {{ name: "two_inputs" base_path: "{bases["two_inputs"]}" model_platform: "tensorflow" }}
+}}
+"""
+    )
+    monitoring = root / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    log_dir = tmp_path_factory.mktemp("standard_server_logs")
+    server = start_server(
+        log_dir,
+        f"--model_config_file={config}",
+        f"--monitoring_config_file={monitoring}",
+        "--allow_version_labels_for_unavailable_models",
+        "--max_num_load_retries=0",
+    )
+    try:
+        yield StandardServer(server, bases)
+    finally:
         server.stop()
