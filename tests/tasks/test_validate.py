@@ -9,7 +9,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_p
 from tasks import ingest, validate
 from tasks.artifacts import read_artifact
 
-from .conftest import CURATED_SCHEMA
+CURATED_SCHEMA = Path(__file__).resolve().parents[2] / "pipelines" / "digits.schema.pbtxt"
 
 
 def _read(uri: str, kind: str, relative: str, message):
