@@ -94,11 +94,12 @@ class BatchScheduler:
         with self._ready:
             queue = self._queues.setdefault(servable, {}).setdefault(signature, _Queue(servable, signature))
             batch = queue.batches[-1] if queue.batches and not queue.batches[-1].closed else None
-            if batch is None or batch.size + size > limit:
+            room = limit - batch.size if batch is not None else 0
+            if size > room + (self._options.max_enqueued_batches - len(queue.batches)) * limit:
+                raise ServingError("UNAVAILABLE", QUEUE_FULL)
+            if batch is None or size > room:
                 if batch is not None:
                     batch.closed = True
-                if len(queue.batches) >= self._options.max_enqueued_batches:
-                    raise ServingError("UNAVAILABLE", QUEUE_FULL)
                 batch = _Batch()
                 queue.batches.append(batch)
             batch.tasks.append(task)

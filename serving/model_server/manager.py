@@ -225,11 +225,12 @@ class ModelManager:
             for name in old_names - {m.name for m in models}:
                 self._reconcile(name, None)
             if initial:
-                self._await_initial_loads(models)
+                self._await_loads(models, "servable(s)")
                 return
             for model in models:
-                self._reconcile(model.name, model)
-            self._raise_unavailable([m.name for m in models if m.name not in old_names], "model(s)")
+                if model.name in old_names:
+                    self._reconcile(model.name, model)
+            self._await_loads([m for m in models if m.name not in old_names], "model(s)")
 
     def _label_map(self, config) -> dict[str, dict[str, int]]:
         """TF Serving's UpdateModelVersionLabelMap: labels may only point at AVAILABLE versions."""
@@ -251,16 +252,17 @@ class ModelManager:
                 labels.setdefault(model.name, {})[label] = version
         return labels
 
-    def _await_initial_loads(self, models) -> None:
-        """Startup: wait until each model's latest aspired version is AVAILABLE or has failed."""
+    def _await_loads(self, models, noun: str) -> None:
+        """Wait until each model's latest aspired version is AVAILABLE or has failed (forever if none appears)."""
         pending = {m.name: m for m in models}
         while pending and not self._stop.is_set():
             unsettled = False
-            for name, model in list(pending.items()):
+            # Every configured model keeps being polled while the new ones are awaited.
+            for model in list(self._config.model_config_list.config):
                 aspired, settling = self._reconcile(model.name, model)
                 unsettled |= settling
                 if aspired:
-                    pending.pop(name)
+                    pending.pop(model.name, None)
             if pending:
                 delay = (
                     UNSETTLED_RESCAN_SECONDS
@@ -268,7 +270,7 @@ class ModelManager:
                     else max(self._options.file_system_poll_wait_seconds, 0.1)
                 )
                 self._stop.wait(delay)
-        self._raise_unavailable([m.name for m in models], "servable(s)")
+        self._raise_unavailable([m.name for m in models], noun)
 
     def _raise_unavailable(self, names: list[str], noun: str) -> None:
         failures = []
