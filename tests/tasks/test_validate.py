@@ -111,3 +111,12 @@ def test_missing_curated_schema_is_one_line(tiny_digits_csv, tmp_path, make_conf
     with pytest.raises(validate.DataValidationError, match=r"^schema not found: .*nope\.pbtxt$"):
         validate.run(config, ctx, examples=examples)
     assert not Path(ctx.output_uri("validate", "anomalies")).exists()
+
+
+def test_wrong_type_is_an_anomaly(tiny_digits_csv, make_config, ctx) -> None:
+    # Naming pixel_3 the label makes ingest write it as INT and `label` as FLOAT: both contradict the schema.
+    config = make_config(tiny_digits_csv, data={"label_column": "pixel_3"})
+    examples = ingest.run(config, ctx)["examples"]
+    with pytest.raises(validate.DataValidationError,
+                       match="column 'pixel_3' has type INT, the schema expects FLOAT; column 'label' has type FLOAT"):
+        validate.run(config, ctx, examples=examples)
