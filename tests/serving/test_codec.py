@@ -49,11 +49,6 @@ def predict_error(body: str | bytes, dtypes: dict[str, int] | None = None) -> Se
     return caught.value
 
 
-def parse_json_loose(raw: bytes):
-    """Reads codec output back, accepting TF Serving's bare NaN/Infinity tokens."""
-    return json.loads(raw)
-
-
 # ----------------------------------------------------------------------------------------------------
 # ServingError
 # ----------------------------------------------------------------------------------------------------
@@ -1112,3 +1107,46 @@ def test_fast_float_path_equals_general_path(rows):
     general = codec._to_numpy("x", codec._tensors_from_instances(rows, {"x": DT_FLOAT})["x"])
     np.testing.assert_array_equal(fast, general)
     assert fast.dtype == general.dtype == np.float32
+
+
+FINITE_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(FINITE_JSONISH, st.sampled_from([None, 1]))
+def test_rapidjson_reader_agrees_with_python_json_on_valid_documents(value, indent):
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    assert codec._RapidJsonReader(text.encode()).parse() == json.loads(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=0, max_value=4),
+    st.sampled_from([DT_FLOAT, DT_DOUBLE]),
+    st.booleans(),
+    st.data(),
+)
+def test_float_outputs_read_back_exactly(batch, width, dtype, row_format, data):
+    numpy_type = np.float32 if dtype == DT_FLOAT else np.float64
+    values = data.draw(
+        st.lists(
+            st.floats(width=32 if dtype == DT_FLOAT else 64, allow_nan=False, allow_infinity=False),
+            min_size=batch * width,
+            max_size=batch * width,
+        )
+    )
+    array = np.array(values, dtype=numpy_type).reshape(batch, width)
+    document = json.loads(predict_response_json({"y": array}, {"y": dtype}, row_format))
+    read_back = np.array(document["predictions" if row_format else "outputs"], dtype=numpy_type)
+    np.testing.assert_array_equal(read_back.reshape(batch, width), array)
