@@ -54,7 +54,7 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
     with tracking.step_run(config, ctx, "train", data_fingerprint=fingerprint) as mlflow_run:
         import mlflow
 
-        mlflow.log_params({f"train.{k}": v for k, v in config.train.model_dump().items()})
+        _log_params({f"train.{k}": v for k, v in config.train.model_dump().items()})
         properties: dict[str, Any] = {"num_workers": config.train.num_workers, "epochs": config.train.epochs,
                                       "data_fingerprint": fingerprint, "mlflow_run_id": mlflow_run.info.run_id}
         with publish_artifact(out_uri, KIND, properties) as staging:
@@ -87,6 +87,17 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
     log.info("train: %d epochs on %d worker(s) in %.1fs, final %s -> %s", config.train.epochs,
              config.train.num_workers, train_seconds, _brief(final), out_uri)
     return {"model": out_uri}
+
+
+def _log_params(params: dict[str, Any]) -> None:
+    """MLflow params are write-once: a retry whose config changed keeps the first try's values."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_params(params)
+    except MlflowException as exc:
+        log.warning("train: MLflow kept the params of an earlier try: %s", str(exc).splitlines()[0][:300])
 
 
 def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path) -> None:
