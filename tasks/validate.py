@@ -70,7 +70,13 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str) -> dict[str, st
         _write_text(staging / SCHEMA_FILE, schema)
 
     found = {name: _anomalies(schema, split) for name, split in splits.items()}
-    problems = _unique(info.description for a in found.values() for info in a.anomaly_info.values())
+    position = {f.name: i for i, f in enumerate(schema.feature)}  # proto maps have no stable order
+
+    def in_schema_order(anomalies: anomalies_pb2.Anomalies) -> list[str]:
+        names = sorted(anomalies.anomaly_info, key=lambda n: (position.get(n, len(position)), n))
+        return [anomalies.anomaly_info[n].description for n in names]
+
+    problems = _unique(d for a in found.values() for d in in_schema_order(a))
     anomalies_uri = ctx.output_uri("validate", "anomalies")
     props = {"num_anomalies": len(problems), "by_split": {n: sorted(a.anomaly_info) for n, a in found.items()}}
     with publish_artifact(anomalies_uri, "ExampleAnomalies", props) as staging:

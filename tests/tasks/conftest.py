@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +43,35 @@ def digits_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_digits_csv(tmp_path_factory.mktemp("demo") / "digits.csv")
 
 
-@pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """$MLFLOW_TRACKING_URI -> a temp SQLite store whose `kiln` experiment keeps artifacts in tmp."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """$MLFLOW_TRACKING_URI set for a block only (session fixtures cannot use monkeypatch)."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        MlflowClient(uri).create_experiment("kiln", artifact_location=str(root / "artifacts"))
-        yield uri
+        yield
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A temp SQLite MLflow store whose `kiln` experiment keeps its artifacts in tmp too."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("kiln", artifact_location=str(root / "artifacts"))
+    return uri
+
+
+@pytest.fixture
+def mlflow_env(mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$MLFLOW_TRACKING_URI -> the temp store for one test; other tests never see it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
 
 
 @pytest.fixture(scope="session")
@@ -71,5 +84,6 @@ def trained(tiny_digits_csv: Path, mlflow_store: str, tmp_path_factory: pytest.T
     examples = ingest.run(config, session_ctx)["examples"]
     schema = validate.run(config, session_ctx, examples=examples)["schema"]
     transform_uri = transform.run(config, session_ctx, examples=examples, schema=schema)["transform"]
-    model = train.run(config, session_ctx, examples=examples, transform=transform_uri)["model"]
+    with tracking_uri(mlflow_store):
+        model = train.run(config, session_ctx, examples=examples, transform=transform_uri)["model"]
     return {"config": config, "examples": examples, "schema": schema, "transform": transform_uri, "model": model}

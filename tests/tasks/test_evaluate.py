@@ -10,6 +10,8 @@ import pytest
 from tasks import evaluate
 from tasks.artifacts import read_artifact
 
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
 
 def test_blessed_model_publishes_its_evaluation(trained, make_config, tiny_digits_csv, ctx) -> None:
     config = make_config(tiny_digits_csv, evaluate={"min_accuracy": 0.0})

@@ -3,10 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tasks import ingest, optimize
 from tasks.artifacts import read_artifact
 from tasks.model import predict
+
+pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
 def test_dynamic_range_tflite_agrees_with_the_saved_model(trained, ctx) -> None:

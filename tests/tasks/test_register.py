@@ -8,6 +8,8 @@ import pytest
 from tasks import evaluate, optimize, register, tracking
 from tasks.artifacts import read_artifact
 
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
 
 @pytest.fixture
 def gated(trained, make_config, tiny_digits_csv, ctx):

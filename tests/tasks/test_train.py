@@ -9,6 +9,8 @@ from tasks import train
 from tasks.artifacts import read_artifact
 from tasks.model import load_serving_function
 
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
 
 def test_one_worker_exports_the_serving_contract(trained) -> None:
     import tensorflow as tf
