@@ -220,7 +220,8 @@ def _print_runs(stack: Stack) -> None:
         err.print(f"runs unavailable: {exc}")
         return
     table = Table(title="last runs")
-    for column in ("run id", "state", "started", "ended"):
+    table.add_column("run id", no_wrap=True)
+    for column in ("state", "started", "ended"):
         table.add_column(column)
     for run in runs:
         table.add_row(run["dag_run_id"], run["state"], str(run.get("start_date")), str(run.get("end_date")))

@@ -55,7 +55,7 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
     from mlflow import MlflowClient
 
     aliases = MlflowClient(mlflow_uri).get_registered_model("kiln-digits").aliases
-    assert aliases == {"champion": "1"}
+    assert {k: int(v) for k, v in aliases.items()} == {"champion": 1}
 
     from serving.client import RestClient
     from serving.deployer import read_config

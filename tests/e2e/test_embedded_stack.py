@@ -17,7 +17,7 @@ KILN = str(Path(sys.executable).parent / "kiln")
 @pytest.mark.slow
 def test_kiln_up_run_status_down(tmp_path, tiny_digits_csv, port_factory):
     home = tmp_path / "kiln"
-    env = {**os.environ, "KILN_HOME": str(home)}
+    env = {**os.environ, "KILN_HOME": str(home), "COLUMNS": "200"}
     for name in ("AIRFLOW", "MLFLOW", "SERVING_REST", "SERVING_GRPC", "AIRFLOW_WORKER_LOGS", "AIRFLOW_TRIGGER_LOGS"):
         env[f"KILN_{name}_PORT"] = str(port_factory())
 
