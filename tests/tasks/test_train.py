@@ -69,3 +69,11 @@ def test_workers_past_the_deadline_are_stopped(trained, tmp_path) -> None:
     # Two workers, but only a 1 s deadline: importing TensorFlow alone takes longer.
     with pytest.raises(train.TrainError, match=r"^train workers \[0, 1\] still running after the 1s deadline"):
         train.run_workers(spec, num_workers=2, timeout_seconds=1, work_dir=tmp_path)
+
+
+def test_resumed_epochs_are_counted_once(tmp_path) -> None:
+    # A worker killed after writing epoch 2's line but before its backup repeats epoch 2 on retry.
+    lines = [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.5}, {"epoch": 2, "loss": 0.4}, {"epoch": 3, "loss": 0.3}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert train.read_metrics(path) == [lines[0], lines[2], lines[3]]
