@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.codec import ServingError
@@ -197,6 +196,3 @@ def load_servable(
             "Check that the directory exists and that you have the right permissions for accessing it.",
         )
     return SavedModelServable(version_dir, tags)
-
-
-STRING_DTYPE = types_pb2.DT_STRING
