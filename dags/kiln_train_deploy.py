@@ -16,7 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from airflow.sdk import Param, dag, get_current_context, task  # noqa: E402
+from airflow.sdk import Param, dag, get_current_context, task, teardown  # noqa: E402
 from airflow.sdk.exceptions import AirflowFailException  # noqa: E402
 
 from tasks.config import OVERRIDABLE, ConfigError, load_placement  # noqa: E402
@@ -33,13 +33,9 @@ def _placed(step: str) -> dict[str, str]:
     return {k: v for k, v in chosen.model_dump().items() if v is not None}
 
 
-def _run_step(step: str, **input_uris: str) -> dict[str, str]:
-    """Load the run's config and call the step; bad input fails the task without retries."""
-    import importlib
-
+def _config_and_context():
     from tasks.artifacts import StepContext
     from tasks.config import load_config
-    from tasks.errors import BadInputError
 
     context = get_current_context()
     params = context["params"]
@@ -53,6 +49,16 @@ def _run_step(step: str, **input_uris: str) -> dict[str, str]:
         run_id=context["run_id"],
         try_number=context["ti"].try_number,
     )
+    return config, ctx
+
+
+def _run_step(step: str, **input_uris: str) -> dict[str, str]:
+    """Load the run's config and call the step; bad input fails the task without retries."""
+    import importlib
+
+    from tasks.errors import BadInputError
+
+    config, ctx = _config_and_context()
     module = importlib.import_module(f"tasks.{step}")
     try:
         return module.run(config, ctx, **input_uris)
@@ -120,6 +126,16 @@ def kiln_train_deploy():
     def verify(pushed: str, registered: str, model: str, examples: str) -> dict[str, str]:
         return _run_step("verify", pushed=pushed, registered=registered, model=model, examples=examples)
 
+    @teardown
+    @task(**_placed("finish_tracking"))
+    def finish_tracking() -> None:
+        """Close the MLflow parent run as FINISHED or FAILED, whatever happened upstream."""
+        from tasks import tracking
+
+        config, ctx = _config_and_context()
+        verified = get_current_context()["ti"].xcom_pull(task_ids="verify")
+        tracking.finish_parent(config, ctx, "FINISHED" if verified else "FAILED")
+
     examples = ingest()["examples"]
     validated = validate(examples)
     transformed = transform(examples, validated["schema"])
@@ -128,7 +144,7 @@ def kiln_train_deploy():
     optimized = optimize(model, examples)["optimized"]
     registered = register(model, evaluation, optimized)["registered"]
     pushed = push(registered, model, optimized, examples)["pushed"]
-    verify(pushed, registered, model, examples)
+    verify(pushed, registered, model, examples) >> finish_tracking()
 
 
 kiln_train_deploy()

@@ -104,19 +104,11 @@ class AirflowClient:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self._call("GET", path, params={"deserialize": True, "stringify": False})["value"]
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[dict[str, Any]]:
+        """The task's structured log entries (`event`, and `error_detail` on the exception)."""
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{max(try_number, 1)}"
         body = self._call("GET", path, params={"full_content": True}, headers={"Accept": "application/json"})
-        lines: list[str] = []
-        for entry in body.get("content", []):
-            if isinstance(entry, dict):
-                text = str(entry.get("event", ""))
-                if entry.get("error_detail"):
-                    text += " " + json.dumps(entry["error_detail"])[:2000]
-                lines.append(text)
-            else:
-                lines.append(str(entry))
-        return lines
+        return [e if isinstance(e, dict) else {"event": str(e)} for e in body.get("content", [])]
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:

@@ -140,9 +140,10 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary, indent=2))
         return
     if summary["state"] != "success":
-        err.print(f"[bold red]run {summary['run_id']} failed[/] at task {summary.get('failed_task')}; log tail:")
+        err.print(f"run {summary['run_id']}: task log tail", highlight=False)
         for line in summary.get("failed_log_tail", []):
             err.print(f"  | {line}", highlight=False, markup=False)
+        err.print(f"[bold red]error:[/] {summary.get('error', 'run failed')}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"kiln run {summary['run_id']}", show_header=False)
     prediction = summary["prediction"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,10 @@ from tasks.config import PipelineConfig
 from tasks.stack import Stack
 
 DAG_ID = "kiln_train_deploy"
-TASK_ORDER = ("ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify")
+TASK_ORDER = ("ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify",
+              "finish_tracking")
+# TensorFlow's C++ start-up chatter, which says nothing about why a task failed.
+NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl)")
 
 
 class RunFailed(RuntimeError):
@@ -81,7 +85,8 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         failed = next((t for t in tasks if t.state == "failed"), None)
         if failed:
             summary["failed_task"] = failed.task_id
-            summary["failed_log_tail"] = _log_tail(client, run_id, failed.task_id, failed.try_number)
+            summary["error"], summary["failed_log_tail"] = _failure(client, run_id, failed.task_id,
+                                                                    failed.try_number)
         return summary
 
     props = {step: _properties(client, run_id, step) for step in ("evaluate", "optimize", "register", "verify")}
@@ -115,11 +120,24 @@ def _properties(client: AirflowClient, run_id: str, task_id: str) -> dict[str, A
     return merged
 
 
-def _log_tail(client: AirflowClient, run_id: str, task_id: str, try_number: int, lines: int = 15) -> list[str]:
+def _failure(client: AirflowClient, run_id: str, task_id: str, try_number: int,
+             lines: int = 12) -> tuple[str, list[str]]:
+    """(the exception as one line, the last log lines without TensorFlow's start-up noise)."""
     try:
-        return client.task_log(DAG_ID, run_id, task_id, try_number)[-lines:]
+        entries = client.task_log(DAG_ID, run_id, task_id, try_number)
     except Exception as exc:  # a missing log must not hide the failure itself
-        return [f"(log unavailable: {exc})"]
+        return f"task {task_id} failed (log unavailable: {exc})", []
+    error = f"task {task_id} failed"
+    for entry in entries:
+        for detail in entry.get("error_detail") or []:
+            if isinstance(detail, dict) and detail.get("exc_value"):
+                value = str(detail["exc_value"]).strip().splitlines()[0]
+                kind = detail.get("exc_type", "")
+                error = f"task {task_id} failed: {value}" if kind == "AirflowFailException" else \
+                    f"task {task_id} failed: {kind}: {value}"
+    events = [str(e.get("event", "")) for e in entries]
+    tail = [line for line in events if line.strip() and not NOISE.match(line)][-lines:]
+    return error, tail
 
 
 def registry_aliases(tracking_uri: str, model_name: str | None) -> dict[str, int]:

@@ -41,7 +41,8 @@ def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
 
 def test_main_dag_is_the_pipeline_chain(dagbag):
     dag = dagbag.dags["kiln_train_deploy"]
-    assert sorted(dag.task_ids) == sorted(STEPS)
+    assert sorted(dag.task_ids) == sorted([*STEPS, "finish_tracking"])
+    assert dag.get_task("finish_tracking").is_teardown, "closing MLflow must not decide the run's state"
     upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
     assert upstream["ingest"] == set()
     assert upstream["train"] == {"ingest", "transform"}

@@ -15,6 +15,44 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
+def airflow_env(tmp_path, model_server) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "KILN_HOME": str(tmp_path / "kiln"),
+        "KILN_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "KILN_SERVING_GRPC": model_server.grpc_address,
+        "KILN_SERVING_REST": model_server.rest_url,
+        "KILN_SERVING_MODELS": str(model_server.model_base_path),
+        "KILN_SERVING_CONFIG": str(model_server.config_file),
+    }
+
+
+def run_dag(tmp_path, env, conf) -> dict:
+    """`airflow db migrate`, then dag.test() in a fresh process; returns run and task states."""
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=180)
+    result = subprocess.run([sys.executable, "-c", RUN_DAG, str(REPO / "dags"), json.dumps(conf)], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = json.loads(lines[-1].removeprefix("RESULT "))
+    outcome["output"] = result.stdout + result.stderr
+    return outcome
+
+
+def parent_run_statuses(env) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("kiln")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`kiln.role` = 'parent'")
+    return [run.info.status for run in runs]
+
+
 RUN_DAG = textwrap.dedent("""
     import json, sys
     from airflow.dag_processing.dagbag import DagBag
@@ -27,34 +65,16 @@ RUN_DAG = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_server):
-    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "MLFLOW_TRACKING_URI": mlflow_uri,
-        "KILN_HOME": str(tmp_path / "kiln"),
-        "KILN_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        "KILN_SERVING_GRPC": model_server.grpc_address,
-        "KILN_SERVING_REST": model_server.rest_url,
-        "KILN_SERVING_MODELS": str(model_server.model_base_path),
-        "KILN_SERVING_CONFIG": str(model_server.config_file),
-    }
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=tmp_path, check=True,
-                   capture_output=True, timeout=180)
+    env = airflow_env(tmp_path, model_server)
     conf = {"data_source": str(tiny_digits_csv), "epochs": 4, "min_accuracy": 0.6}
-    result = subprocess.run([sys.executable, "-c", RUN_DAG, str(REPO / "dags"), json.dumps(conf)], env=env,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, result.stdout[-3000:] + result.stderr[-3000:]
-    outcome = json.loads(lines[-1].removeprefix("RESULT "))
-    assert outcome["state"] == "success", (outcome, result.stderr[-3000:])
+    outcome = run_dag(tmp_path, env, conf)
+    assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
     assert set(outcome["tasks"].values()) == {"success"}
+    assert parent_run_statuses(env) == ["FINISHED"]
 
     from mlflow import MlflowClient
 
-    aliases = MlflowClient(mlflow_uri).get_registered_model("kiln-digits").aliases
+    aliases = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_registered_model("kiln-digits").aliases
     assert {k: int(v) for k, v in aliases.items()} == {"champion": 1}
 
     from serving.client import RestClient
@@ -68,3 +88,22 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
         [prediction] = client.predict("digits", [pixels], label="stable").outputs
     assert prediction["digit"] == int(first.split(",")[-1])
     assert len(prediction["probabilities"]) == 10
+
+
+@pytest.mark.slow
+def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tiny_digits_csv, model_server):
+    lines = tiny_digits_csv.read_text().splitlines()
+    drop = lines[0].split(",").index("pixel_5")
+    broken = tmp_path / "missing_column.csv"
+    broken.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != drop) for line in lines))
+    env = airflow_env(tmp_path, model_server)
+    outcome = run_dag(tmp_path, env, {"data_source": str(broken)})
+    assert outcome["state"] == "failed"
+    assert outcome["tasks"]["ingest"] == "success" and outcome["tasks"]["validate"] == "failed"
+    assert {outcome["tasks"][t] for t in ("transform", "train", "register", "push")} == {"upstream_failed"}
+    assert outcome["tasks"]["finish_tracking"] == "success"
+    assert parent_run_statuses(env) == ["FAILED"]
+    assert "column 'pixel_5' is required by the schema but missing from the data" in outcome["output"]
+    [run_folder] = (tmp_path / "artifacts" / "digits").iterdir()
+    assert sorted(p.name for p in run_folder.iterdir()) == ["ingest", "validate"], "nothing past validation"
+    assert model_server.config_file.read_text().strip() == "model_config_list {\n}"

@@ -36,7 +36,8 @@ def test_kiln_up_run_status_down(tmp_path, tiny_digits_csv, port_factory):
         summary = json.loads(run.stdout)
         assert summary["state"] == "success"
         assert list(summary["task_seconds"]) == [
-            "ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify"]
+            "ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify",
+            "finish_tracking"]
         assert summary["eval_accuracy"] >= 0.6
         assert summary["mlflow"]["aliases"] == {"champion": 1}
         assert summary["serving"]["labels"] == {"stable": 1}
