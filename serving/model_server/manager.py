@@ -25,7 +25,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.codec import ServingError
 from serving.model_server.config import validate_transition
-from serving.model_server.servable import Servable, error_code_number, has_model_file
+from serving.model_server.servable import Servable, error_code_number, has_model_file, serving_error_from_tf
 
 log = logging.getLogger("kiln.model_server")
 
@@ -161,6 +161,10 @@ class ModelManager:
         self._state_lock = threading.Lock()
         self._reconcile_lock = threading.RLock()
         self._stop = threading.Event()
+        # Bumped by every reload request: a load waiting to retry gives up, as TF Serving stops retrying a
+        # version the new config may no longer aspire to, and the reload does not wait out the retry interval.
+        self._config_generation = 0
+        self._wake = threading.Condition()
         self._poller: threading.Thread | None = None
 
     # ----- request path -------------------------------------------------------------------------------------
@@ -211,6 +215,9 @@ class ModelManager:
         self, new_config: model_server_config_pb2.ModelServerConfig, initial: bool = False
     ) -> None:
         """Apply a ModelServerConfig; blocks until added models are AVAILABLE (raises UNKNOWN if they fail)."""
+        with self._wake:
+            self._config_generation += 1
+            self._wake.notify_all()
         with self._reconcile_lock:
             validate_transition(self._config, new_config)
             if new_config.WhichOneof("config") is None:
@@ -301,6 +308,8 @@ class ModelManager:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
         if self._poller is not None:
             self._poller.join(timeout=5)
 
@@ -373,6 +382,7 @@ class ModelManager:
             record.versions[version].state = State.LOADING
         log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
         attempts = self._options.max_num_load_retries + 1
+        generation = self._config_generation
         error: ServingError | None = None
         servable = None
         for attempt in range(attempts):
@@ -383,8 +393,6 @@ class ModelManager:
                     self._warmup(path, servable)
                 error = None
             except Exception as exc:  # noqa: BLE001 - any load failure ends the version with its status
-                from serving.model_server.servable import serving_error_from_tf
-
                 error = serving_error_from_tf(exc)
                 servable = None
                 log.error(
@@ -392,11 +400,7 @@ class ModelManager:
                 )
             if self._on_load_attempt is not None:
                 self._on_load_attempt(path, error is None, time.perf_counter() - started)
-            if (
-                error is None
-                or attempt == attempts - 1
-                or self._stop.wait(self._options.load_retry_interval_seconds)
-            ):
+            if error is None or attempt == attempts - 1 or not self._wait_to_retry(generation):
                 break
         with self._state_lock:
             entry = record.versions[version]
@@ -407,6 +411,17 @@ class ModelManager:
             else:
                 entry.state, entry.error_code, entry.error_message = State.END, error.code, error.message
                 record.failed.add(version)
+
+    def _wait_to_retry(self, generation: int) -> bool:
+        """Sleep the retry interval; False if the server stops or a new config arrives meanwhile."""
+        deadline = time.monotonic() + self._options.load_retry_interval_seconds
+        with self._wake:
+            while not self._stop.is_set() and self._config_generation == generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return True
+                self._wake.wait(remaining)
+        return False
 
     def _publish(self, labels: dict[str, dict[str, int]] | None = None) -> None:
         """Swap in a new request view; caller holds _state_lock."""

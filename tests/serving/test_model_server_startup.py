@@ -128,3 +128,40 @@ def test_prefer_tflite_model_serves_the_tflite_file(server_factory, test_models,
         assert set(metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]) == {
             "x"
         }
+
+
+def test_reload_interrupts_a_load_waiting_to_retry(server_factory, test_models, tmp_path):
+    """Defaults retry a failed load 5 times a minute apart; a new config must not wait for that."""
+    import time
+
+    import grpc
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    base = tmp_path / "retry"
+    test_models.install("half_plus_two", base, 1)
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" }} }}\n'
+    )
+    server = server_factory(f"--model_config_file={config}", "--file_system_poll_wait_seconds=1")
+    broken = base / ".tmp-2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    broken.rename(base / "2")
+    with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+        wait_for(lambda: "cannot be loaded" in server.log(), message="first failed attempt")
+        assert client.get("/v1/models/m").json()["model_version_status"][0]["state"] == "LOADING"
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(
+            f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" '
+            "model_version_policy { specific { versions: 1 } } } }",
+            request.config,
+        )
+        started = time.monotonic()
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=20)
+        assert time.monotonic() - started < 10
+        statuses = client.get("/v1/models/m").json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in statuses] == [("2", "END"), ("1", "AVAILABLE")]
+        assert statuses[0]["status"]["error_code"] != "OK"
