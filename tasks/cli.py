@@ -150,9 +150,10 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     mlflow, serving = summary["mlflow"], summary["serving"]
     rows = [
         ("state", summary["state"]),
-        ("wall time", f"{summary['wall_seconds']} s (Airflow overhead {summary.get('scheduling_overhead_percent')} %)"),
+        ("wall time", f"{summary['wall_seconds']} s, of which {summary['scheduling_overhead_seconds']} s "
+                      f"({summary['scheduling_overhead_percent']} %) with no task running"),
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
-        ("eval accuracy", f"{summary['eval_accuracy']:.4f} (TFLite {summary.get('tflite_accuracy')})"),
+        ("eval accuracy", f"{summary['eval_accuracy']:.4f} (TFLite {summary.get('tflite_accuracy') or 0:.4f})"),
         ("model sizes", ", ".join(f"{k} {v:,}" for k, v in summary["model_sizes"].items())),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} v{serving['version']} labels {serving['labels']}"),
