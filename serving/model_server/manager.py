@@ -31,6 +31,7 @@ log = logging.getLogger("kiln.model_server")
 
 State = get_model_status_pb2.ModelVersionStatus.State
 VERSION_DIR = re.compile(r"[0-9]+")
+INT64_MAX = 2**63 - 1
 SETTLE_SECONDS = 0.25
 UNSETTLED_RESCAN_SECONDS = 0.1
 
@@ -59,9 +60,11 @@ class VersionDiscovery:
         unsettled = False
         for name in sorted(names):
             path = os.path.join(base_path, name)
-            if not VERSION_DIR.fullmatch(name) or not os.path.isdir(path):
+            if not VERSION_DIR.fullmatch(name) or int(name) > INT64_MAX or not os.path.isdir(path):
                 continue
-            if not has_model_file(path, self._prefer_tflite) or not self._settled(path):
+            if not has_model_file(path, self._prefer_tflite):
+                continue
+            if not self._settled(path):
                 unsettled = True
                 continue
             version = int(name)
@@ -70,6 +73,9 @@ class VersionDiscovery:
                     "Multiple versions found for %s: %s and %s; using the last", version, found[version], path
                 )
             found[version] = path
+        prefix = os.path.join(base_path, "")
+        for gone in [p for p in self._seen if p.startswith(prefix) and os.path.basename(p) not in names]:
+            del self._seen[gone]
         return found, unsettled
 
     def _settled(self, path: str) -> bool:
