@@ -149,6 +149,8 @@ class Stack:
                     f"--rest_api_port={self.ports.serving_rest}",
                     f"--model_config_file={self.serving_config}",
                     "--file_system_poll_wait_seconds=1",
+                    # A version that cannot load fails its push at once (TF Serving retries 5 x 60 s).
+                    "--max_num_load_retries=0",
                     # A restart reloads the labels the deployer last wrote, before versions load.
                     "--allow_version_labels_for_unavailable_models=true",
                 ],

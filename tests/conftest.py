@@ -55,7 +55,7 @@ def model_server(tmp_path, port_factory):
     log = (tmp_path / "model-server.log").open("wb")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "kiln-model-server"), f"--port={grpc_port}", f"--rest_api_port={rest}",
-         f"--model_config_file={config}", "--file_system_poll_wait_seconds=1"],
+         f"--model_config_file={config}", "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     target = ServingTarget(grpc_address=f"127.0.0.1:{grpc_port}", rest_url=f"http://127.0.0.1:{rest}",
