@@ -35,8 +35,11 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _ports(**explicit: int | None) -> StackPorts:
-    return StackPorts.from_env(**explicit)
+def _stack(home: Path | None, airflow_port: int | None, mlflow_port: int | None, rest_port: int | None,
+           grpc_port: int | None) -> Stack:
+    ports = StackPorts.from_env(airflow=airflow_port, mlflow=mlflow_port, serving_rest=rest_port,
+                                serving_grpc=grpc_port)
+    return Stack(kiln_home(home), ports)
 
 
 @app.command()
@@ -48,9 +51,7 @@ def up(
     grpc_port: Port = None,
 ) -> None:
     """Start Airflow standalone, MLflow and kiln-model-server on 127.0.0.1."""
-    stack = Stack(kiln_home(home), _ports(airflow=airflow_port, mlflow=mlflow_port,
-                                          serving_rest=rest_port, serving_grpc=grpc_port))
-    _start(stack)
+    _start(_stack(home, airflow_port, mlflow_port, rest_port, grpc_port))
 
 
 def _start(stack: Stack, report=None) -> None:
@@ -178,8 +179,7 @@ def demo(
     """up → write the digits data set → run → summary → down."""
     from tasks.demo_data import write_digits_csv
 
-    stack = Stack(kiln_home(home), _ports(airflow=airflow_port, mlflow=mlflow_port,
-                                          serving_rest=rest_port, serving_grpc=grpc_port))
+    stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
     _start(stack)
     try:
         data = write_digits_csv(stack.home / "data" / "digits.csv")

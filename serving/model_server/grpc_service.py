@@ -90,38 +90,27 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._measured("Predict", request.model_spec.name, context, handle)
 
     def Classify(self, request: classification_pb2.ClassificationRequest, context):  # noqa: N802
-        def handle():
-            version, servable = self._core.resolve_spec(request.model_spec)
-            run = self._core.runner_for(request.model_spec.name, "Classify")
-            response = classification_pb2.ClassificationResponse()
-            response.result.CopyFrom(
-                inference.classify(servable, request.model_spec.signature_name, request.input, run)
-            )
-            response.model_spec.name = request.model_spec.name
-            response.model_spec.version.value = version
-            response.model_spec.signature_name = (
-                request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
-            )
-            return response
-
-        return self._measured("Classify", request.model_spec.name, context, handle)
+        return self._example_method("Classify", request, context, classification_pb2.ClassificationResponse,
+                                    inference.classify)
 
     def Regress(self, request: regression_pb2.RegressionRequest, context):  # noqa: N802
+        return self._example_method("Regress", request, context, regression_pb2.RegressionResponse,
+                                    inference.regress)
+
+    def _example_method(self, api: str, request, context, response_type, infer):
+        """Classify and Regress: run a tf.Example signature and echo the resolved model spec."""
+
         def handle():
             version, servable = self._core.resolve_spec(request.model_spec)
-            run = self._core.runner_for(request.model_spec.name, "Regress")
-            response = regression_pb2.RegressionResponse()
-            response.result.CopyFrom(
-                inference.regress(servable, request.model_spec.signature_name, request.input, run)
-            )
+            run = self._core.runner_for(request.model_spec.name, api)
+            response = response_type()
+            response.result.CopyFrom(infer(servable, request.model_spec.signature_name, request.input, run))
             response.model_spec.name = request.model_spec.name
             response.model_spec.version.value = version
-            response.model_spec.signature_name = (
-                request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
-            )
+            response.model_spec.signature_name = request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
             return response
 
-        return self._measured("Regress", request.model_spec.name, context, handle)
+        return self._measured(api, request.model_spec.name, context, handle)
 
     def MultiInference(self, request, context):  # noqa: N802
         try:
