@@ -1,0 +1,79 @@
+"""The benchmark's model: the demo's digits CNN, built by the real pipeline steps called as plain functions.
+
+`build_saved_model` runs ingest -> validate -> transform -> train in a temp KILN_HOME (MLflow tracking in a
+sqlite file there) and returns the Model artifact's SavedModel; `write_mlflow_model` saves the same weights
+as an MLflow tf_keras model for `mlflow models serve`; `sample_pixels` is one real digit row to send.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import tasks  # noqa: F401 - sets TF_USE_LEGACY_KERAS before anything imports TensorFlow
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINE_CONFIG = REPO / "pipelines" / "digits.yaml"
+DATA_FILE = Path("data") / "digits.csv"
+
+
+def build_saved_model(home: Path, epochs: int | None = None) -> Path:
+    """Train the demo model under `home` (used as KILN_HOME); return its SavedModel folder."""
+    from tasks import ingest, train, transform, validate
+    from tasks.artifacts import StepContext
+    from tasks.config import load_config
+    from tasks.demo_data import write_digits_csv
+
+    write_digits_csv(home / DATA_FILE)
+    os.environ["KILN_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    config = load_config(PIPELINE_CONFIG, {"epochs": epochs})
+    ctx = StepContext(artifact_root=str(home / "artifacts"), pipeline=config.pipeline, run_id="serving-bench")
+    examples = ingest.run(config, ctx)["examples"]
+    schema = validate.run(config, ctx, examples)["schema"]
+    transform_uri = transform.run(config, ctx, examples, schema)["transform"]
+    model_uri = train.run(config, ctx, examples, transform_uri)["model"]
+    return Path(model_uri) / train.SAVED_MODEL_DIR
+
+
+def install_version(saved_model: Path, model_base_path: Path, version: int = 1) -> Path:
+    """Copy the SavedModel to `<model_base_path>/<version>/`, the layout TF Serving polls."""
+    target = model_base_path / str(version)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(saved_model, target)
+    return target
+
+
+def write_mlflow_model(saved_model: Path, target: Path) -> Path:
+    """The same model as an MLflow `tensorflow` flavor model (tf_keras), loadable by `mlflow models serve`."""
+    import mlflow.tensorflow
+    import numpy as np
+    import tf_keras as keras
+    from mlflow.models import infer_signature
+
+    from tasks.model import PROBABILITIES, load_serving_function
+
+    keras_model = keras.models.load_model(str(saved_model))
+    sample = np.zeros((1, keras_model.input_shape[-1]), dtype=np.float32)
+    probabilities = load_serving_function(saved_model)(pixels=sample)[PROBABILITIES].numpy()
+    if target.exists():
+        shutil.rmtree(target)
+    mlflow.tensorflow.save_model(keras_model, str(target), signature=infer_signature(sample, probabilities))
+    return target
+
+
+def sample_pixels(home: Path | None = None) -> list[float]:
+    """One real digit (64 pixel values) from the demo CSV, or from scikit-learn when no CSV was written."""
+    csv_path = home / DATA_FILE if home is not None else None
+    if csv_path is not None and csv_path.exists():
+        with csv_path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            row = next(reader)
+        return [float(v) for name, v in zip(header, row, strict=True) if name != "label"]
+    from sklearn.datasets import load_digits
+
+    return [float(v) for v in load_digits().data[0]]
