@@ -13,7 +13,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # This machine's pip config lists local mirror folders that may not exist; drop those warnings.
 QUIET_PIP := grep -v "^WARNING: Location '" || true
 
-.PHONY: demo test lint bench up down status clean
+.PHONY: demo test lint bench bench-serving up down status clean
 
 $(STAMP): pyproject.toml
 	@echo "==> installing kiln and its pinned stack into $(VENV) (first time: a few minutes)"
@@ -33,6 +33,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/demo_phases.py
+
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving_bench.py
 
 up: $(STAMP)
 	$(BIN)/kiln up
