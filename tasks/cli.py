@@ -94,8 +94,21 @@ def _load(config_path: Path, overrides: dict[str, Any], home: Path) -> PipelineC
         raise _fail(str(exc)) from None
     source = config.data.source
     if "://" not in source and not Path(source).is_file():
-        raise _fail(f"data source not found: {source} (data.source in {config_path})")
+        hint = "; `kiln demo-data` writes the demo data set there" if source == str(_demo_data_path(home)) else ""
+        raise _fail(f"data source not found: {source} (data.source in {config_path}){hint}")
     return config
+
+
+def _demo_data_path(home: Path) -> Path:
+    return home / "data" / "digits.csv"
+
+
+@app.command("demo-data")
+def demo_data(home: Home = None) -> None:
+    """Write the demo data set (sklearn's bundled 8x8 digits) to $KILN_HOME/data/digits.csv."""
+    from tasks.demo_data import write_digits_csv
+
+    err.print(f"wrote {write_digits_csv(_demo_data_path(kiln_home(home)))}", highlight=False)
 
 
 @app.command()
@@ -182,7 +195,7 @@ def demo(
     stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
     _start(stack)
     try:
-        data = write_digits_csv(stack.home / "data" / "digits.csv")
+        data = write_digits_csv(_demo_data_path(stack.home))
         err.print(f"demo data: {data}")
         config = _load(DEFAULT_CONFIG, {}, stack.home)
         summary = _run(stack, DEFAULT_CONFIG, {}, config)

@@ -91,3 +91,11 @@ def test_port_in_use_is_reported_by_name(home, port_factory):
     assert code == 2
     assert lines == [f"error: port {taken} (mlflow) is already in use on 127.0.0.1"]
     assert not (home / "stack.json").exists(), "nothing may be recorded as started"
+
+
+def test_demo_data_writes_the_default_data_source(home):
+    code, lines = invoke("run")
+    assert code == 2 and len(lines) == 1 and "`kiln demo-data` writes the demo data set there" in lines[0]
+    code, lines = invoke("demo-data")
+    assert code == 0 and (home / "data" / "digits.csv").is_file()
+    assert sum(1 for _ in (home / "data" / "digits.csv").open()) == 1798
