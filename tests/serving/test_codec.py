@@ -36,6 +36,7 @@ from serving.codec import (
     predict_response_json,
     tensors_from_predict_request,
 )
+from serving.codec.predict import _PrettyWriter, _RapidJsonReader, _tensors_from_instances, _to_numpy
 
 
 def tensors(body: str | bytes, dtypes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -776,7 +777,7 @@ def test_output_layout_matches_generic_pretty_writer():
         "b_bytes": np.array([b"x", b"y"], dtype=object),
     }
     for row_format in (True, False):
-        writer = codec._PrettyWriter()
+        writer = _PrettyWriter()
         writer.start(False)
         writer.raw(b'"predictions"' if row_format else b'"outputs"')
         if row_format:
@@ -1104,7 +1105,7 @@ def test_any_body_either_decodes_or_raises_serving_error(body, dtypes):
 def test_fast_float_path_equals_general_path(rows):
     body = json.dumps({"instances": rows}).encode()
     fast = tensors(body, {"x": DT_FLOAT})["x"]
-    general = codec._to_numpy("x", codec._tensors_from_instances(rows, {"x": DT_FLOAT})["x"])
+    general = _to_numpy("x", _tensors_from_instances(rows, {"x": DT_FLOAT})["x"])
     np.testing.assert_array_equal(fast, general)
     assert fast.dtype == general.dtype == np.float32
 
@@ -1126,7 +1127,7 @@ FINITE_JSONISH = st.recursive(
 @given(FINITE_JSONISH, st.sampled_from([None, 1]))
 def test_rapidjson_reader_agrees_with_python_json_on_valid_documents(value, indent):
     text = json.dumps(value, indent=indent, ensure_ascii=False)
-    assert codec._RapidJsonReader(text.encode()).parse() == json.loads(text)
+    assert _RapidJsonReader(text.encode()).parse() == json.loads(text)
 
 
 @settings(max_examples=100, deadline=None)
