@@ -5,11 +5,13 @@ TF Serving's exact status code and message. Behaviour follows the C++ code, incl
 (rapidjson parse errors and offsets, ``Excepting 'instances'`` typo, 256-byte value echoes, ``%g``
 float printing, rapidjson PrettyWriter layout).
 
-Protobuf modules from TensorFlow are imported lazily: importing ``tensorflow.core`` loads the whole
-TF runtime, which the predict path does not need.
+Modules: ``errors`` (status codes, DataType enum), ``writer`` (float text, rapidjson Writer),
+``reader`` (rapidjson-compatible parsing), ``predict``, ``examples`` (classify / regress) and
+``protos`` (status / metadata). Protobuf modules from TensorFlow are imported lazily: importing
+``tensorflow.core`` loads the whole TF runtime, which the predict path does not need.
 """
 
-from serving.codec.predict import (
+from serving.codec.errors import (
     DT_BFLOAT16,
     DT_BOOL,
     DT_COMPLEX64,
@@ -28,20 +30,28 @@ from serving.codec.predict import (
     DT_UINT64,
     INVALID_ARGUMENT,
     UNIMPLEMENTED,
-    PredictJsonRequest,
     ServingError,
-    classify_response_json,
     dtype_string,
+)
+from serving.codec.examples import (
+    classify_response_json,
+    parse_classify_regress_request,
+    regress_response_json,
+)
+from serving.codec.predict import (
+    PredictJsonRequest,
+    parse_predict_request,
+    predict_response_json,
+    tensors_from_predict_request,
+)
+from serving.codec.protos import (
+    metadata_json,
+    status_json,
+)
+from serving.codec.writer import (
     error_json,
     format_float,
     json_value_to_string,
-    metadata_json,
-    parse_classify_regress_request,
-    parse_predict_request,
-    predict_response_json,
-    regress_response_json,
-    status_json,
-    tensors_from_predict_request,
 )
 
 __all__ = [
