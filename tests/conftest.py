@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
+from tests.servers import free_port, start_server
+
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -37,45 +31,17 @@ def tiny_digits_csv(tmp_path_factory):
 
 
 @pytest.fixture
-def model_server(tmp_path, port_factory):
+def model_server(tmp_path):
     """A kiln-model-server with an empty model config, as `kiln up` starts it; yields its target."""
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    import httpx
-
     from serving.deployer import ServingTarget
 
     config = tmp_path / "serving" / "models.config"
     config.parent.mkdir(parents=True)
     config.write_text("model_config_list {\n}\n")
-    rest, grpc_port = port_factory(), port_factory()
-    log = (tmp_path / "model-server.log").open("wb")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kiln-model-server"), f"--port={grpc_port}", f"--rest_api_port={rest}",
-         f"--model_config_file={config}", "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    target = ServingTarget(grpc_address=f"127.0.0.1:{grpc_port}", rest_url=f"http://127.0.0.1:{rest}",
-                           model_base_path=tmp_path / "serving" / "models", config_file=config)
+    server = start_server(tmp_path, f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
+                          "--max_num_load_retries=0")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{target.rest_url}/v1/models/probe", timeout=2).status_code == 404:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (tmp_path / "model-server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "kiln-model-server did not become ready"
-            time.sleep(0.2)
-        yield target
+        yield ServingTarget(grpc_address=server.grpc_target, rest_url=server.rest_url,
+                            model_base_path=tmp_path / "serving" / "models", config_file=config)
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()

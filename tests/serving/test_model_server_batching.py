@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.serving.conftest import wait_for
+from tests.servers import wait_for
 
 pytestmark = pytest.mark.slow
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"

@@ -15,7 +15,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.serving.conftest import wait_for, write_warmup
+from tests.servers import wait_for
+from tests.serving.conftest import write_warmup
 
 pytestmark = pytest.mark.slow
 State = get_model_status_pb2.ModelVersionStatus.State

@@ -7,7 +7,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.serving.conftest import SERVER_BIN, wait_for
+from tests.servers import SERVER_BIN, wait_for
 
 pytestmark = pytest.mark.slow
 
