@@ -14,6 +14,9 @@ from pathlib import Path
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
 from tasks.ingest import load_split
+from tasks.model import INPUT_KEY, SIGNATURE
+from tasks.optimize import TFLITE_FILE
+from tasks.train import SAVED_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,8 @@ def run(config: PipelineConfig, ctx: StepContext, registered: str, model: str, o
     from serving.deployer import ServingDeployer, ServingTarget
 
     version = int(read_artifact(registered, "RegisteredModel").properties["version"])
-    saved_model = Path(read_artifact(model, "Model").path("saved_model"))
-    tflite = Path(read_artifact(optimized, "OptimizedModel").path("model.tflite"))
+    saved_model = Path(read_artifact(model, "Model").path(SAVED_MODEL_DIR))
+    tflite = Path(read_artifact(optimized, "OptimizedModel").path(TFLITE_FILE))
     name = config.serving.model_name
     target = ServingTarget.from_env()
     deployer = ServingDeployer(target)
@@ -38,7 +41,7 @@ def run(config: PipelineConfig, ctx: StepContext, registered: str, model: str, o
         write_warmup_requests(warmup, name, pixels[:WARMUP_RECORDS])
         extras = {WARMUP_FILE: warmup}
         if tflite.exists():
-            extras["model.tflite"] = tflite
+            extras[TFLITE_FILE] = tflite
         version_dir = deployer.stage_version(name, version, saved_model, extras)
     served = deployer.push_version(name, version)
     out_uri = ctx.output_uri("push", "pushed")
@@ -66,7 +69,7 @@ def write_warmup_requests(path: Path, model_name: str, pixels) -> None:
         for row in pixels:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
-            request.model_spec.signature_name = "serving_default"
-            request.inputs["pixels"].CopyFrom(tf.make_tensor_proto(row[None, :], dtype=tf.float32))
+            request.model_spec.signature_name = SIGNATURE
+            request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(row[None, :], dtype=tf.float32))
             log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log_record.SerializeToString())

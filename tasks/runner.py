@@ -20,6 +20,7 @@ from typing import Any
 from tasks.airflow_api import FINISHED, AirflowClient, admin_password, seconds_between
 from tasks.artifacts import read_artifact
 from tasks.config import PipelineConfig
+from tasks.model import DIGIT, PROBABILITIES
 from tasks.stack import Stack
 
 DAG_ID = "kiln_train_deploy"
@@ -182,11 +183,11 @@ def live_prediction(stack: Stack, config: PipelineConfig) -> dict[str, Any]:
         client.predict(config.serving.model_name, [pixels], label="stable")  # first call opens the connection
         result = client.predict(config.serving.model_name, [pixels], label="stable")
     output = result.outputs[0]
-    probabilities = output["probabilities"]
+    probabilities = output[PROBABILITIES]
     return {
         "label": "stable",
         "true_digit": label,
-        "predicted_digit": output["digit"],
+        "predicted_digit": output[DIGIT],
         "probability": round(max(probabilities), 4),
         "latency_ms": round(result.latency_ms, 2),
     }

@@ -13,6 +13,8 @@ import numpy as np
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
 from tasks.ingest import load_split
+from tasks.model import DIGIT, PROBABILITIES, predict
+from tasks.train import SAVED_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,12 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, registered: str, 
     pixels, _ = load_split(examples, "eval")
     pixels = pixels[: config.serving.verify_examples]
 
-    expected = in_process_probabilities(Path(read_artifact(model, "Model").path("saved_model")), pixels)
+    expected = predict(Path(read_artifact(model, "Model").path(SAVED_MODEL_DIR)), pixels)
     target = ServingTarget.from_env()
     with RestClient(target.rest_url) as client:
         served = client.predict(name, pixels.tolist(), version=version)
-    served_probabilities = np.array([row["probabilities"] for row in served.outputs], dtype=np.float32)
-    served_digits = np.array([row["digit"] for row in served.outputs])
+    served_probabilities = np.array([row[PROBABILITIES] for row in served.outputs], dtype=np.float32)
+    served_digits = np.array([row[DIGIT] for row in served.outputs])
     max_abs_diff = float(np.max(np.abs(served_probabilities - expected)))
     deployer = ServingDeployer(target)
     if max_abs_diff > config.serving.tolerance or not np.array_equal(served_digits, expected.argmax(axis=1)):
@@ -67,13 +69,6 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, registered: str, 
     log.info("verify: %s v%s matches in-process (max diff %.2e on %d rows); stable -> v%s; MLflow %s",
              name, version, max_abs_diff, len(pixels), version, aliases)
     return {"verification": out_uri}
-
-
-def in_process_probabilities(saved_model_dir: Path, pixels: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
-    return serve(pixels=tf.constant(pixels, dtype=tf.float32))["probabilities"].numpy()
 
 
 def promote_aliases(model_name: str, version: int) -> dict[str, int]:
