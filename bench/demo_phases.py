@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,18 +20,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.cli import DEFAULT_CONFIG, _load, _run
+from tasks.cli import DEFAULT_CONFIG, run_and_summarize, validated_config
 from tasks.demo_data import write_digits_csv
-from tasks.stack import Stack, StackPorts
+from tasks.stack import Stack, StackPorts, free_port
 
 TOTAL_TARGET_S = 240
 OVERHEAD_TARGET_PCT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> int:
@@ -53,7 +46,7 @@ def main() -> int:
         write_digits_csv(home / "data" / "digits.csv")
         phases["write data"] = time.monotonic() - t
         t = time.monotonic()
-        summary = _run(stack, DEFAULT_CONFIG, {}, _load(DEFAULT_CONFIG, {}, home))
+        summary = run_and_summarize(stack, DEFAULT_CONFIG, {}, validated_config(DEFAULT_CONFIG, {}, home))
         phases["run (trigger to summary)"] = time.monotonic() - t
     finally:
         t = time.monotonic()

@@ -35,13 +35,14 @@ from serving_procs import (  # noqa: E402
     VENV_BIN,
     BenchError,
     echo_server,
-    free_port,
     http_get_ok,
     http_post_json,
     run_load,
     server_process,
     tree_rss_kib,
 )
+
+from tasks.stack import free_port  # noqa: E402
 
 MODEL_NAME = "digits"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"

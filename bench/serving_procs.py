@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from tasks.stack import log_tail, stop_process_group
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
@@ -24,12 +24,6 @@ STOP_GRACE_SECONDS = 10
 
 class BenchError(RuntimeError):
     """A server that would not start or a load run that failed; one line saying which and why."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def server_env() -> dict[str, str]:
@@ -53,35 +47,14 @@ def server_process(name: str, argv: list[str], log_path: Path, ready: Callable[[
         while not ready():
             if proc.poll() is not None:
                 raise BenchError(f"{name} exited with code {proc.returncode} before it was ready: "
-                                 f"{_tail(log_path)}")
+                                 f"{' | '.join(log_tail(log_path, 3))}")
             if time.monotonic() > deadline:
-                raise BenchError(f"{name} was not ready after {timeout:.0f} s: {_tail(log_path)}")
+                raise BenchError(f"{name} was not ready after {timeout:.0f} s: {' | '.join(log_tail(log_path, 3))}")
             time.sleep(0.2)
         yield proc
     finally:
-        _stop_group(proc)
+        stop_process_group(proc.pid, STOP_GRACE_SECONDS)
         log_file.close()
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=STOP_GRACE_SECONDS)
-    # Children (mlflow's uvicorn worker) may outlive their parent: clear the whole session either way.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_GRACE_SECONDS)
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"
 
 
 def http_get_ok(url: str, needle: str | None = None) -> bool:
@@ -176,4 +149,4 @@ def echo_server(job: dict) -> Iterator[int]:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            _stop_group(proc)
+            stop_process_group(proc.pid, STOP_GRACE_SECONDS)

@@ -86,7 +86,7 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _load(config_path: Path, overrides: dict[str, Any], home: Path) -> PipelineConfig:
+def validated_config(config_path: Path, overrides: dict[str, Any], home: Path) -> PipelineConfig:
     os.environ["KILN_HOME"] = str(home)
     try:
         config = load_config(config_path, overrides)
@@ -121,18 +121,18 @@ def run(
     """Trigger kiln_train_deploy through Airflow's REST API and follow it."""
     home_path = kiln_home(home)
     overrides = _parse_params(param or [])
-    config = _load(config_path.resolve(), overrides, home_path)
+    config = validated_config(config_path.resolve(), overrides, home_path)
     try:
         stack = Stack.load(home_path)
     except StackError as exc:
         raise _fail(str(exc)) from None
-    summary = _run(stack, config_path.resolve(), overrides, config)
+    summary = run_and_summarize(stack, config_path.resolve(), overrides, config)
     _report(summary, as_json)
     if summary["state"] != "success":
         raise typer.Exit(1)
 
 
-def _run(stack: Stack, config_path: Path, overrides: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
+def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
     from tasks.runner import summarize, trigger_and_follow, write_summary
 
     def on_task(task_id: str, state: str, seconds: float | None) -> None:
@@ -197,8 +197,8 @@ def demo(
     try:
         data = write_digits_csv(_demo_data_path(stack.home))
         err.print(f"demo data: {data}")
-        config = _load(DEFAULT_CONFIG, {}, stack.home)
-        summary = _run(stack, DEFAULT_CONFIG, {}, config)
+        config = validated_config(DEFAULT_CONFIG, {}, stack.home)
+        summary = run_and_summarize(stack, DEFAULT_CONFIG, {}, config)
         _report(summary, as_json)
     finally:
         stack.down(report=lambda line: err.print(f"  {line}", highlight=False))

@@ -280,6 +280,13 @@ def _airflow_healthy(response: httpx.Response) -> bool:
     return all(body.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor"))
 
 
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.stack import free_port
+
 SERVER_BIN = str(Path(sys.executable).parent / "kiln-model-server")
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["SERVER_BIN", "RunningServer", "free_port", "start_server", "wait_for"]
 
 
 @dataclass
