@@ -22,7 +22,8 @@ from rich.table import Table
 
 from tasks.cli import DEFAULT_CONFIG, run_and_summarize, validated_config
 from tasks.demo_data import write_digits_csv
-from tasks.stack import Stack, StackPorts, free_port
+from tasks.processes import free_port
+from tasks.stack import Stack, StackPorts
 
 TOTAL_TARGET_S = 240
 OVERHEAD_TARGET_PCT = 30

@@ -8,11 +8,8 @@ pids so `run`, `status` and `down` find the stack again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tasks.processes import log_tail, port_is_free, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = "stack.json"
@@ -278,56 +277,3 @@ def _airflow_healthy(response: httpx.Response) -> bool:
         return False
     body = response.json()
     return all(body.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor"))
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def stop_process_group(pid: int, timeout: float) -> None:
-    """SIGTERM the whole session, then SIGKILL what is left after `timeout`."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        _reap(pid)
-        time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def log_tail(path: Path, lines: int) -> list[str]:
-    try:
-        text = path.read_text(errors="replace").rstrip().splitlines()
-    except FileNotFoundError:
-        return ["(no log)"]
-    return [line.strip() for line in text[-lines:]]

@@ -8,14 +8,11 @@ folder that survives a retry, so a retried task resumes at the last finished epo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +24,7 @@ import tasks
 from tasks import ingest, tracking
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
+from tasks.processes import free_ports, log_tail, stop_process_groups
 from tasks.train_worker import PROGRESS_MARK
 from tasks.transform import load_normalization
 
@@ -118,7 +116,7 @@ def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, 
                 ))
         _wait(procs, logs, timeout_seconds)
     finally:
-        _stop(procs)
+        stop_process_groups([p.pid for p in procs if p.poll() is None], timeout=5)
 
 
 def _worker_env(tf_config: dict[str, Any]) -> dict[str, str]:
@@ -140,7 +138,7 @@ def _wait(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout_second
         for index, code in enumerate(codes):
             if code not in (None, 0):
                 raise TrainError(f"train worker {index} of {len(procs)} failed with exit code {code}: "
-                                 f"{_last_line(logs[index])}\n{_tail(logs[index])}")
+                                 f"{log_tail(logs[index], 1)[0]}\n{_tail(logs[index])}")
         if all(code == 0 for code in codes):
             _relay_progress(logs[0], relayed)
             return
@@ -149,39 +147,6 @@ def _wait(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout_second
             raise TrainError(f"train workers {running} still running after the {timeout_seconds}s deadline "
                              f"(worker_timeout_seconds); all stopped\n{_tail(logs[running[0]])}")
         time.sleep(POLL_SECONDS)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each worker's process group, then SIGKILL whatever is left after a grace period."""
-    alive = [p for p in procs if p.poll() is None]
-    for proc in alive:
-        _signal_group(proc, signal.SIGTERM)
-    grace = time.monotonic() + 5
-    for proc in alive:
-        try:
-            proc.wait(timeout=max(0.0, grace - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(proc.pid, sig)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS just handed out on 127.0.0.1 (held together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -219,20 +184,8 @@ def _relay_progress(log_path: Path, offset: int) -> int:
     return offset + len(complete)
 
 
-def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return "(no log)"
-    return "\n".join(f"  | {line}" for line in text.splitlines()[-lines:])
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        return "(no log)"
-    return lines[-1] if lines else "(empty log)"
+def _tail(path: Path) -> str:
+    return "\n".join(f"  | {line}" for line in log_tail(path, ERROR_TAIL_LINES))
 
 
 def _brief(metrics: dict[str, Any]) -> str:

@@ -1,0 +1,86 @@
+"""Local process plumbing shared by the stack, the training launcher, tests and benchmarks:
+loopback ports, stopping whole process groups, and log tails for one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS just handed out on 127.0.0.1 (held together, so they differ)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_process_groups(pids: Iterable[int], timeout: float) -> None:
+    """SIGTERM each pid's whole session at once, then SIGKILL what is left after `timeout`.
+
+    Children may outlive their leader (Airflow's task runners, mlflow's uvicorn worker), so the
+    group, not the pid, is what must be gone.
+    """
+    groups = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.append((pid, os.getpgid(pid)))
+    for _, pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while groups and time.monotonic() < deadline:
+        for pid, _ in groups:
+            _reap(pid)
+        groups = [(pid, pgid) for pid, pgid in groups if _group_alive(pgid)]
+        if groups:
+            time.sleep(0.1)
+    for pid, pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        _reap(pid)
+
+
+def stop_process_group(pid: int, timeout: float) -> None:
+    stop_process_groups([pid], timeout)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def log_tail(path: Path, lines: int) -> list[str]:
+    """The last non-blank lines of a log, stripped; a placeholder when there is none."""
+    try:
+        text = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return ["(no log)"]
+    return text[-lines:] or ["(empty log)"]
