@@ -42,9 +42,12 @@ class ServingCore:
                 outputs = self.batcher.run(servable, signature, inputs)
             else:
                 outputs = servable.run(signature, inputs)
-            self.metrics.runtime_latency.observe(
-                model_name, api, servable.runtime, value=(time.perf_counter() - started) * 1e6
-            )
+            self.record_runtime(model_name, api, servable, started)
             return outputs
 
         return run
+
+    def record_runtime(self, model_name: str, api: str, servable: Servable, started: float) -> None:
+        self.metrics.runtime_latency.observe(
+            model_name, api, servable.runtime, value=(time.perf_counter() - started) * 1e6
+        )

@@ -107,7 +107,7 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.codec import ServingError
     from serving.model_server.batching import BatchScheduler
     from serving.model_server.core import ServingCore
-    from serving.model_server.grpc_service import build_grpc_server
+    from serving.model_server.grpc_server import GrpcServer
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
     from serving.model_server.servable import load_servable
@@ -152,13 +152,10 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     bind = options.bind_address
     grpc_server = None
     if options.port or options.grpc_socket_path:
-        grpc_server = build_grpc_server(core, options.grpc_max_threads, channel_arguments)
-        if options.port and grpc_server.add_insecure_port(f"{_host(bind)}:{options.port}") == 0:
+        grpc_server = GrpcServer(core, options.grpc_max_threads, channel_arguments)
+        if options.port and not _bind_grpc(grpc_server, f"{_host(bind)}:{options.port}"):
             fail(f"Failed to start server. Error: could not bind gRPC port {bind}:{options.port}")
-        if (
-            options.grpc_socket_path
-            and grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}") == 0
-        ):
+        if options.grpc_socket_path and not _bind_grpc(grpc_server, f"unix:{options.grpc_socket_path}"):
             fail(f"Failed to start server. Error: could not bind gRPC socket {options.grpc_socket_path}")
         grpc_server.start()
         if options.port:
@@ -192,8 +189,16 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         if batcher is not None:
             batcher.stop()
         if grpc_server is not None:
-            grpc_server.stop(grace=0.5).wait(2)
+            grpc_server.stop(grace=0.5)
         log.info("Server stopped")
+
+
+def _bind_grpc(server, address: str) -> bool:
+    # grpcio reports a failed bind by raising RuntimeError (older releases returned port 0).
+    try:
+        return server.add_insecure_port(address) != 0
+    except RuntimeError:
+        return False
 
 
 def _host(bind: str) -> str:

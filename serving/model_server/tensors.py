@@ -1,4 +1,9 @@
-"""numpy <-> TensorProto for gRPC; outputs use the typed `*_val` fields, as TF Serving's AsProtoField does."""
+"""numpy <-> TensorProto for gRPC; outputs use the typed `*_val` fields, as TF Serving's AsProtoField does.
+
+Inputs of the common dtypes are decoded here with numpy, step for step as `tf.make_ndarray`
+(`tensor_util.MakeNdarray`) does, because its dtype lookups cost more than the decoding itself on the request
+path; every other dtype (strings, half, complex, quantized, ...) still goes through TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +29,44 @@ _VALUE_FIELDS = {
 }
 
 
+# DataType -> (numpy dtype, typed value field), exactly as MakeNdarray maps them.
+_DECODE = {
+    types_pb2.DT_FLOAT: (np.float32, "float_val"),
+    types_pb2.DT_DOUBLE: (np.float64, "double_val"),
+    types_pb2.DT_INT32: (np.int32, "int_val"),
+    types_pb2.DT_INT16: (np.int16, "int_val"),
+    types_pb2.DT_INT8: (np.int8, "int_val"),
+    types_pb2.DT_UINT8: (np.uint8, "int_val"),
+    types_pb2.DT_UINT16: (np.uint16, "int_val"),
+    types_pb2.DT_INT64: (np.int64, "int64_val"),
+    types_pb2.DT_UINT32: (np.uint32, "uint32_val"),
+    types_pb2.DT_UINT64: (np.uint64, "uint64_val"),
+    types_pb2.DT_BOOL: (np.bool_, "bool_val"),
+}
+
+
+def _decode(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    decode = _DECODE.get(proto.dtype)
+    if decode is None:
+        return tf.make_ndarray(proto)
+    dtype, field = decode
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_content:
+        # The copy makes the array writable (bytes are immutable), as MakeNdarray's result is.
+        return np.frombuffer(proto.tensor_content, dtype=dtype).copy().reshape(shape)
+    values = np.fromiter(getattr(proto, field), dtype=dtype)
+    if values.size == 0:
+        return np.zeros(shape, dtype)
+    num_elements = np.prod(shape, dtype=np.int64)
+    if values.size != num_elements:
+        # A short value list repeats its last value (TensorProto's documented fill rule).
+        values = np.pad(values, (0, num_elements - values.size), "edge")
+    return values.reshape(shape)
+
+
 def array_from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
     try:
-        return tf.make_ndarray(proto)
+        return _decode(proto)
     except Exception as exc:  # noqa: BLE001 - a malformed TensorProto is the caller's fault
         raise ServingError("INVALID_ARGUMENT", f"Cannot parse tensor from proto: {exc}") from exc
 

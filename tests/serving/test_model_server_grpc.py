@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 import tensorflow as tf
@@ -19,9 +21,19 @@ from tensorflow_serving.apis import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def channel(standard_server):
-    with grpc.insecure_channel(standard_server.server.grpc_target) as channel:
+@pytest.fixture(scope="module", params=["sync server", "batching (grpc.aio) server"])
+def channel(request, standard_server, server_factory):
+    """Every test runs against both gRPC servers: without and with --enable_batching."""
+    target = standard_server.server.grpc_target
+    if request.param.startswith("batching"):
+        config = standard_server.base_paths["default"].parent / "models.config"
+        flags = [
+            "--allow_version_labels_for_unavailable_models",
+            "--max_num_load_retries=0",
+            "--enable_batching",
+        ]
+        target = server_factory(f"--model_config_file={config}", *flags).grpc_target
+    with grpc.insecure_channel(target) as channel:
         yield channel
 
 
@@ -160,3 +172,25 @@ def test_get_model_status(models):
         grpc.StatusCode.NOT_FOUND,
         "Could not find any versions of model nope",
     )
+
+
+def test_batched_predict_of_a_cancelled_call_leaves_its_batch_intact(server_factory, standard_server):
+    """A client giving up on a batched Predict must not fail the other requests of its batch."""
+    config = standard_server.base_paths["default"].parent / "models.config"
+    batching = standard_server.base_paths["default"].parent / "batching.config"
+    batching.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 200000 }\n")
+    server = server_factory(
+        f"--model_config_file={config}",
+        "--allow_version_labels_for_unavailable_models",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+    )
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(predict_request("default", [0.0]), timeout=30)  # connected and warm
+        hasty = stub.Predict.future(predict_request("default", [4.0]), timeout=30)  # first in the batch
+        time.sleep(0.02)
+        patient = stub.Predict.future(predict_request("default", [2.0]), timeout=30)
+        time.sleep(0.05)  # both are queued in the batch (it closes after 200 ms)
+        hasty.cancel()
+        assert list(patient.result().outputs["y"].float_val) == [3.0]
