@@ -223,6 +223,7 @@ def _listen(bind: str, port: int) -> socket.socket:
 
 def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> None:
     import uvicorn
+    import uvloop
 
     from serving.model_server.rest import RestApp
 
@@ -246,7 +247,8 @@ def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> No
         await server.serve(sockets=[sock])
 
     try:
-        asyncio.run(run())
+        # uvicorn's loop="uvloop" only applies when uvicorn creates the loop; this one is ours.
+        uvloop.run(run())
     finally:
         stop.set()
         executor.shutdown(wait=False, cancel_futures=True)
