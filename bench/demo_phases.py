@@ -20,10 +20,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.cli import DEFAULT_CONFIG, run_and_summarize, validated_config
-from tasks.demo_data import write_digits_csv
-from tasks.processes import free_port
-from tasks.stack import Stack, StackPorts
+from infra.cli import DEFAULT_CONFIG, run_and_summarize, validated_config
+from infra.demo_data import write_digits_csv
+from infra.processes import free_port
+from infra.stack import Stack, StackPorts
 
 TOTAL_TARGET_S = 240
 OVERHEAD_TARGET_PCT = 30

@@ -42,7 +42,7 @@ from serving_procs import (  # noqa: E402
     tree_rss_kib,
 )
 
-from tasks.processes import free_port  # noqa: E402
+from infra.processes import free_port  # noqa: E402
 
 MODEL_NAME = "digits"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"

@@ -21,10 +21,10 @@ DATA_FILE = Path("data") / "digits.csv"
 
 def build_saved_model(home: Path, epochs: int | None = None) -> Path:
     """Train the demo model under `home` (used as KILN_HOME); return its SavedModel folder."""
+    from infra.demo_data import write_digits_csv
     from tasks import ingest, train, transform, validate
     from tasks.artifacts import StepContext
     from tasks.config import load_config
-    from tasks.demo_data import write_digits_csv
 
     write_digits_csv(home / DATA_FILE)
     os.environ["KILN_HOME"] = str(home)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import tasks
+from infra.processes import free_ports, log_tail, stop_process_groups
 from tasks import ingest, tracking
 from tasks.artifacts import StepContext, publish_artifact, read_artifact
 from tasks.config import PipelineConfig
-from tasks.processes import free_ports, log_tail, stop_process_groups
 from tasks.train_worker import PROGRESS_MARK
 from tasks.transform import load_normalization
 

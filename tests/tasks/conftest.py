@@ -38,7 +38,7 @@ def ctx(tmp_path: Path) -> StepContext:
 
 @pytest.fixture(scope="session")
 def digits_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tasks.demo_data import write_digits_csv
+    from infra.demo_data import write_digits_csv
 
     return write_digits_csv(tmp_path_factory.mktemp("demo") / "digits.csv")
 

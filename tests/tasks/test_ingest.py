@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.demo_data import HEADER
 from tasks import ingest
 from tasks.artifacts import read_artifact
-from tasks.demo_data import HEADER
 
 
 def test_demo_data_is_the_full_digits_set(digits_csv: Path) -> None:

@@ -14,10 +14,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from tasks.airflow_api import AirflowApiError
+from infra.airflow_api import AirflowApiError
+from infra.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
-from tasks.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 out = Console()
@@ -106,7 +106,7 @@ def _demo_data_path(home: Path) -> Path:
 @app.command("demo-data")
 def demo_data(home: Home = None) -> None:
     """Write the demo data set (sklearn's bundled 8x8 digits) to $KILN_HOME/data/digits.csv."""
-    from tasks.demo_data import write_digits_csv
+    from infra.demo_data import write_digits_csv
 
     err.print(f"wrote {write_digits_csv(_demo_data_path(kiln_home(home)))}", highlight=False)
 
@@ -133,7 +133,7 @@ def run(
 
 
 def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
-    from tasks.runner import summarize, trigger_and_follow, write_summary
+    from infra.runner import summarize, trigger_and_follow, write_summary
 
     def on_task(task_id: str, state: str, seconds: float | None) -> None:
         took = f" ({seconds:.1f}s)" if seconds is not None and state in ("success", "failed") else ""
@@ -190,7 +190,7 @@ def demo(
     grpc_port: Port = None,
 ) -> None:
     """up → write the digits data set → run → summary → down."""
-    from tasks.demo_data import write_digits_csv
+    from infra.demo_data import write_digits_csv
 
     stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
     _start(stack)
@@ -225,8 +225,8 @@ def status(home: Home = None) -> None:
 
 
 def _print_runs(stack: Stack) -> None:
-    from tasks.airflow_api import AirflowClient, admin_password
-    from tasks.runner import DAG_ID
+    from infra.airflow_api import AirflowClient, admin_password
+    from infra.runner import DAG_ID
 
     try:
         client = AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home))
@@ -244,9 +244,9 @@ def _print_runs(stack: Stack) -> None:
 
 
 def _print_models(stack: Stack) -> None:
+    from infra.runner import registry_aliases
     from serving.client import RestClient, ServingClientError
     from serving.deployer import read_config
-    from tasks.runner import registry_aliases
 
     table = Table(title="models")
     for column in ("model", "MLflow aliases", "served versions", "labels"):
@@ -273,7 +273,7 @@ def _registered_name() -> str:
         return PipelineConfig.model_fields["registry"].default.model_name
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m tasks.cli`
+def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli`
     app()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.processes import log_tail, port_is_free, stop_process_group
+from infra.processes import log_tail, port_is_free, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = "stack.json"

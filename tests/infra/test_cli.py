@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from tasks.cli import app
+from infra.cli import app
 
 
 @pytest.fixture
