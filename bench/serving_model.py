@@ -53,7 +53,6 @@ def write_mlflow_model(saved_model: Path, target: Path) -> Path:
     import numpy as np
     import tf_keras as keras
     from mlflow.models import infer_signature
-
     from tasks.model import PROBABILITIES, load_serving_function
 
     keras_model = keras.models.load_model(str(saved_model))

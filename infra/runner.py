@@ -17,11 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.model import DIGIT, PROBABILITIES
+
 from infra.airflow_api import FINISHED, AirflowClient, admin_password, seconds_between
 from infra.stack import Stack
 from tasks.artifacts import read_artifact
 from tasks.config import PipelineConfig
-from tasks.model import DIGIT, PROBABILITIES
 
 DAG_ID = "kiln_train_deploy"
 TASK_ORDER = ("ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify",

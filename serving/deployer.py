@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.client import GrpcModelService
+from serving.target import ServingTarget
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +34,6 @@ STABLE, CANARY = "stable", "canary"
 
 class DeployError(RuntimeError):
     """A push or promotion that did not happen; the server was put back as it was."""
-
-
-@dataclass(frozen=True)
-class ServingTarget:
-    """Where a model server runs and which files it reads."""
-
-    grpc_address: str
-    rest_url: str
-    model_base_path: Path
-    config_file: Path
-
-    @classmethod
-    def from_env(cls) -> ServingTarget:
-        missing = [
-            name
-            for name in ("KILN_SERVING_GRPC", "KILN_SERVING_REST", "KILN_SERVING_MODELS", "KILN_SERVING_CONFIG")
-            if not os.environ.get(name)
-        ]
-        if missing:
-            raise DeployError(f"serving target not configured: set {', '.join(missing)} (kiln up does)")
-        return cls(
-            grpc_address=os.environ["KILN_SERVING_GRPC"],
-            rest_url=os.environ["KILN_SERVING_REST"],
-            model_base_path=Path(os.environ["KILN_SERVING_MODELS"]),
-            config_file=Path(os.environ["KILN_SERVING_CONFIG"]),
-        )
 
 
 @dataclass(frozen=True)

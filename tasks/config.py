@@ -1,7 +1,8 @@
-"""The pipeline config: one strict, frozen model per pipeline, loaded from YAML.
+"""The pipeline config: one strict, frozen model per pipeline YAML.
 
 Invalid configs fail at parse time with the field's dotted path in a one-line message, so
-`kiln run` can refuse a bad file before anything is triggered.
+`kiln run` can refuse a bad file before anything is triggered. DAG params and `kiln run --param`
+change single fields (`with_values`); the step registry says which fields are exposed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import BadInputError
+from tasks.metrics import TASK_METRICS
+from tasks.models.contract import is_file_reference
+
+TaskType = Literal["classification", "regression"]
+ClassValue = str | int | bool
 
 
 class ConfigError(BadInputError):
@@ -26,47 +32,90 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="CSV file with a header row; ${VARS} are expanded")
-    label_column: str = "label"
+    source: str = Field(description="CSV file with a header row; relative to the YAML; ${VARS} are expanded")
+    label_column: str = Field("label", min_length=1, description="the column to predict")
     eval_percent: int = Field(20, ge=1, le=99, description="share of rows hashed into the eval split")
-    num_shards: int = Field(2, ge=1, le=64)
+    num_shards: int = Field(2, ge=1, le=64, description="TFRecord files per split")
     schema_path: str | None = Field(
         None, description="curated schema (TFDV Schema text proto); inferred from the data when absent"
     )
 
 
+class TaskConfig(_Strict):
+    type: TaskType = Field(description="classification (the label is a class) or regression (a number)")
+    classes: list[ClassValue] | None = Field(
+        None, description="the label's classes in output order; default: the schema's label domain, else "
+                          "the distinct labels of the train split")
+
+    @model_validator(mode="after")
+    def _classes_fit_the_task(self) -> TaskConfig:
+        if self.classes is None:
+            return self
+        if self.type == "regression":
+            raise ValueError("classes are only for classification")
+        if len(self.classes) < 2:
+            raise ValueError("classification needs at least two classes")
+        if len(set(map(repr, self.classes))) != len(self.classes):
+            raise ValueError("classes must be distinct")
+        if len({type(c) for c in self.classes}) != 1:
+            raise ValueError("classes must all be strings, all integers or all booleans")
+        return self
+
+
+class TransformConfig(_Strict):
+    feature_groups: dict[str, list[str]] = Field(
+        {}, description="numeric columns served together as one vector input, e.g. {pixels: ['pixel_*']} "
+                        "(names or glob patterns, in CSV order)")
+    discretize: dict[str, int] = Field(
+        {}, description="numeric feature -> number of quantile buckets (one-hot), e.g. {age: 8}")
+    max_vocabulary: int = Field(100, ge=1, le=100_000,
+                                description="most frequent values kept per categorical feature; others are OOV")
+
+
 class TrainConfig(_Strict):
-    image_shape: tuple[int, int, int] = (8, 8, 1)
-    num_classes: int = Field(10, ge=2)
-    epochs: int = Field(12, ge=1, le=1000)
+    model: str = Field("mlp", min_length=1,
+                       description="model body: mlp, cnn, path/to/file.py:function or package.module:function")
+    hparams: dict[str, Any] = Field({}, description="free mapping handed to the model function")
+    epochs: int = Field(12, ge=1, le=1000, description="passes over the train split")
     batch_size: int = Field(64, ge=1, le=65536, description="per-worker batch size")
-    learning_rate: float = Field(0.002, gt=0, lt=1)
-    num_workers: int = Field(1, ge=1, le=64)
-    seed: int = 7
+    learning_rate: float = Field(0.002, gt=0, lt=1, description="Adam's learning rate")
+    num_workers: int = Field(1, ge=1, le=64, description="training worker processes (MultiWorkerMirroredStrategy)")
+    seed: int = Field(7, description="random seed for weights and shuffling")
     worker_timeout_seconds: int = Field(900, ge=10, description="deadline for the whole worker group")
 
 
 class EvaluateConfig(_Strict):
-    min_accuracy: float = Field(0.95, ge=0, le=1, description="a model below this is not blessed")
+    thresholds: dict[str, float] = Field(
+        {}, description="blessing thresholds by metric, e.g. {accuracy: 0.9} or {rmse: 60}; higher-is-better "
+                        "metrics must reach the value, lower-is-better ones must not exceed it")
 
 
 class OptimizeConfig(_Strict):
-    tflite: Literal["dynamic_range", "none"] = "dynamic_range"
+    tflite: Literal["dynamic_range", "none"] = Field("dynamic_range", description="TFLite conversion to try")
 
 
 class RegistryConfig(_Strict):
-    model_name: str = Field("kiln-digits", min_length=1)
-    experiment: str = Field("kiln", min_length=1)
+    model_name: str | None = Field(None, min_length=1, description="MLflow registered model (default kiln-<pipeline>)")
+    experiment: str = Field("kiln", min_length=1, description="MLflow experiment of the runs")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: the stack's)")
 
 
 class ServingConfig(_Strict):
-    model_name: str = Field("digits", pattern=r"^[A-Za-z0-9_.-]+$")
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                   description="served model name (default: the pipeline name)")
     verify_examples: int = Field(32, ge=1, le=1000, description="eval rows replayed against the server")
-    tolerance: float = Field(1e-4, gt=0, description="max |served - in-process| probability difference")
+    tolerance: float = Field(1e-4, gt=0, description="max |served - in-process| output difference")
+    rest_url: str | None = Field(None, description="TF Serving REST address (default: the stack's)")
+    grpc_address: str | None = Field(None, description="TF Serving gRPC host:port (default: the stack's)")
+    model_base_path: str | None = Field(None, description="folder TF Serving loads versions from (default: the stack's)")
+    config_file: str | None = Field(None, description="TF Serving's --model_config_file (default: the stack's)")
+
+
+Executor = Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"]
 
 
 class StepPlacement(_Strict):
-    executor: Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"] | None = None
+    executor: Executor | None = None
     queue: str | None = None
     pool: str | None = None
 
@@ -75,10 +124,16 @@ class PlacementConfig(_Strict):
     default: StepPlacement = StepPlacement()
     steps: dict[str, StepPlacement] = {}
 
+    def for_step(self, step: str) -> StepPlacement:
+        return self.steps.get(step, self.default)
+
 
 class PipelineConfig(_Strict):
-    pipeline: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    pipeline: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="name; the DAG is kiln_<pipeline>")
+    description: str = Field("", description="what the model is for (shown in the DAG and the model card)")
     data: DataConfig
+    task: TaskConfig
+    transform: TransformConfig = TransformConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     optimize: OptimizeConfig = OptimizeConfig()
@@ -87,36 +142,37 @@ class PipelineConfig(_Strict):
     placement: PlacementConfig = PlacementConfig()
 
     @model_validator(mode="after")
-    def _known_placement_steps(self) -> PipelineConfig:
+    def _known_names(self) -> PipelineConfig:
+        from tasks.registry import STEP_NAMES  # the registry reads this module's field schemas
+
         unknown = set(self.placement.steps) - set(STEP_NAMES)
         if unknown:
             raise ValueError(f"placement.steps names unknown steps {sorted(unknown)}; steps are {list(STEP_NAMES)}")
+        metrics = TASK_METRICS[self.task.type]
+        for name in self.evaluate.thresholds:
+            if name not in metrics:
+                raise ValueError(f"evaluate.thresholds: {name!r} is not a {self.task.type} metric; "
+                                 f"{self.task.type} metrics are {', '.join(sorted(metrics))}")
         return self
 
-    def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
-        """Apply DAG params / `--param` values (`None` means "keep the YAML value")."""
+    @property
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"kiln-{self.pipeline}"
+
+    @property
+    def served_model_name(self) -> str:
+        return self.serving.model_name or self.pipeline
+
+    def with_values(self, values: dict[str, Any], source: str = "parameters") -> PipelineConfig:
+        """A copy with fields set by dotted path (`{"train.epochs": 3}`), validated again as a whole."""
         data = self.model_dump()
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key not in OVERRIDABLE:
-                raise ConfigError(f"unknown parameter {key!r}; allowed: {', '.join(OVERRIDABLE)}")
-            section, field = OVERRIDABLE[key].split(".")
-            data[section][field] = value
-        return _validate(data, source="parameters")
-
-
-STEP_NAMES = ("ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify")
-
-# The documented subset of fields a DAG run may override (DAG params and `kiln run --param`).
-OVERRIDABLE: dict[str, str] = {
-    "data_source": "data.source",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "learning_rate": "train.learning_rate",
-    "num_workers": "train.num_workers",
-    "min_accuracy": "evaluate.min_accuracy",
-}
+        for path, value in values.items():
+            *sections, field = path.split(".")
+            target = data
+            for section in sections:
+                target = target[section]
+            target[field] = value
+        return validate_config(data, source)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -126,10 +182,11 @@ def _first_error(exc: ValidationError) -> str:
         return f"unknown field {where!r}"
     if err["type"] == "missing":
         return f"missing field {where!r}"
-    return f"field {where!r}: {err['msg']}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"field {where!r}: {message}" if err["loc"] else message
 
 
-def _validate(data: Any, source: str) -> PipelineConfig:
+def validate_config(data: Any, source: str) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
@@ -153,42 +210,49 @@ def _expand(value: Any) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read YAML, expand ${VARS} in strings, validate strictly, then apply overrides."""
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The YAML mapping of a pipeline file, or a one-line ConfigError."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path is a folder, not a YAML file: {path}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    config = _validate(_expand(raw), source=str(path))
-    return _resolve_paths(config, base=path.parent).with_overrides(overrides or {})
+    return raw
+
+
+def load_config(path: str | os.PathLike[str], expand_env: bool = True) -> PipelineConfig:
+    """Read YAML, expand ${VARS} in strings, validate strictly, make relative paths absolute.
+
+    `expand_env=False` checks the structure only (DAG parsing, where the run's environment, e.g.
+    ${KILN_HOME}, may not be set); paths then keep their variables.
+    """
+    path = Path(path)
+    raw = read_yaml(path)
+    config = validate_config(_expand(raw) if expand_env else raw, source=str(path))
+    return _resolve_paths(config, base=path.resolve().parent)
+
+
+def _absolute(base: Path, p: str | None) -> str | None:
+    if p is None or "://" in p or os.path.isabs(p) or "$" in p:
+        return p
+    return str((base / p).resolve())
 
 
 def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
-    """Relative data paths are relative to the config file, not to whatever the cwd is."""
-
-    def absolute(p: str | None) -> str | None:
-        if p is None or "://" in p or os.path.isabs(p):
-            return p
-        return str((base / p).resolve())
-
+    """Relative paths are relative to the config file, not to whatever the cwd is."""
     data = config.data.model_copy(
-        update={"source": absolute(config.data.source), "schema_path": absolute(config.data.schema_path)}
+        update={"source": _absolute(base, config.data.source), "schema_path": _absolute(base, config.data.schema_path)}
     )
-    return config.model_copy(update={"data": data})
-
-
-def load_placement(path: str | os.PathLike[str]) -> PlacementConfig:
-    """Only the `placement` section: DAG files read it at parse time, when the run's environment
-    (e.g. ${KILN_HOME} in data paths) may not be set."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return PlacementConfig.model_validate(raw.get("placement", {}))
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: in section 'placement': {_first_error(exc)}") from None
+    train = config.train
+    if is_file_reference(train.model):
+        file, function = train.model.split(":", 1)
+        train = train.model_copy(update={"model": f"{_absolute(base, file)}:{function}"})
+    return config.model_copy(update={"data": data, "train": train})

@@ -8,3 +8,9 @@ without a traceback.
 
 class BadInputError(ValueError):
     """Bad data, a bad config or a model that does not meet the bar; never worth a retry."""
+
+
+def one_line(exc: BaseException) -> str:
+    """`TypeName: first line of the message`, as kiln reports rejected input everywhere."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

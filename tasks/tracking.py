@@ -1,25 +1,23 @@
-"""MLflow as the system of record: one parent run per DAG run, one nested child run per step.
+"""MLflow as the system of record: one parent run per DAG run, one nested child run per tracked step.
 
 Runs are found by tags, not remembered, so a retried task (another process, maybe another
-machine) lands in the same parent and the same child run instead of adding duplicates.
+machine) lands in the same parent and the same child run instead of adding duplicates. The tracking
+URI comes from the run snapshot (`ctx.tracking_uri`), never from MLflow's cwd-relative default.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks.artifacts import StepContext
 from tasks.config import PipelineConfig
+from tasks.context import StepContext
 
 log = logging.getLogger(__name__)
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RUN_ID_TAG = "kiln.run_id"
 ROLE_TAG = "kiln.role"
 STEP_TAG = "kiln.step"
@@ -27,17 +25,15 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the child un
 
 
 class TrackingError(RuntimeError):
-    """MLflow is not configured, or a run cannot be identified."""
+    """A run cannot be identified."""
 
 
-def client() -> Any:
-    """An MlflowClient for $MLFLOW_TRACKING_URI; never MLflow's cwd-relative default."""
+def client(ctx: StepContext) -> Any:
+    """An MlflowClient for the run's tracking URI (also made the process default for `mlflow.*` calls)."""
     import mlflow
     from mlflow import MlflowClient
 
-    uri = os.environ.get(TRACKING_URI_ENV, "").strip()
-    if not uri:
-        raise TrackingError(f"{TRACKING_URI_ENV} is not set; kiln never falls back to MLflow's cwd-relative default store")
+    uri = ctx.require_tracking_uri()
     mlflow.set_tracking_uri(uri)
     return MlflowClient(uri)
 
@@ -49,37 +45,41 @@ def experiment_id(mlflow_client: Any, name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(mlflow_client))
     except MlflowException:  # another task created it between our two calls
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
-def parent_run(config: PipelineConfig, ctx: StepContext, data_fingerprint: str | None = None) -> str:
-    """The MLflow run id of this DAG run's parent run, created on first use."""
-    mlflow_client = client()
+def parent_run(config: PipelineConfig, ctx: StepContext, tags: dict[str, str] | None = None) -> str:
+    """The MLflow run id of this DAG run's parent run, created (with `tags`) on first use."""
+    mlflow_client = client(ctx)
     exp = experiment_id(mlflow_client, config.registry.experiment)
-    found = _search(mlflow_client, exp, {RUN_ID_TAG: _quoted(ctx.run_id), ROLE_TAG: "parent"})
+    found = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), ROLE_TAG: "parent"})
     if found:
         run_id = found.info.run_id
     else:
-        tags = {RUN_ID_TAG: ctx.run_id, ROLE_TAG: "parent", "kiln.pipeline": config.pipeline}
-        if sha := git_sha():
-            tags["mlflow.source.git.commit"] = sha
+        tags = {**(tags or {}), RUN_ID_TAG: ctx.run_id, ROLE_TAG: "parent", "kiln.pipeline": config.pipeline}
         run_id = mlflow_client.create_run(exp, tags=tags, run_name=f"{config.pipeline} {ctx.run_id}").info.run_id
         log.info("mlflow: parent run %s for %s", run_id, ctx.run_id)
     mlflow_client.set_tag(run_id, "kiln.try", str(ctx.try_number))
-    if data_fingerprint:
-        mlflow_client.set_tag(run_id, "kiln.data_fingerprint", data_fingerprint)
     return run_id
 
 
+def tag_parent(config: PipelineConfig, ctx: StepContext, tags: dict[str, str]) -> None:
+    mlflow_client = client(ctx)
+    run_id = parent_run(config, ctx)
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, value)
+
+
 @contextmanager
-def step_run(config: PipelineConfig, ctx: StepContext, step: str, data_fingerprint: str | None = None) -> Iterator[Any]:
+def step_run(config: PipelineConfig, ctx: StepContext, step: str,
+             parent_tags: dict[str, str] | None = None) -> Iterator[Any]:
     """The active child run of `step` (reused on retry); FAILED if the block raises."""
     import mlflow
 
-    parent = parent_run(config, ctx, data_fingerprint)
-    mlflow_client = client()
+    parent = parent_run(config, ctx, parent_tags)
+    mlflow_client = client(ctx)
     exp = experiment_id(mlflow_client, config.registry.experiment)
     found = _search(mlflow_client, exp, {PARENT_TAG: parent, STEP_TAG: step})
     if found:
@@ -92,10 +92,30 @@ def step_run(config: PipelineConfig, ctx: StepContext, step: str, data_fingerpri
         yield active
 
 
-def finish_parent(config: PipelineConfig, ctx: StepContext, status: str = "FINISHED") -> None:
-    """Close the parent run (the DAG's last task, or its failure callback)."""
-    mlflow_client = client()
-    mlflow_client.set_terminated(parent_run(config, ctx), status=status)
+def log_params(params: dict[str, Any]) -> None:
+    """MLflow params are write-once: a retry whose config changed keeps the first try's values."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_params(params)
+    except MlflowException as exc:
+        log.warning("MLflow kept the params of an earlier try: %s", str(exc).splitlines()[0][:300])
+
+
+def finish_run(config: PipelineConfig, ctx: StepContext, succeeded: bool) -> dict[str, str]:
+    """Close the parent run as FINISHED or FAILED (the DAG's teardown task)."""
+    client(ctx).set_terminated(parent_run(config, ctx), status="FINISHED" if succeeded else "FAILED")
+    return {}
+
+
+def _artifact_location(mlflow_client: Any) -> str | None:
+    """Beside a SQLite store's file; MLflow's default there is ./mlruns under whatever the cwd is.
+    A tracking server (the stack) decides itself: None."""
+    uri = mlflow_client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    return None
 
 
 def _search(mlflow_client: Any, exp: str, tags: dict[str, str]) -> Any | None:
@@ -104,17 +124,7 @@ def _search(mlflow_client: Any, exp: str, tags: dict[str, str]) -> Any | None:
     return runs[0] if runs else None
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     if "'" in value or "\\" in value:
         raise TrackingError(f"run id {value!r} contains a quote or backslash; MLflow filters cannot match it")
     return value
-
-
-def git_sha() -> str | None:
-    """The commit of the kiln checkout, when there is one."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None

@@ -33,7 +33,7 @@ def tiny_digits_csv(tmp_path_factory):
 @pytest.fixture
 def model_server(tmp_path):
     """A kiln-model-server with an empty model config, as `kiln up` starts it; yields its target."""
-    from serving.deployer import ServingTarget
+    from serving.target import ServingTarget
 
     config = tmp_path / "serving" / "models.config"
     config.parent.mkdir(parents=True)

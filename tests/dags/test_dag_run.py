@@ -56,7 +56,7 @@ def parent_run_statuses(env) -> list[str]:
 RUN_DAG = textwrap.dedent("""
     import json, sys
     from airflow.dag_processing.dagbag import DagBag
-    dag = DagBag(dag_folder=sys.argv[1]).dags["kiln_train_deploy"]
+    dag = DagBag(dag_folder=sys.argv[1]).dags["kiln_digits"]
     run = dag.test(run_conf=json.loads(sys.argv[2]))
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
@@ -66,7 +66,7 @@ RUN_DAG = textwrap.dedent("""
 @pytest.mark.slow
 def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_server):
     env = airflow_env(tmp_path, model_server)
-    conf = {"data_source": str(tiny_digits_csv), "epochs": 4, "min_accuracy": 0.6}
+    conf = {"data_source": str(tiny_digits_csv), "epochs": 4, "thresholds": {"accuracy": 0.6}}
     outcome = run_dag(tmp_path, env, conf)
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
     assert set(outcome["tasks"].values()) == {"success"}
@@ -86,7 +86,7 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
     pixels = [float(v) for v in first.split(",")[:-1]]
     with RestClient(model_server.rest_url) as client:
         [prediction] = client.predict("digits", [pixels], label="stable").outputs
-    assert prediction["digit"] == int(first.split(",")[-1])
+    assert prediction["class"] == prediction["class_id"] == int(first.split(",")[-1])
     assert len(prediction["probabilities"]) == 10
 
 
@@ -99,11 +99,12 @@ def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tin
     env = airflow_env(tmp_path, model_server)
     outcome = run_dag(tmp_path, env, {"data_source": str(broken)})
     assert outcome["state"] == "failed"
-    assert outcome["tasks"]["ingest"] == "success" and outcome["tasks"]["validate"] == "failed"
+    assert outcome["tasks"]["resolve"] == outcome["tasks"]["ingest"] == "success"
+    assert outcome["tasks"]["validate"] == "failed"
     assert {outcome["tasks"][t] for t in ("transform", "train", "register", "push")} == {"upstream_failed"}
     assert outcome["tasks"]["finish_tracking"] == "success"
     assert parent_run_statuses(env) == ["FAILED"]
     assert "column 'pixel_5' is required by the schema but missing from the data" in outcome["output"]
     [run_folder] = (tmp_path / "artifacts" / "digits").iterdir()
-    assert sorted(p.name for p in run_folder.iterdir()) == ["ingest", "validate"], "nothing past validation"
+    assert sorted(p.name for p in run_folder.iterdir()) == ["ingest", "resolve", "validate"], "nothing past validation"
     assert model_server.config_file.read_text().strip() == "model_config_list {\n}"

@@ -1,7 +1,7 @@
-"""One training worker process: `python -m tasks.train_worker --spec spec.json` with TF_CONFIG set.
+"""One training worker process: `python -m tasks.training.worker --spec spec.json` with TF_CONFIG set.
 
-Started by `tasks.train` — N local processes on loopback here, N pods on a fleet, same entry
-point. MultiWorkerMirroredStrategy must exist before any other TensorFlow op, so it is created
+Started by `tasks.training.launcher` — N local processes on loopback here, N pods on a fleet, same
+entry point. MultiWorkerMirroredStrategy must exist before any other TensorFlow op, so it is created
 first; everything else follows in its scope.
 """
 
@@ -20,11 +20,12 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from tasks.training.launcher import CONTRACT_EXIT_CODE, PROGRESS_MARK  # noqa: E402
+
 log = logging.getLogger("kiln.train_worker")
 
-SPEC_KEYS = ("train_files", "eval_files", "feature_columns", "label_column", "num_train", "num_eval",
-             "train", "mean", "variance", "saved_model_dir", "metrics_path", "backup_dir", "scratch_dir")
-PROGRESS_MARK = "kiln-train:"
+SPEC_KEYS = ("train_files", "eval_files", "num_train", "num_eval", "preprocessing", "model", "hparams", "train",
+             "saved_model_dir", "metrics_path", "backup_dir", "scratch_dir")
 
 
 class WorkerSpecError(ValueError):
@@ -56,35 +57,18 @@ def make_strategy() -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def make_dataset(files: list[str], columns: list[str], label: str, batch_size: int, shuffle_seed: int | None) -> Any:
-    """Repeated (pixels [B, F], label [B]) batches; each worker keeps its share of the records."""
-    import tensorflow as tf
-
-    spec = {c: tf.io.FixedLenFeature([], tf.float32) for c in columns}
-    spec[label] = tf.io.FixedLenFeature([], tf.int64)
-
-    def parse(records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        parsed = tf.io.parse_example(records, spec)
-        return tf.stack([parsed[c] for c in columns], axis=1), parsed[label]
-
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat().batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
 def train(spec: dict[str, Any]) -> None:
     strategy = make_strategy()  # first: TF_CONFIG is read and collectives are set up here
 
     import tf_keras as keras
 
     from tasks.config import TrainConfig
-    from tasks.model import build_model, compile_model, export_saved_model
+    from tasks.features import Preprocessing, dataset
+    from tasks.models.assemble import build_model, compile_model
+    from tasks.models.export import export_saved_model
 
     config = TrainConfig.model_validate(spec["train"])
+    preprocessing = Preprocessing.model_validate(spec["preprocessing"])
     cluster = strategy.cluster_resolver.cluster_spec()
     num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
     task_id = strategy.cluster_resolver.task_id or 0
@@ -94,24 +78,24 @@ def train(spec: dict[str, Any]) -> None:
     global_batch = config.batch_size * num_workers
     steps_per_epoch = max(1, math.ceil(spec["num_train"] / global_batch))
     validation_steps = max(1, math.ceil(spec["num_eval"] / global_batch))
-    columns, label = spec["feature_columns"], spec["label_column"]
-    train_data = make_dataset(spec["train_files"], columns, label, global_batch, shuffle_seed=config.seed)
-    eval_data = make_dataset(spec["eval_files"], columns, label, global_batch, shuffle_seed=None)
+    features, label = preprocessing.features, preprocessing.label
+    train_data = dataset(spec["train_files"], features, label, global_batch, shuffle_seed=config.seed, repeat=True)
+    eval_data = dataset(spec["eval_files"], features, label, global_batch, shuffle_seed=None, repeat=True)
 
     with strategy.scope():
-        model = build_model(config, spec["mean"], spec["variance"])
-        compile_model(model, config)
+        model = build_model(preprocessing, spec["model"], spec["hparams"])
+        compile_model(model, label, config.learning_rate)
 
     callbacks = [keras.callbacks.BackupAndRestore(backup_dir=spec["backup_dir"]),
                  epoch_metrics(spec["metrics_path"] if is_chief else None, config.epochs, task_id)]
-    log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d", PROGRESS_MARK, task_id, num_workers,
-             config.epochs, steps_per_epoch, global_batch)
+    log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d, %s parameters", PROGRESS_MARK, task_id,
+             num_workers, config.epochs, steps_per_epoch, global_batch, f"{model.count_params():,}")
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_data,
               validation_steps=validation_steps, callbacks=callbacks, verbose=0)
 
     # Every worker must take part in saving (it runs collectives); only the chief's copy is kept.
     target = Path(spec["saved_model_dir"]) if is_chief else Path(spec["scratch_dir"]) / f"worker-{task_id}"
-    export_saved_model(model, target)
+    export_saved_model(model, preprocessing, target)
     if not is_chief:
         shutil.rmtree(target, ignore_errors=True)
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
@@ -131,9 +115,9 @@ def epoch_metrics(path: str | None, epochs: int, task_id: int) -> Any:
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                       "epoch_seconds": round(time.monotonic() - self.started, 3)}
-            log.info("%s worker %d epoch %d/%d loss=%.4f accuracy=%.4f val_accuracy=%.4f (%.1fs)", PROGRESS_MARK,
-                     task_id, epoch + 1, epochs, record.get("loss", math.nan), record.get("accuracy", math.nan),
-                     record.get("val_accuracy", math.nan), record["epoch_seconds"])
+            shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "epoch_seconds"))
+            log.info("%s worker %d epoch %d/%d %s (%.1fs)", PROGRESS_MARK, task_id, epoch + 1, epochs, shown,
+                     record["epoch_seconds"])
             if path:
                 with open(path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -143,7 +127,7 @@ def epoch_metrics(path: str | None, epochs: int, task_id: int) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="JSON file written by tasks.train")
+    parser.add_argument("--spec", required=True, help="JSON file written by tasks.training.launcher")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
@@ -151,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerSpecError as exc:
         print(f"train_worker: {exc}", file=sys.stderr)
         return 2
-    train(spec)
+    from tasks.models.contract import ModelContractError
+
+    try:
+        train(spec)
+    except ModelContractError as exc:
+        print(f"train_worker: {exc}", file=sys.stderr, flush=True)
+        return CONTRACT_EXIT_CODE
     return 0
 
 

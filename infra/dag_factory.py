@@ -1,0 +1,149 @@
+"""Airflow DAGs from pipeline YAMLs and the step registry: one DAG `kiln_<pipeline>` per YAML.
+
+Wiring only. The task list, each task's inputs (matched by artifact name to the step that produces
+them), its params (JSON schemas derived from the config's pydantic fields) and its placement
+(executor, queue, pool from the YAML's `placement`) all come from `tasks.registry` and the YAML.
+The first task resolves the run snapshot (the only code that reads the deployment's environment);
+every other task calls `tasks.step_runner.run_step`, which imports the step only when it runs, so
+parsing stays fast. Only DAG files import this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks.config import PipelineConfig, load_config
+from tasks.errors import BadInputError, one_line
+from tasks.registry import PARAMS, STEPS, StepSpec, param_schema
+
+log = logging.getLogger(__name__)
+
+CONFIG_MARK = "kiln-config:"  # the doc line `kiln run` reads to know which YAML version Airflow parsed
+DEFAULT_ARGS = {"owner": "kiln", "retries": 1, "retry_delay": timedelta(seconds=5)}
+
+
+def config_fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pipeline_dags(paths: dict[str, Path]) -> dict[str, DAG]:
+    """dag_id -> DAG for every pipeline YAML that parses; a broken YAML is logged and skipped, so it
+    cannot take the other pipelines down (`kiln run` reports its error in one line)."""
+    dags = {}
+    for name, path in paths.items():
+        try:
+            dag = pipeline_dag(path)
+        except (BadInputError, OSError) as exc:
+            log.error("pipeline %s (%s) skipped: %s", name, path, exc)
+            continue
+        dags[dag.dag_id] = dag
+    return dags
+
+
+def pipeline_dag(config_path: Path) -> DAG:
+    config = load_config(config_path, expand_env=False)
+    placement = config.placement
+    with DAG(
+        dag_id=f"kiln_{config.pipeline}",
+        description=config.description or f"kiln pipeline {config.pipeline}: {config.task.type}",
+        schedule=None,
+        catchup=False,
+        max_active_runs=1,
+        tags=["kiln", config.task.type],
+        default_args=DEFAULT_ARGS,
+        params={name: Param(None, **param_schema(name)) for name in PARAMS},
+        doc_md=_doc(config, config_path),
+    ) as dag:
+        outputs: dict[str, Any] = {}
+        steps = {}
+        for spec in STEPS:
+            if spec.role == "setup":
+                outputs["run"] = _resolve_task(spec, config_path, placement.model_dump(mode="json"),
+                                               _placed(config, spec))()
+            elif spec.role == "step":
+                inputs = {name: outputs[name] for name in spec.inputs}
+                steps[spec.name] = _step_task(spec, _placed(config, spec))(run=outputs["run"], inputs=inputs)
+                for name in spec.outputs:
+                    outputs[name] = steps[spec.name][name]
+        last = [s for s in STEPS if s.role == "step"][-1]
+        for spec in STEPS:
+            if spec.role == "teardown":
+                finish = _teardown_task(spec, last.name, _placed(config, spec))(run=outputs["run"])
+                steps[last.name] >> finish
+                finish.as_teardown(setups=outputs["run"])
+    return dag
+
+
+def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
+    """Task arguments for the step's placement (unset fields keep Airflow's defaults)."""
+    chosen = config.placement.for_step(spec.name).model_dump()
+    args = {k: v for k, v in chosen.items() if v is not None}
+    if spec.timeout_minutes:
+        args["execution_timeout"] = timedelta(minutes=spec.timeout_minutes)
+    return args
+
+
+def _rejected(message: str) -> AirflowFailException:
+    """Bad input fails the task without retries: a retry cannot fix bad data or a bad config."""
+    return AirflowFailException(message)
+
+
+def _resolve_task(spec: StepSpec, config_path: Path, placement: dict[str, Any], placed: dict[str, Any]) -> Any:
+    def resolve() -> str:
+        from infra.deployment import deployment_from_env
+        from tasks.snapshot import resolve_run
+
+        context = get_current_context()
+        params = {name: context["params"].get(name) for name in PARAMS}
+        try:
+            return resolve_run(str(config_path), params, deployment_from_env(), context["run_id"], placement)
+        except BadInputError as exc:
+            raise _rejected(one_line(exc)) from None
+
+    return task(task_id=spec.name, doc_md=spec.description, **placed)(resolve)
+
+
+def _step_task(spec: StepSpec, placed: dict[str, Any]) -> Any:
+    def execute(run: str, inputs: dict[str, str]) -> dict[str, str]:
+        from tasks.step_runner import StepRejected, run_step
+
+        try:
+            return run_step(spec.name, run, get_current_context()["ti"].try_number, inputs)
+        except StepRejected as exc:
+            raise _rejected(str(exc)) from None
+
+    execute.__name__ = spec.name
+    return task(task_id=spec.name, multiple_outputs=True, doc_md=spec.description, **placed)(execute)
+
+
+def _teardown_task(spec: StepSpec, last_step: str, placed: dict[str, Any]) -> Any:
+    def finish(run: str) -> None:
+        from tasks.step_runner import run_step
+
+        # The last step's outputs exist only when every step succeeded.
+        succeeded = bool(get_current_context()["ti"].xcom_pull(task_ids=last_step))
+        run_step(spec.name, run, get_current_context()["ti"].try_number, succeeded=succeeded)
+
+    return task(task_id=spec.name, doc_md=spec.description, **placed)(finish)
+
+
+def _doc(config: PipelineConfig, path: Path) -> str:
+    rows = "\n".join(f"| {s.name} | {s.description} | {', '.join(s.inputs) or '-'} | {', '.join(s.outputs) or '-'} |"
+                     for s in STEPS)
+    return (f"# kiln_{config.pipeline}\n\n{config.description or ''}\n\n"
+            f"A {config.task.type} pipeline from `{path}`. Empty params keep the YAML's values.\n\n"
+            f"| step | does | reads | writes |\n|---|---|---|---|\n{rows}\n\n"
+            f"{CONFIG_MARK} {path} sha256={config_fingerprint(path)}\n")
+
+
+def kiln_home() -> Path | None:
+    home = os.environ.get("KILN_HOME")
+    return Path(home) if home else None

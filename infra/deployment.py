@@ -1,0 +1,28 @@
+"""The kiln installation a DAG runs in, read from the environment its Airflow workers were given.
+
+Only the DAG's first task (resolve) calls this; it freezes the result into the run snapshot, so no
+step ever reads these variables. `kiln up` sets them for the embedded stack; a fleet sets them in its
+worker environment (Helm values, compose env file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tasks.context import ServingEndpoints
+from tasks.snapshot import Deployment
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVING_VARIABLES = {"rest_url": "KILN_SERVING_REST", "grpc_address": "KILN_SERVING_GRPC",
+                     "model_base_path": "KILN_SERVING_MODELS", "config_file": "KILN_SERVING_CONFIG"}
+
+
+def deployment_from_env() -> Deployment:
+    home = Path(os.environ.get("KILN_HOME") or REPO_ROOT / ".kiln")
+    serving = {field: os.environ.get(name, "").strip() for field, name in SERVING_VARIABLES.items()}
+    return Deployment(
+        artifact_root=os.environ.get("KILN_ARTIFACT_ROOT") or str(home / "artifacts"),
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
+        serving=ServingEndpoints(**serving) if all(serving.values()) else None,
+    )

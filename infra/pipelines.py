@@ -1,0 +1,77 @@
+"""Which pipelines exist: the YAMLs shipped in `pipelines/`, plus those `kiln run` was given from
+anywhere else (recorded as small pointer files under `$KILN_HOME/pipelines/`). One DAG each."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from tasks.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = REPO_ROOT / "pipelines"
+POINTERS = "pipelines"
+
+
+def _name_of(path: Path) -> str | None:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    name = raw.get("pipeline") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def shipped() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(SHIPPED.glob("*.yaml")):
+        name = _name_of(path)
+        if name is None:
+            log.warning("%s has no pipeline name; skipped", path)
+        elif name in found:
+            log.warning("%s: pipeline %r is already defined by %s; skipped", path, name, found[name])
+        else:
+            found[name] = path.resolve()
+    return found
+
+
+def registered(home: Path | None) -> dict[str, Path]:
+    """Pipelines recorded by `kiln run` under `home` (the embedded stack's KILN_HOME)."""
+    if home is None or not (home / POINTERS).is_dir():
+        return {}
+    found = {}
+    for pointer in sorted((home / POINTERS).glob("*.json")):
+        try:
+            found[pointer.stem] = Path(json.loads(pointer.read_text())["config_path"])
+        except (OSError, ValueError, KeyError):
+            log.warning("unreadable pipeline pointer %s; skipped", pointer)
+    return found
+
+
+def discover(home: Path | None) -> dict[str, Path]:
+    """Every pipeline name -> its YAML; a shipped pipeline wins over a registered one of the same name."""
+    return {**registered(home), **shipped()}
+
+
+def register(home: Path, name: str, config_path: Path) -> bool:
+    """Record `config_path` as pipeline `name` for the stack at `home`; True when something changed."""
+    config_path = config_path.resolve()
+    shipped_path = shipped().get(name)
+    if shipped_path is not None:
+        if shipped_path != config_path:
+            raise ConfigError(f"{config_path}: pipeline name {name!r} is taken by {shipped_path}; rename it")
+        return False
+    pointer = home / POINTERS / f"{name}.json"
+    if pointer.exists() and registered(home).get(name) == config_path:
+        return False
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.with_name(f".{pointer.name}.tmp")
+    tmp.write_text(json.dumps({"config_path": str(config_path)}))
+    os.replace(tmp, pointer)
+    return True

@@ -1,0 +1,14 @@
+"""Where a TF Serving instance runs and which files it reads: all a deployer needs to ship versions to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    grpc_address: str  # host:port of the gRPC ModelService / PredictionService
+    rest_url: str  # http://host:port of the REST API
+    model_base_path: Path  # models are served from <model_base_path>/<model name>/<version>/
+    config_file: Path  # the server's --model_config_file (ModelServerConfig text proto)

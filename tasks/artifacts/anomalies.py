@@ -1,0 +1,30 @@
+"""`ExampleAnomalies`: TFDV's Anomalies per split (`Split-{split}/SchemaDiff.pbtxt`)."""
+
+from __future__ import annotations
+
+import fsspec
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from tasks.artifacts.base import ArtifactType, Properties
+
+ANOMALIES_FILE = "SchemaDiff.pbtxt"
+
+
+class AnomaliesProperties(Properties):
+    num_anomalies: int
+    by_split: dict[str, list[str]]  # split -> features with an anomaly
+    descriptions: list[str] = []
+
+
+class ExampleAnomalies(ArtifactType[AnomaliesProperties]):
+    KIND = "ExampleAnomalies"
+    Properties = AnomaliesProperties
+
+    @staticmethod
+    def relative_path(split: str) -> str:
+        return f"Split-{split}/{ANOMALIES_FILE}"
+
+    def anomalies(self, split: str) -> anomalies_pb2.Anomalies:
+        with fsspec.open(self.path(self.relative_path(split)), "r") as fh:
+            return text_format.Parse(fh.read(), anomalies_pb2.Anomalies())

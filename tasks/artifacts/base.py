@@ -1,0 +1,178 @@
+"""Artifacts: folders named by URI, each completed by a small JSON manifest.
+
+Layout: `{artifact_root}/{pipeline}/{run_id}/{step}/{name}/` + `kiln-artifact.json` (kind, typed
+properties, fingerprint of the files). Steps pass URIs to each other (XCom carries only these
+strings). A step writes into a private staging folder and publishes it in one step, so a reader (or
+a retried step) never sees half a result: on a local filesystem by `os.replace` of the folder; on
+object storage (any fsspec URL) by uploading the files first and the manifest last — a folder
+without a manifest is not an artifact.
+
+Each kind is a subclass of `ArtifactType` in its own module under `tasks/artifacts/`: its name, its
+folder layout, its typed properties (a pydantic model) and its readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import fsspec
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+MANIFEST = "kiln-artifact.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact URI that does not hold a complete artifact of the expected kind."""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    uri: str
+    properties: dict[str, Any] = {}
+    fingerprint: str = ""
+
+
+class Properties(BaseModel):
+    """Base of every kind's typed properties: strict, so a typo in a step is caught at publish time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+P = TypeVar("P", bound=Properties)
+
+KINDS: dict[str, type[ArtifactType[Any]]] = {}
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def fingerprint_dir(folder: Path) -> str:
+    """sha256 over relative paths and contents: equal folders give equal fingerprints."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest.update(str(file.relative_to(folder)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class Staging(Generic[P]):
+    """The folder a step fills, and the properties it must set before the block ends."""
+
+    def __init__(self, folder: Path):
+        self.dir = folder
+        self.properties: P | None = None
+
+
+class ArtifactType(Generic[P]):
+    """One artifact kind. Subclasses set `KIND` and `Properties` and add readers for their layout."""
+
+    KIND: ClassVar[str]
+    Properties: ClassVar[type[Properties]]
+
+    def __init__(self, uri: str, properties: P, fingerprint: str = ""):
+        self.uri = uri
+        self.properties = properties
+        self.fingerprint = fingerprint
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        KINDS[cls.KIND] = cls
+
+    def path(self, *parts: str) -> str:
+        """A file inside the artifact (a local path, or a URL on object storage)."""
+        return "/".join([self.uri.rstrip("/"), *parts])
+
+    @classmethod
+    def read(cls, uri: str) -> Self:
+        """The artifact at `uri`; fails in one line when it is missing or of another kind."""
+        manifest = read_manifest(uri, cls.KIND)
+        try:
+            properties = cls.Properties.model_validate(manifest.properties)
+        except ValidationError as exc:
+            raise ArtifactError(f"{cls.KIND} at {uri} has unreadable properties: {exc.errors()[0]['msg']}") from None
+        return cls(uri, properties, manifest.fingerprint)
+
+    @classmethod
+    @contextmanager
+    def publish(cls, uri: str) -> Iterator[Staging[P]]:
+        """Yield a staging folder; on clean exit publish it at `uri` with the properties the block set.
+
+        On an exception the staging folder is removed and nothing at `uri` changes. Publishing over
+        an existing artifact (a retried step) replaces it whole.
+        """
+        with _staging_folder(uri) as folder:
+            staging: Staging[P] = Staging(folder)
+            yield staging
+            if not isinstance(staging.properties, cls.Properties):
+                raise ArtifactError(f"{cls.KIND} at {uri}: the step set no {cls.Properties.__name__}")
+            manifest = Manifest(kind=cls.KIND, uri=uri, properties=staging.properties.model_dump(mode="json"),
+                                fingerprint=fingerprint_dir(folder))
+            _commit(folder, uri, manifest.model_dump_json(indent=2))
+
+
+def read_manifest(uri: str, kind: str | None = None) -> Manifest:
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        with fs.open(f"{path}/{MANIFEST}") as fh:
+            manifest = Manifest.model_validate(json.load(fh))
+    except FileNotFoundError:
+        raise ArtifactError(f"no complete artifact at {uri} (manifest {MANIFEST} missing)") from None
+    if kind is not None and manifest.kind != kind:
+        raise ArtifactError(f"artifact at {uri} is a {manifest.kind}, expected a {kind}")
+    return manifest
+
+
+@contextmanager
+def _staging_folder(uri: str) -> Iterator[Path]:
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    else:
+        staging = Path(tempfile.mkdtemp(prefix="kiln-artifact-"))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(staging: Path, uri: str, manifest: str) -> None:
+    if is_local(uri):
+        (staging / MANIFEST).write_text(manifest)
+        _replace_dir(staging, local_path(uri))
+        return
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.put(str(staging) + "/", path, recursive=True)
+    with fs.open(f"{path}/{MANIFEST}", "w") as fh:
+        fh.write(manifest)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    # Two renames: the old artifact moves aside, the new one takes its name, then the old goes.
+    trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(target, trash)
+    os.replace(staging, target)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,20 @@
+"""`PushedModel`: the version loaded on TF Serving, labelled canary (no files, only properties)."""
+
+from __future__ import annotations
+
+from tasks.artifacts.base import ArtifactType, Properties
+
+
+class PushedProperties(Properties):
+    serving_model_name: str
+    version: int
+    version_dir: str
+    versions: list[int]
+    labels: dict[str, int]
+    rest_url: str
+    grpc_address: str
+
+
+class PushedModel(ArtifactType[PushedProperties]):
+    KIND = "PushedModel"
+    Properties = PushedProperties

@@ -1,0 +1,21 @@
+"""`ServingVerification`: the served version answered like the evaluated model and was promoted."""
+
+from __future__ import annotations
+
+from tasks.artifacts.base import ArtifactType, Properties
+
+
+class VerificationProperties(Properties):
+    serving_model_name: str
+    served_version: int
+    versions: list[int]
+    labels: dict[str, int]
+    examples: int
+    max_abs_diff: float
+    batch_latency_ms: float
+    mlflow_aliases: dict[str, int]
+
+
+class ServingVerification(ArtifactType[VerificationProperties]):
+    KIND = "ServingVerification"
+    Properties = VerificationProperties

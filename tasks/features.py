@@ -1,0 +1,293 @@
+"""The model's inputs: which served feature each column becomes, and how examples turn into them.
+
+A served feature is what a client sends by name and what the model's first layers preprocess:
+
+| kind      | from                                   | served as             | preprocessing in the model |
+|-----------|----------------------------------------|-----------------------|----------------------------|
+| numeric   | a FLOAT or (non-categorical) INT column | float32 `[batch]`     | Normalization, NaN -> mean; or Discretization |
+| vector    | a `transform.feature_groups` group      | float32 `[batch, k]`  | Normalization per element, NaN -> mean |
+| string    | a BYTES column                          | string `[batch]`      | StringLookup with OOV, one-hot |
+| integer   | an INT column with `is_categorical`     | int64 `[batch]`       | IntegerLookup with OOV, one-hot |
+| boolean   | an INT column with `bool_domain`        | bool `[batch]`        | 0/1 |
+
+Missing values: a numeric value is NaN (a client may send `NaN`), a string is "" (out of
+vocabulary), a categorical integer is `MISSING_INT` (out of vocabulary), a boolean is false.
+
+TensorFlow is imported inside the functions that need it, so the CLI can use the plain parts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from tasks.columns import ValueType, parse_value
+from tasks.errors import BadInputError
+
+FeatureKind = Literal["numeric", "vector", "string", "integer", "boolean"]
+MISSING_INT = -(2**63)  # int64 min: never a real category
+_DTYPES = {"numeric": "float32", "vector": "float32", "string": "string", "integer": "int64", "boolean": "bool"}
+_SERVED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
+
+
+class FeatureError(BadInputError):
+    """The columns, schema and transform settings do not make a model input; one line naming the column."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FeatureSpec(_Frozen):
+    name: str  # the served input's name
+    kind: FeatureKind
+    columns: list[str]  # source CSV columns (several for a vector)
+    column_types: list[ValueType]  # how those columns are stored in the Examples
+    # Adapted on the train split by transform:
+    mean: list[float] | None = None
+    variance: list[float] | None = None
+    bin_boundaries: list[float] | None = None
+    vocabulary: list[str] | list[int] | None = None
+
+    @property
+    def dtype(self) -> str:
+        return _DTYPES[self.kind]
+
+    @property
+    def shape(self) -> list[int]:
+        """Per-example shape of the served input."""
+        return [len(self.columns)] if self.kind == "vector" else []
+
+
+class LabelSpec(_Frozen):
+    column: str
+    value_type: ValueType
+    task: Literal["classification", "regression"]
+    classes: list[str] | list[int] | list[bool] | None = None
+    mean: float | None = None  # regression: the model predicts in standardised units, then rescales
+    std: float | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes or [])
+
+
+class Preprocessing(_Frozen):
+    """The transform's result: served features with their adapted state, and the label."""
+
+    features: list[FeatureSpec]
+    label: LabelSpec
+    num_examples: int = 0
+
+    def feature(self, name: str) -> FeatureSpec:
+        return next(f for f in self.features if f.name == name)
+
+
+def served_name(column: str) -> str:
+    """A column name as a TF signature key: letters, digits, `_.-`, starting with a letter."""
+    if _SERVED_NAME.fullmatch(column):
+        return column
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", column)
+    return cleaned if cleaned[:1].isalpha() else f"f_{cleaned}"
+
+
+def plan_features(schema: schema_pb2.Schema, columns: dict[str, ValueType], label: str,
+                  feature_groups: dict[str, list[str]], discretize: dict[str, int]) -> list[FeatureSpec]:
+    """The served features, in column order; groups take the place of their first column."""
+    from tasks.schema import feature_map
+
+    declared = feature_map(schema)
+    candidates = [name for name in columns if name != label and name in declared]
+    grouped: dict[str, str] = {}
+    for group, patterns in feature_groups.items():
+        for pattern in patterns:
+            matched = [c for c in candidates if fnmatch.fnmatchcase(c, pattern)]
+            if not matched:
+                raise FeatureError(f"transform.feature_groups.{group}: {pattern!r} matches no feature column")
+            for column in matched:
+                if grouped.setdefault(column, group) != group:
+                    raise FeatureError(f"column {column!r} is in feature groups {grouped[column]!r} and {group!r}")
+    features: list[FeatureSpec] = []
+    emitted: set[str] = set()
+    for column in candidates:
+        group = grouped.get(column)
+        if group is not None:
+            if group not in emitted:
+                members = [c for c in candidates if grouped.get(c) == group]
+                for member in members:
+                    if _kind(declared[member]) != "numeric":
+                        raise FeatureError(f"transform.feature_groups.{group}: column {member!r} is not numeric "
+                                           f"in the schema")
+                features.append(FeatureSpec(name=served_name(group), kind="vector", columns=members,
+                                            column_types=[columns[m] for m in members]))
+                emitted.add(group)
+            continue
+        features.append(FeatureSpec(name=served_name(column), kind=_kind(declared[column]), columns=[column],
+                                    column_types=[columns[column]]))
+    for column in discretize:
+        spec = next((f for f in features if f.columns == [column]), None)
+        if spec is None or spec.kind != "numeric":
+            raise FeatureError(f"transform.discretize: {column!r} is not a numeric feature column")
+    names = [f.name for f in features]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise FeatureError(f"columns map to the same served feature name {clashes}; rename them")
+    if not features:
+        raise FeatureError(f"no feature columns besides the label {label!r}")
+    return features
+
+
+def _kind(feature: schema_pb2.Feature) -> FeatureKind:
+    if feature.type == schema_pb2.BYTES:
+        return "string"
+    if feature.type == schema_pb2.INT:
+        if feature.HasField("bool_domain"):
+            return "boolean"
+        if feature.HasField("int_domain") and feature.int_domain.is_categorical:
+            return "integer"
+        return "numeric"
+    if feature.type == schema_pb2.FLOAT:
+        return "numeric"
+    raise FeatureError(f"column {feature.name!r} has no type in the schema")
+
+
+# --- TensorFlow side: examples -> model inputs -------------------------------------------------------
+
+
+def _column_spec(tf: Any, value_type: ValueType) -> Any:
+    if value_type == "float":
+        return tf.io.FixedLenFeature([], tf.float32, default_value=math.nan)
+    if value_type == "string":
+        return tf.io.FixedLenFeature([], tf.string, default_value="")
+    return tf.io.FixedLenFeature([], tf.int64, default_value=MISSING_INT)  # int and bool
+
+
+def parse_spec(features: Sequence[FeatureSpec], label: LabelSpec | None) -> dict[str, Any]:
+    import tensorflow as tf
+
+    spec = {c: _column_spec(tf, t) for f in features for c, t in zip(f.columns, f.column_types, strict=True)}
+    if label is not None:
+        spec[label.column] = _column_spec(tf, label.value_type)
+    return spec
+
+
+def _as_float(tf: Any, tensor: Any) -> Any:
+    if tensor.dtype == tf.int64:
+        return tf.where(tensor == MISSING_INT, math.nan, tf.cast(tensor, tf.float32))
+    return tensor
+
+
+def model_inputs(parsed: dict[str, Any], features: Sequence[FeatureSpec]) -> dict[str, Any]:
+    """Parsed example columns [batch] -> served inputs ([batch] or [batch, k]), as the server receives them."""
+    import tensorflow as tf
+
+    inputs = {}
+    for feature in features:
+        columns = [parsed[c] for c in feature.columns]
+        if feature.kind == "vector":
+            inputs[feature.name] = tf.stack([_as_float(tf, c) for c in columns], axis=1)
+        elif feature.kind == "numeric":
+            inputs[feature.name] = _as_float(tf, columns[0])
+        elif feature.kind == "boolean":
+            inputs[feature.name] = tf.equal(columns[0], 1)
+        else:
+            inputs[feature.name] = columns[0]
+    return inputs
+
+
+def label_values(tf: Any, parsed: dict[str, Any], label: LabelSpec) -> Any:
+    """The training target: a class index (int64, -1 for an unknown class) or a float32 value."""
+    values = parsed[label.column]
+    if label.task == "regression":
+        return _as_float(tf, values)
+    keys = [int(c) if isinstance(c, bool) else c for c in label.classes or []]
+    key_dtype = tf.string if label.value_type == "string" else tf.int64
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, key_dtype), tf.range(len(keys), dtype=tf.int64)),
+        default_value=-1)
+    return table.lookup(values)
+
+
+def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec, batch_size: int,
+            shuffle_seed: int | None, repeat: bool) -> Any:
+    """Batches of (served inputs, target) from TFRecord shards; sharded by data across workers."""
+    import tensorflow as tf
+
+    spec = parse_spec(features, label)
+
+    def parse(records: Any) -> tuple[dict[str, Any], Any]:
+        parsed = tf.io.parse_example(records, spec)
+        return model_inputs(parsed, features), label_values(tf, parsed, label)
+
+    data = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
+    if shuffle_seed is not None:
+        data = data.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        data = data.repeat()
+    data = data.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def load_arrays(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec,
+                limit: int | None = None) -> tuple[dict[str, Any], Any]:
+    """(served inputs as numpy arrays, targets) of a whole split, in file order (for evaluation)."""
+    import numpy as np
+
+    data = dataset(files, features, label, batch_size=1024, shuffle_seed=None, repeat=False)
+    if limit is not None:
+        data = data.unbatch().take(limit).batch(1024)
+    parts: dict[str, list[Any]] = {f.name: [] for f in features}
+    targets = []
+    for inputs, target in data.as_numpy_iterator():
+        for name, value in inputs.items():
+            parts[name].append(value)
+        targets.append(target)
+    if not targets:
+        return {f.name: np.zeros([0, *f.shape]) for f in features}, np.zeros([0])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}, np.concatenate(targets)
+
+
+# --- plain Python side: JSON instances for TF Serving's REST API ------------------------------------
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "tolist"):
+        return _json_value(value.tolist())
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def json_instances(inputs: dict[str, Any], count: int | None = None) -> list[dict[str, Any]]:
+    """Row-format instances (`{"feature": value, ...}` per example) from served-input arrays."""
+    size = len(next(iter(inputs.values()))) if inputs else 0
+    size = size if count is None else min(size, count)
+    return [{name: _json_value(values[i]) for name, values in inputs.items()} for i in range(size)]
+
+
+def instance_from_row(row: dict[str, str], features: Sequence[FeatureSpec]) -> dict[str, Any]:
+    """One CSV row (column -> text) as a REST instance, typed as the model's inputs expect."""
+    instance: dict[str, Any] = {}
+    for feature in features:
+        if feature.kind in ("numeric", "vector"):
+            values = [parse_value(row[c], "float") for c in feature.columns]
+            values = [math.nan if v is None else v for v in values]
+            instance[feature.name] = values if feature.kind == "vector" else values[0]
+        elif feature.kind == "string":
+            instance[feature.name] = parse_value(row[feature.columns[0]], "string") or ""
+        elif feature.kind == "integer":
+            value = parse_value(row[feature.columns[0]], "int")
+            instance[feature.name] = MISSING_INT if value is None else value
+        else:
+            instance[feature.name] = bool(parse_value(row[feature.columns[0]], "bool"))
+    return instance

@@ -1,0 +1,141 @@
+"""The step registry: every step of a kiln pipeline, declared once, in run order.
+
+A spec names the step, the function that does its one job, the artifact types it reads and writes
+(inputs are matched to the outputs of earlier steps by name, like TFX channels), the config section
+it reads and the DAG params it exposes (each a config field; the param's JSON schema — type, bounds,
+description — is derived from the pydantic field, never restated). The DAG factory, the CLI's step
+list, placement validation and the DAG-integrity test are all generated from `STEPS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tasks.artifacts.anomalies import ExampleAnomalies
+from tasks.artifacts.base import ArtifactType
+from tasks.artifacts.evaluation import ModelEvaluation
+from tasks.artifacts.examples import Examples
+from tasks.artifacts.model import Model
+from tasks.artifacts.optimized import OptimizedModel
+from tasks.artifacts.pushed import PushedModel
+from tasks.artifacts.registered import RegisteredModel
+from tasks.artifacts.run import RunSnapshot
+from tasks.artifacts.schema import Schema
+from tasks.artifacts.statistics import ExampleStatistics
+from tasks.artifacts.transform import TransformGraph
+from tasks.artifacts.verification import ServingVerification
+
+Role = Literal["setup", "step", "teardown"]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    executor: str  # "module:function", imported when the step runs (DAG parsing stays light)
+    description: str
+    inputs: dict[str, type[ArtifactType[Any]]] = field(default_factory=dict)
+    outputs: dict[str, type[ArtifactType[Any]]] = field(default_factory=dict)
+    config_section: str | None = None
+    params: dict[str, str] = field(default_factory=dict)  # DAG param -> dotted config field
+    tracked: bool = False  # runs inside its own MLflow child run
+    timeout_minutes: int | None = None
+    role: Role = "step"  # setup: resolves the run; teardown: runs whatever happened upstream
+
+    def load(self) -> Callable[..., Any]:
+        module, _, function = self.executor.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+STEPS: tuple[StepSpec, ...] = (
+    StepSpec("resolve", "tasks.snapshot:resolve_run",
+             "Resolve the pipeline YAML and the trigger's params into the run snapshot",
+             outputs={"run": RunSnapshot}, role="setup"),
+    StepSpec("ingest", "tasks.steps.ingest:run", "CSV -> TFRecord examples, split train/eval by hash",
+             outputs={"examples": Examples}, config_section="data", params={"data_source": "data.source"},
+             tracked=True),
+    StepSpec("validate", "tasks.steps.validate:run",
+             "Statistics, schema (curated or inferred) and anomalies; anomalies stop the run",
+             inputs={"examples": Examples},
+             outputs={"statistics": ExampleStatistics, "schema": Schema, "anomalies": ExampleAnomalies},
+             config_section="data"),
+    StepSpec("transform", "tasks.steps.transform:run", "Adapt the preprocessing layers on the train split",
+             inputs={"examples": Examples, "schema": Schema}, outputs={"transform": TransformGraph},
+             config_section="transform"),
+    StepSpec("train", "tasks.steps.train:run", "Train the model on N workers (MultiWorkerMirroredStrategy)",
+             inputs={"examples": Examples, "transform": TransformGraph}, outputs={"model": Model},
+             config_section="train",
+             params={"epochs": "train.epochs", "batch_size": "train.batch_size",
+                     "learning_rate": "train.learning_rate", "num_workers": "train.num_workers"},
+             tracked=True, timeout_minutes=30),
+    StepSpec("evaluate", "tasks.steps.evaluate:run", "The task's metrics on the eval split; bless or stop",
+             inputs={"model": Model, "examples": Examples}, outputs={"evaluation": ModelEvaluation},
+             config_section="evaluate", params={"thresholds": "evaluate.thresholds"}, tracked=True),
+    StepSpec("optimize", "tasks.steps.optimize:run", "TFLite conversion, measured on the eval split",
+             inputs={"model": Model, "examples": Examples}, outputs={"optimized": OptimizedModel},
+             config_section="optimize", tracked=True),
+    StepSpec("register", "tasks.steps.register:run", "Register an MLflow model version, alias challenger",
+             inputs={"model": Model, "evaluation": ModelEvaluation, "optimized": OptimizedModel},
+             outputs={"registered": RegisteredModel}, config_section="registry", tracked=True),
+    StepSpec("push", "tasks.steps.push:run", "Load the version on TF Serving, label it canary",
+             inputs={"registered": RegisteredModel, "model": Model, "optimized": OptimizedModel,
+                     "examples": Examples},
+             outputs={"pushed": PushedModel}, config_section="serving"),
+    StepSpec("verify", "tasks.steps.verify:run", "Replay eval rows on the server, then promote to stable",
+             inputs={"pushed": PushedModel, "model": Model, "examples": Examples},
+             outputs={"verification": ServingVerification}, config_section="serving"),
+    StepSpec("finish_tracking", "tasks.tracking:finish_run", "Close the MLflow parent run as FINISHED or FAILED",
+             role="teardown"),
+)
+
+STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)
+PARAMS: dict[str, str] = {param: path for spec in STEPS for param, path in spec.params.items()}
+
+
+class UnknownParamError(ValueError):
+    pass
+
+
+def step(name: str) -> StepSpec:
+    for spec in STEPS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no step named {name!r}; steps are {', '.join(STEP_NAMES)}")
+
+
+def producers() -> dict[str, StepSpec]:
+    """Output name -> the step that produces it (names are unique across the pipeline)."""
+    return {output: spec for spec in STEPS for output in spec.outputs}
+
+
+def param_schema(param: str) -> dict[str, Any]:
+    """JSON schema of a DAG param: the pydantic field's, made nullable (null = the YAML's value)."""
+    from tasks.config import PipelineConfig
+
+    section, field_name = PARAMS[param].split(".")
+    section_model = PipelineConfig.model_fields[section].annotation
+    schema = dict(section_model.model_json_schema()["properties"][field_name])
+    schema.pop("default", None)
+    kind = schema.pop("type", None)
+    if kind is None:  # anyOf (e.g. str | None): the first concrete type
+        kind = next(s["type"] for s in schema.pop("anyOf") if s.get("type") != "null")
+    schema["type"] = ["null", kind]
+    schema["section"] = step_of_param(param).name
+    return schema
+
+
+def step_of_param(param: str) -> StepSpec:
+    return next(spec for spec in STEPS if param in spec.params)
+
+
+def apply_params(config: Any, params: dict[str, Any]) -> Any:
+    """The config with DAG params / `kiln run --param` values applied (`None` keeps the YAML's value)."""
+    from tasks.config import ConfigError
+
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown parameter {unknown[0]!r}; allowed: {', '.join(PARAMS)}")
+    values = {PARAMS[name]: value for name, value in params.items() if value is not None}
+    return config.with_values(values) if values else config

@@ -1,0 +1,107 @@
+"""Resolve a run once, at trigger time: the pipeline YAML plus the trigger's params plus the deployment
+(artifact root, MLflow, TF Serving) become one frozen `RunSnapshot` artifact whose URI every step gets.
+
+The caller (the DAG's first task, or a test) says where the deployment's services are; this module
+reads no environment variable of its own, except the `${VARS}` a YAML spells out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.artifacts.run import SCHEMA_FILE, USER_MODEL_DIR, RunProperties, RunSnapshot
+from tasks.config import ConfigError, PipelineConfig, load_config
+from tasks.context import ServingEndpoints, StepContext
+from tasks.models.contract import is_file_reference
+from tasks.registry import apply_params
+
+log = logging.getLogger(__name__)
+
+_SERVING_FIELDS = ("rest_url", "grpc_address", "model_base_path", "config_file")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the services of the kiln installation running this DAG are."""
+
+    artifact_root: str
+    tracking_uri: str | None = None
+    serving: ServingEndpoints | None = None
+
+
+def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment, run_id: str,
+                parsed_placement: dict[str, Any] | None = None) -> str:
+    """Write the run snapshot; return its URI. `parsed_placement` is the placement the DAG was built with."""
+    path = Path(config_path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    config = apply_params(load_config(path), params)
+    if parsed_placement is not None and config.placement.model_dump(mode="json") != parsed_placement:
+        raise ConfigError(f"{path}: placement changed since Airflow parsed the DAG; trigger again once it is "
+                          f"re-parsed (`kiln run` waits for that)")
+    ctx = StepContext(artifact_root=deployment.artifact_root, pipeline=config.pipeline, run_id=run_id,
+                      tracking_uri=config.registry.tracking_uri or deployment.tracking_uri,
+                      serving=_serving(config, deployment))
+    uri = ctx.output_uri("resolve", "run")
+    with RunSnapshot.publish(uri) as out:
+        resolved = _carry_files(config, uri, out.dir)
+        out.properties = RunProperties(
+            pipeline=config.pipeline, run_id=run_id, config_path=str(path), config_sha256=sha256,
+            overrides={k: v for k, v in params.items() if v is not None},
+            config=resolved.model_dump(mode="json"), artifact_root=deployment.artifact_root,
+            tracking_uri=ctx.tracking_uri, serving=ctx.serving, kiln_commit=git_commit(),
+            resolved_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+    log.info("resolve: %s (sha256 %s) -> %s", path, sha256[:12], uri)
+    return uri
+
+
+def _serving(config: PipelineConfig, deployment: Deployment) -> ServingEndpoints | None:
+    given = {name: getattr(config.serving, name) for name in _SERVING_FIELDS}
+    if not any(given.values()):
+        return deployment.serving
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ConfigError(f"serving: set {', '.join(_SERVING_FIELDS)} together (missing {', '.join(missing)})")
+    return ServingEndpoints(**given)
+
+
+def _carry_files(config: PipelineConfig, uri: str, folder: Path) -> PipelineConfig:
+    """Copy the user's model module and curated schema into the snapshot; point the config at the copies."""
+    data, train = config.data, config.train
+    if data.schema_path:
+        _copy(data.schema_path, folder / SCHEMA_FILE, "data.schema_path")
+        data = data.model_copy(update={"schema_path": f"{uri}/{SCHEMA_FILE}"})
+    if is_file_reference(train.model):
+        file, function = train.model.split(":", 1)
+        name = Path(file).name
+        _copy(file, folder / USER_MODEL_DIR / name, "train.model")
+        train = train.model_copy(update={"model": f"{uri}/{USER_MODEL_DIR}/{name}:{function}"})
+    return config.model_copy(update={"data": data, "train": train})
+
+
+def _copy(source: str, target: Path, field: str) -> None:
+    import fsspec
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with fsspec.open(source, "rb") as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: file not found: {source}") from None
+
+
+def git_commit() -> str | None:
+    """The commit of the kiln checkout, when there is one (the pipeline code's lineage)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None

@@ -1,0 +1,95 @@
+"""The one generic runner: every step gets its config, context, MLflow child run and error mapping here.
+
+`run_step("train", run_uri, try_number, {"examples": uri, ...})` reads the run snapshot, checks that
+each input is a complete artifact of the kind the step's spec declares, calls the step inside its
+MLflow child run (when the spec is tracked), checks the outputs against the spec, and returns their
+URIs. Bad input (a `BadInputError`: data, config, model contract) becomes `StepRejected`, a one-line
+error that no retry can fix; anything else propagates with its traceback, and may be retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from typing import Any
+
+from tasks import tracking
+from tasks.artifacts.base import read_manifest
+from tasks.artifacts.run import RunSnapshot
+from tasks.errors import BadInputError, one_line
+from tasks.registry import StepSpec, step
+
+log = logging.getLogger(__name__)
+
+
+class StepRejected(Exception):
+    """The step's input is wrong (data, config or model contract): fail now, do not retry."""
+
+
+class StepContractError(RuntimeError):
+    """A step's inputs or outputs do not match its spec (a kiln bug or a tampered artifact)."""
+
+
+def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str] | None = None,
+             **extra: Any) -> dict[str, str]:
+    spec = step(name)
+    inputs = dict(inputs or {})
+    snapshot = RunSnapshot.read(run_uri)
+    config = snapshot.config()
+    ctx = snapshot.context(try_number)
+    _check_inputs(spec, inputs)
+    function = spec.load()
+    started = time.monotonic()
+    tracked = tracking.step_run(config, ctx, spec.name, parent_tags=_lineage_tags(snapshot)) \
+        if spec.tracked else nullcontext()
+    try:
+        with tracked:
+            outputs = function(config, ctx, **inputs, **extra)
+    except BadInputError as exc:
+        message = one_line(exc)
+        log.error("%s rejected its input: %s", spec.name, message)
+        raise StepRejected(message) from None
+    _check_outputs(spec, outputs)
+    log.info("%s done in %.1fs: %s", spec.name, time.monotonic() - started, outputs)
+    return outputs
+
+
+def _check_inputs(spec: StepSpec, inputs: dict[str, str]) -> None:
+    if set(inputs) != set(spec.inputs):
+        raise StepContractError(f"{spec.name} takes inputs {sorted(spec.inputs)}, got {sorted(inputs)}")
+    for input_name, kind in spec.inputs.items():
+        read_manifest(inputs[input_name], kind.KIND)
+
+
+def _check_outputs(spec: StepSpec, outputs: dict[str, str]) -> None:
+    if set(outputs) != set(spec.outputs):
+        raise StepContractError(f"{spec.name} must return outputs {sorted(spec.outputs)}, returned {sorted(outputs)}")
+    for output_name, kind in spec.outputs.items():
+        read_manifest(outputs[output_name], kind.KIND)
+
+
+def _lineage_tags(snapshot: RunSnapshot) -> dict[str, str]:
+    props = snapshot.properties
+    tags = {"kiln.config_path": props.config_path, "kiln.config_sha256": props.config_sha256,
+            "kiln.run_snapshot": snapshot.uri}
+    if props.kiln_commit:
+        tags["mlflow.source.git.commit"] = props.kiln_commit
+    return tags
+
+
+def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str, str] | None = None,
+              try_number: int = 1) -> dict[str, str]:
+    """Run pipeline steps in registry order in this process (tests, benchmarks: TFX's local runner).
+
+    `available` holds outputs of earlier steps (name -> URI); returns them plus every new output.
+    """
+    from tasks.registry import STEPS
+
+    outputs = {"run": run_uri, **(available or {})}
+    for spec in STEPS:
+        if spec.role != "step" or (names is not None and spec.name not in names):
+            continue
+        inputs = {name: outputs[name] for name in spec.inputs}
+        outputs.update(run_step(spec.name, run_uri, try_number, inputs))
+    return outputs

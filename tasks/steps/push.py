@@ -1,0 +1,76 @@
+"""Push: ship the registered model to TF Serving as version N (= MLflow version N), labelled canary.
+
+The version folder carries `model.tflite` when optimize produced one (for `--prefer_tflite_model`)
+and warmup requests built from eval rows (`assets.extra/tf_serving_warmup_requests`), so the server
+replays real traffic before it reports AVAILABLE — a model that cannot answer them never gets a label.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.artifacts.examples import Examples
+from tasks.artifacts.model import Model
+from tasks.artifacts.optimized import TFLITE_FILE, OptimizedModel
+from tasks.artifacts.pushed import PushedModel, PushedProperties
+from tasks.artifacts.registered import RegisteredModel
+from tasks.config import PipelineConfig
+from tasks.context import StepContext
+from tasks.features import FeatureSpec, load_arrays
+from tasks.models.export import SIGNATURE
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+WARMUP_RECORDS = 8
+
+
+def run(config: PipelineConfig, ctx: StepContext, registered: str, model: str, optimized: str,
+        examples: str) -> dict[str, str]:
+    from serving.deployer import ServingDeployer
+
+    version = RegisteredModel.read(registered).properties.version
+    trained = Model.read(model)
+    tflite = OptimizedModel.read(optimized).tflite_path
+    name = config.served_model_name
+    target = ctx.require_serving()
+    deployer = ServingDeployer(target)
+    features = trained.preprocessing.features
+    with tempfile.TemporaryDirectory() as scratch:
+        warmup = Path(scratch) / "warmup"
+        inputs, _ = load_arrays(Examples.read(examples).split_files("eval"), features, trained.preprocessing.label,
+                                limit=WARMUP_RECORDS)
+        write_warmup_requests(warmup, name, features, inputs)
+        extras = {WARMUP_FILE: warmup}
+        if tflite:
+            extras[TFLITE_FILE] = Path(tflite)
+        version_dir = deployer.stage_version(name, version, Path(trained.saved_model), extras)
+    served = deployer.push_version(name, version)
+    out_uri = ctx.output_uri("push", "pushed")
+    with PushedModel.publish(out_uri) as out:
+        out.properties = PushedProperties(serving_model_name=name, version=version, version_dir=str(version_dir),
+                                          versions=list(served.versions), labels=served.labels,
+                                          rest_url=target.rest_url, grpc_address=target.grpc_address)
+    log.info("push: %s version %s loaded from %s, labels %s", name, version, version_dir, served.labels)
+    return {"pushed": out_uri}
+
+
+def write_warmup_requests(path: Path, model_name: str, features: list[FeatureSpec], inputs: dict[str, Any]) -> None:
+    """One PredictLog per example, in TF Serving's warmup format (a TFRecord of PredictionLog)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    count = len(next(iter(inputs.values())))
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in range(count):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = SIGNATURE
+            for feature in features:
+                values = inputs[feature.name][row:row + 1]
+                request.inputs[feature.name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.as_dtype(feature.dtype)))
+            log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log_record.SerializeToString())

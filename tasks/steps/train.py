@@ -1,0 +1,85 @@
+"""Train: N worker processes build kiln's model around `train.model` and fit it; publish the Model.
+
+Backups and metrics live in a work folder that survives a retry, so a retried task resumes at the
+last finished epoch (BackupAndRestore). The Model's properties carry the served features and label:
+the contract every later step and every client relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks import tracking
+from tasks.artifacts.base import is_local, local_path
+from tasks.artifacts.examples import Examples
+from tasks.artifacts.model import METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
+from tasks.artifacts.transform import TransformGraph
+from tasks.config import PipelineConfig
+from tasks.context import StepContext
+from tasks.training.launcher import read_metrics, run_workers
+
+log = logging.getLogger(__name__)
+
+
+def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str) -> dict[str, str]:
+    import mlflow
+
+    data = Examples.read(examples)
+    preprocessing = TransformGraph.read(transform).preprocessing()
+    out_uri = ctx.output_uri("train", "model")
+    work_dir = _work_dir(ctx)
+    train = config.train
+    tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items() if k != "hparams"}
+                        | {f"train.hparams.{k}": v for k, v in train.hparams.items()})
+    with Model.publish(out_uri) as out:
+        spec = {
+            "train_files": data.split_files("train"),
+            "eval_files": data.split_files("eval"),
+            "num_train": data.properties.row_counts["train"],
+            "num_eval": data.properties.row_counts["eval"],
+            "preprocessing": preprocessing.model_dump(mode="json"),
+            "model": train.model,
+            "hparams": train.hparams,
+            "train": train.model_dump(mode="json"),
+            "saved_model_dir": str(out.dir / SAVED_MODEL_DIR),
+            "metrics_path": str(work_dir / METRICS_FILE),
+            "backup_dir": str(work_dir / "backup"),
+            "scratch_dir": str(work_dir / "scratch"),
+        }
+        started = time.monotonic()
+        run_workers(spec, train.num_workers, train.worker_timeout_seconds, work_dir)
+        train_seconds = round(time.monotonic() - started, 2)
+        history = read_metrics(work_dir / METRICS_FILE)
+        (out.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
+        final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
+        for record in history:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        mlflow.log_metric("train_seconds", train_seconds)
+        out.properties = ModelProperties(
+            preprocessing=preprocessing, model=train.model, hparams=train.hparams, num_workers=train.num_workers,
+            epochs=train.epochs, data_fingerprint=data.properties.source_sha256,
+            mlflow_run_id=mlflow.active_run().info.run_id, train_seconds=train_seconds, final_metrics=final,
+        )
+    shutil.rmtree(work_dir, ignore_errors=True)
+    log.info("train: %d epochs on %d worker(s) in %.1fs, final %s -> %s", train.epochs, train.num_workers,
+             train_seconds, _brief(final), out_uri)
+    return {"model": out_uri}
+
+
+def _work_dir(ctx: StepContext) -> Path:
+    """Per-run scratch that outlives a failed try: beside the artifacts when local, else in /tmp."""
+    uri = ctx.output_uri("train", ".work")
+    if is_local(uri):
+        return local_path(uri)
+    return Path(tempfile.gettempdir()) / "kiln-train" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _brief(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))

@@ -1,0 +1,95 @@
+"""Verify: replay eval rows against the pushed version over REST — JSON objects by feature name, as a
+client sends them — compare the answers with the in-process model, then promote: `stable` moves to the
+new version on the server and `champion` to it in MLflow (the old champion becomes
+`previous-champion`, the rollback target). A mismatch withdraws the version and fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from tasks import tracking
+from tasks.artifacts.examples import Examples
+from tasks.artifacts.model import Model
+from tasks.artifacts.pushed import PushedModel
+from tasks.artifacts.verification import ServingVerification, VerificationProperties
+from tasks.config import PipelineConfig
+from tasks.context import StepContext
+from tasks.features import json_instances, load_arrays
+from tasks.models.export import CLASS, CLASS_ID, predict
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
+
+
+class VerificationError(RuntimeError):
+    """The served model does not answer like the model that was evaluated."""
+
+
+def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examples: str) -> dict[str, str]:
+    from serving.client import RestClient
+    from serving.deployer import ServingDeployer
+
+    pushed_props = PushedModel.read(pushed).properties
+    name, version = pushed_props.serving_model_name, pushed_props.version
+    trained = Model.read(model)
+    inputs, _ = load_arrays(Examples.read(examples).split_files("eval"), trained.preprocessing.features,
+                            trained.preprocessing.label, limit=config.serving.verify_examples)
+    expected = predict(trained.saved_model, inputs)
+    target = ctx.require_serving()
+    with RestClient(target.rest_url) as client:
+        served = client.predict(name, json_instances(inputs), version=version)
+    max_diff, mismatch = compare(served.outputs, expected)
+    deployer = ServingDeployer(target)
+    if mismatch or max_diff > config.serving.tolerance:
+        deployer.withdraw(name, version)
+        why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
+        raise VerificationError(f"{name} version {version} answers differently from the evaluated model ({why}); "
+                                f"withdrawn from serving")
+    served_model = deployer.promote(name, version)
+    aliases = promote_aliases(ctx, config.registered_model_name, version)
+    out_uri = ctx.output_uri("verify", "verification")
+    with ServingVerification.publish(out_uri) as out:
+        out.properties = VerificationProperties(
+            serving_model_name=name, served_version=version, versions=list(served_model.versions),
+            labels=served_model.labels, examples=len(served.outputs), max_abs_diff=max_diff,
+            batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=aliases)
+    log.info("verify: %s v%s matches in-process (max relative diff %.2e on %d rows); stable -> v%s; MLflow %s",
+             name, version, max_diff, len(served.outputs), version, aliases)
+    return {"verification": out_uri}
+
+
+def compare(served: list[dict[str, Any]], expected: dict[str, Any]) -> tuple[float, str | None]:
+    """(max relative difference of the numeric outputs, the first exact mismatch or None)."""
+    max_diff = 0.0
+    for key, values in expected.items():
+        got = [row[key] for row in served]
+        if key in (CLASS, CLASS_ID):
+            want = [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+            if got != want:
+                first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+                return max_diff, f"row {first}: {key} {got[first]!r} != {want[first]!r}"
+            continue
+        got_array = np.asarray(got, dtype=np.float64)
+        want_array = np.asarray(values, dtype=np.float64)
+        scale = np.maximum(1.0, np.abs(want_array))
+        max_diff = max(max_diff, float(np.max(np.abs(got_array - want_array) / scale)) if got_array.size else 0.0)
+    return max_diff, None
+
+
+def promote_aliases(ctx: StepContext, model_name: str, version: int) -> dict[str, int]:
+    """champion -> version; the old champion -> previous-champion; challenger is consumed."""
+    client = tracking.client(ctx)
+    aliases = client.get_registered_model(model_name).aliases
+    old = aliases.get(CHAMPION)
+    if old is not None and int(old) != version:
+        client.set_registered_model_alias(model_name, PREVIOUS, str(old))
+    client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    if aliases.get(CHALLENGER) is not None and int(aliases[CHALLENGER]) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+    final = client.get_registered_model(model_name).aliases
+    return {alias: int(v) for alias, v in final.items()}
