@@ -6,7 +6,8 @@ TF Serving's exact status code and message. Behaviour follows the C++ code, incl
 float printing, rapidjson PrettyWriter layout).
 
 Modules: ``errors`` (status codes, DataType enum), ``writer`` (float text, rapidjson Writer),
-``reader`` (rapidjson-compatible parsing), ``predict``, ``examples`` (classify / regress) and
+``reader`` (rapidjson-compatible parsing and the request values all bodies share), ``predict_request``
+(JSON -> tensors), ``predict_response`` (tensors -> JSON), ``examples`` (classify / regress) and
 ``protos`` (status / metadata). Protobuf modules from TensorFlow are imported lazily: importing
 ``tensorflow.core`` loads the whole TF runtime, which the predict path does not need.
 """
@@ -38,12 +39,12 @@ from serving.codec.examples import (
     parse_classify_regress_request,
     regress_response_json,
 )
-from serving.codec.predict import (
+from serving.codec.predict_request import (
     PredictJsonRequest,
     parse_predict_request,
-    predict_response_json,
     tensors_from_predict_request,
 )
+from serving.codec.predict_response import predict_response_json
 from serving.codec.protos import (
     metadata_json,
     status_json,

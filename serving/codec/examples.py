@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from serving.codec.errors import _FLOAT_MAX_EXACT_INT, _FLT_MAX, _INT64_LIMIT, DT_FLOAT, _invalid
-from serving.codec.predict import (
+from serving.codec.reader import (
     _decode_b64_object,
     _format_error,
     _is_b64_object,
     _lossless,
     _lossy_error,
+    _parse_document,
     _signature_name,
 )
-from serving.codec.reader import _parse_document
 from serving.codec.writer import _is_rapidjson_double, _json_str, _json_type, _utf8, format_float
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,8 +1,13 @@
 """JSON input with rapidjson's semantics: Python's json on the fast path, and an exact re-implementation
-of rapidjson's Reader for errors (same texts and offsets) and the inputs where the two disagree."""
+of rapidjson's Reader for errors (same texts and offsets) and the inputs where the two disagree.
+
+Also the value checks every request body shares, predict as well as classify / regress (json_tensor.cc):
+the ``signature_name`` key, errors echoing a JSON value, IsLosslessDecimal and ``{"b64": ...}`` objects."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -12,11 +17,12 @@ from serving.codec.errors import (
     _DBL_MAX,
     _DOUBLE_MAX_EXACT_INT,
     _INT64_LIMIT,
+    _INT64_MIN,
     _UINT64_LIMIT,
     ServingError,
     _invalid,
 )
-from serving.codec.writer import json_value_to_string
+from serving.codec.writer import _utf8, json_value_to_string
 
 # --------------------------------------------------------------------------------------------------
 # JSON parsing with rapidjson semantics
@@ -361,3 +367,64 @@ class _RapidJsonReader:
                     raise self.fail("invalid_value", pos)
                 pos += 1
         return (-math.inf if minus else math.inf), pos
+
+
+# --------------------------------------------------------------------------------------------------
+# Request values (json_tensor.cc), shared by predict and classify / regress
+# --------------------------------------------------------------------------------------------------
+
+
+def _format_error(doc: Any, text: str) -> ServingError:
+    return _invalid(f"JSON Value: {json_value_to_string(doc)} {text}")
+
+
+def _signature_name(doc: dict[str, Any]) -> str:
+    name = doc.get("signature_name", "")
+    if type(name) is not str:
+        raise _format_error(doc, "not formatted correctly. 'signature_name' key must be a string value.")
+    return name
+
+
+def _lossy_error(val: Any, target: str) -> ServingError:
+    return _invalid(
+        f"Cannot convert JSON value: {json_value_to_string(val)} to {target} without loss of precision."
+    )
+
+
+def _lossless(val: Any, max_exact_int: int, max_value: float) -> bool:
+    """IsLosslessDecimal<T>: integers must fit the mantissa, doubles the range; non-finite is fine."""
+    if type(val) is int and _INT64_MIN <= val < _UINT64_LIMIT:
+        return abs(val) <= max_exact_int
+    number = float(val)
+    return not math.isfinite(number) or abs(number) <= max_value
+
+
+def _is_b64_object(val: Any) -> bool:
+    return type(val) is dict and len(val) == 1 and type(val.get("b64")) is str
+
+
+_BASE64_CHARS = re.compile(rb"[A-Za-z0-9+/]*")
+
+
+def _base64_unescape(text: str) -> bytes | None:
+    """absl::Base64Unescape: standard alphabet, whitespace ignored, padding optional."""
+    raw = bytes(byte for byte in _utf8(text) if byte not in b" \t\n\v\f\r")
+    stripped = raw.rstrip(b"=")
+    padding = len(raw) - len(stripped)
+    if _BASE64_CHARS.fullmatch(stripped) is None or len(stripped) % 4 == 1 or padding > 2:
+        return None
+    if padding and (len(stripped) + padding) % 4:
+        return None
+    try:
+        return base64.b64decode(stripped + b"=" * (-len(stripped) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decode_b64_object(val: Any) -> bytes:
+    if not _is_b64_object(val):
+        raise _invalid(f"JSON Value: {json_value_to_string(val)} not formatted correctly for base64 data")
+    decoded = _base64_unescape(val["b64"])
+    if decoded is None:
+        raise _invalid("Unable to base64 decode")
+    return decoded

@@ -36,7 +36,7 @@ from serving.codec import (
     predict_response_json,
     tensors_from_predict_request,
 )
-from serving.codec.predict import _tensors_from_instances, _to_numpy
+from serving.codec.predict_request import _tensors_from_instances, _to_numpy
 from serving.codec.reader import _RapidJsonReader
 from serving.codec.writer import _PrettyWriter
 
