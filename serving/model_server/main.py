@@ -18,7 +18,7 @@ server with no models; models are then added with HandleReloadConfigRequest.
 Half-written versions are never loaded: only all-digit folder names count (so `.tmp-*` staging folders that the
 deployer renames into place are invisible), the folder must hold `saved_model.pb` (or `model.tflite` with
 --prefer_tflite_model), and its file list, sizes and mtimes must have been stable for 0.25 s across two scans
-(see `manager.VersionDiscovery`).
+(see `discovery.VersionDiscovery`).
 """
 
 from __future__ import annotations
