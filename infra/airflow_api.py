@@ -56,21 +56,45 @@ class AirflowClient:
             raise AirflowApiError(f"{method} /api/v2{path}: HTTP {response.status_code}: {detail}")
         return response.json() if response.content else None
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
-        """Wait until the dag-processor has parsed the DAG; fail fast on its import error."""
+    def dag_details(self, dag_id: str) -> dict[str, Any] | None:
+        """The DAG's details (doc_md, file_token, ...), or None while Airflow does not know it."""
+        response = self._http.get(f"/api/v2/dags/{dag_id}/details")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise AirflowApiError(f"GET /api/v2/dags/{dag_id}/details: HTTP {response.status_code}")
+        return response.json()
+
+    def dags_with_tag(self, tag: str) -> list[dict[str, Any]]:
+        return self._call("GET", "/dags", params={"tags": tag, "limit": 100})["dags"]
+
+    def reparse(self, file_token: str) -> None:
+        """Ask the dag-processor to parse a DAG file now instead of at its next interval."""
+        self._call("PUT", f"/parseDagFile/{file_token}")
+
+    def import_error(self) -> str | None:
+        """The first DAG import error, as `file: last line of the traceback`."""
+        errors = self._call("GET", "/importErrors").get("import_errors", [])
+        if not errors:
+            return None
+        first = errors[0]
+        return f"DAG file {first['filename']} failed to import: {first['stack_trace'].strip().splitlines()[-1]}"
+
+    def wait_for_dag(self, dag_id: str, ready: Any = None, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the dag-processor has parsed the DAG (and `ready(details)` holds); fail fast on an
+        import error. Returns the DAG's details."""
         deadline = time.monotonic() + timeout
         while True:
-            response = self._http.get(f"/api/v2/dags/{dag_id}")
-            if response.status_code == 200:
-                return
-            errors = self._call("GET", "/importErrors").get("import_errors", [])
-            if errors:
-                first = errors[0]
-                last_line = first["stack_trace"].strip().splitlines()[-1]
-                raise AirflowApiError(f"DAG file {first['filename']} failed to import: {last_line}")
+            details = self.dag_details(dag_id)
+            if details is not None and (ready is None or ready(details)):
+                return details
+            error = self.import_error()
+            if error:
+                raise AirflowApiError(error)
             if time.monotonic() > deadline:
-                raise AirflowApiError(f"DAG {dag_id} not parsed by Airflow after {timeout:.0f}s")
-            time.sleep(1)
+                state = "not parsed" if details is None else "parsed, but not from the current YAML"
+                raise AirflowApiError(f"DAG {dag_id} {state} by Airflow after {timeout:.0f}s")
+            time.sleep(0.5)
 
     def unpause(self, dag_id: str) -> None:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})

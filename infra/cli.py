@@ -1,4 +1,4 @@
-"""The `kiln` command: the embedded stack (up/down/status), pipeline runs, and the demo."""
+"""The `kiln` command: pipelines from a CSV (init), runs on the embedded stack (up/run/status/down), demos."""
 
 from __future__ import annotations
 
@@ -13,25 +13,32 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from infra.airflow_api import AirflowApiError
+from infra.demo_data import DATASETS
 from infra.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
+from tasks.metrics import HEADLINE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 out = Console()
 err = Console(stderr=True)
 
-DEFAULT_CONFIG = REPO_ROOT / "pipelines" / "digits.yaml"
-STATE_STYLE = {"success": "green", "failed": "red", "running": "yellow", "upstream_failed": "red", "queued": "dim"}
+PIPELINES = REPO_ROOT / "pipelines"
+DEFAULT_CONFIG = PIPELINES / "digits.yaml"
+STATE_STYLE = {"success": "green", "failed": "red", "upstream_failed": "red", "running": "yellow",
+               "up_for_retry": "yellow", "queued": "dim", "scheduled": "dim", "skipped": "dim"}
 
 Home = Annotated[Path | None, typer.Option("--home", help="state folder (default: $KILN_HOME or ./.kiln)")]
 Port = Annotated[int | None, typer.Option(min=1, max=65535)]
+Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="override, e.g. epochs=3 (see `kiln steps`)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print one JSON summary object on stdout")]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -42,28 +49,27 @@ def _stack(home: Path | None, airflow_port: int | None, mlflow_port: int | None,
     return Stack(kiln_home(home), ports)
 
 
+def _say(line: str) -> None:
+    err.print(f"  {line}", highlight=False, markup=False)
+
+
 @app.command()
-def up(
-    home: Home = None,
-    airflow_port: Port = None,
-    mlflow_port: Port = None,
-    rest_port: Port = None,
-    grpc_port: Port = None,
-) -> None:
+def up(home: Home = None, airflow_port: Port = None, mlflow_port: Port = None, rest_port: Port = None,
+       grpc_port: Port = None) -> None:
     """Start Airflow standalone, MLflow and kiln-model-server on 127.0.0.1."""
     _start(_stack(home, airflow_port, mlflow_port, rest_port, grpc_port))
 
 
-def _start(stack: Stack, report=None) -> None:
+def _start(stack: Stack) -> None:
     os.environ["KILN_HOME"] = str(stack.home)
     started = time.monotonic()
     try:
-        stack.up(report=report or (lambda line: err.print(f"  {line}", highlight=False)))
+        stack.up(report=_say)
     except StackError as exc:
         raise _fail(str(exc)) from None
     err.print(f"stack up in {time.monotonic() - started:.1f}s: Airflow UI {stack.airflow_url} "
               f"(admin password in {stack.airflow_home}/simple_auth_manager_passwords.json.generated), "
-              f"MLflow {stack.mlflow_url}, TF Serving REST {stack.serving_rest_url}", highlight=False)
+              f"MLflow {stack.mlflow_url}, TF Serving REST {stack.serving_rest_url}", highlight=False, markup=False)
 
 
 @app.command()
@@ -71,9 +77,48 @@ def down(home: Home = None) -> None:
     """Stop the stack started by `kiln up`."""
     stack = Stack(kiln_home(home))
     if not stack.is_recorded():
-        err.print(f"no stack recorded in {stack.home}; nothing to stop")
+        err.print(f"no stack recorded in {stack.home}; nothing to stop", markup=False)
         return
-    stack.down(report=lambda line: err.print(f"  {line}", highlight=False))
+    stack.down(report=_say)
+
+
+@app.command()
+def init(
+    csv_path: Annotated[Path, typer.Argument(help="the CSV to learn from (header row, one example per row)")],
+    label: Annotated[str, typer.Option("--label", help="the column to predict")],
+    name: Annotated[str | None, typer.Option("--name", help="pipeline name (default: from the file name)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for <name>.yaml and <name>.schema.pbtxt")] = Path(
+        "pipelines"),
+    task: Annotated[str | None, typer.Option("--task", help="classification or regression (default: inferred)")] = None,
+    model: Annotated[str, typer.Option("--model", help="mlp, cnn, file.py:function or package.module:function")] = "mlp",
+    force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
+) -> None:
+    """Infer a pipeline from a CSV: writes <out>/<name>.yaml and <out>/<name>.schema.pbtxt."""
+    from infra.init import infer, renamed_columns, write_files
+
+    if task not in (None, "classification", "regression"):
+        raise _fail(f"--task {task!r}: use classification or regression")
+    try:
+        inferred = infer(csv_path, label, name, out_dir, task)
+        write_files(inferred, csv_path, model, force)
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
+    profile = inferred.profile
+    table = Table(title=f"{csv_path}: {profile.rows:,} rows, {len(profile.header)} columns")
+    for column in ("column", "type", "missing", "distinct", "role"):
+        table.add_column(column)
+    for column in profile.columns.values():
+        role = "label" if column.name == label else "feature"
+        distinct = "> 1000" if column.distinct is None else str(column.distinct)
+        table.add_row(column.name, column.type or "empty", f"{column.missing:,}", distinct, role)
+    out.print(table)
+    classes = f" with classes {inferred.classes}" if inferred.classes is not None else ""
+    metric, value = inferred.threshold
+    out.print(f"task: {inferred.task}{classes}; blessing threshold {metric} {value}", highlight=False, markup=False)
+    for column, served in renamed_columns(profile, label).items():
+        out.print(f"note: column {column!r} is served as {served!r} (TF signature names)", markup=False)
+    out.print(f"wrote {inferred.yaml_path} and {inferred.schema_path}; run it with `kiln run {inferred.yaml_path}`",
+              highlight=False, markup=False)
 
 
 def _parse_params(params: list[str]) -> dict[str, Any]:
@@ -87,62 +132,76 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
 
 
 def validated_config(config_path: Path, overrides: dict[str, Any], home: Path) -> PipelineConfig:
+    """The config as the run will see it; every bad input stops here, before anything is triggered."""
+    from tasks.models.contract import check_model_function
+    from tasks.registry import apply_params
+
     os.environ["KILN_HOME"] = str(home)
     try:
-        config = load_config(config_path, overrides)
+        config = apply_params(load_config(config_path), overrides)
+        source = config.data.source
+        if "://" not in source and not Path(source).is_file():
+            hint = "; `kiln demo-data` writes the demo data sets there" if Path(source).parent == home / "data" else ""
+            raise _fail(f"data source not found: {source} (data.source in {config_path}){hint}")
+        check_model_function(config.train.model, config.train.hparams)
     except BadInputError as exc:
-        raise _fail(str(exc)) from None
-    source = config.data.source
-    if "://" not in source and not Path(source).is_file():
-        hint = "; `kiln demo-data` writes the demo data set there" if source == str(_demo_data_path(home)) else ""
-        raise _fail(f"data source not found: {source} (data.source in {config_path}){hint}")
+        raise _fail(f"{config_path}: {exc}" if str(config_path) not in str(exc) else str(exc)) from None
     return config
 
 
-def _demo_data_path(home: Path) -> Path:
-    return home / "data" / "digits.csv"
-
-
 @app.command("demo-data")
-def demo_data(home: Home = None) -> None:
-    """Write the demo data set (sklearn's bundled 8x8 digits) to $KILN_HOME/data/digits.csv."""
-    from infra.demo_data import write_digits_csv
-
-    err.print(f"wrote {write_digits_csv(_demo_data_path(kiln_home(home)))}", highlight=False)
+def demo_data(
+    home: Home = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help=f"one of {', '.join(DATASETS)} (default: all)")]
+    = None,
+) -> None:
+    """Write the demo data sets (scikit-learn's bundled copies) to $KILN_HOME/data/<pipeline>.csv."""
+    names = [pipeline] if pipeline else list(DATASETS)
+    for name in names:
+        if name not in DATASETS:
+            raise _fail(f"--pipeline {name!r}: demo data sets are {', '.join(DATASETS)}")
+        err.print(f"wrote {DATASETS[name](kiln_home(home) / 'data' / f'{name}.csv')}", highlight=False, markup=False)
 
 
 @app.command()
 def run(
-    config_path: Annotated[Path, typer.Argument(help="pipeline YAML")] = DEFAULT_CONFIG,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="override, e.g. epochs=3")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON summary object")] = False,
+    config_path: Annotated[Path, typer.Argument(help="pipeline YAML (any path)")] = DEFAULT_CONFIG,
+    param: Params = None,
+    as_json: AsJson = False,
     home: Home = None,
 ) -> None:
-    """Trigger kiln_train_deploy through Airflow's REST API and follow it."""
+    """Trigger the pipeline's DAG (kiln_<pipeline>) through Airflow's REST API and follow it."""
     home_path = kiln_home(home)
+    config_path = config_path.resolve()
     overrides = _parse_params(param or [])
-    config = validated_config(config_path.resolve(), overrides, home_path)
+    config = validated_config(config_path, overrides, home_path)
     try:
         stack = Stack.load(home_path)
     except StackError as exc:
         raise _fail(str(exc)) from None
-    summary = run_and_summarize(stack, config_path.resolve(), overrides, config)
+    summary = run_and_summarize(stack, config_path, overrides, config)
     _report(summary, as_json)
     if summary["state"] != "success":
         raise typer.Exit(1)
 
 
-def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
+def _print_task(task_id: str, state: str, seconds: float | None) -> None:
+    took = f" ({seconds:.1f}s)" if seconds is not None and state in ("success", "failed") else ""
+    err.print(Text.assemble(f"  {task_id:15s} ", (state, STATE_STYLE.get(state, "")), took))
+
+
+def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any],
+                      config: PipelineConfig) -> dict[str, Any]:
+    from infra.pipelines import register
     from infra.runner import summarize, trigger_and_follow, write_summary
 
-    def on_task(task_id: str, state: str, seconds: float | None) -> None:
-        took = f" ({seconds:.1f}s)" if seconds is not None and state in ("success", "failed") else ""
-        style = STATE_STYLE.get(state, "")
-        err.print(f"  {task_id:10s} [{style}]{state}[/]{took}", highlight=False)
-
     try:
-        client, run_id = trigger_and_follow(stack, config_path, overrides, on_task)
+        if register(stack.home, config.pipeline, config_path):
+            err.print(f"pipeline {config.pipeline}: {config_path} registered with the stack", markup=False)
+        client, run_id = trigger_and_follow(stack, config, config_path, overrides, _print_task)
         summary = summarize(client, stack, run_id, config)
+    except BadInputError as exc:
+        raise _fail(str(exc)) from None
     except AirflowApiError as exc:
         raise _fail(str(exc), code=1) from None
     summary["summary_path"] = str(write_summary(stack.home, summary))
@@ -154,61 +213,91 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(summary, indent=2))
         return
     if summary["state"] != "success":
-        err.print(f"run {summary['run_id']}: task log tail", highlight=False)
+        err.print(f"run {summary['run_id']}: task log tail", highlight=False, markup=False)
         for line in summary.get("failed_log_tail", []):
             err.print(f"  | {line}", highlight=False, markup=False)
-        err.print(f"[bold red]error:[/] {summary.get('error', 'run failed')}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", summary.get("error", "run failed")), soft_wrap=True)
         return
     table = Table(title=f"kiln run {summary['run_id']}", show_header=False)
+    for key, value in summary_rows(summary):
+        table.add_row(key, Text(str(value)))
+    out.print(table)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    metric = HEADLINE[summary["task"]]
+    tflite = summary["tflite"]
+    if "tflite_metric" in tflite:
+        lite = (f"{metric} {tflite['tflite_metric']:.4f} (SavedModel {tflite['saved_model_metric']:.4f}); "
+                f"{tflite['tflite_bytes']:,} B, gzip {tflite['tflite_gzip_bytes']:,} B")
+    else:
+        lite = f"skipped: {tflite.get('skipped_reason', 'tflite: none')}"
     prediction = summary["prediction"]
+    answer = f"class {prediction['class']!r} (p={prediction['probability']})" if "class" in prediction \
+        else f"{prediction['prediction']}"
     mlflow, serving = summary["mlflow"], summary["serving"]
-    rows = [
+    return [
         ("state", summary["state"]),
         ("wall time", f"{summary['wall_seconds']} s, of which {summary['scheduling_overhead_seconds']} s "
                       f"({summary['scheduling_overhead_percent']} %) with no task running"),
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
-        ("eval accuracy", f"{summary['eval_accuracy']:.4f} (TFLite {summary.get('tflite_accuracy') or 0:.4f})"),
-        ("model sizes", ", ".join(f"{k} {v:,}" for k, v in summary["model_sizes"].items())),
+        (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
+        ("blessing", "; ".join(c["reason"] for c in summary["checks"]) or "no thresholds"),
+        ("TFLite", lite),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} v{serving['version']} labels {serving['labels']}"),
-        ("prediction", f"digit {prediction['predicted_digit']} (true {prediction['true_digit']}, "
-                       f"p={prediction['probability']}) in {prediction['latency_ms']} ms via label stable"),
+        ("prediction", f"{answer} for the first CSV row (true {prediction['true']!r}) in {prediction['latency_ms']} ms "
+                       f"via label stable"),
         ("summary", summary["summary_path"]),
     ]
-    for key, value in rows:
-        table.add_row(key, str(value))
-    out.print(table)
 
 
 @app.command()
 def demo(
+    pipeline: Annotated[str, typer.Option("--pipeline", help=f"one of {', '.join(DATASETS)}")] = "digits",
     home: Home = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: AsJson = False,
     airflow_port: Port = None,
     mlflow_port: Port = None,
     rest_port: Port = None,
     grpc_port: Port = None,
 ) -> None:
-    """up → write the digits data set → run → summary → down."""
-    from infra.demo_data import write_digits_csv
-
+    """up -> write the pipeline's demo data -> run -> summary -> down."""
+    if pipeline not in DATASETS:
+        raise _fail(f"--pipeline {pipeline!r}: demo pipelines are {', '.join(DATASETS)}")
+    config_path = PIPELINES / f"{pipeline}.yaml"
     stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
     _start(stack)
     try:
-        data = write_digits_csv(_demo_data_path(stack.home))
-        err.print(f"demo data: {data}")
-        config = validated_config(DEFAULT_CONFIG, {}, stack.home)
-        summary = run_and_summarize(stack, DEFAULT_CONFIG, {}, config)
+        data = DATASETS[pipeline](stack.home / "data" / f"{pipeline}.csv")
+        err.print(f"demo data: {data}", highlight=False, markup=False)
+        config = validated_config(config_path, {}, stack.home)
+        summary = run_and_summarize(stack, config_path, {}, config)
         _report(summary, as_json)
     finally:
-        stack.down(report=lambda line: err.print(f"  {line}", highlight=False))
+        stack.down(report=_say)
     if summary["state"] != "success":
         raise typer.Exit(1)
 
 
 @app.command()
+def steps() -> None:
+    """The pipeline's steps, in order, as the registry declares them (what every DAG runs)."""
+    from tasks.registry import STEPS
+
+    table = Table(title="kiln steps (tasks/registry.py)")
+    for column in ("step", "does", "reads", "writes", "config", "params"):
+        table.add_column(column)
+    for spec in STEPS:
+        table.add_row(spec.name, spec.description, ", ".join(f"{n}:{k.KIND}" for n, k in spec.inputs.items()),
+                      ", ".join(f"{n}:{k.KIND}" for n, k in spec.outputs.items()), spec.config_section or "",
+                      ", ".join(spec.params))
+    out.print(table)
+
+
+@app.command()
 def status(home: Home = None) -> None:
-    """Stack health, last runs, registry aliases and served versions."""
+    """Stack health, each pipeline's last runs, registry aliases and served versions."""
     home_path = kiln_home(home)
     try:
         stack = Stack.load(home_path)
@@ -218,59 +307,70 @@ def status(home: Home = None) -> None:
     table.add_column("service")
     table.add_column("health")
     for name, healthy in stack.health().items():
-        table.add_row(name, "[green]healthy[/]" if healthy else "[red]down[/]")
+        table.add_row(name, Text("healthy", "green") if healthy else Text("down", "red"))
     out.print(table)
-    _print_runs(stack)
-    _print_models(stack)
+    _print_pipelines(stack)
 
 
-def _print_runs(stack: Stack) -> None:
-    from infra.airflow_api import AirflowClient, admin_password
-    from infra.runner import DAG_ID
-
-    try:
-        client = AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home))
-        runs = client.latest_runs(DAG_ID)
-    except (AirflowApiError, OSError) as exc:
-        err.print(f"runs unavailable: {exc}")
-        return
-    table = Table(title="last runs")
-    table.add_column("run id", no_wrap=True)
-    for column in ("state", "started", "ended"):
-        table.add_column(column)
-    for run in runs:
-        table.add_row(run["dag_run_id"], run["state"], str(run.get("start_date")), str(run.get("end_date")))
-    out.print(table)
-
-
-def _print_models(stack: Stack) -> None:
-    from infra.runner import registry_aliases
+def _print_pipelines(stack: Stack) -> None:
+    from infra.pipelines import discover
+    from infra.runner import airflow_client, registry_aliases
     from serving.client import RestClient, ServingClientError
-    from serving.deployer import read_config
 
-    table = Table(title="models")
-    for column in ("model", "MLflow aliases", "served versions", "labels"):
+    try:
+        client = airflow_client(stack)
+    except (AirflowApiError, OSError) as exc:
+        client = None
+        err.print(f"runs unavailable: {exc}", markup=False)
+    table = Table(title="pipelines")
+    for column in ("pipeline", "task", "last runs", "MLflow aliases", "served versions", "labels"):
         table.add_column(column)
-    config = read_config(stack.serving_config)
-    with RestClient(stack.serving_rest_url, timeout=5) as client:
-        for entry in config.model_config_list.config:
+    with RestClient(stack.serving_rest_url, timeout=5) as serving:
+        for name, path in discover(stack.home).items():
             try:
-                states = ", ".join(f"v{s['version']} {s['state']}" for s in client.status(entry.name))
-            except (ServingClientError, OSError) as exc:
-                states = f"unavailable ({exc})"
-            try:
-                aliases = registry_aliases(stack.mlflow_url, _registered_name())
-            except Exception as exc:  # the registry being down must not hide serving state
-                aliases = {"unavailable": str(exc)}
-            table.add_row(entry.name, str(aliases), states, str(dict(entry.version_labels)))
+                config = load_config(path, expand_env=False)
+            except BadInputError as exc:
+                table.add_row(name, "-", Text(f"config error: {exc}", "red"), "", "", "")
+                continue
+            table.add_row(name, config.task.type, _last_runs(client, f"kiln_{name}"),
+                          _safe(lambda c=config: str(registry_aliases(stack.mlflow_url, c.registered_model_name))),
+                          *_served(serving, config.served_model_name, ServingClientError))
     out.print(table)
 
 
-def _registered_name() -> str:
+def _last_runs(client: Any, dag_id: str) -> str:
+    if client is None:
+        return "unavailable"
     try:
-        return load_config(DEFAULT_CONFIG).registry.model_name
-    except BadInputError:
-        return PipelineConfig.model_fields["registry"].default.model_name
+        runs = client.latest_runs(dag_id, limit=3)
+    except AirflowApiError:
+        return "no DAG yet"
+    return "\n".join(f"{r['dag_run_id']} {r['state']}" for r in runs) or "none"
+
+
+def _served(serving: Any, model: str, errors: type[Exception]) -> tuple[str, str]:
+    try:
+        states = serving.status(model)
+    except (errors, OSError):
+        return "not served", ""
+    versions = ", ".join(f"v{s['version']} {s['state']}" for s in states)
+    labels = _safe(lambda: str(_labels(serving, model)))
+    return versions, labels
+
+
+def _labels(serving: Any, model: str) -> dict[str, int]:
+    """The labels kiln uses, as the server resolves them."""
+    from serving.deployer import CANARY, STABLE
+
+    versions = {label: serving.label_version(model, label) for label in (STABLE, CANARY)}
+    return {label: version for label, version in versions.items() if version is not None}
+
+
+def _safe(value: Any) -> str:
+    try:
+        return value()
+    except Exception as exc:  # noqa: BLE001 - one service being down must not hide the others
+        return f"unavailable ({str(exc).splitlines()[0][:80]})"
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli`

@@ -10,7 +10,6 @@ parsing stays fast. Only DAG files import this module.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from datetime import timedelta
@@ -20,18 +19,14 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from infra.pipelines import CONFIG_MARK, config_fingerprint
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError, one_line
 from tasks.registry import PARAMS, STEPS, StepSpec, param_schema
 
 log = logging.getLogger(__name__)
 
-CONFIG_MARK = "kiln-config:"  # the doc line `kiln run` reads to know which YAML version Airflow parsed
 DEFAULT_ARGS = {"owner": "kiln", "retries": 1, "retry_delay": timedelta(seconds=5)}
-
-
-def config_fingerprint(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def pipeline_dags(paths: dict[str, Path]) -> dict[str, DAG]:

@@ -3,6 +3,7 @@ anywhere else (recorded as small pointer files under `$KILN_HOME/pipelines/`). O
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = REPO_ROOT / "pipelines"
 POINTERS = "pipelines"
+CONFIG_MARK = "kiln-config:"  # the DAG doc line that says which YAML version Airflow parsed
+
+
+def config_fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _name_of(path: Path) -> str | None:

@@ -1,14 +1,16 @@
-"""`kiln run`: trigger the main DAG through Airflow's REST API, follow it, summarise it.
+"""`kiln run`: make sure Airflow has parsed the pipeline's DAG from the current YAML, trigger it
+through the REST API, follow it, summarise it.
 
-The summary is assembled from what the run left behind: task durations from Airflow, step
-results from the artifacts whose URIs the tasks returned, aliases from the MLflow registry, and
-one live prediction from the model server, timed from this process.
+The summary is assembled from what the run left behind: task durations from Airflow, step results
+from the artifacts whose URIs the tasks returned, aliases from the MLflow registry, and one live
+prediction from the model server (a CSV row sent by feature name, as a client would), timed here.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import time
@@ -17,18 +19,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.model import DIGIT, PROBABILITIES
-
-from infra.airflow_api import FINISHED, AirflowClient, admin_password, seconds_between
+from infra.airflow_api import FINISHED, AirflowApiError, AirflowClient, admin_password, seconds_between
+from infra.pipelines import CONFIG_MARK, config_fingerprint
 from infra.stack import Stack
-from tasks.artifacts import read_artifact
+from tasks.artifacts.evaluation import ModelEvaluation
+from tasks.artifacts.model import Model
+from tasks.artifacts.optimized import OptimizedModel
+from tasks.artifacts.registered import RegisteredModel
+from tasks.artifacts.verification import ServingVerification
 from tasks.config import PipelineConfig
+from tasks.features import instance_from_row
+from tasks.models.assemble import PREDICTION, PROBABILITIES
+from tasks.models.export import CLASS, output_names
+from tasks.registry import STEP_NAMES
 
-DAG_ID = "kiln_train_deploy"
-TASK_ORDER = ("ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify",
-              "finish_tracking")
 # TensorFlow's C++ start-up chatter, which says nothing about why a task failed.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl)")
+PARSE_TIMEOUT = 120
 
 
 class RunFailed(RuntimeError):
@@ -37,27 +44,54 @@ class RunFailed(RuntimeError):
         self.summary = summary
 
 
+def dag_id_of(config: PipelineConfig) -> str:
+    return f"kiln_{config.pipeline}"
+
+
+def airflow_client(stack: Stack) -> AirflowClient:
+    return AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home))
+
+
+def wait_until_parsed(client: AirflowClient, dag_id: str, config_path: Path, timeout: float = PARSE_TIMEOUT) -> None:
+    """Return once Airflow's DAG was built from the YAML as it is now; ask for a re-parse if it was not."""
+    mark = f"{CONFIG_MARK} {config_path} sha256={config_fingerprint(config_path)}"
+
+    def current(details: dict[str, Any]) -> bool:
+        return mark in (details.get("doc_md") or "")
+
+    details = client.dag_details(dag_id)
+    if details is None or not current(details):
+        # All kiln DAGs come from one factory file: re-parsing it through any of them picks up the YAML.
+        known = [details] if details else [client.dag_details(d["dag_id"]) for d in client.dags_with_tag("kiln")[:1]]
+        for item in known:
+            if item and item.get("file_token"):
+                client.reparse(item["file_token"])
+    client.wait_for_dag(dag_id, ready=current, timeout=timeout)
+
+
 def trigger_and_follow(
     stack: Stack,
+    config: PipelineConfig,
     config_path: Path,
-    overrides: dict[str, Any],
+    params: dict[str, Any],
     on_task: Callable[[str, str, float | None], None],
     timeout: float = 1800,
 ) -> tuple[AirflowClient, str]:
     """Trigger a run and call `on_task(task_id, state, seconds)` on every state change."""
-    client = AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home))
-    client.wait_for_dag(DAG_ID)
-    client.unpause(DAG_ID)
-    run_id = client.trigger(DAG_ID, {"config_path": str(config_path), **overrides})
+    client = airflow_client(stack)
+    dag_id = dag_id_of(config)
+    wait_until_parsed(client, dag_id, config_path)
+    client.unpause(dag_id)
+    run_id = client.trigger(dag_id, {k: v for k, v in params.items() if v is not None})
     seen: dict[str, str | None] = {}
     deadline = time.monotonic() + timeout
     while True:
-        for ti in sorted(client.task_states(DAG_ID, run_id), key=lambda t: _order(t.task_id)):
+        for ti in sorted(client.task_states(dag_id, run_id), key=lambda t: _order(t.task_id)):
             if seen.get(ti.task_id) != ti.state:
                 seen[ti.task_id] = ti.state
                 if ti.state:
                     on_task(ti.task_id, ti.state, ti.duration)
-        if client.dag_run(DAG_ID, run_id)["state"] in FINISHED:
+        if client.dag_run(dag_id, run_id)["state"] in FINISHED:
             return client, run_id
         if time.monotonic() > deadline:
             raise RunFailed(f"run {run_id} did not finish within {timeout:.0f}s", {"run_id": run_id})
@@ -65,20 +99,22 @@ def trigger_and_follow(
 
 
 def _order(task_id: str) -> int:
-    return TASK_ORDER.index(task_id) if task_id in TASK_ORDER else len(TASK_ORDER)
+    return STEP_NAMES.index(task_id) if task_id in STEP_NAMES else len(STEP_NAMES)
 
 
 def summarize(client: AirflowClient, stack: Stack, run_id: str, config: PipelineConfig) -> dict[str, Any]:
-    run = client.dag_run(DAG_ID, run_id)
-    tasks = sorted(client.task_states(DAG_ID, run_id), key=lambda t: _order(t.task_id))
-    durations = {t.task_id: round(t.duration, 2) for t in tasks if t.duration is not None}
+    dag_id = dag_id_of(config)
+    run = client.dag_run(dag_id, run_id)
+    tasks = sorted(client.task_states(dag_id, run_id), key=lambda t: _order(t.task_id))
     wall = seconds_between(run.get("start_date"), run.get("end_date"))
     summary: dict[str, Any] = {
         "run_id": run_id,
-        "dag_id": DAG_ID,
+        "dag_id": dag_id,
+        "pipeline": config.pipeline,
+        "task": config.task.type,
         "state": run["state"],
         "wall_seconds": round(wall, 2) if wall is not None else None,
-        "task_seconds": durations,
+        "task_seconds": {t.task_id: round(t.duration, 2) for t in tasks if t.duration is not None},
         "task_states": {t.task_id: t.state for t in tasks},
     }
     if wall:
@@ -92,30 +128,36 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         failed = next((t for t in tasks if t.state == "failed"), None)
         if failed:
             summary["failed_task"] = failed.task_id
-            summary["error"], summary["failed_log_tail"] = _failure(client, run_id, failed.task_id,
+            summary["error"], summary["failed_log_tail"] = _failure(client, dag_id, run_id, failed.task_id,
                                                                     failed.try_number)
         return summary
 
-    props = {step: _properties(client, run_id, step) for step in ("evaluate", "optimize", "register", "verify")}
-    evaluation, optimized = props["evaluate"], props["optimize"]
-    registered, verified = props["register"], props["verify"]
-    summary["eval_accuracy"] = evaluation.get("accuracy")
-    summary["tflite_accuracy"] = optimized.get("tflite_accuracy")
-    summary["model_sizes"] = {k: v for k, v in optimized.items() if k.endswith("_bytes")}
+    def output(task_id: str, name: str) -> str:
+        return client.xcom(dag_id, run_id, task_id)[name]
+
+    evaluation = ModelEvaluation.read(output("evaluate", "evaluation")).properties
+    optimized = OptimizedModel.read(output("optimize", "optimized")).properties
+    registered = RegisteredModel.read(output("register", "registered")).properties
+    verified = ServingVerification.read(output("verify", "verification")).properties
+    trained = Model.read(output("train", "model"))
+    summary["metrics"] = evaluation.metrics
+    summary["checks"] = [c.model_dump() for c in evaluation.checks]
+    summary["blessed"] = evaluation.blessed
+    summary["tflite"] = optimized.model_dump(exclude={"tflite"}, exclude_none=True)
     summary["mlflow"] = {
         "tracking_uri": stack.mlflow_url,
-        "model_name": registered.get("model_name"),
-        "version": registered.get("version"),
-        "run_id": registered.get("mlflow_run_id"),
-        "aliases": registry_aliases(stack.mlflow_url, registered.get("model_name")),
+        "model_name": registered.model_name,
+        "version": registered.version,
+        "run_id": registered.mlflow_run_id,
+        "aliases": registry_aliases(stack.mlflow_url, registered.model_name),
     }
     summary["serving"] = {
-        "model_name": verified.get("serving_model_name"),
-        "version": verified.get("served_version"),
-        "labels": verified.get("labels"),
-        "max_abs_diff": verified.get("max_abs_diff"),
+        "model_name": verified.serving_model_name,
+        "version": verified.served_version,
+        "labels": verified.labels,
+        "max_relative_diff": verified.max_abs_diff,
     }
-    summary["prediction"] = live_prediction(stack, config)
+    summary["prediction"] = live_prediction(stack, config, trained)
     return summary
 
 
@@ -135,20 +177,12 @@ def busy_seconds(intervals: list[tuple[str | None, str | None]]) -> float:
     return total
 
 
-def _properties(client: AirflowClient, run_id: str, task_id: str) -> dict[str, Any]:
-    outputs = client.xcom(DAG_ID, run_id, task_id)
-    merged: dict[str, Any] = {}
-    for uri in outputs.values():
-        merged.update(read_artifact(uri).properties)
-    return merged
-
-
-def _failure(client: AirflowClient, run_id: str, task_id: str, try_number: int,
+def _failure(client: AirflowClient, dag_id: str, run_id: str, task_id: str, try_number: int,
              lines: int = 12) -> tuple[str, list[str]]:
     """(the exception as one line, the last log lines without TensorFlow's start-up noise)."""
     try:
-        entries = client.task_log(DAG_ID, run_id, task_id, try_number)
-    except Exception as exc:  # a missing log must not hide the failure itself
+        entries = client.task_log(dag_id, run_id, task_id, try_number)
+    except (AirflowApiError, OSError) as exc:  # a missing log must not hide the failure itself
         return f"task {task_id} failed (log unavailable: {exc})", []
     error = f"task {task_id} failed"
     for entry in entries:
@@ -167,31 +201,35 @@ def registry_aliases(tracking_uri: str, model_name: str | None) -> dict[str, int
     if not model_name:
         return {}
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    model = MlflowClient(tracking_uri).get_registered_model(model_name)
+    try:
+        model = MlflowClient(tracking_uri).get_registered_model(model_name)
+    except MlflowException:  # not registered yet
+        return {}
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 
-def live_prediction(stack: Stack, config: PipelineConfig) -> dict[str, Any]:
-    """Predict one row of the data set through the `stable` label, as a user's client would."""
+def live_prediction(stack: Stack, config: PipelineConfig, trained: Model) -> dict[str, Any]:
+    """Predict the data set's first row through the `stable` label, by feature name, as a client would."""
     from serving.client import RestClient
 
     with open(config.data.source, newline="") as fh:
         row = next(csv.DictReader(fh))
-    label = int(float(row.pop(config.data.label_column)))
-    pixels = [float(row[k]) for k in row]
+    instance = instance_from_row(row, trained.preprocessing.features)
+    name = config.served_model_name
     with RestClient(stack.serving_rest_url) as client:
-        client.predict(config.serving.model_name, [pixels], label="stable")  # first call opens the connection
-        result = client.predict(config.serving.model_name, [pixels], label="stable")
-    output = result.outputs[0]
-    probabilities = output[PROBABILITIES]
-    return {
-        "label": "stable",
-        "true_digit": label,
-        "predicted_digit": output[DIGIT],
-        "probability": round(max(probabilities), 4),
-        "latency_ms": round(result.latency_ms, 2),
-    }
+        client.predict(name, [instance], label="stable")  # the first call opens the connection
+        result = client.predict(name, [instance], label="stable")
+    output = result.rows(output_names(trained.preprocessing.label))[0]
+    shown = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in instance.items()}  # JSON has no NaN
+    prediction: dict[str, Any] = {"label": "stable", "instance": shown, "true": row[config.data.label_column],
+                                  "latency_ms": round(result.latency_ms, 2)}
+    if config.task.type == "classification":
+        prediction.update({"class": output[CLASS], "probability": round(max(output[PROBABILITIES]), 4)})
+    else:
+        prediction["prediction"] = round(float(output[PREDICTION]), 4)
+    return prediction
 
 
 def write_summary(home: Path, summary: dict[str, Any]) -> Path:

@@ -24,6 +24,13 @@ class Prediction:
     outputs: Any  # the "predictions" value of TF Serving's row-format response
     latency_ms: float
 
+    def rows(self, output_names: list[str]) -> list[dict[str, Any]]:
+        """One {output name: value} per instance: TF Serving leaves the name out when the signature
+        has a single output, so it is put back here."""
+        if len(output_names) == 1 and self.outputs and not isinstance(self.outputs[0], dict):
+            return [{output_names[0]: value} for value in self.outputs]
+        return list(self.outputs)
+
 
 def version_path(model: str, version: int | None = None, label: str | None = None) -> str:
     if version is not None and label is not None:
@@ -68,9 +75,20 @@ class RestClient:
         latency_ms = (time.perf_counter() - started) * 1000
         return Prediction(outputs=self._json(response)["predictions"], latency_ms=latency_ms)
 
-    def status(self, model: str, version: int | None = None) -> list[dict[str, Any]]:
+    def status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
         """The model_version_status list (newest first, END entries included)."""
-        return self._json(self._http.get(version_path(model, version)))["model_version_status"]
+        return self._json(self._http.get(version_path(model, version, label)))["model_version_status"]
+
+    def label_version(self, model: str, label: str) -> int | None:
+        """The version a label points at, or None when the server knows no such label.
+
+        Read through the metadata route: TF Serving's status route ignores labels (it answers every
+        version, even for an unknown label), while GetModelMetadata resolves them.
+        """
+        response = self._http.get(f"{version_path(model, label=label)}/metadata")
+        if response.status_code == 400 and "Unrecognized servable version label" in response.text:
+            return None  # TF Serving's INVALID_ARGUMENT for a label it does not know
+        return int(self._json(response)["model_spec"]["version"])
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         try:

@@ -100,6 +100,9 @@ class ColumnProfile:
     capped: bool = False  # more than DISTINCT_CAP distinct values
     minimum: float = math.inf
     maximum: float = -math.inf
+    numbers: int = 0  # numeric values seen, with their running mean and M2 (Welford)
+    mean: float = 0.0
+    m2: float = 0.0
 
     def add(self, text: str) -> None:
         kind = value_type(text)
@@ -117,6 +120,15 @@ class ColumnProfile:
             number = float(text)
             self.minimum = min(self.minimum, number)
             self.maximum = max(self.maximum, number)
+            self.numbers += 1
+            delta = number - self.mean
+            self.mean += delta / self.numbers
+            self.m2 += delta * (number - self.mean)
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the numeric values."""
+        return math.sqrt(self.m2 / self.numbers) if self.numbers else math.nan
 
     @property
     def distinct(self) -> int | None:

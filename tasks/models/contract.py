@@ -113,10 +113,10 @@ def build_body(ref: str, inputs: Any, hparams: dict[str, Any]) -> Any:
 
 def check_model_function(ref: str, hparams: dict[str, Any]) -> None:
     """Build the body once on stand-in inputs, before a run is triggered (TensorFlow is imported)."""
-    import tf_keras as keras
-
     if ref in BUILTINS:
         return  # built-ins are tested with kiln; their shape checks need the real inputs
+    import tf_keras as keras
+
     build_body(ref, keras.Input(shape=(CHECK_WIDTH,), dtype="float32", name="preprocessed"), hparams)
 
 

@@ -43,7 +43,7 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
     target = ctx.require_serving()
     with RestClient(target.rest_url) as client:
         served = client.predict(name, json_instances(inputs), version=version)
-    max_diff, mismatch = compare(served.outputs, expected)
+    max_diff, mismatch = compare(served.rows(list(expected)), expected)
     deployer = ServingDeployer(target)
     if mismatch or max_diff > config.serving.tolerance:
         deployer.withdraw(name, version)
