@@ -1,0 +1,244 @@
+"""The step registry's integrity: unique names, one setup and one teardown step, inputs wired to earlier
+outputs (like TFX channels), params that are config fields with the fields' own JSON schema, executors
+that import, and step modules that never import each other."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+import types
+import typing
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from tasks.config import ConfigError, PipelineConfig, TrainConfig, load_config
+from tasks.registry import (
+    PARAMS,
+    STEP_NAMES,
+    STEPS,
+    apply_params,
+    param_schema,
+    producers,
+    step,
+    step_of_param,
+)
+
+STEPS_DIR = Path(__file__).resolve().parents[2] / "tasks" / "steps"
+# annotated_types constraint -> the JSON schema keyword pydantic writes for it
+BOUND_KEYWORDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+JSON_TYPES = {int: "integer", float: "number", str: "string", dict: "object", bool: "boolean", list: "array"}
+
+
+def section_model(section: str) -> type[BaseModel]:
+    return PipelineConfig.model_fields[section].annotation
+
+
+def config_field(path: str):
+    section, name = path.split(".")
+    return section_model(section).model_fields[name]
+
+
+def expected_bounds(field) -> dict[str, object]:
+    return {keyword: getattr(constraint, attr) for constraint in field.metadata
+            for attr, keyword in BOUND_KEYWORDS.items() if hasattr(constraint, attr)}
+
+
+def expected_type(field) -> str:
+    annotation = field.annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return JSON_TYPES[typing.get_origin(annotation) or annotation]
+
+
+# --- steps and wiring ----------------------------------------------------------------------------
+
+
+def test_step_names_are_unique():
+    assert len(set(STEP_NAMES)) == len(STEP_NAMES) == len(STEPS)
+
+
+@pytest.mark.parametrize("role", ["setup", "teardown"])
+def test_exactly_one_setup_and_one_teardown_step(role):
+    assert len([spec for spec in STEPS if spec.role == role]) == 1
+
+
+def test_setup_runs_first_and_teardown_last():
+    assert (STEPS[0].role, STEPS[-1].role) == ("setup", "teardown")
+
+
+def test_output_names_are_unique_across_steps():
+    outputs = [name for spec in STEPS for name in spec.outputs]
+    assert len(outputs) == len(set(outputs))
+
+
+@pytest.mark.parametrize("spec", STEPS, ids=STEP_NAMES)
+def test_inputs_are_outputs_of_earlier_steps(spec):
+    earlier = {}
+    for previous in STEPS[: STEP_NAMES.index(spec.name)]:
+        earlier.update(previous.outputs)
+    for name, kind in spec.inputs.items():
+        assert name in earlier, f"{spec.name} reads {name!r}, which no earlier step writes"
+        assert earlier[name] is kind, f"{spec.name} reads {name!r} as {kind.__name__}, written as {earlier[name]}"
+
+
+def test_producers_map_each_output_to_its_step():
+    assert {name: spec.name for name, spec in producers().items()} == {
+        name: spec.name for spec in STEPS for name in spec.outputs}
+
+
+def test_step_lookup():
+    assert step("train").name == "train"
+    with pytest.raises(KeyError, match="no step named 'trian'"):
+        step("trian")
+
+
+@pytest.mark.parametrize("spec", STEPS, ids=STEP_NAMES)
+def test_every_executor_resolves(spec):
+    assert callable(spec.load())
+
+
+@pytest.mark.parametrize("spec", [s for s in STEPS if s.config_section], ids=lambda s: s.name)
+def test_config_sections_are_pipeline_config_sections(spec):
+    assert spec.config_section in PipelineConfig.model_fields
+    assert issubclass(section_model(spec.config_section), BaseModel)
+
+
+# --- params --------------------------------------------------------------------------------------
+
+
+def test_param_names_are_unique_across_steps():
+    names = [param for spec in STEPS for param in spec.params]
+    assert len(names) == len(set(names)) == len(PARAMS)
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_a_param_names_a_field_of_its_steps_section(param):
+    section, name = PARAMS[param].split(".")
+    assert section == step_of_param(param).config_section
+    assert name in section_model(section).model_fields
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_param_schema_is_the_fields_nullable(param):
+    field = config_field(PARAMS[param])
+    schema = param_schema(param)
+    assert schema["type"] == ["null", expected_type(field)]
+    assert schema["description"] == field.description
+    assert schema["section"] == step_of_param(param).name
+    assert "default" not in schema
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_param_schema_bounds_are_the_fields_constraints(param):
+    schema = param_schema(param)
+    bounds = expected_bounds(config_field(PARAMS[param]))
+    assert {k: schema[k] for k in BOUND_KEYWORDS.values() if k in schema} == bounds
+
+
+def test_train_params_have_bounds():
+    """The bounds check above compares something: the train fields do carry constraints."""
+    for param in ("epochs", "batch_size", "learning_rate", "num_workers"):
+        assert expected_bounds(TrainConfig.model_fields[PARAMS[param].split(".")[1]])
+
+
+# --- apply_params --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent("""
+        pipeline: p
+        data: {source: d.csv}
+        task: {type: classification}
+        train: {epochs: 7, batch_size: 16}
+    """))
+    return load_config(path)
+
+
+def test_apply_params_sets_the_fields(config):
+    changed = apply_params(config, {"epochs": 3, "learning_rate": 0.01, "thresholds": {"accuracy": 0.9}})
+    assert (changed.train.epochs, changed.train.learning_rate) == (3, 0.01)
+    assert changed.evaluate.thresholds == {"accuracy": 0.9}
+    assert changed.train.batch_size == 16
+
+
+def test_none_keeps_the_yaml_value(config):
+    assert apply_params(config, {"epochs": None, "batch_size": None}) == config
+    assert apply_params(config, {"epochs": None, "batch_size": 8}).train.epochs == 7
+
+
+def test_an_unknown_param_lists_the_allowed_ones(config):
+    with pytest.raises(ConfigError, match="unknown parameter 'epocs'") as exc:
+        apply_params(config, {"epocs": 3})
+    assert all(param in str(exc.value) for param in PARAMS)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("param, value, field", [
+    ("epochs", 0, "train.epochs"),
+    ("learning_rate", 1.0, "train.learning_rate"),
+    ("num_workers", 1000, "train.num_workers"),
+    ("thresholds", {"rmse": 1.0}, "rmse"),
+])
+def test_an_invalid_value_names_the_field(config, param, value, field):
+    with pytest.raises(ConfigError, match=field) as exc:
+        apply_params(config, {param: value})
+    assert "\n" not in str(exc.value)
+
+
+# --- step modules never import each other --------------------------------------------------------
+
+
+def step_imports(source: str, package: str = "tasks.steps") -> list[str]:
+    """Modules under `tasks.steps` that a module in `package` imports (absolute or relative)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found += [name for name in names if name == "tasks.steps" or name.startswith("tasks.steps.")]
+    return found
+
+
+@pytest.mark.parametrize("source", [
+    "import tasks.steps.ingest",
+    "from tasks.steps import ingest",
+    "from tasks.steps.ingest import run",
+    "from tasks import steps",
+    "from . import ingest",
+    "from .ingest import run",
+    "from ..steps import ingest",
+    "def f():\n    from tasks.steps import train\n",
+])
+def test_the_import_check_sees_step_imports(source):
+    assert step_imports(source)
+
+
+@pytest.mark.parametrize("source", [
+    "import tasks.config", "from tasks import config", "from tasks.models.export import predict",
+    "from .. import config", "from ..artifacts.model import Model", "import numpy as np",
+])
+def test_the_import_check_ignores_other_imports(source):
+    assert step_imports(source) == []
+
+
+@pytest.mark.parametrize("path", sorted(STEPS_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_no_step_module_imports_another(path):
+    assert step_imports(path.read_text()) == []
+
+
+def test_the_import_check_reads_every_step_executors_module():
+    modules = {f"tasks.steps.{p.stem}" for p in STEPS_DIR.glob("*.py")}
+    executors = {spec.executor.partition(":")[0] for spec in STEPS if spec.executor.startswith("tasks.steps.")}
+    assert executors and executors <= modules
