@@ -286,11 +286,11 @@ def steps() -> None:
     from tasks.registry import STEPS
 
     table = Table(title="kiln steps (tasks/registry.py)")
-    for column in ("step", "does", "reads", "writes", "config", "params"):
+    table.add_column("step", no_wrap=True)
+    for column in ("does", "reads", "writes", "params"):
         table.add_column(column)
     for spec in STEPS:
-        table.add_row(spec.name, spec.description, ", ".join(f"{n}:{k.KIND}" for n, k in spec.inputs.items()),
-                      ", ".join(f"{n}:{k.KIND}" for n, k in spec.outputs.items()), spec.config_section or "",
+        table.add_row(spec.name, spec.description, ", ".join(spec.inputs), ", ".join(spec.outputs),
                       ", ".join(spec.params))
     out.print(table)
 

@@ -14,11 +14,12 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.columns import ColumnProfile, CsvProfile, preview, profile_csv
+from tasks.columns import ColumnProfile, CsvProfile, parse_value, preview, profile_csv
 from tasks.config import ConfigError
 from tasks.features import served_name
 from tasks.schema import MAX_DOMAIN_SIZE, ColumnSummary, infer_schema, schema_text
@@ -66,8 +67,12 @@ def infer(csv_path: Path, label: str, name: str | None, out_dir: Path, task: str
         if len(classes) < 2:
             raise InitError(f"{csv_path}: label column {label!r} has only one value ({classes[0]!r}); "
                             f"classification needs at least two classes")
-        majority = max(column.values.values()) / column.present
-        threshold = ("accuracy", math.floor(majority * 100) / 100)
+        counts: Counter[Any] = Counter()
+        for text, count in column.values.items():  # `true` and `TRUE` are one class
+            counts[parse_value(text, column.type)] += count
+        majority = max(counts.values()) / column.present
+        # round() first: 0.57 * 100 is 56.99999999999999 in binary floating point
+        threshold = ("accuracy", math.floor(round(majority * 100, 6)) / 100)
     else:
         if column.type not in ("int", "float"):
             raise InitError(f"{csv_path}: label column {label!r} holds {column.type} values; regression needs "

@@ -3,7 +3,7 @@
 One set of rules for `kiln init` (which writes the schema) and for ingest (which writes the
 examples), so both read a file the same way:
 
-* an empty field is a missing value (so is `nan`/`NaN` in a numeric column);
+* an empty field is a missing value, and so is `nan`/`NaN` (in any column, as pandas reads it);
 * `true`/`false` (any case) are booleans, `[+-]digits` integers, other finite numbers floats;
 * a column's type is the narrowest that holds all its values: bool, int, float (ints widen to
   floats), else string.
@@ -77,7 +77,7 @@ def parse_value(text: str, as_type: ValueType) -> Any:
     text = text.strip()
     kind = value_type(text)
     if kind is None:
-        return None if as_type != "string" or not text else text
+        return None
     if as_type == "string":
         return text
     if kind == "bool":

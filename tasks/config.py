@@ -125,7 +125,9 @@ class PlacementConfig(_Strict):
     steps: dict[str, StepPlacement] = {}
 
     def for_step(self, step: str) -> StepPlacement:
-        return self.steps.get(step, self.default)
+        """The default, with the fields a step sets for itself replaced."""
+        own = self.steps.get(step)
+        return self.default.model_copy(update=own.model_dump(exclude_none=True)) if own else self.default
 
 
 class PipelineConfig(_Strict):
@@ -253,6 +255,6 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     )
     train = config.train
     if is_file_reference(train.model):
-        file, function = train.model.split(":", 1)
+        file, _, function = train.model.rpartition(":")
         train = train.model_copy(update={"model": f"{_absolute(base, file)}:{function}"})
     return config.model_copy(update={"data": data, "train": train})

@@ -135,9 +135,10 @@ def plan_features(schema: schema_pb2.Schema, columns: dict[str, ValueType], labe
         if spec is None or spec.kind != "numeric":
             raise FeatureError(f"transform.discretize: {column!r} is not a numeric feature column")
     names = [f.name for f in features]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise FeatureError(f"columns map to the same served feature name {clashes}; rename them")
+    for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+        sources = [f"group {f.name!r}" if f.kind == "vector" else f"column {f.columns[0]!r}"
+                   for f in features if f.name == name]
+        raise FeatureError(f"{' and '.join(sources)} map to the same served feature name {name!r}; rename one")
     if not features:
         raise FeatureError(f"no feature columns besides the label {label!r}")
     return features

@@ -83,6 +83,10 @@ def load_schema(uri: str) -> schema_pb2.Schema:
             return text_format.Parse(fh.read(), schema_pb2.Schema())
     except FileNotFoundError:
         raise SchemaError(f"schema not found: {uri}") from None
+    except IsADirectoryError:
+        raise SchemaError(f"schema path is a folder, not a file: {uri}") from None
+    except UnicodeDecodeError:
+        raise SchemaError(f"{uri}: not a Schema text proto (not UTF-8 text)") from None
     except text_format.ParseError as exc:
         raise SchemaError(f"{uri}: not a Schema text proto ({exc})") from None
 

@@ -68,7 +68,8 @@ def _serving(config: PipelineConfig, deployment: Deployment) -> ServingEndpoints
         return deployment.serving
     missing = [name for name, value in given.items() if not value]
     if missing:
-        raise ConfigError(f"serving: set {', '.join(_SERVING_FIELDS)} together (missing {', '.join(missing)})")
+        raise ConfigError(f"serving: set {', '.join(_SERVING_FIELDS[:-1])} and {_SERVING_FIELDS[-1]} together "
+                          f"(missing {', '.join(missing)})")
     return ServingEndpoints(**given)
 
 
@@ -79,7 +80,7 @@ def _carry_files(config: PipelineConfig, uri: str, folder: Path) -> PipelineConf
         _copy(data.schema_path, folder / SCHEMA_FILE, "data.schema_path")
         data = data.model_copy(update={"schema_path": f"{uri}/{SCHEMA_FILE}"})
     if is_file_reference(train.model):
-        file, function = train.model.split(":", 1)
+        file, _, function = train.model.rpartition(":")
         name = Path(file).name
         _copy(file, folder / USER_MODEL_DIR / name, "train.model")
         train = train.model_copy(update={"model": f"{uri}/{USER_MODEL_DIR}/{name}:{function}"})

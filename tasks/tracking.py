@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 RUN_ID_TAG = "kiln.run_id"
 ROLE_TAG = "kiln.role"
 STEP_TAG = "kiln.step"
+PIPELINE_TAG = "kiln.pipeline"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the child under it
 
 
@@ -54,11 +55,13 @@ def parent_run(config: PipelineConfig, ctx: StepContext, tags: dict[str, str] | 
     """The MLflow run id of this DAG run's parent run, created (with `tags`) on first use."""
     mlflow_client = client(ctx)
     exp = experiment_id(mlflow_client, config.registry.experiment)
-    found = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), ROLE_TAG: "parent"})
+    # Scheduled runs of two pipelines share a run id (scheduled__<time>): the pipeline tells them apart.
+    found = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), PIPELINE_TAG: config.pipeline,
+                                         ROLE_TAG: "parent"})
     if found:
         run_id = found.info.run_id
     else:
-        tags = {**(tags or {}), RUN_ID_TAG: ctx.run_id, ROLE_TAG: "parent", "kiln.pipeline": config.pipeline}
+        tags = {**(tags or {}), RUN_ID_TAG: ctx.run_id, ROLE_TAG: "parent", PIPELINE_TAG: config.pipeline}
         run_id = mlflow_client.create_run(exp, tags=tags, run_name=f"{config.pipeline} {ctx.run_id}").info.run_id
         log.info("mlflow: parent run %s for %s", run_id, ctx.run_id)
     mlflow_client.set_tag(run_id, "kiln.try", str(ctx.try_number))

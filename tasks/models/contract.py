@@ -29,13 +29,13 @@ class ModelContractError(BadInputError):
 
 
 def is_file_reference(ref: str) -> bool:
-    return ":" in ref and ref.split(":", 1)[0].endswith(".py")
+    return ":" in ref and ref.rpartition(":")[0].endswith(".py")
 
 
 def load_model_function(ref: str) -> Callable[..., Any]:
     """The function `ref` names (a built-in name, `file.py:function` or `package.module:function`)."""
     target = BUILTINS.get(ref, ref)
-    location, sep, name = target.partition(":")
+    location, sep, name = target.rpartition(":")  # the last colon: a URL has one of its own
     if not sep or not location or not name:
         raise ModelContractError(f"train.model {ref!r}: expected a built-in ({', '.join(BUILTINS)}), "
                                  f"path/to/file.py:function or package.module:function")
@@ -51,8 +51,9 @@ def load_model_function(ref: str) -> Callable[..., Any]:
 def _import_module(ref: str, module_name: str) -> Any:
     try:
         return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelContractError(f"train.model {ref!r}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # ImportError, or whatever the module raises while it loads
+        raise ModelContractError(f"train.model {ref!r}: cannot import {module_name}: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def _import_file(ref: str, location: str) -> Any:

@@ -1,8 +1,9 @@
-"""DAG integrity: every DAG file imports, is documented, owned, tagged and retried, and places
-its tasks from the config, not from code."""
+"""DAG integrity, generated from the step registry: every pipeline YAML gives a DAG `kiln_<pipeline>`
+whose tasks, dependencies, params and placement are what the registry and the YAML say."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from infra.pipelines import shipped
+from tasks.registry import PARAMS, STEP_NAMES, STEPS, param_schema, producers
+
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-STEPS = ["ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify"]
 
 
 @pytest.fixture(scope="module")
@@ -25,64 +28,118 @@ def dagbag(tmp_path_factory):
     return DagBag(dag_folder=str(DAGS))
 
 
-def test_no_import_errors(dagbag):
+def test_every_shipped_pipeline_is_a_dag(dagbag):
     assert dagbag.import_errors == {}
-    assert "kiln_train_deploy" in dagbag.dag_ids
+    assert {f"kiln_{name}" for name in shipped()} == set(dagbag.dag_ids) >= {"kiln_digits", "kiln_cancer",
+                                                                             "kiln_diabetes"}
 
 
 def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
     for dag_id, dag in dagbag.dags.items():
-        assert dag.tags, f"{dag_id} has no tags"
-        assert dag.doc_md, f"{dag_id} has no doc_md"
+        assert "kiln" in dag.tags, f"{dag_id} has no kiln tag"
+        assert dag.doc_md and "kiln-config:" in dag.doc_md, f"{dag_id} does not say which YAML it was built from"
+        assert dag.schedule is None and dag.max_active_runs == 1 and not dag.catchup
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has no owner"
             assert task.retries >= 1, f"{dag_id}.{task.task_id} is never retried"
 
 
-def test_main_dag_is_the_pipeline_chain(dagbag):
-    dag = dagbag.dags["kiln_train_deploy"]
-    assert sorted(dag.task_ids) == sorted([*STEPS, "finish_tracking"])
-    assert dag.get_task("finish_tracking").is_teardown, "closing MLflow must not decide the run's state"
-    upstream = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
-    assert upstream["ingest"] == set()
-    assert upstream["train"] == {"ingest", "transform"}
-    assert "evaluate" in upstream["register"] and "optimize" in upstream["register"]
-    assert upstream["push"] >= {"register"}
-    assert upstream["verify"] >= {"push"}
-    assert dag.schedule is None and dag.max_active_runs == 1
+def test_tasks_and_dependencies_are_the_registrys(dagbag):
+    produced_by = producers()
+    for dag in dagbag.dags.values():
+        assert sorted(dag.task_ids) == sorted(STEP_NAMES)
+        for spec in STEPS:
+            upstream = set(dag.get_task(spec.name).upstream_task_ids)
+            if spec.role == "step":
+                assert upstream == {produced_by[name].name for name in spec.inputs} | {"resolve"}, spec.name
+        last_step = [s for s in STEPS if s.role == "step"][-1].name
+        teardown = dag.get_task("finish_tracking")
+        assert teardown.is_teardown and set(teardown.upstream_task_ids) == {"resolve", last_step}
+        assert dag.get_task("resolve").upstream_task_ids == set()
 
 
-def test_dag_params_cover_the_documented_overrides(dagbag):
-    from tasks.config import OVERRIDABLE
+def test_params_are_the_registrys_with_the_config_fields_bounds(dagbag):
+    for dag in dagbag.dags.values():
+        assert set(dag.params.keys()) == set(PARAMS)
+        for name in PARAMS:
+            param = dag.params.get_param(name)
+            assert param.value is None, "empty keeps the YAML's value"
+            assert {**param.schema, "description": param.description} == param_schema(name)
 
-    params = dagbag.dags["kiln_train_deploy"].params
-    assert set(OVERRIDABLE) | {"config_path"} == set(params.keys())
+
+def test_the_trigger_form_refuses_a_value_outside_the_fields_bounds(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dagbag.dags["kiln_digits"].params)
+    params["epochs"] = 3
+    params["thresholds"] = {"accuracy": 0.9}
+    with pytest.raises(ParamValidationError, match="epochs: 0 is less than the minimum of 1"):
+        params["epochs"] = 0
+    with pytest.raises(ParamValidationError, match="learning_rate: 1 is greater than or equal to the maximum of 1"):
+        params["learning_rate"] = 1
+    with pytest.raises(ParamValidationError, match="thresholds"):
+        params["thresholds"] = {"accuracy": "high"}
 
 
-def test_placement_comes_from_the_config(tmp_path):
-    """A per-step queue/pool in the YAML lands on that task and no other (rendered in a fresh process)."""
-    config = tmp_path / "placed.yaml"
+PROBE = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=sys.argv[1])
+    dag = bag.dags["kiln_placed"]
+    print("RESULT " + json.dumps({t.task_id: [t.queue, t.pool, t.executor] for t in dag.tasks}))
+""")
+
+
+def test_a_pipeline_registered_from_anywhere_is_a_dag_placed_by_its_yaml(tmp_path):
+    """A YAML outside the repo, registered under KILN_HOME (as `kiln run` does), placed per step."""
+    from infra.pipelines import register
+
+    (tmp_path / "data.csv").write_text("a,label\n1,0\n")
+    config = tmp_path / "elsewhere" / "placed.yaml"
+    config.parent.mkdir()
     config.write_text(textwrap.dedent("""
         pipeline: placed
-        data: {source: /nonexistent.csv}
+        data: {source: ../data.csv}
+        task: {type: regression}
         placement:
           default: {executor: LocalExecutor, pool: default_pool}
           steps:
             train: {executor: LocalExecutor, queue: gpu, pool: training}
+            finish_tracking: {queue: bookkeeping}
     """))
+    home = tmp_path / "kiln"
+    assert register(home, "placed", config) is True
+    assert register(home, "placed", config) is False, "registering the same file again changes nothing"
+    env = {**os.environ, "KILN_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    result = subprocess.run([sys.executable, "-c", PROBE, str(DAGS)], env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    placed = json.loads(line.removeprefix("RESULT "))
+    assert placed["train"][:2] == ["gpu", "training"]
+    assert placed["finish_tracking"][0] == "bookkeeping"
+    assert placed["ingest"][1] == "default_pool" and placed["ingest"][0] != "gpu"
+    assert {p[2] for p in placed.values()} == {"LocalExecutor"}
+
+
+def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path):
+    from infra.pipelines import register
+
+    config = tmp_path / "broken.yaml"
+    config.write_text("pipeline: broken\ndata: {source: x.csv}\n")  # no task: invalid
+    register(tmp_path / "kiln", "broken", config)
     probe = textwrap.dedent("""
         import json, sys
         from airflow.dag_processing.dagbag import DagBag
-        dag = DagBag(dag_folder=sys.argv[1]).dags["kiln_train_deploy"]
-        print(json.dumps({t.task_id: [t.queue, t.pool, t.executor] for t in dag.tasks}))
+        bag = DagBag(dag_folder=sys.argv[1])
+        print("RESULT " + json.dumps({"dags": sorted(bag.dag_ids), "errors": len(bag.import_errors)}))
     """)
-    env = {**os.environ, "KILN_PIPELINE_CONFIG": str(config), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "kiln"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_HOME": str(tmp_path / "airflow")}
     result = subprocess.run([sys.executable, "-c", probe, str(DAGS)], env=env, capture_output=True, text=True,
                             timeout=120, check=True)
-    import json
-
-    placed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert placed["train"][:2] == ["gpu", "training"]
-    assert placed["ingest"][1] == "default_pool" and placed["ingest"][0] != "gpu"
-    assert {p[2] for p in placed.values()} == {"LocalExecutor"}
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    outcome = json.loads(line.removeprefix("RESULT "))
+    assert outcome == {"dags": sorted(f"kiln_{n}" for n in shipped()), "errors": 0}
+    assert "pipeline broken" in result.stdout + result.stderr and "missing field 'task'" in result.stdout + result.stderr

@@ -1,5 +1,7 @@
-"""End to end, as a user runs it: `kiln up` on free ports in a temp KILN_HOME, `kiln run --json`
-through the real Airflow scheduler, `kiln status`, `kiln down`."""
+"""End to end, as a user runs it: `kiln up` on free ports in a temp KILN_HOME, then `kiln init` and
+`kiln run --json` through the real Airflow scheduler for the digits demo, a CSV of one's own with a
+string label, and a regression on a custom model module; REST predictions by feature name; `kiln
+status`; `kiln down`. One stack for the whole module."""
 
 from __future__ import annotations
 
@@ -9,47 +11,127 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tasks.registry import STEP_NAMES
+from tests.data import write_churn_csv, write_house_csv
+
+pytestmark = pytest.mark.slow
 KILN = str(Path(sys.executable).parent / "kiln")
 
 
-@pytest.mark.slow
-def test_kiln_up_run_status_down(tmp_path, tiny_digits_csv, port_factory):
-    home = tmp_path / "kiln"
+class Kiln:
+    def __init__(self, home: Path, env: dict[str, str], cwd: Path):
+        self.home, self.env, self.cwd = home, env, cwd
+
+    def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([KILN, *args], env=self.env, cwd=self.cwd, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def run_json(self, *args: str) -> dict:
+        result = self("run", "--json", *args)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return json.loads(result.stdout)
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['KILN_SERVING_REST_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def kiln(tmp_path_factory, port_factory_module):
+    root = tmp_path_factory.mktemp("e2e")
+    home = root / "kiln"
     env = {**os.environ, "KILN_HOME": str(home), "COLUMNS": "200"}
     for name in ("AIRFLOW", "MLFLOW", "SERVING_REST", "SERVING_GRPC", "AIRFLOW_WORKER_LOGS", "AIRFLOW_TRIGGER_LOGS"):
-        env[f"KILN_{name}_PORT"] = str(port_factory())
-
-    def kiln(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([KILN, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-    up = kiln("up", timeout=300)
+        env[f"KILN_{name}_PORT"] = str(port_factory_module())
+    cli = Kiln(home, env, root)
+    up = cli("up", timeout=300)
     try:
         assert up.returncode == 0, up.stderr
-        again = kiln("up", timeout=60)
-        assert again.returncode == 2 and "already recorded" in again.stderr
-
-        run = kiln("run", "--json", "--param", f"data_source={tiny_digits_csv}", "--param", "epochs=4",
-                   "--param", "min_accuracy=0.6")
-        assert run.returncode == 0, run.stderr[-4000:]
-        summary = json.loads(run.stdout)
-        assert summary["state"] == "success"
-        assert list(summary["task_seconds"]) == [
-            "ingest", "validate", "transform", "train", "evaluate", "optimize", "register", "push", "verify",
-            "finish_tracking"]
-        assert summary["eval_accuracy"] >= 0.6
-        assert summary["mlflow"]["aliases"] == {"champion": 1}
-        assert summary["serving"]["labels"] == {"stable": 1}
-        assert summary["prediction"]["predicted_digit"] in range(10)
-        assert summary["prediction"]["latency_ms"] > 0
-        saved = json.loads(Path(summary["summary_path"]).read_text())
-        assert saved["run_id"] == summary["run_id"]
-
-        status = kiln("status", timeout=120)
-        assert status.returncode == 0, status.stderr
-        assert "healthy" in status.stdout and summary["run_id"] in status.stdout
+        yield cli
     finally:
-        down = kiln("down", timeout=120)
-    assert down.returncode == 0, down.stderr
-    assert not (home / "stack.json").exists()
+        down = cli("down", timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not (home / "stack.json").exists()
+
+
+@pytest.fixture(scope="module")
+def port_factory_module():
+    from tests.servers import free_port
+
+    return free_port
+
+
+def test_a_second_up_is_refused(kiln) -> None:
+    again = kiln("up", timeout=60)
+    assert again.returncode == 2 and "already recorded" in again.stderr
+
+
+def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
+    summary = kiln.run_json(str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),
+                            "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=4", "-p", "thresholds={accuracy: 0.6}")
+    assert summary["state"] == "success" and summary["dag_id"] == "kiln_digits"
+    assert list(summary["task_seconds"]) == list(STEP_NAMES), "in the registry's order"
+    assert set(summary["metrics"]) == {"accuracy", "precision", "recall", "f1"} and summary["metrics"]["accuracy"] >= 0.6
+    assert summary["blessed"] and summary["checks"][0]["name"] == "accuracy >= 0.6"
+    assert summary["tflite"]["metric"] == "accuracy" and summary["tflite"]["tflite_bytes"] > 0
+    assert summary["mlflow"]["aliases"] == {"champion": 1}
+    assert summary["serving"]["labels"] == {"stable": 1}
+    prediction = summary["prediction"]
+    assert prediction["class"] in range(10) and prediction["latency_ms"] > 0
+    assert Path(summary["summary_path"]).is_file()
+
+
+def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:
+    csv = write_churn_csv(kiln.cwd / "churn.csv")
+    init = kiln("init", str(csv), "--label", "churned", "--out", str(kiln.cwd / "mine"))
+    assert init.returncode == 0, init.stderr
+    assert "task: classification with classes ['no', 'yes']" in init.stdout
+    summary = kiln.run_json(str(kiln.cwd / "mine" / "churn.yaml"), "-p", "epochs=8")
+    assert summary["state"] == "success" and summary["dag_id"] == "kiln_churn"
+    assert {"accuracy", "auc"} <= set(summary["metrics"]) and summary["metrics"]["accuracy"] > 0.7
+    assert "ops outside the TFLite builtins" in summary["tflite"]["skipped_reason"]
+    assert summary["prediction"]["class"] in ("yes", "no")
+
+    row = {"tenure": 70, "plan": "premium", "monthly": 20.5, "paperless": False, "region": "north"}
+    answer = httpx.post(f"{kiln.rest_url}/v1/models/churn/labels/stable:predict", json={"instances": [row]})
+    assert answer.status_code == 200, answer.text
+    [prediction] = answer.json()["predictions"]
+    assert prediction["class"] == "no", "a long-tenured, cheap customer stays"
+    assert prediction["class_id"] == 0 and len(prediction["probabilities"]) == 2
+
+    status = kiln("status", timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "churn" in status.stdout and summary["run_id"] in status.stdout and "{'stable': 1}" in status.stdout
+
+
+CUSTOM_BODY = """import tf_keras as keras
+
+
+def build(inputs, hparams):
+    x = keras.layers.Dense(hparams.get("units", 32), activation="relu", name="wide")(inputs)
+    return keras.layers.Dense(16, activation="relu", name="narrow")(x)
+"""
+
+
+def test_a_regression_on_a_custom_model_module(kiln) -> None:
+    folder = kiln.cwd / "house"
+    csv = write_house_csv(kiln.cwd / "house.csv")
+    init = kiln("init", str(csv), "--label", "price", "--out", str(folder), "--model", "models/house_body.py:build")
+    assert init.returncode == 0, init.stderr
+    assert "task: regression" in init.stdout
+    (folder / "models").mkdir()
+    (folder / "models" / "house_body.py").write_text(CUSTOM_BODY)
+    summary = kiln.run_json(str(folder / "house.yaml"), "-p", "epochs=40", "-p", "learning_rate=0.01")
+    assert summary["state"] == "success" and summary["task"] == "regression"
+    assert set(summary["metrics"]) == {"rmse", "mae", "r2"} and summary["metrics"]["r2"] > 0.5
+    assert summary["checks"][0]["metric"] == "rmse" and summary["checks"][0]["passed"]
+
+    instance = {"area": 120.0, "rooms": 3, "district": "centre", "age": 10.0}
+    answer = httpx.post(f"{kiln.rest_url}/v1/models/house/labels/stable:predict", json={"instances": [instance]})
+    assert answer.status_code == 200, answer.text
+    [price] = answer.json()["predictions"]
+    expected = 2.5 * 120 + 15 * 3 + 80 - 0.6 * 10  # the generator's formula without its noise
+    assert abs(price - expected) < 0.25 * expected

@@ -1,4 +1,8 @@
-"""The CLI's bad-input paths: one clear line on stderr, a non-zero exit, nothing started or written."""
+"""The CLI's bad-input paths: one clear line on stderr, a non-zero exit, nothing started or written.
+
+`kiln run` checks everything it can before it needs a stack, so these tests run without one: a config
+that gets past every check ends at "no stack is running".
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,18 @@ def write_config(tmp_path, body: str):
     return path
 
 
-def test_unknown_config_field_is_named(tmp_path, home):
-    data = tmp_path / "d.csv"
-    data.write_text("a,label\n1,0\n")
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n1,0\n")
+    return path
+
+
+def test_unknown_config_field_is_named(tmp_path, home, data):
     config = write_config(tmp_path, f"""
         pipeline: p
         data: {{source: {data}}}
+        task: {{type: classification}}
         train: {{epochz: 3}}
     """)
     code, lines = invoke("run", str(config))
@@ -42,35 +52,80 @@ def test_unknown_config_field_is_named(tmp_path, home):
     assert len(lines) == 1 and "unknown field 'train.epochz'" in lines[0]
 
 
+def test_a_missing_task_is_named(tmp_path, home, data):
+    config = write_config(tmp_path, f"pipeline: p\ndata: {{source: {data}}}\n")
+    code, lines = invoke("run", str(config))
+    assert code == 2 and len(lines) == 1 and "missing field 'task'" in lines[0]
+
+
 def test_invalid_value_is_named(tmp_path, home):
     config = write_config(tmp_path, """
         pipeline: p
         data: {source: x.csv, eval_percent: 150}
+        task: {type: regression}
     """)
     code, lines = invoke("run", str(config))
     assert code == 2 and len(lines) == 1 and "data.eval_percent" in lines[0]
 
 
 def test_missing_data_path(tmp_path, home):
-    config = write_config(tmp_path, "pipeline: p\ndata: {source: /nope/digits.csv}\n")
+    config = write_config(tmp_path, "pipeline: p\ndata: {source: /nope/digits.csv}\ntask: {type: regression}\n")
     code, lines = invoke("run", str(config))
-    assert code == 2 and lines == ["error: data source not found: /nope/digits.csv (data.source in " + str(config) + ")"]
+    assert code == 2 and lines == [f"error: data source not found: /nope/digits.csv (data.source in {config})"]
 
 
-def test_unknown_param(tmp_path, home):
-    data = tmp_path / "d.csv"
-    data.write_text("a,label\n1,0\n")
-    config = write_config(tmp_path, f"pipeline: p\ndata: {{source: {data}}}\n")
+def test_unknown_param(tmp_path, home, data):
+    config = write_config(tmp_path, f"pipeline: p\ndata: {{source: {data}}}\ntask: {{type: regression}}\n")
     code, lines = invoke("run", str(config), "--param", "epocs=3")
     assert code == 2 and len(lines) == 1 and "unknown parameter 'epocs'" in lines[0]
     code, lines = invoke("run", str(config), "--param", "epochs")
     assert code == 2 and "expected key=value" in lines[0]
+    code, lines = invoke("run", str(config), "--param", "epochs=0")
+    assert code == 2 and len(lines) == 1 and "field 'train.epochs'" in lines[0]
 
 
-def test_run_without_a_stack(tmp_path, home):
-    data = tmp_path / "d.csv"
-    data.write_text("a,label\n1,0\n")
-    config = write_config(tmp_path, f"pipeline: p\ndata: {{source: {data}}}\n")
+def test_a_threshold_the_task_lacks_is_refused(tmp_path, home, data):
+    config = write_config(tmp_path, f"pipeline: p\ndata: {{source: {data}}}\ntask: {{type: regression}}\n")
+    code, lines = invoke("run", str(config), "--param", "thresholds={accuracy: 0.9}")
+    assert code == 2 and len(lines) == 1 and "'accuracy' is not a regression metric" in lines[0]
+
+
+MODULES = {
+    "ok.py": "import tf_keras as keras\ndef build(inputs, hparams):\n    return keras.layers.Dense(4)(inputs)\n",
+    "none.py": "def build(inputs, hparams):\n    return None\n",
+    "broken.py": "import nothing_like_this\n",
+}
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("models/absent.py:build", r"train.model '.*/models/absent.py:build': file not found: .*/models/absent.py"),
+    ("models/ok.py:missing", r"train.model '.*ok.py:missing': .*ok.py has no function 'missing'"),
+    ("models/none.py:build", r"train.model '.*none.py:build' returned NoneType; it must return a Keras tensor"),
+    ("models/broken.py:build", r"importing .*broken.py failed: ModuleNotFoundError: No module named 'nothing_like_this'"),
+    ("no.such.module:build", r"train.model 'no.such.module:build': cannot import no.such.module"),
+], ids=["no-file", "no-function", "returns-none", "import-fails", "no-module"])
+def test_a_bad_model_module_is_caught_before_the_run_is_triggered(model, message, tmp_path, home, data):
+    (tmp_path / "models").mkdir()
+    for name, text in MODULES.items():
+        (tmp_path / "models" / name).write_text(text)
+    config = write_config(tmp_path, f"""
+        pipeline: p
+        data: {{source: {data}}}
+        task: {{type: classification}}
+        train: {{model: "{model}"}}
+    """)
+    code, lines = invoke("run", str(config))
+    assert code == 2 and len(lines) == 1, lines
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+
+
+def test_a_good_model_module_gets_as_far_as_the_stack(tmp_path, home, data):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "ok.py").write_text(MODULES["ok.py"])
+    config = write_config(tmp_path, f"pipeline: p\ndata: {{source: {data}}}\ntask: {{type: regression}}\n"
+                                    f"train: {{model: models/ok.py:build}}\n")
     code, lines = invoke("run", str(config))
     assert code == 2 and len(lines) == 1 and "no stack is running" in lines[0]
 
@@ -93,9 +148,29 @@ def test_port_in_use_is_reported_by_name(home, port_factory):
     assert not (home / "stack.json").exists(), "nothing may be recorded as started"
 
 
-def test_demo_data_writes_the_default_data_source(home):
+def test_demo_data_writes_each_pipelines_data_source(home):
     code, lines = invoke("run")
-    assert code == 2 and len(lines) == 1 and "`kiln demo-data` writes the demo data set there" in lines[0]
+    assert code == 2 and len(lines) == 1 and "`kiln demo-data` writes the demo data sets there" in lines[0]
     code, lines = invoke("demo-data")
-    assert code == 0 and (home / "data" / "digits.csv").is_file()
+    assert code == 0
     assert sum(1 for _ in (home / "data" / "digits.csv").open()) == 1798
+    assert sum(1 for _ in (home / "data" / "cancer.csv").open()) == 570
+    assert sum(1 for _ in (home / "data" / "diabetes.csv").open()) == 443
+    code, lines = invoke("demo-data", "--pipeline", "nope")
+    assert code == 2 and lines == ["error: --pipeline 'nope': demo data sets are digits, cancer, diabetes"]
+
+
+def test_the_shipped_pipelines_are_valid_and_get_as_far_as_the_stack(home):
+    assert invoke("demo-data")[0] == 0
+    for name in ("digits", "cancer", "diabetes"):
+        code, lines = invoke("run", f"pipelines/{name}.yaml")
+        assert code == 2 and lines == [f"error: no stack is running for KILN_HOME={home}; start one with `kiln up`"]
+
+
+def test_steps_lists_the_registry():
+    from tasks.registry import STEP_NAMES
+
+    code, lines = invoke("steps")
+    assert code == 0
+    text = "\n".join(lines)
+    assert all(name in text for name in STEP_NAMES)

@@ -162,8 +162,6 @@ def test_a_task_can_be_forced_on_an_integer_label(tmp_path):
     assert load_config(tmp_path / "out" / "codes.yaml").task.type == "regression"
 
 
-@pytest.mark.xfail(strict=True, reason="init floors majority*100 in binary floating point: a 57% majority "
-                                       "gives 0.56 (0.57 * 100 == 56.99999999999999)")
 def test_the_accuracy_threshold_of_an_exact_two_decimal_share(tmp_path):
     data = label_csv(tmp_path / "share.csv", ["a"] * 57 + ["b"] * 43)
     code, _, errors = invoke("init", data, "--label", "y", "--out", tmp_path / "out")
@@ -171,8 +169,6 @@ def test_the_accuracy_threshold_of_an_exact_two_decimal_share(tmp_path):
     assert load_config(tmp_path / "out" / "share.yaml").evaluate.thresholds == {"accuracy": 0.57}
 
 
-@pytest.mark.xfail(strict=True, reason="init counts the majority over raw label text, so 'true', 'True' and "
-                                       "'TRUE' are three classes there but one in the class list")
 def test_the_majority_share_counts_typed_classes(tmp_path):
     labels = ["true", "True", "TRUE", "false", "false", "true"]
     data = label_csv(tmp_path / "flags.csv", labels)

@@ -1,89 +1,120 @@
-"""Fixtures for the pipeline steps: demo CSVs, a temp MLflow store, one tiny trained model."""
+"""Fixtures for the pipeline steps: pipeline YAMLs on generated data, a temp MLflow store, run
+snapshots resolved from them, and trained models shared by the later steps' tests.
+
+Steps run through `tasks.step_runner` (as the DAG runs them), so every test exercises the registry's
+input/output checks and the run snapshot too.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from tasks.artifacts import StepContext  # noqa: E402
-from tasks.config import PipelineConfig  # noqa: E402
+from tasks.context import ServingEndpoints  # noqa: E402
+from tasks.snapshot import Deployment, resolve_run  # noqa: E402
+from tasks.step_runner import run_steps  # noqa: E402
+from tests.data import write_churn_csv, write_house_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-CURATED_SCHEMA = REPO / "pipelines" / "digits.schema.pbtxt"
+CURATED_DIGITS_SCHEMA = REPO / "pipelines" / "digits.schema.pbtxt"
+UNTIL_TRAIN = ["ingest", "validate", "transform", "train"]
 
 
-def build_config(source: str | Path, **sections: dict[str, Any]) -> PipelineConfig:
-    """A small, fast config; `sections` override whole-section fields, e.g. train={"epochs": 1}."""
-    data = {"source": str(source), "schema_path": str(CURATED_SCHEMA), **sections.pop("data", {})}
-    train = {"epochs": 2, "batch_size": 32, "worker_timeout_seconds": 180, **sections.pop("train", {})}
-    return PipelineConfig(pipeline="digits", data=data, train=train, **sections)
+def write_pipeline(folder: Path, name: str, source: Path, task: dict[str, Any], **sections: Any) -> Path:
+    """A pipeline YAML in `folder`; `sections` are merged over small, fast defaults."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "pipeline": name,
+        "data": {"source": str(source), "label_column": sections.pop("label", "label"), **sections.pop("data", {})},
+        "task": task,
+        "train": {"epochs": 3, "batch_size": 32, "worker_timeout_seconds": 300, **sections.pop("train", {})},
+        **sections,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
-@pytest.fixture
-def make_config() -> Callable[..., PipelineConfig]:
-    return build_config
+def digits_pipeline(folder: Path, csv: Path, **sections: Any) -> Path:
+    return write_pipeline(folder, "digits", csv, {"type": "classification"},
+                          data={"schema_path": str(CURATED_DIGITS_SCHEMA), **sections.pop("data", {})},
+                          transform={"feature_groups": {"pixels": ["pixel_*"]}},
+                          train={"model": "cnn", "hparams": {"image_shape": [8, 8, 1]}, **sections.pop("train", {})},
+                          **sections)
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> StepContext:
-    return StepContext(artifact_root=str(tmp_path / "artifacts"), pipeline="digits", run_id="manual__test-run")
+def churn_pipeline(folder: Path, csv: Path, **sections: Any) -> Path:
+    return write_pipeline(folder, "churn", csv, sections.pop("task", {"type": "classification"}), label="churned",
+                          train={"epochs": 5, **sections.pop("train", {})}, **sections)
 
 
-@pytest.fixture(scope="session")
-def digits_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from infra.demo_data import write_digits_csv
-
-    return write_digits_csv(tmp_path_factory.mktemp("demo") / "digits.csv")
+def house_pipeline(folder: Path, csv: Path, **sections: Any) -> Path:
+    return write_pipeline(folder, "house", csv, sections.pop("task", {"type": "regression"}), label="price",
+                          train={"epochs": 30, "learning_rate": 0.01, **sections.pop("train", {})}, **sections)
 
 
-@contextmanager
-def tracking_uri(uri: str) -> Iterator[None]:
-    """$MLFLOW_TRACKING_URI set for a block only (session fixtures cannot use monkeypatch)."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+def resolve(config: Path, root: Path, tracking_uri: str | None = None, serving: ServingEndpoints | None = None,
+            params: dict[str, Any] | None = None, run_id: str | None = None) -> str:
+    """A run snapshot for `config` with artifacts under `root`; returns its URI.
+
+    The run id defaults to one per test folder: tests share an MLflow store, where a run id names the
+    parent run (and a retry of it).
+    """
+    deployment = Deployment(artifact_root=str(root / "artifacts"), tracking_uri=tracking_uri, serving=serving)
+    return resolve_run(str(config), params or {}, deployment, run_id or default_run_id(root))
+
+
+def default_run_id(root: Path) -> str:
+    return f"manual__{root.name}"
+
+
+def step_folder(root: Path, pipeline: str, step: str) -> Path:
+    return root / "artifacts" / pipeline / default_run_id(root) / step
 
 
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A temp SQLite MLflow store whose `kiln` experiment keeps its artifacts in tmp too."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    MlflowClient(uri).create_experiment("kiln", artifact_location=str(root / "artifacts"))
-    return uri
-
-
-@pytest.fixture
-def mlflow_env(mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """$MLFLOW_TRACKING_URI -> the temp store for one test; other tests never see it."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    """A temp SQLite MLflow store (its artifacts land beside it)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")
-def trained(tiny_digits_csv: Path, mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """ingest -> validate -> transform -> train (1 worker, 3 epochs) on 400 rows, shared by later steps."""
-    from tasks import ingest, train, transform, validate
+def churn_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_churn_csv(tmp_path_factory.mktemp("churn") / "churn.csv")
 
-    config = build_config(tiny_digits_csv, train={"epochs": 3})
-    session_ctx = StepContext(str(tmp_path_factory.mktemp("trained")), "digits", "session-run")
-    examples = ingest.run(config, session_ctx)["examples"]
-    schema = validate.run(config, session_ctx, examples=examples)["schema"]
-    transform_uri = transform.run(config, session_ctx, examples=examples, schema=schema)["transform"]
-    with tracking_uri(mlflow_store):
-        model = train.run(config, session_ctx, examples=examples, transform=transform_uri)["model"]
-    return {"config": config, "examples": examples, "schema": schema, "transform": transform_uri, "model": model}
+
+@pytest.fixture(scope="session")
+def house_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_house_csv(tmp_path_factory.mktemp("house") / "house.csv")
+
+
+def _trained(root: Path, config: Path, tracking_uri: str) -> dict[str, Any]:
+    run = resolve(config, root, tracking_uri, run_id="session-run")
+    return {"config": config, **run_steps(run, UNTIL_TRAIN)}
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tiny_digits_csv: Path, mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """ingest -> validate -> transform -> train (cnn, 3 epochs) on 400 digits rows."""
+    root = tmp_path_factory.mktemp("trained-digits")
+    return _trained(root, digits_pipeline(root, tiny_digits_csv), mlflow_store)
+
+
+@pytest.fixture(scope="session")
+def trained_churn(churn_csv: Path, mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same on the churn CSV (numeric, string, boolean columns, missing values, a string label)."""
+    root = tmp_path_factory.mktemp("trained-churn")
+    return _trained(root, churn_pipeline(root, churn_csv), mlflow_store)
+
+
+@pytest.fixture(scope="session")
+def trained_house(house_csv: Path, mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same on the house CSV (a regression)."""
+    root = tmp_path_factory.mktemp("trained-house")
+    return _trained(root, house_pipeline(root, house_csv), mlflow_store)

@@ -218,8 +218,6 @@ def test_std_without_numbers_is_nan():
     assert math.isnan(profile_of().std)
 
 
-@pytest.mark.xfail(strict=True, reason="ColumnProfile counts 'nan' as missing in a string column, but "
-                                       "parse_value (used by ingest) keeps it as the string 'nan'")
 def test_profile_agrees_with_parse_value_on_missing_values():
     texts = ["a", "nan", "b", ""]
     column = profile_of(*texts)

@@ -1,47 +1,72 @@
+"""Ingest: typed columns, missing values counted, a stable hash split, one-line errors and nothing
+half-written on bad input."""
+
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import pytest
 
-from infra.demo_data import HEADER
-from tasks import ingest
-from tasks.artifacts import read_artifact
+from infra.demo_data import DIGITS_HEADER
+from tasks.artifacts.examples import SPLITS, Examples
+from tasks.step_runner import StepRejected, run_step
+from tests.tasks.conftest import churn_pipeline, digits_pipeline, resolve, step_folder, write_pipeline
 
 
-def test_demo_data_is_the_full_digits_set(digits_csv: Path) -> None:
-    with digits_csv.open() as fh:
-        rows = list(csv.reader(fh))
-    assert rows[0] == HEADER
-    assert len(rows) == 1 + 1797
-    values = {int(v) for row in rows[1:] for v in row[:-1]}
-    assert values <= set(range(17))
-    assert {int(row[-1]) for row in rows[1:]} == set(range(10))
+@pytest.fixture
+def ingest(tmp_path: Path, mlflow_store: str):
+    def run(config: Path, run_id: str | None = None) -> Examples:
+        snapshot = resolve(config, tmp_path, mlflow_store, run_id=run_id)
+        return Examples.read(run_step("ingest", snapshot, inputs={})["examples"])
+
+    return run
 
 
-def test_ingest_splits_deterministically_and_counts_rows(tiny_digits_csv, make_config, ctx, tmp_path) -> None:
-    config = make_config(tiny_digits_csv, data={"num_shards": 3})
-    uri = ingest.run(config, ctx)["examples"]
-    props = read_artifact(uri, "Examples").properties
-    counts = props["row_counts"]
-    assert counts["train"] + counts["eval"] == 400
-    assert 0.1 < counts["eval"] / 400 < 0.3  # eval_percent 20, by hash
-    assert props["feature_columns"] == HEADER[:-1] and props["label_column"] == "label"
-    for split in ingest.SPLITS:
-        assert len(ingest.split_files(uri, split)) == 3
-        assert len(ingest.load_split(uri, split)[1]) == counts[split]
+def test_digits_split_deterministically_with_the_curated_schemas_types(tiny_digits_csv, tmp_path, ingest) -> None:
+    examples = ingest(digits_pipeline(tmp_path / "a", tiny_digits_csv, data={"num_shards": 3}))
+    props = examples.properties
+    assert props.row_counts["train"] + props.row_counts["eval"] == 400
+    assert 0.1 < props.row_counts["eval"] / 400 < 0.3  # eval_percent 20, by hash
+    # The CSV holds whole numbers; the curated schema says FLOAT, and every value fits it.
+    assert {c.type for c in examples.feature_columns} == {"float"} and [c.name for c in props.columns] == DIGITS_HEADER
+    assert examples.column("label").type == "int"
+    for split in SPLITS:
+        assert len(examples.split_files(split)) == 3
 
-    # Same data, other run and other row order: the same rows land in the same splits.
+    # Same data, another run and another row order: the same rows land in the same splits.
     lines = tiny_digits_csv.read_text().splitlines()
     shuffled = tmp_path / "reversed.csv"
     shuffled.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
-    again = ingest.run(make_config(shuffled, data={"num_shards": 3}), ctx.__class__(ctx.artifact_root, "digits", "rerun"))
-    for split in ingest.SPLITS:
-        first = sorted(e.SerializeToString() for e in ingest.iter_examples(uri, split))
-        second = sorted(e.SerializeToString() for e in ingest.iter_examples(again["examples"], split))
+    again = ingest(digits_pipeline(tmp_path / "b", shuffled, data={"num_shards": 3}), run_id="rerun")
+    for split in SPLITS:
+        first = sorted(e.SerializeToString() for e in examples.iter_examples(split))
+        second = sorted(e.SerializeToString() for e in again.iter_examples(split))
         assert first == second
+
+
+def test_strings_booleans_and_missing_values_are_typed_and_counted(churn_csv, tmp_path, ingest) -> None:
+    examples = ingest(churn_pipeline(tmp_path, churn_csv))
+    columns = {c.name: c for c in examples.properties.columns}
+    assert {n: c.type for n, c in columns.items()} == {
+        "tenure": "int", "plan": "string", "monthly": "float", "paperless": "bool", "region": "string",
+        "churned": "string"}
+    assert columns["monthly"].missing == 17  # every 37th of 600 rows
+    assert columns["region"].missing > 100 and columns["plan"].missing == 0
+    example = next(examples.iter_examples("train"))
+    features = example.features.feature
+    assert features["churned"].bytes_list.value[0] in (b"yes", b"no")
+    assert features["paperless"].int64_list.value[0] in (0, 1)
+    missing_region = next(e for e in examples.iter_examples("train") if "region" not in e.features.feature)
+    assert missing_region.features.feature["plan"].bytes_list.value  # a missing value is an absent feature
+
+
+def test_rows_without_a_label_are_dropped_and_counted(tmp_path, ingest) -> None:
+    source = tmp_path / "d.csv"
+    source.write_text("x,y\n" + "".join(f"{i},{'' if i % 10 == 0 else i % 2}\n" for i in range(100)))
+    examples = ingest(write_pipeline(tmp_path, "p", source, {"type": "classification"}, label="y"))
+    assert examples.properties.rows_without_label == 10
+    assert sum(examples.properties.row_counts.values()) == 90
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -53,21 +78,22 @@ def _write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, r"^data source not found: .*missing\.csv$"),
+        (None, r"^CsvError: data source not found: .*missing\.csv$"),
         ("", r"data\.csv: the CSV is empty \(no header row\)$"),
         ("pixel_0,pixel_1,label\n", r"data\.csv: the CSV has a header but no data rows$"),
         ("pixel_0,pixel_1\n1,2\n", r"data\.csv: label column 'label' is not in the header \(columns: pixel_0, pixel_1\)$"),
-        ("pixel_0,pixel_1,label\n1,2,3\n4,oops,5\n", r"data\.csv line 3 column 'pixel_1': 'oops' is not a finite number$"),
-        ("pixel_0,pixel_1,label\n1,2,3.5\n", r"data\.csv line 2 label column 'label': '3\.5' is not an integer$"),
         ("pixel_0,pixel_1,label\n1,2\n", r"data\.csv line 2: 2 fields, the header has 3$"),
+        ("a,a,label\n1,2,3\n", r"header has duplicate or empty column names \['a'\]$"),
+        ("a,label\n1,0\n", r"the train split is empty|the eval split is empty"),
     ],
-    ids=["missing-path", "empty", "header-only", "no-label", "bad-value", "float-label", "short-row"],
+    ids=["missing-path", "empty", "header-only", "no-label", "short-row", "duplicate-header", "one-row"],
 )
-def test_ingest_rejects_bad_input_in_one_line_and_writes_nothing(content, message, tmp_path, make_config, ctx) -> None:
+def test_bad_input_fails_in_one_line_and_writes_nothing(content, message, tmp_path, mlflow_store) -> None:
     source = tmp_path / "missing.csv" if content is None else _write(tmp_path, content)
-    with pytest.raises(ingest.IngestError, match=message) as caught:
-        ingest.run(make_config(source), ctx)
+    snapshot = resolve(write_pipeline(tmp_path / "cfg", "p", source, {"type": "classification"}), tmp_path,
+                       mlflow_store)
+    with pytest.raises(StepRejected, match=message) as caught:
+        run_step("ingest", snapshot, inputs={})
     assert "\n" not in str(caught.value)
-    assert not os.path.exists(ctx.output_uri("ingest", "examples"))
-    ingest_dir = Path(ctx.output_uri("ingest", "examples")).parent
-    assert not ingest_dir.exists() or not any(ingest_dir.iterdir())  # no staging leftovers
+    ingest_dir = step_folder(tmp_path, "p", "ingest")
+    assert not ingest_dir.exists() or os.listdir(ingest_dir) == [], "no artifact and no staging leftovers"

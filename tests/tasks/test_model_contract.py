@@ -100,9 +100,6 @@ def test_a_file_function(tmp_path):
     assert function.__name__ == "build" and function(1, {}) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="load_model_function splits the reference at its FIRST ':', so a URL "
-                                       "(file://, or object storage as a snapshot on a remote artifact root "
-                                       "gives) never reaches _local_copy, which is written to handle it")
 @pytest.mark.parametrize("scheme", ["file", "memory"])
 def test_a_file_url_function(tmp_path, scheme):
     body = "def build(inputs, hparams):\n    return 'ok'\n"
@@ -160,8 +157,6 @@ def test_a_module_that_cannot_be_imported():
     assert "cannot import kiln_no_such_package_xyz.models" in message
 
 
-@pytest.mark.xfail(strict=True, reason="_import_module catches only ImportError: a package.module that raises "
-                                       "anything else on import escapes as a raw exception, unlike a file module")
 def test_a_module_that_raises_on_import_says_how(tmp_path, monkeypatch):
     name = f"kiln_broken_{uuid.uuid4().hex[:8]}"
     model_file(tmp_path, "raise RuntimeError('no GPU here')\n", f"{name}.py")

@@ -181,8 +181,6 @@ def test_load_schema_of_a_file_that_is_not_a_text_proto(tmp_path, text):
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.xfail(strict=True, reason="load_schema lets IsADirectoryError and UnicodeDecodeError through "
-                                       "instead of a one-line SchemaError naming the file")
 @pytest.mark.parametrize("kind", ["folder", "binary"])
 def test_load_schema_of_an_unreadable_path(tmp_path, kind):
     path = tmp_path / "schema.pbtxt"

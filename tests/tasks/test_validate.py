@@ -1,20 +1,20 @@
+"""Validate: statistics per split, the schema (curated wins, else inferred and stored) and anomalies,
+one test per anomaly kind; anomalies stop the run after the artifacts are published."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
-from tasks import ingest, validate
-from tasks.artifacts import read_artifact
-
-CURATED_SCHEMA = Path(__file__).resolve().parents[2] / "pipelines" / "digits.schema.pbtxt"
-
-
-def _read(uri: str, kind: str, relative: str, message):
-    with open(read_artifact(uri, kind).path(relative)) as fh:
-        return text_format.Parse(fh.read(), message)
+from tasks.artifacts.anomalies import ExampleAnomalies
+from tasks.artifacts.examples import Examples
+from tasks.artifacts.schema import Schema
+from tasks.artifacts.statistics import ExampleStatistics
+from tasks.features import load_arrays
+from tasks.step_runner import StepRejected, run_step, run_steps
+from tests.tasks.conftest import churn_pipeline, digits_pipeline, resolve, step_folder
 
 
 def _csv_with(tmp_path: Path, source: Path, drop: str | None = None, add: str | None = None) -> Path:
@@ -32,91 +32,81 @@ def _csv_with(tmp_path: Path, source: Path, drop: str | None = None, add: str | 
     return path
 
 
-def test_good_data_passes_the_curated_schema(tiny_digits_csv, make_config, ctx) -> None:
-    config = make_config(tiny_digits_csv)
-    examples = ingest.run(config, ctx)["examples"]
-    out = validate.run(config, ctx, examples=examples)
+def _validate(config: Path, root: Path, tracking: str) -> tuple[str, dict[str, str]]:
+    run = resolve(config, root, tracking)
+    return run, run_steps(run, ["ingest", "validate"])
 
-    anomalies = _read(out["anomalies"], "ExampleAnomalies", "Split-train/SchemaDiff.pbtxt", anomalies_pb2.Anomalies())
-    assert not anomalies.anomaly_info
-    schema = validate.read_schema(out["schema"])
-    assert len(schema.feature) == 65
-    stats = _read(out["statistics"], "ExampleStatistics", "Split-train/FeatureStats.pbtxt",
-                  statistics_pb2.DatasetFeatureStatisticsList())
-    features, _ = ingest.load_split(examples, "train")
-    pixel_9 = next(f for f in stats.datasets[0].features if f.path.step == ["pixel_9"])
-    assert stats.datasets[0].num_examples == len(features)
-    assert pixel_9.num_stats.mean == pytest.approx(features[:, 9].mean(), rel=1e-6)
-    assert pixel_9.num_stats.std_dev == pytest.approx(features[:, 9].std(), rel=1e-5)
+
+def test_good_data_passes_the_curated_schema(tiny_digits_csv, tmp_path, mlflow_store) -> None:
+    _, out = _validate(digits_pipeline(tmp_path, tiny_digits_csv), tmp_path, mlflow_store)
+    assert not ExampleAnomalies.read(out["anomalies"]).anomalies("train").anomaly_info
+    schema = Schema.read(out["schema"])
+    assert schema.properties.curated and len(schema.schema().feature) == 65
+    stats = ExampleStatistics.read(out["statistics"]).statistics("train").datasets[0]
+    examples = Examples.read(out["examples"])
+    train_rows = examples.properties.row_counts["train"]
+    assert stats.num_examples == train_rows
+    pixel_9 = next(f for f in stats.features if f.path.step == ["pixel_9"])
+    from tasks.features import FeatureSpec, LabelSpec
+
+    spec = FeatureSpec(name="pixel_9", kind="numeric", columns=["pixel_9"], column_types=["float"])
+    label = LabelSpec(column="label", value_type="int", task="regression")
+    values, _ = load_arrays(examples.split_files("train"), [spec], label)
+    assert pixel_9.num_stats.mean == pytest.approx(values["pixel_9"].mean(), rel=1e-6)
     assert pixel_9.num_stats.common_stats.num_missing == 0
 
 
-def test_missing_column_stops_the_run_after_writing_anomalies(tiny_digits_csv, tmp_path, make_config, ctx) -> None:
-    config = make_config(_csv_with(tmp_path, tiny_digits_csv, drop="pixel_5"))
-    examples = ingest.run(config, ctx)["examples"]
-    with pytest.raises(validate.DataValidationError,
-                       match="column 'pixel_5' is required by the schema but missing from the data") as caught:
-        validate.run(config, ctx, examples=examples)
+def test_without_a_curated_schema_one_is_inferred_and_stored(churn_csv, tmp_path, mlflow_store) -> None:
+    _, out = _validate(churn_pipeline(tmp_path, churn_csv), tmp_path, mlflow_store)
+    schema = Schema.read(out["schema"])
+    assert not schema.properties.curated and schema.properties.origin == "inferred from the train split"
+    features = {f.name: f for f in schema.schema().feature}
+    assert features["plan"].type == schema_pb2.BYTES and not features["plan"].HasField("string_domain")
+    assert features["paperless"].HasField("bool_domain")
+    assert features["region"].presence.min_fraction == 0  # missing in some rows: not required
+    assert features["tenure"].presence.min_fraction == 1.0
+    stats = ExampleStatistics.read(out["statistics"]).statistics("train").datasets[0]
+    plan = next(f for f in stats.features if f.path.step == ["plan"])
+    assert plan.string_stats.unique == 3 and {v.value for v in plan.string_stats.top_values} == {"basic", "pro", "premium"}
+
+
+def test_missing_column_stops_the_run_after_writing_anomalies(tiny_digits_csv, tmp_path, mlflow_store) -> None:
+    config = digits_pipeline(tmp_path, _csv_with(tmp_path, tiny_digits_csv, drop="pixel_5"))
+    run = resolve(config, tmp_path, mlflow_store)
+    examples = run_step("ingest", run, inputs={})["examples"]
+    with pytest.raises(StepRejected, match="column 'pixel_5' is required by the schema but missing from the data") \
+            as caught:
+        run_step("validate", run, inputs={"examples": examples})
     assert "\n" not in str(caught.value)
-    anomalies = _read(ctx.output_uri("validate", "anomalies"), "ExampleAnomalies", "Split-train/SchemaDiff.pbtxt",
-                      anomalies_pb2.Anomalies())
-    assert list(anomalies.anomaly_info) == ["pixel_5"]
-    assert anomalies.anomaly_info["pixel_5"].reason[0].type == anomalies_pb2.AnomalyInfo.SCHEMA_MISSING_COLUMN
+    anomalies = ExampleAnomalies.read(str(step_folder(tmp_path, "digits", "validate") / "anomalies"))
+    assert list(anomalies.anomalies("train").anomaly_info) == ["pixel_5"]
+    reason = anomalies.anomalies("train").anomaly_info["pixel_5"].reason[0]
+    assert reason.type == anomalies_pb2.AnomalyInfo.SCHEMA_MISSING_COLUMN
 
 
-def test_unexpected_column_stops_the_run(tiny_digits_csv, tmp_path, make_config, ctx) -> None:
-    config = make_config(_csv_with(tmp_path, tiny_digits_csv, add="brightness"))
-    examples = ingest.run(config, ctx)["examples"]
-    with pytest.raises(validate.DataValidationError, match="column 'brightness' is in the data but not in the schema"):
-        validate.run(config, ctx, examples=examples)
-    anomalies = _read(ctx.output_uri("validate", "anomalies"), "ExampleAnomalies", "Split-eval/SchemaDiff.pbtxt",
-                      anomalies_pb2.Anomalies())
-    assert anomalies.anomaly_info["brightness"].reason[0].type == anomalies_pb2.AnomalyInfo.SCHEMA_NEW_COLUMN
+def test_unexpected_column_stops_the_run(tiny_digits_csv, tmp_path, mlflow_store) -> None:
+    config = digits_pipeline(tmp_path, _csv_with(tmp_path, tiny_digits_csv, add="brightness"))
+    with pytest.raises(StepRejected, match="column 'brightness' is in the data but not in the schema"):
+        _validate(config, tmp_path, mlflow_store)
 
 
-def test_label_out_of_the_schema_domain_is_an_anomaly(tmp_path, make_config, ctx) -> None:
-    header = ",".join([f"pixel_{i}" for i in range(64)] + ["label"])
-    rows = [",".join([str(i)] + ["1"] * 63 + [str(i % 12)]) for i in range(60)]  # labels 0..11
-    source = tmp_path / "labels.csv"
-    source.write_text("\n".join([header, *rows]) + "\n")
-    config = make_config(source)
-    examples = ingest.run(config, ctx)["examples"]
-    with pytest.raises(validate.DataValidationError, match="column 'label' has value 11 above the schema's maximum 9"):
-        validate.run(config, ctx, examples=examples)
+def test_a_category_outside_the_curated_domain_stops_the_run(churn_csv, tmp_path, mlflow_store) -> None:
+    schema = tmp_path / "churn.schema.pbtxt"
+    schema.write_text("".join(
+        f'feature {{ name: "{name}" type: {kind} {extra} }}\n' for name, kind, extra in [
+            ("tenure", "INT", ""), ("plan", "BYTES", 'string_domain { value: "basic" value: "pro" }'),
+            ("monthly", "FLOAT", ""), ("paperless", "INT", "bool_domain {}"), ("region", "BYTES", ""),
+            ("churned", "BYTES", 'string_domain { value: "no" value: "yes" }')]))
+    config = churn_pipeline(tmp_path, churn_csv, data={"schema_path": str(schema)})
+    with pytest.raises(StepRejected, match="column 'plan' has values not in the schema's domain: 'premium'"):
+        _validate(config, tmp_path, mlflow_store)
 
 
-def test_inferred_schema_is_used_without_a_curated_one(tiny_digits_csv, tmp_path, make_config, ctx) -> None:
-    # With no curated schema an extra column is simply part of the inferred schema.
-    config = make_config(_csv_with(tmp_path, tiny_digits_csv, add="brightness"), data={"schema_path": None})
-    examples = ingest.run(config, ctx)["examples"]
-    out = validate.run(config, ctx, examples=examples)
-    assert read_artifact(out["schema"], "Schema").properties["origin"] == "inferred from the train split"
-    assert "brightness" in [f.name for f in validate.read_schema(out["schema"]).feature]
-
-
-def test_committed_demo_schema_is_what_inference_gives(digits_csv, make_config, ctx) -> None:
-    examples = ingest.run(make_config(digits_csv), ctx)["examples"]
-    inferred = validate.infer_schema(examples)
-    curated = validate.load_schema(str(CURATED_SCHEMA))
-    assert inferred == curated
-    assert [f.name for f in curated.feature] == [f"pixel_{i}" for i in range(64)] + ["label"]
-    assert all(f.type == schema_pb2.FLOAT and f.presence.min_fraction == 1 for f in curated.feature[:64])
-    label = curated.feature[64]
-    assert (label.type, label.int_domain.min, label.int_domain.max) == (schema_pb2.INT, 0, 9)
-
-
-def test_missing_curated_schema_is_one_line(tiny_digits_csv, tmp_path, make_config, ctx) -> None:
-    config = make_config(tiny_digits_csv, data={"schema_path": str(tmp_path / "nope.pbtxt")})
-    examples = ingest.run(config, ctx)["examples"]
-    with pytest.raises(validate.DataValidationError, match=r"^schema not found: .*nope\.pbtxt$"):
-        validate.run(config, ctx, examples=examples)
-    assert not Path(ctx.output_uri("validate", "anomalies")).exists()
-
-
-def test_wrong_type_is_an_anomaly(tiny_digits_csv, make_config, ctx) -> None:
-    # Naming pixel_3 the label makes ingest write it as INT and `label` as FLOAT: both contradict the schema.
-    config = make_config(tiny_digits_csv, data={"label_column": "pixel_3"})
-    examples = ingest.run(config, ctx)["examples"]
-    with pytest.raises(validate.DataValidationError,
-                       match="column 'pixel_3' has type INT, the schema expects FLOAT; column 'label' has type FLOAT, the schema expects INT$"):
-        validate.run(config, ctx, examples=examples)
+def test_a_type_change_stops_the_run(churn_csv, tmp_path, mlflow_store) -> None:
+    schema = tmp_path / "churn.schema.pbtxt"
+    schema.write_text("".join(f'feature {{ name: "{n}" type: {t} }}\n' for n, t in [
+        ("tenure", "INT"), ("plan", "INT"), ("monthly", "FLOAT"), ("paperless", "INT"), ("region", "BYTES"),
+        ("churned", "BYTES")]))
+    config = churn_pipeline(tmp_path, churn_csv, data={"schema_path": str(schema)})
+    with pytest.raises(StepRejected, match="column 'plan' has type BYTES, the schema expects INT"):
+        _validate(config, tmp_path, mlflow_store)

@@ -1,0 +1,96 @@
+"""Push and verify against a live kiln-model-server, through TF Serving's protocol only: every task's
+model serves raw features by name, a served answer that differs from the evaluated model is withdrawn."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.client import RestClient
+from serving.deployer import read_config
+from tasks.artifacts.pushed import PushedModel
+from tasks.artifacts.verification import ServingVerification
+from tasks.context import ServingEndpoints
+from tasks.step_runner import run_step, run_steps
+from tasks.steps.verify import VerificationError
+from tests.data import first_row
+from tests.tasks.conftest import UNTIL_TRAIN, digits_pipeline, resolve
+
+pytestmark = pytest.mark.slow
+DEPLOY = ["evaluate", "optimize", "register", "push", "verify"]
+
+
+def endpoints(target) -> ServingEndpoints:
+    return ServingEndpoints(rest_url=target.rest_url, grpc_address=target.grpc_address,
+                            model_base_path=str(target.model_base_path), config_file=str(target.config_file))
+
+
+def _deploy(trained: dict, root: Path, tracking: str, server, **params) -> tuple[str, dict[str, str]]:
+    config = root / "pipeline.yaml"
+    config.write_text(trained["config"].read_text() + f"registry: {{model_name: m-{uuid.uuid4().hex[:8]}}}\n")
+    run = resolve(config, root, tracking, endpoints(server), params={"thresholds": {}, **params})
+    return run, run_steps(run, DEPLOY, available=trained)
+
+
+def test_digits_is_served_by_label_with_the_digit_as_its_class(trained_digits, tmp_path, mlflow_store,
+                                                              model_server, tiny_digits_csv) -> None:
+    _, out = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
+    verified = ServingVerification.read(out["verification"]).properties
+    assert verified.labels == {"stable": 1} and verified.mlflow_aliases == {"champion": 1}
+    assert verified.max_abs_diff <= 1e-4 and verified.examples == 32
+    version_dir = Path(PushedModel.read(out["pushed"]).properties.version_dir)
+    assert (version_dir / "model.tflite").exists(), "for --prefer_tflite_model and edge use"
+    assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    row = first_row(tiny_digits_csv)
+    pixels = [float(row[f"pixel_{i}"]) for i in range(64)]
+    with RestClient(model_server.rest_url) as client:
+        [answer] = client.predict("digits", [{"pixels": pixels}], label="stable").outputs
+    assert answer["class"] == answer["class_id"] == int(row["label"])
+
+
+def test_churn_answers_a_csv_row_by_feature_name_with_the_labels_value(trained_churn, churn_csv, tmp_path,
+                                                                      mlflow_store, model_server) -> None:
+    _deploy(trained_churn, tmp_path, mlflow_store, model_server)
+    row = {"tenure": 3, "plan": "basic", "monthly": 99.5, "paperless": True, "region": "north"}
+    with RestClient(model_server.rest_url) as client:
+        [answer] = client.predict("churn", [row], label="stable").outputs
+    assert answer["class"] in ("yes", "no") and answer["class"] == ["no", "yes"][answer["class_id"]]
+    assert len(answer["probabilities"]) == 2
+
+    predict = f"{model_server.rest_url}/v1/models/churn/labels/stable:predict"
+    missing = httpx.post(predict, json={"instances": [{k: v for k, v in row.items() if k != "region"}]})
+    assert missing.status_code == 400 and "keys must be equal to" in missing.json()["error"]
+    wrong_type = httpx.post(predict, json={"instances": [{**row, "tenure": "three"}]})
+    assert wrong_type.status_code == 400
+    assert "key: tenure" in wrong_type.json()["error"] and "is not of expected type: float" in wrong_type.json()["error"]
+
+
+def test_regression_serves_one_prediction_per_row(trained_house, tmp_path, mlflow_store, model_server) -> None:
+    _deploy(trained_house, tmp_path, mlflow_store, model_server)
+    with RestClient(model_server.rest_url) as client:
+        answer = client.predict("house", [{"area": 120.0, "rooms": 3, "district": "suburb", "age": 10.0}],
+                                label="stable")
+    [value] = answer.outputs  # one output: TF Serving leaves its name out
+    assert isinstance(value, float) and 100 < value < 1000
+    assert answer.rows(["prediction"]) == [{"prediction": value}]
+
+
+def test_a_candidate_that_answers_unlike_the_evaluated_model_is_withdrawn(trained_digits, tiny_digits_csv, tmp_path,
+                                                                        mlflow_store, model_server) -> None:
+    _, first = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
+    other = run_steps(resolve(digits_pipeline(tmp_path / "other", tiny_digits_csv, train={"epochs": 1}),
+                              tmp_path / "other", mlflow_store), UNTIL_TRAIN)
+    # A second DAG run pushes version 2 as canary; its verify compares the server with another model.
+    second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
+                     params={"thresholds": {}}, run_id="manual__second")
+    pushed = run_steps(second, ["evaluate", "optimize", "register", "push"], available=trained_digits)["pushed"]
+    assert PushedModel.read(pushed).properties.labels == {"stable": 1, "canary": 2}
+    with pytest.raises(VerificationError, match=r"version 2 answers differently from the evaluated model .*withdrawn"):
+        run_step("verify", second, inputs={"pushed": pushed, "model": other["model"],
+                                           "examples": trained_digits["examples"]})
+    entry = read_config(model_server.config_file).model_config_list.config[0]
+    assert dict(entry.version_labels) == {"stable": 1} and list(entry.model_version_policy.specific.versions) == [1]
+    assert ServingVerification.read(first["verification"]).properties.served_version == 1
