@@ -72,7 +72,7 @@ def main() -> int:
     Console().print(table)
     ok_total = phases["total"] <= TOTAL_TARGET_S
     ok_overhead = summary["scheduling_overhead_percent"] <= OVERHEAD_TARGET_PCT
-    print(f"state {summary['state']}, eval accuracy {summary.get('eval_accuracy')}")
+    print(f"state {summary['state']}, eval {summary.get('metrics')}")
     print(f"target total <= {TOTAL_TARGET_S} s: {'met' if ok_total else 'MISSED'}; "
           f"overhead <= {OVERHEAD_TARGET_PCT} %: {'met' if ok_overhead else 'MISSED'}")
     out = Path(__file__).parent / "results" / "demo_phases.json"

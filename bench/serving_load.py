@@ -226,7 +226,8 @@ def run_inprocess(job: dict) -> list[dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from tasks.model import INPUT_KEY, load_serving_function
+    from serving_model import INPUT
+    from tasks.models.export import load_serving_function
 
     fn = load_serving_function(job["saved_model"])
     pixels = tf.constant(np.asarray([job["pixels"]], dtype=np.float32))
@@ -235,7 +236,7 @@ def run_inprocess(job: dict) -> list[dict]:
         mine = []
         while phase.more():
             started = time.perf_counter_ns()
-            outputs = fn(**{INPUT_KEY: pixels})
+            outputs = fn(**{INPUT: pixels})
             for value in outputs.values():
                 value.numpy()
             mine.append(time.perf_counter_ns() - started)

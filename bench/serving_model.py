@@ -17,25 +17,22 @@ import tasks  # noqa: F401 - sets TF_USE_LEGACY_KERAS before anything imports Te
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_CONFIG = REPO / "pipelines" / "digits.yaml"
 DATA_FILE = Path("data") / "digits.csv"
+INPUT = "pixels"  # the digits pipeline serves its 64 pixel columns as one input (transform.feature_groups)
 
 
 def build_saved_model(home: Path, epochs: int | None = None) -> Path:
     """Train the demo model under `home` (used as KILN_HOME); return its SavedModel folder."""
     from infra.demo_data import write_digits_csv
-    from tasks import ingest, train, transform, validate
-    from tasks.artifacts import StepContext
-    from tasks.config import load_config
+    from tasks.artifacts.model import Model
+    from tasks.snapshot import Deployment, resolve_run
+    from tasks.step_runner import run_steps
 
     write_digits_csv(home / DATA_FILE)
     os.environ["KILN_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    config = load_config(PIPELINE_CONFIG, {"epochs": epochs})
-    ctx = StepContext(artifact_root=str(home / "artifacts"), pipeline=config.pipeline, run_id="serving-bench")
-    examples = ingest.run(config, ctx)["examples"]
-    schema = validate.run(config, ctx, examples)["schema"]
-    transform_uri = transform.run(config, ctx, examples, schema)["transform"]
-    model_uri = train.run(config, ctx, examples, transform_uri)["model"]
-    return Path(model_uri) / train.SAVED_MODEL_DIR
+    deployment = Deployment(artifact_root=str(home / "artifacts"), tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    run = resolve_run(str(PIPELINE_CONFIG), {"epochs": epochs}, deployment, "serving-bench")
+    outputs = run_steps(run, ["ingest", "validate", "transform", "train"])
+    return Path(Model.read(outputs["model"]).saved_model)
 
 
 def install_version(saved_model: Path, model_base_path: Path, version: int = 1) -> Path:
@@ -53,11 +50,12 @@ def write_mlflow_model(saved_model: Path, target: Path) -> Path:
     import numpy as np
     import tf_keras as keras
     from mlflow.models import infer_signature
-    from tasks.model import PROBABILITIES, load_serving_function
+    from tasks.models.assemble import PROBABILITIES
+    from tasks.models.export import load_serving_function
 
     keras_model = keras.models.load_model(str(saved_model))
     sample = np.zeros((1, keras_model.input_shape[-1]), dtype=np.float32)
-    probabilities = load_serving_function(saved_model)(pixels=sample)[PROBABILITIES].numpy()
+    probabilities = load_serving_function(saved_model)(**{INPUT: sample})[PROBABILITIES].numpy()
     if target.exists():
         shutil.rmtree(target)
     mlflow.tensorflow.save_model(keras_model, str(target), signature=infer_signature(sample, probabilities))
