@@ -225,8 +225,8 @@ def run_inprocess(job: dict) -> list[dict]:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-
     from serving_model import INPUT
+
     from tasks.models.export import load_serving_function
 
     fn = load_serving_function(job["saved_model"])

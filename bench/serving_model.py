@@ -50,6 +50,7 @@ def write_mlflow_model(saved_model: Path, target: Path) -> Path:
     import numpy as np
     import tf_keras as keras
     from mlflow.models import infer_signature
+
     from tasks.models.assemble import PROBABILITIES
     from tasks.models.export import load_serving_function
 

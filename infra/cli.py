@@ -193,7 +193,7 @@ def _print_task(task_id: str, state: str, seconds: float | None) -> None:
 def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any],
                       config: PipelineConfig) -> dict[str, Any]:
     from infra.pipelines import register
-    from infra.runner import summarize, trigger_and_follow, write_summary
+    from infra.runner import RunFailed, summarize, trigger_and_follow, write_summary
 
     try:
         if register(stack.home, config.pipeline, config_path):
@@ -202,7 +202,7 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
         summary = summarize(client, stack, run_id, config)
     except BadInputError as exc:
         raise _fail(str(exc)) from None
-    except AirflowApiError as exc:
+    except (AirflowApiError, RunFailed) as exc:
         raise _fail(str(exc), code=1) from None
     summary["summary_path"] = str(write_summary(stack.home, summary))
     return summary

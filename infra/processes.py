@@ -26,7 +26,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR, as servers set it: connections of a
+    stack that just stopped linger in TIME_WAIT and must not count as "in use" (a second `make demo`
+    right after the first would fail), while a socket still listening does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -155,7 +155,7 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         "model_name": verified.serving_model_name,
         "version": verified.served_version,
         "labels": verified.labels,
-        "max_relative_diff": verified.max_abs_diff,
+        "max_relative_diff": verified.max_relative_diff,
     }
     summary["prediction"] = live_prediction(stack, config, trained)
     return summary

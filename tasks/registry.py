@@ -94,10 +94,6 @@ STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)
 PARAMS: dict[str, str] = {param: path for spec in STEPS for param, path in spec.params.items()}
 
 
-class UnknownParamError(ValueError):
-    pass
-
-
 def step(name: str) -> StepSpec:
     for spec in STEPS:
         if spec.name == name:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fsspec
-from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from tasks.artifacts.base import ArtifactType, Properties
+from tasks.artifacts.base import ArtifactType, Properties, read_text_proto
 
 ANOMALIES_FILE = "SchemaDiff.pbtxt"
 
@@ -26,5 +24,4 @@ class ExampleAnomalies(ArtifactType[AnomaliesProperties]):
         return f"Split-{split}/{ANOMALIES_FILE}"
 
     def anomalies(self, split: str) -> anomalies_pb2.Anomalies:
-        with fsspec.open(self.path(self.relative_path(split)), "r") as fh:
-            return text_format.Parse(fh.read(), anomalies_pb2.Anomalies())
+        return read_text_proto(self.path(self.relative_path(split)), anomalies_pb2.Anomalies())

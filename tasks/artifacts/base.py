@@ -128,6 +128,14 @@ class ArtifactType(Generic[P]):
             _commit(folder, uri, manifest.model_dump_json(indent=2))
 
 
+def read_text_proto(path: str, message: Any) -> Any:
+    """A text-format proto file of an artifact (TFDV's statistics and anomalies are stored so)."""
+    from google.protobuf import text_format
+
+    with fsspec.open(path, "r") as fh:
+        return text_format.Parse(fh.read(), message)
+
+
 def read_manifest(uri: str, kind: str | None = None) -> Manifest:
     fs, path = fsspec.core.url_to_fs(uri)
     try:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fsspec
-from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from tasks.artifacts.base import ArtifactType, Properties
+from tasks.artifacts.base import ArtifactType, Properties, read_text_proto
 
 STATS_FILE = "FeatureStats.pbtxt"
 
@@ -24,5 +22,4 @@ class ExampleStatistics(ArtifactType[StatisticsProperties]):
         return f"Split-{split}/{STATS_FILE}"
 
     def statistics(self, split: str) -> statistics_pb2.DatasetFeatureStatisticsList:
-        with fsspec.open(self.path(self.relative_path(split)), "r") as fh:
-            return text_format.Parse(fh.read(), statistics_pb2.DatasetFeatureStatisticsList())
+        return read_text_proto(self.path(self.relative_path(split)), statistics_pb2.DatasetFeatureStatisticsList())

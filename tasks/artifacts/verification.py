@@ -11,7 +11,7 @@ class VerificationProperties(Properties):
     versions: list[int]
     labels: dict[str, int]
     examples: int
-    max_abs_diff: float
+    max_relative_diff: float  # |served - in-process| / max(1, |in-process|), over every numeric output
     batch_latency_ms: float
     mlflow_aliases: dict[str, int]
 

@@ -56,7 +56,7 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
     with ServingVerification.publish(out_uri) as out:
         out.properties = VerificationProperties(
             serving_model_name=name, served_version=version, versions=list(served_model.versions),
-            labels=served_model.labels, examples=len(served.outputs), max_abs_diff=max_diff,
+            labels=served_model.labels, examples=len(served.outputs), max_relative_diff=max_diff,
             batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=aliases)
     log.info("verify: %s v%s matches in-process (max relative diff %.2e on %d rows); stable -> v%s; MLflow %s",
              name, version, max_diff, len(served.outputs), version, aliases)

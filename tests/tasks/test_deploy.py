@@ -40,7 +40,7 @@ def test_digits_is_served_by_label_with_the_digit_as_its_class(trained_digits, t
     _, out = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
     verified = ServingVerification.read(out["verification"]).properties
     assert verified.labels == {"stable": 1} and verified.mlflow_aliases == {"champion": 1}
-    assert verified.max_abs_diff <= 1e-4 and verified.examples == 32
+    assert verified.max_relative_diff <= 1e-4 and verified.examples == 32
     version_dir = Path(PushedModel.read(out["pushed"]).properties.version_dir)
     assert (version_dir / "model.tflite").exists(), "for --prefer_tflite_model and edge use"
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
