@@ -328,12 +328,13 @@ class Requests:
         self.grpc = request.SerializeToString()
         response = predict_pb2.PredictResponse()
         response.outputs["probabilities"].CopyFrom(tf.make_tensor_proto(np.full((1, 10), 0.1, np.float32)))
-        response.outputs["digit"].CopyFrom(tf.make_tensor_proto(np.zeros((1,), np.int64)))
+        response.outputs["class_id"].CopyFrom(tf.make_tensor_proto(np.zeros((1,), np.int64)))
+        response.outputs["class"].CopyFrom(tf.make_tensor_proto(np.zeros((1,), np.int64)))
         self.grpc_response_sample = response.SerializeToString()
         probabilities = ", ".join(["1.23456789e-05"] * 10)
         self.rest_response_sample = (
             '{\n    "predictions": [\n        {\n            "probabilities": [' + probabilities
-            + '],\n            "digit": 0\n        }\n    ]\n}'
+            + '],\n            "class_id": 0,\n            "class": 0\n        }\n    ]\n}'
         ).encode()
 
     def _http(self, path: str) -> bytes:
@@ -367,9 +368,9 @@ def check_kiln_grpc(port: int, requests: Requests) -> None:
             raise BenchError(f"kiln gRPC Predict failed: {exc.code().name}: {exc.details()}") from None
     probabilities = response.outputs["probabilities"]
     values = len(probabilities.float_val) or len(probabilities.tensor_content) // 4
-    if values != 10 or "digit" not in response.outputs:
+    if values != 10 or "class" not in response.outputs:
         raise BenchError(f"kiln gRPC Predict answered outputs {sorted(response.outputs)} with {values} "
-                         f"probabilities; expected 10 and a digit")
+                         f"probabilities; expected 10 and the class")
 
 
 def _b64(data: bytes) -> str:

@@ -55,8 +55,8 @@ def write_mlflow_model(saved_model: Path, target: Path) -> Path:
     from tasks.models.export import load_serving_function
 
     keras_model = keras.models.load_model(str(saved_model))
-    sample = np.zeros((1, keras_model.input_shape[-1]), dtype=np.float32)
-    probabilities = load_serving_function(saved_model)(**{INPUT: sample})[PROBABILITIES].numpy()
+    sample = {INPUT: np.zeros((1, keras_model.input_shape[INPUT][-1]), dtype=np.float32)}
+    probabilities = load_serving_function(saved_model)(**sample)[PROBABILITIES].numpy()
     if target.exists():
         shutil.rmtree(target)
     mlflow.tensorflow.save_model(keras_model, str(target), signature=infer_signature(sample, probabilities))
