@@ -198,7 +198,7 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
     try:
         if register(stack.home, config.pipeline, config_path):
             err.print(f"pipeline {config.pipeline}: {config_path} registered with the stack", markup=False)
-        client, run_id = trigger_and_follow(stack, config, config_path, overrides, _print_task)
+        client, run_id = trigger_and_follow(stack, config, config_path, overrides, _print_task, report=_say)
         summary = summarize(client, stack, run_id, config)
     except BadInputError as exc:
         raise _fail(str(exc)) from None

@@ -75,12 +75,15 @@ def trigger_and_follow(
     config_path: Path,
     params: dict[str, Any],
     on_task: Callable[[str, str, float | None], None],
+    report: Callable[[str], None] = lambda line: None,
     timeout: float = 1800,
 ) -> tuple[AirflowClient, str]:
     """Trigger a run and call `on_task(task_id, state, seconds)` on every state change."""
     client = airflow_client(stack)
     dag_id = dag_id_of(config)
+    started = time.monotonic()
     wait_until_parsed(client, dag_id, config_path)
+    report(f"{dag_id} is parsed from the current {config_path.name} (waited {time.monotonic() - started:.1f}s)")
     client.unpause(dag_id)
     run_id = client.trigger(dag_id, {k: v for k, v in params.items() if v is not None})
     seen: dict[str, str | None] = {}
