@@ -211,6 +211,7 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
 def _report(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
+        _say_if_not_promoted(summary)
         return
     if summary["state"] != "success":
         err.print(f"run {summary['run_id']}: task log tail", highlight=False, markup=False)
@@ -222,6 +223,13 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     for key, value in summary_rows(summary):
         table.add_row(key, Text(str(value)))
     out.print(table)
+    _say_if_not_promoted(summary)
+
+
+def _say_if_not_promoted(summary: dict[str, Any]) -> None:
+    """An unblessed model is an outcome: said on stderr, exit code 0."""
+    if summary["state"] == "success" and not summary["promoted"]:
+        err.print(Text.assemble(("not promoted:", "bold yellow"), " ", summary["not_promoted"]), soft_wrap=True)
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -232,24 +240,29 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{tflite['tflite_bytes']:,} B, gzip {tflite['tflite_gzip_bytes']:,} B")
     else:
         lite = f"skipped: {tflite.get('skipped_reason', 'tflite: none')}"
-    prediction = summary["prediction"]
-    answer = f"class {prediction['class']!r} (p={prediction['probability']})" if "class" in prediction \
-        else f"{prediction['prediction']}"
-    mlflow, serving = summary["mlflow"], summary["serving"]
-    return [
+    mlflow, serving, blessing = summary["mlflow"], summary["serving"], summary["blessing"]
+    checks = "; ".join(f"{'pass' if c['passed'] else 'FAIL'}: {c['reason']}" for c in blessing["checks"])
+    rows = [
         ("state", summary["state"]),
         ("wall time", f"{summary['wall_seconds']} s, of which {summary['scheduling_overhead_seconds']} s "
                       f"({summary['scheduling_overhead_percent']} %) with no task running"),
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
         (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
-        ("blessing", "; ".join(c["reason"] for c in summary["checks"]) or "no thresholds"),
+        ("blessing", f"{'blessed' if blessing['blessed'] else 'NOT blessed'}: {checks or 'no thresholds'}"),
         ("TFLite", lite),
-        ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} aliases {mlflow['aliases']}"),
-        ("served", f"{serving['model_name']} v{serving['version']} labels {serving['labels']}"),
-        ("prediction", f"{answer} for the first CSV row (true {prediction['true']!r}) in {prediction['latency_ms']} ms "
-                       f"via label stable"),
-        ("summary", summary["summary_path"]),
+        ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
+                         f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
+        ("served", f"{serving['model_name']} versions {serving['versions']}, labels {serving['labels']}"
+                   + ("" if summary["promoted"] else " (unchanged: not promoted)")),
     ]
+    prediction = summary.get("prediction")
+    if prediction:
+        answer = f"class {prediction['class']!r} (p={prediction['probability']})" if "class" in prediction \
+            else f"{prediction['prediction']}"
+        rows.append(("prediction", f"{answer} for the first CSV row (true {prediction['true']!r}) in "
+                                   f"{prediction['latency_ms']} ms via label stable"))
+    rows.append(("summary", summary["summary_path"]))
+    return rows
 
 
 @app.command()
@@ -293,6 +306,47 @@ def steps() -> None:
         table.add_row(spec.name, spec.description, ", ".join(spec.inputs), ", ".join(spec.outputs),
                       ", ".join(spec.params))
     out.print(table)
+
+
+@app.command()
+def lineage(
+    model: Annotated[str, typer.Argument(help="registered model (kiln-digits) or pipeline / served name (digits)")],
+    version: Annotated[int, typer.Argument(help="the version; TF Serving's version N is MLflow's version N", min=1)],
+    as_json: AsJson = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow to ask (default: the stack's)")] = None,
+    home: Home = None,
+) -> None:
+    """From a model version back to its DAG run, data, schema and code, through MLflow alone."""
+    from infra.lineage import lineage as walk
+
+    home_path = kiln_home(home)
+    try:
+        uri = tracking_uri or Stack.load(home_path).mlflow_url
+        found = walk(uri, _registered_name(model, home_path), version)
+    except (BadInputError, StackError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table(title=f"{found['model']} v{found['version']}", show_header=False)
+    for key, value in found.items():
+        if key not in ("model", "version") and value not in (None, [], ""):
+            table.add_row(key, Text(json.dumps(value) if isinstance(value, list | dict) else str(value)))
+    out.print(table)
+
+
+def _registered_name(model: str, home: Path) -> str:
+    """A pipeline or served model name means that pipeline's registered model; anything else is one."""
+    from infra.pipelines import discover
+
+    for path in discover(home).values():
+        try:
+            config = load_config(path, expand_env=False)
+        except BadInputError:
+            continue
+        if model in (config.pipeline, config.served_model_name):
+            return config.registered_model_name
+    return model
 
 
 @app.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from infra.pipelines import CONFIG_MARK, config_fingerprint
 from tasks.config import PipelineConfig, load_config
@@ -71,7 +71,7 @@ def pipeline_dag(config_path: Path) -> DAG:
         last = [s for s in STEPS if s.role == "step"][-1]
         for spec in STEPS:
             if spec.role == "teardown":
-                finish = _teardown_task(spec, last.name, _placed(config, spec))(run=outputs["run"])
+                finish = _teardown_task(spec, list(steps), _placed(config, spec))(run=outputs["run"])
                 steps[last.name] >> finish
                 finish.as_teardown(setups=outputs["run"])
     return dag
@@ -108,24 +108,28 @@ def _resolve_task(spec: StepSpec, config_path: Path, placement: dict[str, Any], 
 
 def _step_task(spec: StepSpec, placed: dict[str, Any]) -> Any:
     def execute(run: str, inputs: dict[str, str]) -> dict[str, str]:
-        from tasks.step_runner import StepRejected, run_step
+        from tasks.step_runner import StepRejected, StepSkipped, run_step
 
         try:
             return run_step(spec.name, run, get_current_context()["ti"].try_number, inputs)
         except StepRejected as exc:
             raise _rejected(str(exc)) from None
+        except StepSkipped as exc:  # e.g. push of an unblessed model: skipped in the grid, the run succeeds
+            raise AirflowSkipException(str(exc)) from None
 
     execute.__name__ = spec.name
     return task(task_id=spec.name, multiple_outputs=True, doc_md=spec.description, **placed)(execute)
 
 
-def _teardown_task(spec: StepSpec, last_step: str, placed: dict[str, Any]) -> Any:
+def _teardown_task(spec: StepSpec, step_names: list[str], placed: dict[str, Any]) -> Any:
     def finish(run: str) -> None:
         from tasks.step_runner import run_step
 
-        # The last step's outputs exist only when every step succeeded.
-        succeeded = bool(get_current_context()["ti"].xcom_pull(task_ids=last_step))
-        run_step(spec.name, run, get_current_context()["ti"].try_number, succeeded=succeeded)
+        ti = get_current_context()["ti"]
+        outputs: dict[str, str] = {}
+        for name in step_names:  # a skipped or failed step has pushed nothing
+            outputs.update(ti.xcom_pull(task_ids=name) or {})
+        run_step(spec.name, run, ti.try_number, outputs=outputs)
 
     return task(task_id=spec.name, doc_md=spec.description, **placed)(finish)
 

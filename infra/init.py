@@ -104,6 +104,8 @@ def yaml_text(inferred: Inferred, csv_path: Path, model: str) -> str:
     metric, value = inferred.threshold
     why = ("the majority class's share: a model must beat always guessing it" if metric == "accuracy"
            else "the label's standard deviation: a model must beat always predicting the mean")
+    change, change_why = ("{absolute: -0.01}", "no worse by more than a point") if metric == "accuracy" \
+        else ("{relative: -0.05}", "at most 5 % worse")
     task = f"  type: {inferred.task}\n"
     if inferred.classes is not None:
         task += f"  classes: {json.dumps(inferred.classes)}\n"
@@ -126,6 +128,7 @@ def yaml_text(inferred: Inferred, csv_path: Path, model: str) -> str:
         f"  learning_rate: 0.002\n"
         f"evaluate:\n"
         f"  thresholds: {{{metric}: {value}}}   # {why}\n"
+        f"  change_thresholds: {{{metric}: {change}}}   # against the champion: {change_why}\n"
     )
 
 

@@ -141,27 +141,46 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     evaluation = ModelEvaluation.read(output("evaluate", "evaluation")).properties
     optimized = OptimizedModel.read(output("optimize", "optimized")).properties
     registered = RegisteredModel.read(output("register", "registered")).properties
-    verified = ServingVerification.read(output("verify", "verification")).properties
     trained = Model.read(output("train", "model"))
     summary["metrics"] = evaluation.metrics
-    summary["checks"] = [c.model_dump() for c in evaluation.checks]
-    summary["blessed"] = evaluation.blessed
+    summary["blessing"] = {"blessed": evaluation.blessed, "checks": [c.model_dump() for c in evaluation.checks],
+                           "champion_version": evaluation.champion_version,
+                           "champion_metrics": evaluation.champion_metrics}
+    # Promoted = verify ran; an unblessed model's push and verify are skipped, and the run still succeeds.
+    summary["promoted"] = summary["task_states"].get("verify") == "success"
+    if not summary["promoted"]:
+        summary["not_promoted"] = evaluation.first_failure or "push was skipped"
+    else:
+        verified = ServingVerification.read(output("verify", "verification")).properties
+        summary["verification"] = {"version": verified.served_version, "examples": verified.examples,
+                                   "max_relative_diff": verified.max_relative_diff}
     summary["tflite"] = optimized.model_dump(exclude={"tflite"}, exclude_none=True)
     summary["mlflow"] = {
         "tracking_uri": stack.mlflow_url,
         "model_name": registered.model_name,
         "version": registered.version,
+        "blessed": registered.blessed,
         "run_id": registered.mlflow_run_id,
         "aliases": registry_aliases(stack.mlflow_url, registered.model_name),
     }
-    summary["serving"] = {
-        "model_name": verified.serving_model_name,
-        "version": verified.served_version,
-        "labels": verified.labels,
-        "max_relative_diff": verified.max_relative_diff,
-    }
-    summary["prediction"] = live_prediction(stack, config, trained)
+    summary["serving"] = served_state(stack, config.served_model_name)
+    if summary["serving"]["labels"].get("stable") is not None:
+        summary["prediction"] = live_prediction(stack, config, trained)
     return summary
+
+
+def served_state(stack: Stack, model: str) -> dict[str, Any]:
+    """What the server itself reports: its versions and where kiln's labels point."""
+    from serving.client import RestClient, ServingClientError
+    from serving.deployer import CANARY, STABLE
+
+    with RestClient(stack.serving_rest_url, timeout=10) as client:
+        try:
+            versions = sorted(int(s["version"]) for s in client.status(model) if s["state"] == "AVAILABLE")
+        except ServingClientError:
+            return {"model_name": model, "versions": [], "labels": {}}
+        labels = {label: client.label_version(model, label) for label in (STABLE, CANARY)}
+    return {"model_name": model, "versions": versions, "labels": {k: v for k, v in labels.items() if v is not None}}
 
 
 def busy_seconds(intervals: list[tuple[str | None, str | None]]) -> float:

@@ -84,10 +84,33 @@ class TrainConfig(_Strict):
     worker_timeout_seconds: int = Field(900, ge=10, description="deadline for the whole worker group")
 
 
+class ChangeThreshold(_Strict):
+    """TFMA's change threshold: how much better than the champion the candidate must be, in the metric's
+    own direction (negative: a loss that is tolerated)."""
+
+    absolute: float | None = Field(None, description="improvement at least this much, e.g. -0.005 for accuracy")
+    relative: float | None = Field(None, description="improvement / |champion's value| at least this much")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ChangeThreshold:
+        if (self.absolute is None) == (self.relative is None):
+            raise ValueError("give exactly one of absolute or relative")
+        return self
+
+
 class EvaluateConfig(_Strict):
     thresholds: dict[str, float] = Field(
         {}, description="blessing thresholds by metric, e.g. {accuracy: 0.9} or {rmse: 60}; higher-is-better "
                         "metrics must reach the value, lower-is-better ones must not exceed it")
+    change_thresholds: dict[str, ChangeThreshold] = Field(
+        {}, description="against the @champion on the same examples, e.g. {accuracy: {absolute: -0.005}}: "
+                        "no worse by more than half a point")
+    slices: list[list[str]] = Field(
+        [], description="feature columns to slice the eval split by, e.g. [[plan], [plan, region]]")
+    slice_thresholds: dict[str, float] = Field({}, description="value thresholds every slice must meet")
+    bucket_boundaries: dict[str, list[float]] = Field(
+        {}, description="numeric slice columns: bucket edges, e.g. {tenure: [12, 24, 48]}")
+    min_slice_examples: int = Field(10, ge=1, description="smaller slices are reported but not checked")
 
 
 class OptimizeConfig(_Strict):
@@ -109,6 +132,9 @@ class ServingConfig(_Strict):
     grpc_address: str | None = Field(None, description="TF Serving gRPC host:port (default: the stack's)")
     model_base_path: str | None = Field(None, description="folder TF Serving loads versions from (default: the stack's)")
     config_file: str | None = Field(None, description="TF Serving's --model_config_file (default: the stack's)")
+    force_push_reason: str | None = Field(
+        None, min_length=3, description="push even if the model is not blessed, and record why (a trigger "
+                                        "param only, never in the YAML)")
 
 
 Executor = Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"]
@@ -151,10 +177,11 @@ class PipelineConfig(_Strict):
         if unknown:
             raise ValueError(f"placement.steps names unknown steps {sorted(unknown)}; steps are {list(STEP_NAMES)}")
         metrics = TASK_METRICS[self.task.type]
-        for name in self.evaluate.thresholds:
-            if name not in metrics:
-                raise ValueError(f"evaluate.thresholds: {name!r} is not a {self.task.type} metric; "
-                                 f"{self.task.type} metrics are {', '.join(sorted(metrics))}")
+        for field in ("thresholds", "change_thresholds", "slice_thresholds"):
+            for name in getattr(self.evaluate, field):
+                if name not in metrics:
+                    raise ValueError(f"evaluate.{field}: {name!r} is not a {self.task.type} metric; "
+                                     f"{self.task.type} metrics are {', '.join(sorted(metrics))}")
         return self
 
     @property
@@ -238,6 +265,9 @@ def load_config(path: str | os.PathLike[str], expand_env: bool = True) -> Pipeli
     """
     path = Path(path)
     raw = read_yaml(path)
+    if isinstance(raw.get("serving"), dict) and raw["serving"].get("force_push_reason") is not None:
+        raise ConfigError(f"{path}: serving.force_push_reason is decided per run: pass it as a trigger param "
+                          f"(-p force_push_reason='why'), never in the YAML")
     config = validate_config(_expand(raw) if expand_env else raw, source=str(path))
     return _resolve_paths(config, base=path.resolve().parent)
 

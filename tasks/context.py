@@ -6,7 +6,7 @@ track in and which TF Serving to ship to were decided once, when the run was res
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -43,6 +43,11 @@ class StepContext:
     try_number: int = 1
     tracking_uri: str | None = None
     serving: ServingEndpoints | None = None
+    lineage: dict[str, str] = field(default_factory=dict)  # where this run came from (for MLflow tags)
+
+    @property
+    def dag_id(self) -> str:
+        return f"kiln_{self.pipeline}"
 
     def output_uri(self, step: str, name: str) -> str:
         safe_run = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in self.run_id)

@@ -43,6 +43,7 @@ class StepSpec:
     tracked: bool = False  # runs inside its own MLflow child run
     timeout_minutes: int | None = None
     role: Role = "step"  # setup: resolves the run; teardown: runs whatever happened upstream
+    gate: str | None = None  # an input ModelEvaluation: the step runs only for a blessed (or forced) model
 
     def load(self) -> Callable[..., Any]:
         module, _, function = self.executor.partition(":")
@@ -70,19 +71,26 @@ STEPS: tuple[StepSpec, ...] = (
              params={"epochs": "train.epochs", "batch_size": "train.batch_size",
                      "learning_rate": "train.learning_rate", "num_workers": "train.num_workers"},
              tracked=True, timeout_minutes=30),
-    StepSpec("evaluate", "tasks.steps.evaluate:run", "The task's metrics on the eval split; bless or stop",
+    StepSpec("evaluate", "tasks.steps.evaluate:run",
+             "The candidate and the champion on the eval split, overall and sliced; bless or not",
              inputs={"model": Model, "examples": Examples}, outputs={"evaluation": ModelEvaluation},
-             config_section="evaluate", params={"thresholds": "evaluate.thresholds"}, tracked=True),
+             config_section="evaluate",
+             params={"thresholds": "evaluate.thresholds", "change_thresholds": "evaluate.change_thresholds"},
+             tracked=True),
     StepSpec("optimize", "tasks.steps.optimize:run", "TFLite conversion, measured on the eval split",
              inputs={"model": Model, "examples": Examples}, outputs={"optimized": OptimizedModel},
              config_section="optimize", tracked=True),
-    StepSpec("register", "tasks.steps.register:run", "Register an MLflow model version, alias challenger",
-             inputs={"model": Model, "evaluation": ModelEvaluation, "optimized": OptimizedModel},
-             outputs={"registered": RegisteredModel}, config_section="registry", tracked=True),
-    StepSpec("push", "tasks.steps.push:run", "Load the version on TF Serving, label it canary",
-             inputs={"registered": RegisteredModel, "model": Model, "optimized": OptimizedModel,
+    StepSpec("register", "tasks.steps.register:run",
+             "Register an MLflow model version with its model card; alias challenger when blessed",
+             inputs={"model": Model, "evaluation": ModelEvaluation, "optimized": OptimizedModel, "schema": Schema,
                      "examples": Examples},
-             outputs={"pushed": PushedModel}, config_section="serving"),
+             outputs={"registered": RegisteredModel}, config_section="registry", tracked=True),
+    StepSpec("push", "tasks.steps.push:run",
+             "Load the version on TF Serving, label it canary; skipped when not blessed (unless forced)",
+             inputs={"evaluation": ModelEvaluation, "registered": RegisteredModel, "model": Model,
+                     "optimized": OptimizedModel, "examples": Examples},
+             outputs={"pushed": PushedModel}, config_section="serving",
+             params={"force_push_reason": "serving.force_push_reason"}, gate="evaluation"),
     StepSpec("verify", "tasks.steps.verify:run", "Replay eval rows on the server, then promote to stable",
              inputs={"pushed": PushedModel, "model": Model, "examples": Examples},
              outputs={"verification": ServingVerification}, config_section="serving"),
@@ -112,13 +120,24 @@ def param_schema(param: str) -> dict[str, Any]:
 
     section, field_name = PARAMS[param].split(".")
     section_model = PipelineConfig.model_fields[section].annotation
-    schema = dict(section_model.model_json_schema()["properties"][field_name])
+    full = section_model.model_json_schema()
+    schema = _inline_refs(dict(full["properties"][field_name]), full.get("$defs", {}))
     schema.pop("default", None)
-    kind = schema.pop("type", None)
-    if kind is None:  # anyOf (e.g. str | None): the first concrete type
-        kind = next(s["type"] for s in schema.pop("anyOf") if s.get("type") != "null")
-    schema["type"] = ["null", kind]
+    if "anyOf" in schema:  # e.g. str | None: the concrete member's type and constraints
+        schema.update(next(s for s in schema.pop("anyOf") if s.get("type") != "null"))
+    schema["type"] = ["null", schema["type"]]
     schema["section"] = step_of_param(param).name
+    return schema
+
+
+def _inline_refs(schema: Any, definitions: dict[str, Any]) -> Any:
+    """Pydantic puts nested models under $defs; a DAG param's schema must stand alone."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline_refs(dict(definitions[schema["$ref"].rsplit("/", 1)[1]]), definitions)
+        return {key: _inline_refs(value, definitions) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inline_refs(item, definitions) for item in schema]
     return schema
 
 

@@ -4,7 +4,8 @@
 each input is a complete artifact of the kind the step's spec declares, calls the step inside its
 MLflow child run (when the spec is tracked), checks the outputs against the spec, and returns their
 URIs. Bad input (a `BadInputError`: data, config, model contract) becomes `StepRejected`, a one-line
-error that no retry can fix; anything else propagates with its traceback, and may be retried.
+error that no retry can fix; a gated step whose model is not blessed raises `StepSkipped`; anything
+else propagates with its traceback, and may be retried.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from tasks import tracking
 from tasks.artifacts.base import read_manifest
+from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.run import RunSnapshot
 from tasks.errors import BadInputError, one_line
 from tasks.registry import StepSpec, step
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 
 class StepRejected(Exception):
     """The step's input is wrong (data, config or model contract): fail now, do not retry."""
+
+
+class StepSkipped(Exception):
+    """The step's gate is closed (e.g. push of a model that is not blessed): an outcome, not a failure."""
 
 
 class StepContractError(RuntimeError):
@@ -41,8 +47,9 @@ def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str
     _check_inputs(spec, inputs)
     function = spec.load()
     started = time.monotonic()
-    tracked = tracking.step_run(config, ctx, spec.name, parent_tags=_lineage_tags(snapshot)) \
-        if spec.tracked else nullcontext()
+    if spec.gate:
+        _check_gate(spec, config, inputs[spec.gate])
+    tracked = tracking.step_run(config, ctx, spec.name, parent_tags=ctx.lineage) if spec.tracked else nullcontext()
     try:
         with tracked:
             outputs = function(config, ctx, **inputs, **extra)
@@ -53,6 +60,18 @@ def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str
     _check_outputs(spec, outputs)
     log.info("%s done in %.1fs: %s", spec.name, time.monotonic() - started, outputs)
     return outputs
+
+
+def _check_gate(spec: StepSpec, config: Any, evaluation_uri: str) -> None:
+    """A gated step runs for a blessed model, or for an unblessed one forced with a recorded reason."""
+    evaluation = ModelEvaluation.read(evaluation_uri).properties
+    if evaluation.blessed:
+        return
+    if config.serving.force_push_reason:
+        log.warning("%s: the model is not blessed (%s); forced: %s", spec.name, evaluation.first_failure,
+                    config.serving.force_push_reason)
+        return
+    raise StepSkipped(f"not promoted: {evaluation.first_failure}")
 
 
 def _check_inputs(spec: StepSpec, inputs: dict[str, str]) -> None:
@@ -67,15 +86,6 @@ def _check_outputs(spec: StepSpec, outputs: dict[str, str]) -> None:
         raise StepContractError(f"{spec.name} must return outputs {sorted(spec.outputs)}, returned {sorted(outputs)}")
     for output_name, kind in spec.outputs.items():
         read_manifest(outputs[output_name], kind.KIND)
-
-
-def _lineage_tags(snapshot: RunSnapshot) -> dict[str, str]:
-    props = snapshot.properties
-    tags = {"kiln.config_path": props.config_path, "kiln.config_sha256": props.config_sha256,
-            "kiln.run_snapshot": snapshot.uri}
-    if props.kiln_commit:
-        tags["mlflow.source.git.commit"] = props.kiln_commit
-    return tags
 
 
 def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str, str] | None = None,

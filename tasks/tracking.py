@@ -106,9 +106,19 @@ def log_params(params: dict[str, Any]) -> None:
         log.warning("MLflow kept the params of an earlier try: %s", str(exc).splitlines()[0][:300])
 
 
-def finish_run(config: PipelineConfig, ctx: StepContext, succeeded: bool) -> dict[str, str]:
-    """Close the parent run as FINISHED or FAILED (the DAG's teardown task)."""
-    client(ctx).set_terminated(parent_run(config, ctx), status="FINISHED" if succeeded else "FAILED")
+def finish_run(config: PipelineConfig, ctx: StepContext, outputs: dict[str, str]) -> dict[str, str]:
+    """Close the parent run (the DAG's teardown task), from the outputs the steps left behind:
+    FINISHED when the model was promoted, or evaluated, registered and rightly not pushed; else FAILED."""
+    from tasks.artifacts.evaluation import ModelEvaluation
+
+    promoted = "verification" in outputs
+    not_blessed = ("evaluation" in outputs and "registered" in outputs
+                   and not ModelEvaluation.read(outputs["evaluation"]).properties.blessed
+                   and not config.serving.force_push_reason)
+    mlflow_client = client(ctx)
+    run_id = parent_run(config, ctx)
+    mlflow_client.set_tag(run_id, "kiln.promoted", str(promoted).lower())
+    mlflow_client.set_terminated(run_id, status="FINISHED" if promoted or not_blessed else "FAILED")
     return {}
 
 

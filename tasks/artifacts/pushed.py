@@ -13,6 +13,7 @@ class PushedProperties(Properties):
     labels: dict[str, int]
     rest_url: str
     grpc_address: str
+    forced_reason: str | None = None  # pushed although not blessed, and why
 
 
 class PushedModel(ArtifactType[PushedProperties]):

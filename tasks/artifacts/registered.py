@@ -11,7 +11,8 @@ class RegisteredProperties(Properties):
     mlflow_run_id: str
     model_uri: str
     serving_artifact_uri: str
-    alias: str
+    alias: str | None  # challenger when blessed; an unblessed version gets no alias
+    blessed: bool
 
 
 class RegisteredModel(ArtifactType[RegisteredProperties]):

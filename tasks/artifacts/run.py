@@ -39,5 +39,10 @@ class RunSnapshot(ArtifactType[RunProperties]):
 
     def context(self, try_number: int = 1) -> StepContext:
         props = self.properties
+        lineage = {"kiln.config_path": props.config_path, "kiln.config_sha256": props.config_sha256,
+                   "kiln.run_snapshot": self.uri, "kiln.dag_id": f"kiln_{props.pipeline}"}
+        if props.kiln_commit:
+            lineage["mlflow.source.git.commit"] = props.kiln_commit
         return StepContext(artifact_root=props.artifact_root, pipeline=props.pipeline, run_id=props.run_id,
-                           try_number=try_number, tracking_uri=props.tracking_uri, serving=props.serving)
+                           try_number=try_number, tracking_uri=props.tracking_uri, serving=props.serving,
+                           lineage=lineage)

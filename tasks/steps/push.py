@@ -1,5 +1,8 @@
 """Push: ship the registered model to TF Serving as version N (= MLflow version N), labelled canary.
 
+Gated on the blessing (the step runner skips it for an unblessed model, unless the run was triggered
+with `force_push_reason`, which is then recorded on the MLflow version and in the alias history).
+
 The version folder carries `model.tflite` when optimize produced one (for `--prefer_tflite_model`)
 and warmup requests built from eval rows (`assets.extra/tf_serving_warmup_requests`), so the server
 replays real traffic before it reports AVAILABLE — a model that cannot answer them never gets a label.
@@ -12,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks import tracking
+from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import TFLITE_FILE, OptimizedModel
@@ -28,11 +33,17 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 WARMUP_RECORDS = 8
 
 
-def run(config: PipelineConfig, ctx: StepContext, registered: str, model: str, optimized: str,
+def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, model: str, optimized: str,
         examples: str) -> dict[str, str]:
     from serving.deployer import ServingDeployer
 
-    version = RegisteredModel.read(registered).properties.version
+    registration = RegisteredModel.read(registered).properties
+    version = registration.version
+    # The step runner's gate let an unblessed model through only with a reason: record it with the version.
+    forced = None if ModelEvaluation.read(evaluation).properties.blessed else config.serving.force_push_reason
+    if forced:
+        tracking.client(ctx).set_model_version_tag(registration.model_name, str(version), "kiln.forced_push_reason",
+                                                   forced)
     trained = Model.read(model)
     tflite = OptimizedModel.read(optimized).tflite_path
     name = config.served_model_name
@@ -53,7 +64,8 @@ def run(config: PipelineConfig, ctx: StepContext, registered: str, model: str, o
     with PushedModel.publish(out_uri) as out:
         out.properties = PushedProperties(serving_model_name=name, version=version, version_dir=str(version_dir),
                                           versions=list(served.versions), labels=served.labels,
-                                          rest_url=target.rest_url, grpc_address=target.grpc_address)
+                                          rest_url=target.rest_url, grpc_address=target.grpc_address,
+                                          forced_reason=forced)
     log.info("push: %s version %s loaded from %s, labels %s", name, version, version_dir, served.labels)
     return {"pushed": out_uri}
 

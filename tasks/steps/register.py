@@ -1,60 +1,76 @@
-"""Register: one MLflow model version per successful DAG run, alias `challenger`.
+"""Register: one MLflow model version per DAG run — blessed or not — with its whole story attached.
 
 The tf_keras model is logged with `mlflow.tensorflow.log_model` (loads back as Keras or pyfunc with
-TF_USE_LEGACY_KERAS=1) with a signature of the served features; the exact SavedModel that TF Serving
-will run is logged beside it under `tf_serving/`, the TFLite file under `tflite/`. A retry finds the
-version by its `kiln.run_id` tag and reuses it. `champion` is moved later by the verify step; stages
-are never used.
+TF_USE_LEGACY_KERAS=1) with a signature of the served features and an input example; beside it: the
+exact SavedModel TF Serving will run (`tf_serving/`), the TFLite file (`tflite/`), kiln's contract
+(`contract/preprocessing.json`: served features and label, what a later evaluate needs to score this
+version as champion), the schema (`schema/schema.pbtxt`), the evaluation (`evaluation/`: metrics,
+checks, plots) and a model card (`model_card.md`). Version tags link it to its DAG run, data and
+schema, so a served version number leads back to them through MLflow alone (`kiln lineage`).
+
+A blessed version gets the alias `challenger`; an unblessed one is registered with `kiln.blessed=false`
+and its first failed check, and no alias. A retry finds the version by its `kiln.run_id` tag.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tasks import tracking
-from tasks.artifacts.evaluation import ModelEvaluation
+from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
+from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
+from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
-from tasks.errors import BadInputError
-from tasks.features import FeatureSpec
+from tasks.features import FeatureSpec, json_instances
+from tasks.model_card import model_card
+from tasks.model_registry import (
+    CHALLENGER,
+    CONTRACT_ARTIFACT_PATH,
+    CONTRACT_FILE,
+    MODEL_CARD,
+    SERVING_ARTIFACT_PATH,
+    move_alias,
+)
 from tasks.models.export import load_serving_function
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
-SERVING_ARTIFACT_PATH = "tf_serving"
+SCHEMA_ARTIFACT_PATH = "schema"
 
 
-class RegisterError(BadInputError):
-    """The model cannot be registered: its evaluation is not blessed."""
-
-
-def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, optimized: str) -> dict[str, str]:
-    trained = Model.read(model)
-    evaluated = ModelEvaluation.read(evaluation)
-    if not evaluated.properties.blessed:
-        raise RegisterError(f"refusing to register {model}: evaluation {evaluation} is not blessed")
+def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, optimized: str, schema: str,
+        examples: str) -> dict[str, str]:
     name = config.registered_model_name
+    evaluated = ModelEvaluation.read(evaluation)
     client = tracking.client(ctx)
     version = find_version(client, name, ctx.run_id)
     if version is not None:
         log.info("register: reusing %s version %s already registered for %s", name, version.version, ctx.run_id)
     else:
-        version = _log_and_register(config, ctx, trained, evaluated, OptimizedModel.read(optimized))
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+        version = _log_and_register(config, ctx, Model.read(model), evaluated, OptimizedModel.read(optimized),
+                                    Schema.read(schema), Examples.read(examples))
+    blessed = evaluated.properties.blessed
+    if blessed:
+        move_alias(client, name, CHALLENGER, int(version.version), "blessed by evaluate", by=_by(ctx))
+    if not client.get_registered_model(name).description and config.description:
+        client.update_registered_model(name, description=config.description)
 
     out_uri = ctx.output_uri("register", "registered")
     with RegisteredModel.publish(out_uri) as out:
         out.properties = RegisteredProperties(
             model_name=name, version=int(version.version), mlflow_run_id=version.run_id,
             model_uri=f"models:/{name}/{version.version}",
-            serving_artifact_uri=f"runs:/{version.run_id}/{SERVING_ARTIFACT_PATH}", alias=CHALLENGER)
-    log.info("register: %s version %s @%s (run %s)", name, version.version, CHALLENGER, version.run_id)
+            serving_artifact_uri=f"runs:/{version.run_id}/{SERVING_ARTIFACT_PATH}",
+            alias=CHALLENGER if blessed else None, blessed=blessed)
+    log.info("register: %s version %s (%s, run %s)", name, version.version,
+             f"@{CHALLENGER}" if blessed else "not blessed, no alias", version.run_id)
     return {"registered": out_uri}
 
 
@@ -65,30 +81,63 @@ def find_version(client: Any, name: str, run_id: str) -> Any | None:
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
+def _by(ctx: StepContext) -> str:
+    return f"{ctx.dag_id} run {ctx.run_id}"
+
+
 def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, evaluated: ModelEvaluation,
-                      optimized: OptimizedModel) -> Any:
+                      optimized: OptimizedModel, schema: Schema, examples: Examples) -> Any:
     import mlflow
     import tf_keras as keras
 
     saved_model = Path(trained.saved_model)
     keras_model = keras.models.load_model(str(saved_model))
+    features = trained.preprocessing.features
     info = mlflow.tensorflow.log_model(keras_model, name="model", pip_requirements=_requirements(),
-                                       signature=_signature(saved_model, trained.preprocessing.features))
+                                       signature=_signature(saved_model, features))
     mlflow.log_artifacts(str(saved_model), artifact_path=SERVING_ARTIFACT_PATH)
     if optimized.tflite_path:
         mlflow.log_artifact(optimized.tflite_path, artifact_path="tflite")
-    metrics = {f"eval_{k}": v for k, v in evaluated.properties.metrics.items() if v == v}  # NaN is not a metric
+    mlflow.log_text(trained.preprocessing.model_dump_json(indent=1), f"{CONTRACT_ARTIFACT_PATH}/{CONTRACT_FILE}")
+    mlflow.log_artifact(schema.path(SCHEMA_FILE), artifact_path=SCHEMA_ARTIFACT_PATH)
+    mlflow.log_artifact(evaluated.path(METRICS_FILE), artifact_path="evaluation")
+    for plot in evaluated.properties.plots:
+        mlflow.log_artifact(evaluated.path(plot), artifact_path="evaluation")
+    mlflow.log_dict(json_instances(_example_inputs(features), 1)[0], "input_example.json")
+    props = evaluated.properties
+    metrics = {f"eval_{k}": v for k, v in props.metrics.items() if v == v}  # NaN is not a metric
     metrics |= {k: float(v) for k, v in optimized.properties.model_dump().items()
                 if isinstance(v, int | float) and not isinstance(v, bool)}
     mlflow.log_metrics(metrics)
+    examples_props = examples.properties
     # Tags go in with the version itself: a crash cannot leave an untagged (unfindable) version.
-    tags = {tracking.RUN_ID_TAG: ctx.run_id, "kiln.pipeline": config.pipeline,
-            "kiln.data_fingerprint": trained.properties.data_fingerprint,
-            "kiln.mlflow_run_id": mlflow.active_run().info.run_id,
-            **{k: f"{v:.6f}" for k, v in evaluated.properties.metrics.items()}}
+    tags = {tracking.RUN_ID_TAG: ctx.run_id, tracking.PIPELINE_TAG: config.pipeline, "kiln.dag_id": ctx.dag_id,
+            "kiln.try": str(ctx.try_number), "kiln.mlflow_run_id": mlflow.active_run().info.run_id,
+            "kiln.parent_run_id": tracking.parent_run(config, ctx),
+            "kiln.data_source": examples_props.source, "kiln.data_fingerprint": examples_props.source_sha256,
+            "kiln.schema": f"{SCHEMA_ARTIFACT_PATH}/{SCHEMA_FILE}", "kiln.schema_origin": schema.properties.origin,
+            "kiln.blessed": str(props.blessed).lower(), **{k: v for k, v in ctx.lineage.items() if v},
+            **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
+    if not props.blessed:
+        tags["kiln.failed_check"] = (props.first_failure or "")[:5000]
     version = mlflow.register_model(info.model_uri, config.registered_model_name, tags=tags)
+    client = tracking.client(ctx)
+    slices = json.loads(Path(evaluated.path(METRICS_FILE)).read_text()).get("slices", [])
+    lineage = {"DAG": ctx.dag_id, "DAG run": ctx.run_id, "MLflow parent run": tags["kiln.parent_run_id"],
+               "MLflow register run": tags["kiln.mlflow_run_id"], **ctx.lineage}
+    card = model_card(config=config, version=int(version.version), run=lineage, examples=examples_props,
+                      model=trained, evaluation=props, slices=slices, optimized=optimized.properties)
+    mlflow.log_text(card, MODEL_CARD)
+    client.update_model_version(config.registered_model_name, version.version, description=_summary(props))
     log.info("register: logged %s and registered version %s", info.model_uri, version.version)
-    return tracking.client(ctx).get_model_version(config.registered_model_name, version.version)
+    return client.get_model_version(config.registered_model_name, version.version)
+
+
+def _summary(props: Any) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in props.metrics.items())
+    verdict = "Blessed." if props.blessed else f"Not blessed: {props.first_failure}."
+    champion = f" Compared with champion v{props.champion_version}." if props.champion_version else ""
+    return f"{verdict} Eval {metrics}.{champion} Model card: {MODEL_CARD} in the run's artifacts."
 
 
 def _requirements() -> list[str]:
@@ -98,8 +147,8 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("tensorflow", "tf-keras")]
 
 
-def sample_inputs(features: list[FeatureSpec]) -> dict[str, Any]:
-    """One neutral example of every served feature (for the MLflow signature)."""
+def _example_inputs(features: list[FeatureSpec]) -> dict[str, Any]:
+    """One neutral example of every served feature (for the MLflow signature and input example)."""
     import numpy as np
 
     neutral = {"float32": 0.0, "string": "", "int64": 0, "bool": False}
@@ -111,6 +160,6 @@ def _signature(saved_model: Path, features: list[FeatureSpec]) -> Any:
     """Tensor signature from one real call of the serving signature (mlflow's `input_example` path is buggy)."""
     from mlflow.models import infer_signature
 
-    sample = sample_inputs(features)
+    sample = _example_inputs(features)
     outputs = {k: v.numpy() for k, v in load_serving_function(saved_model)(**sample).items()}
     return infer_signature(sample, outputs)

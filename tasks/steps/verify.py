@@ -1,7 +1,8 @@
 """Verify: replay eval rows against the pushed version over REST — JSON objects by feature name, as a
 client sends them — compare the answers with the in-process model, then promote: `stable` moves to the
 new version on the server and `champion` to it in MLflow (the old champion becomes
-`previous-champion`, the rollback target). A mismatch withdraws the version and fails the run.
+`previous-champion`, the rollback target; each move is appended to the registered model's alias
+history). A mismatch withdraws the version and fails the run.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from tasks.artifacts.verification import ServingVerification, VerificationProper
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
+from tasks.model_registry import describe, promote
 from tasks.models.export import CLASS, CLASS_ID, predict
 
 log = logging.getLogger(__name__)
-
-CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
-
 
 class VerificationError(RuntimeError):
     """The served model does not answer like the model that was evaluated."""
@@ -51,7 +50,10 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
         raise VerificationError(f"{name} version {version} answers differently from the evaluated model ({why}); "
                                 f"withdrawn from serving")
     served_model = deployer.promote(name, version)
-    aliases = promote_aliases(ctx, config.registered_model_name, version)
+    why = f"forced: {pushed_props.forced_reason}" if pushed_props.forced_reason else "blessed and verified"
+    client = tracking.client(ctx)
+    aliases = promote(client, config.registered_model_name, version, why, by=f"{ctx.dag_id} run {ctx.run_id}")
+    describe(client, config.registered_model_name, _description(config, version, why))
     out_uri = ctx.output_uri("verify", "verification")
     with ServingVerification.publish(out_uri) as out:
         out.properties = VerificationProperties(
@@ -81,15 +83,6 @@ def compare(served: list[dict[str, Any]], expected: dict[str, Any]) -> tuple[flo
     return max_diff, None
 
 
-def promote_aliases(ctx: StepContext, model_name: str, version: int) -> dict[str, int]:
-    """champion -> version; the old champion -> previous-champion; challenger is consumed."""
-    client = tracking.client(ctx)
-    aliases = client.get_registered_model(model_name).aliases
-    old = aliases.get(CHAMPION)
-    if old is not None and int(old) != version:
-        client.set_registered_model_alias(model_name, PREVIOUS, str(old))
-    client.set_registered_model_alias(model_name, CHAMPION, str(version))
-    if aliases.get(CHALLENGER) is not None and int(aliases[CHALLENGER]) == version:
-        client.delete_registered_model_alias(model_name, CHALLENGER)
-    final = client.get_registered_model(model_name).aliases
-    return {alias: int(v) for alias, v in final.items()}
+def _description(config: PipelineConfig, version: int, why: str) -> str:
+    what = config.description or f"kiln pipeline {config.pipeline} ({config.task.type})"
+    return f"{what} Champion: v{version} ({why}), served as {config.served_model_name}@stable."

@@ -91,6 +91,27 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
 
 
 @pytest.mark.slow
+def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succeeds(tmp_path, tiny_digits_csv,
+                                                                                     model_server):
+    env = airflow_env(tmp_path, model_server)
+    outcome = run_dag(tmp_path, env, {"data_source": str(tiny_digits_csv), "epochs": 2,
+                                      "thresholds": {"accuracy": 1.0}})
+    assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
+    tasks = outcome["tasks"]
+    assert tasks["evaluate"] == tasks["register"] == tasks["finish_tracking"] == "success"
+    assert tasks["push"] == tasks["verify"] == "skipped", "not promoted: visible in the grid"
+    assert "not promoted: eval accuracy" in outcome["output"]
+    assert parent_run_statuses(env) == ["FINISHED"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    [version] = client.search_model_versions("name = 'kiln-digits'")
+    assert version.tags["kiln.blessed"] == "false" and client.get_registered_model("kiln-digits").aliases == {}
+    assert model_server.config_file.read_text().strip() == "model_config_list {\n}", "serving untouched"
+
+
+@pytest.mark.slow
 def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tiny_digits_csv, model_server):
     lines = tiny_digits_csv.read_text().splitlines()
     drop = lines[0].split(",").index("pixel_5")

@@ -75,13 +75,37 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     assert summary["state"] == "success" and summary["dag_id"] == "kiln_digits"
     assert list(summary["task_seconds"]) == list(STEP_NAMES), "in the registry's order"
     assert set(summary["metrics"]) == {"accuracy", "precision", "recall", "f1"} and summary["metrics"]["accuracy"] >= 0.6
-    assert summary["blessed"] and summary["checks"][0]["name"] == "accuracy >= 0.6"
+    blessing = summary["blessing"]
+    assert blessing["blessed"] and summary["promoted"] and blessing["champion_version"] is None
+    assert [c["name"] for c in blessing["checks"]] == ["accuracy >= 0.6", "accuracy vs champion"]
     assert summary["tflite"]["metric"] == "accuracy" and summary["tflite"]["tflite_bytes"] > 0
     assert summary["mlflow"]["aliases"] == {"champion": 1}
     assert summary["serving"]["labels"] == {"stable": 1}
     prediction = summary["prediction"]
     assert prediction["class"] in range(10) and prediction["latency_ms"] > 0
     assert Path(summary["summary_path"]).is_file()
+
+    # A worse retrain: registered, not blessed, not served; the first version stays stable and champion.
+    worse = kiln("run", "--json", str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),
+                 "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=1", "-p", "thresholds={accuracy: 0.1}")
+    assert worse.returncode == 0, worse.stderr[-4000:]
+    second = json.loads(worse.stdout)
+    assert second["state"] == "success" and second["promoted"] is False
+    assert second["task_states"]["push"] == second["task_states"]["verify"] == "skipped"
+    failed = [c for c in second["blessing"]["checks"] if not c["passed"]]
+    assert failed[0]["name"] == "accuracy vs champion" and second["blessing"]["champion_version"] == 1
+    assert f"not promoted: {failed[0]['reason']}" in worse.stderr
+    assert second["mlflow"]["version"] == 2 and second["mlflow"]["blessed"] is False
+    assert second["mlflow"]["aliases"] == {"champion": 1}
+    assert second["serving"]["labels"] == {"stable": 1} and second["serving"]["versions"] == [1]
+    status = kiln("status", timeout=120)
+    assert "{'champion': 1}" in status.stdout and "{'stable': 1}" in status.stdout
+
+    lineage = kiln("lineage", "digits", "2", "--json", timeout=120)
+    assert lineage.returncode == 0, lineage.stderr
+    walked = json.loads(lineage.stdout)
+    assert walked["model"] == "kiln-digits" and walked["dag_run_id"] == second["run_id"]
+    assert walked["blessed"] is False and walked["failed_check"] == failed[0]["reason"]
 
 
 def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:
@@ -92,6 +116,7 @@ def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:
     summary = kiln.run_json(str(kiln.cwd / "mine" / "churn.yaml"), "-p", "epochs=8")
     assert summary["state"] == "success" and summary["dag_id"] == "kiln_churn"
     assert {"accuracy", "auc"} <= set(summary["metrics"]) and summary["metrics"]["accuracy"] > 0.7
+    assert summary["promoted"]
     assert "ops outside the TFLite builtins" in summary["tflite"]["skipped_reason"]
     assert summary["prediction"]["class"] in ("yes", "no")
 
@@ -127,7 +152,7 @@ def test_a_regression_on_a_custom_model_module(kiln) -> None:
     summary = kiln.run_json(str(folder / "house.yaml"), "-p", "epochs=40", "-p", "learning_rate=0.01")
     assert summary["state"] == "success" and summary["task"] == "regression"
     assert set(summary["metrics"]) == {"rmse", "mae", "r2"} and summary["metrics"]["r2"] > 0.5
-    assert summary["checks"][0]["metric"] == "rmse" and summary["checks"][0]["passed"]
+    assert summary["blessing"]["checks"][0]["metric"] == "rmse" and summary["blessing"]["blessed"]
 
     instance = {"area": 120.0, "rooms": 3, "district": "centre", "age": 10.0}
     answer = httpx.post(f"{kiln.rest_url}/v1/models/house/labels/stable:predict", json={"instances": [instance]})

@@ -12,6 +12,7 @@ import pytest
 from serving.client import RestClient
 from serving.deployer import read_config
 from tasks.artifacts.pushed import PushedModel
+from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.verification import ServingVerification
 from tasks.context import ServingEndpoints
 from tasks.step_runner import run_step, run_steps
@@ -31,7 +32,8 @@ def endpoints(target) -> ServingEndpoints:
 def _deploy(trained: dict, root: Path, tracking: str, server, **params) -> tuple[str, dict[str, str]]:
     config = root / "pipeline.yaml"
     config.write_text(trained["config"].read_text() + f"registry: {{model_name: m-{uuid.uuid4().hex[:8]}}}\n")
-    run = resolve(config, root, tracking, endpoints(server), params={"thresholds": {}, **params})
+    run = resolve(config, root, tracking, endpoints(server), params={"thresholds": {}, "change_thresholds": {},
+                                                                     **params})
     return run, run_steps(run, DEPLOY, available=trained)
 
 
@@ -94,3 +96,56 @@ def test_a_candidate_that_answers_unlike_the_evaluated_model_is_withdrawn(traine
     entry = read_config(model_server.config_file).model_config_list.config[0]
     assert dict(entry.version_labels) == {"stable": 1} and list(entry.model_version_policy.specific.versions) == [1]
     assert ServingVerification.read(first["verification"]).properties.served_version == 1
+
+
+def test_an_unblessed_model_is_registered_but_not_pushed_and_serving_is_untouched(
+        trained_digits, tmp_path, mlflow_store, model_server) -> None:
+    from tasks.step_runner import StepSkipped
+
+    _deploy(trained_digits, tmp_path, mlflow_store, model_server)
+    before = model_server.config_file.read_text()
+    second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
+                     params={"thresholds": {"accuracy": 1.0}}, run_id="manual__second")
+    out = run_steps(second, ["evaluate", "optimize", "register"], available=trained_digits)
+    assert RegisteredModel.read(out["registered"]).properties.blessed is False
+    with pytest.raises(StepSkipped, match=r"^not promoted: eval accuracy 0\.\d{4} does not meet"):
+        run_step("push", second, inputs={k: out[k] for k in ("evaluation", "registered", "model", "optimized",
+                                                            "examples")})
+    assert model_server.config_file.read_text() == before
+    assert not (model_server.model_base_path / "digits" / "2").exists()
+
+
+def test_a_forced_push_of_an_unblessed_model_records_its_reason(trained_digits, tmp_path, mlflow_store,
+                                                               model_server) -> None:
+    from mlflow import MlflowClient
+
+    from tasks.model_registry import history
+
+    run, out = _deploy(trained_digits, tmp_path, mlflow_store, model_server, thresholds={"accuracy": 1.0},
+                       force_push_reason="hotfix for ticket 42")
+    pushed = PushedModel.read(out["pushed"]).properties
+    assert pushed.forced_reason == "hotfix for ticket 42" and pushed.labels == {"canary": 1}
+    name = RegisteredModel.read(out["registered"]).properties.model_name
+    client = MlflowClient(mlflow_store)
+    assert client.get_model_version(name, "1").tags["kiln.forced_push_reason"] == "hotfix for ticket 42"
+    champion = [e for e in history(client, name) if e["alias"] == "champion"]
+    assert champion[-1]["to_version"] == 1 and champion[-1]["why"] == "forced: hotfix for ticket 42"
+
+
+def test_lineage_walks_from_a_served_version_to_the_dag_run_data_and_schema(trained_digits, tmp_path,
+                                                                           mlflow_store, model_server) -> None:
+    from infra.lineage import lineage
+    from tasks.artifacts.examples import Examples
+    from tasks.artifacts.schema import Schema
+
+    run, out = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
+    with RestClient(model_server.rest_url) as client:
+        served = client.label_version("digits", "stable")
+    name = RegisteredModel.read(out["registered"]).properties.model_name
+    found = lineage(mlflow_store, name, served)  # MLflow alone from here
+    assert found["dag_id"] == "kiln_digits" and found["dag_run_id"] == run.split("/")[-3]
+    assert found["data_fingerprint"] == Examples.read(trained_digits["examples"]).properties.source_sha256
+    assert found["schema"]["features"] == [f.name for f in Schema.read(trained_digits["schema"]).schema().feature]
+    assert found["aliases"] == ["champion"] and found["blessed"] is True
+    assert found["parent_run_status"] in ("RUNNING", "FINISHED") and found["config_sha256"]
+    assert found["model_card"].endswith("/model_card.md")

@@ -1,67 +1,103 @@
-"""Register: one MLflow version per DAG run (a retry reuses it), never for an unblessed model; MLflow
-runs: one parent per DAG run and pipeline, one child per tracked step."""
+"""Register: one MLflow version per DAG run (a retry reuses it), blessed or not, with its whole story;
+MLflow runs: one parent per DAG run and pipeline, one child per tracked step; the alias history."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
 import pytest
-import yaml
+from mlflow import MlflowClient
 
 from tasks import tracking
 from tasks.artifacts.registered import RegisteredModel
+from tasks.model_registry import (
+    CHALLENGER,
+    CHAMPION,
+    HISTORY_TAG,
+    PREVIOUS,
+    aliases,
+    history,
+    move_alias,
+    promote,
+)
 from tasks.snapshot import resolve_run
-from tasks.step_runner import StepRejected, run_step, run_steps
+from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import resolve
 
+INPUTS = ("model", "evaluation", "optimized", "schema", "examples")
 
-@pytest.fixture
-def gated(trained_digits, tmp_path, mlflow_store):
-    """A fresh model name, plus a blessed evaluation and an optimized model of the shared tiny model."""
+
+def _registered(trained, tmp_path, mlflow_store, thresholds):
+    """A fresh model name; evaluate (with `thresholds`), optimize and register the shared tiny model."""
+    name = f"digits-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "digits.yaml"
-    config.write_text(trained_digits["config"].read_text() + f"registry: {{model_name: digits-{uuid.uuid4().hex[:8]}}}\n")
-    run = resolve(config, tmp_path, mlflow_store, params={"thresholds": {"accuracy": 0.0}})
-    outputs = run_steps(run, ["evaluate", "optimize"], available=trained_digits)
-    return run, {name: outputs[name] for name in ("model", "evaluation", "optimized")}
+    config.write_text(trained["config"].read_text() + f"registry: {{model_name: {name}}}\n"
+                      f"description: Digits for the register tests.\n")
+    run = resolve(config, tmp_path, mlflow_store, params={"thresholds": thresholds})
+    outputs = run_steps(run, ["evaluate", "optimize", "register"], available=trained)
+    return name, run, outputs
 
 
-def test_registers_version_1_as_challenger_and_reuses_it_on_retry(gated, mlflow_store) -> None:
+def test_a_blessed_version_is_challenger_with_its_story_and_a_retry_reuses_it(trained_digits, tmp_path,
+                                                                              mlflow_store) -> None:
     import mlflow
 
-    run, inputs = gated
-    first = RegisteredModel.read(run_step("register", run, inputs=inputs)["registered"]).properties
-    from mlflow import MlflowClient
-
+    name, run, outputs = _registered(trained_digits, tmp_path, mlflow_store, {"accuracy": 0.0})
+    first = RegisteredModel.read(outputs["registered"]).properties
     client = MlflowClient(mlflow_store)
-    name = first.model_name
-    assert first.version == 1 and first.model_uri == f"models:/{name}/1"
-    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"challenger": "1"}
+    assert first.version == 1 and first.blessed and first.alias == CHALLENGER
+    assert aliases(client, name) == {CHALLENGER: 1}
     version = client.get_model_version(name, "1")
-    assert float(version.tags["accuracy"]) > 0 and version.tags["kiln.data_fingerprint"]
+    tags = version.tags
+    assert tags["kiln.blessed"] == "true" and float(tags["accuracy"]) > 0 and tags["kiln.data_fingerprint"]
+    assert tags["kiln.dag_id"] == "kiln_digits" and tags["kiln.schema"] == "schema/schema.pbtxt"
+    assert tags["kiln.config_sha256"] and tags["kiln.run_snapshot"].endswith("/resolve/run")
+    assert version.description.startswith("Blessed. Eval accuracy")
+    assert client.get_registered_model(name).description == "Digits for the register tests."
+    files = {a.path for a in client.list_artifacts(version.run_id)}
+    assert {"model_card.md", "input_example.json", "tf_serving", "tflite", "contract", "schema", "evaluation"} <= files
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    assert card.startswith(f"# {name} v1") and "Digits for the register tests." in card and "**Blessed: yes.**" in card
 
-    second = RegisteredModel.read(run_step("register", run, try_number=2, inputs=inputs)["registered"]).properties
+    second = RegisteredModel.read(run_step("register", run, try_number=2,
+                                           inputs={k: outputs[k] for k in INPUTS})["registered"]).properties
     assert second.version == 1
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
     mlflow.set_tracking_uri(mlflow_store)
     loaded = mlflow.tensorflow.load_model(f"models:/{name}@challenger")
     assert loaded.predict({"pixels": np.zeros((2, 64), np.float32)}, verbose=0).shape == (2, 10)
-    served = mlflow.artifacts.list_artifacts(first.serving_artifact_uri)
-    assert "tf_serving/saved_model.pb" in {a.path for a in served}
 
 
-def test_unblessed_evaluation_is_not_registered(gated, trained_digits, tmp_path, mlflow_store) -> None:
-    run, inputs = gated
-    with pytest.raises(StepRejected, match="is not blessed"):  # republishes the evaluation, now unblessed
-        strict = resolve(tmp_path / "digits.yaml", tmp_path, mlflow_store, params={"thresholds": {"accuracy": 1.0}})
-        run_step("evaluate", strict, inputs={"model": inputs["model"], "examples": trained_digits["examples"]})
-    with pytest.raises(StepRejected, match="RegisterError: refusing to register .* is not blessed"):
-        run_step("register", run, inputs=inputs)
-    from mlflow import MlflowClient
+def test_an_unblessed_version_is_registered_tagged_and_without_an_alias(trained_digits, tmp_path,
+                                                                       mlflow_store) -> None:
+    name, _, outputs = _registered(trained_digits, tmp_path, mlflow_store, {"accuracy": 1.0})
+    registered = RegisteredModel.read(outputs["registered"]).properties
+    client = MlflowClient(mlflow_store)
+    assert registered.blessed is False and registered.alias is None and aliases(client, name) == {}
+    tags = client.get_model_version(name, str(registered.version)).tags
+    assert tags["kiln.blessed"] == "false"
+    assert "does not meet evaluate.thresholds.accuracy (>= 1)" in tags["kiln.failed_check"]
+    assert client.get_model_version(name, str(registered.version)).description.startswith("Not blessed: eval accuracy")
 
-    name = yaml.safe_load((tmp_path / "digits.yaml").read_text())["registry"]["model_name"]
-    assert MlflowClient(mlflow_store).search_model_versions(f"name = '{name}'") == []
+
+def test_alias_moves_are_audited_and_promotion_keeps_the_rollback_target(mlflow_store) -> None:
+    client = MlflowClient(mlflow_store)
+    name = f"audit-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    for _ in range(3):
+        client.create_model_version(name, source="file:///nowhere")
+    move_alias(client, name, CHALLENGER, 1, "blessed", by="run a")
+    assert promote(client, name, 1, "verified", by="run a") == {CHAMPION: 1}
+    assert promote(client, name, 2, "verified", by="run b") == {CHAMPION: 2, PREVIOUS: 1}
+    assert move_alias(client, name, CHAMPION, 2, "again", by="x") is None, "no move, no entry"
+    entries = history(client, name)
+    assert [(e["alias"], e["from_version"], e["to_version"]) for e in entries] == [
+        (CHALLENGER, None, 1), (CHAMPION, None, 1), (CHALLENGER, 1, None), (PREVIOUS, None, 1), (CHAMPION, 1, 2)]
+    assert entries[-1]["why"] == "verified" and entries[-1]["by"] == "run b" and entries[-1]["when"]
+    assert json.loads(client.get_registered_model(name).tags[HISTORY_TAG]) == entries
 
 
 def test_one_parent_run_per_dag_run_and_pipeline_with_one_child_per_step(trained_digits, tmp_path,

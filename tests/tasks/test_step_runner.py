@@ -30,7 +30,9 @@ def test_an_incomplete_artifact_is_refused(trained_churn, tmp_path, mlflow_store
 
 
 def test_bad_input_becomes_one_line_that_names_its_kind(trained_churn, tmp_path, mlflow_store) -> None:
-    run = resolve(trained_churn["config"], tmp_path, mlflow_store, params={"thresholds": {"accuracy": 1.0}})
+    config = tmp_path / "sliced.yaml"
+    config.write_text(trained_churn["config"].read_text() + "evaluate: {slices: [[colour]]}\n")
+    run = resolve(config, tmp_path, mlflow_store)
     with pytest.raises(StepRejected) as caught:
         run_step("evaluate", run, inputs={"model": trained_churn["model"], "examples": trained_churn["examples"]})
-    assert str(caught.value).startswith("ModelNotBlessedError: model ") and "\n" not in str(caught.value)
+    assert str(caught.value).startswith("EvaluationError: evaluate.slices: 'colour'") and "\n" not in str(caught.value)

@@ -1,0 +1,116 @@
+"""The MLflow model registry as kiln uses it: aliases only (never stages), every alias move appended to
+an audit history on the registered model, and the files a version carries for later steps.
+
+Aliases: `challenger` (blessed, not yet serving), `champion` (serving as `stable`), `previous-champion`
+(the rollback target). The history is a JSON list in the registered model's tag `kiln.alias_history`
+(MLflow keeps registered-model tags up to 100,000 characters; the newest `HISTORY_LIMIT` moves stay).
+MLflow has no compare-and-set, so two writers at the same moment could drop one entry; kiln's writers
+are the pipeline's own runs (one at a time per pipeline) and the operator's CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
+HISTORY_TAG = "kiln.alias_history"
+HISTORY_LIMIT = 200
+SERVING_ARTIFACT_PATH = "tf_serving"  # the exact SavedModel TF Serving runs
+CONTRACT_ARTIFACT_PATH = "contract"  # preprocessing.json: the served features and the label
+CONTRACT_FILE = "preprocessing.json"
+MODEL_CARD = "model_card.md"
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    when: str
+    alias: str
+    from_version: int | None
+    to_version: int | None  # None: the alias was removed
+    why: str
+    by: str  # which DAG run or which operator command
+
+
+def aliases(client: Any, model: str) -> dict[str, int]:
+    """The registered model's aliases (search results do not carry them: read the model itself)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = client.get_registered_model(model)
+    except MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in registered.aliases.items()}
+
+
+def history(client: Any, model: str) -> list[dict[str, Any]]:
+    tags = client.get_registered_model(model).tags
+    try:
+        return json.loads(tags.get(HISTORY_TAG, "[]"))
+    except json.JSONDecodeError:
+        log.warning("registered model %s: unreadable %s tag; starting a new history", model, HISTORY_TAG)
+        return []
+
+
+def move_alias(client: Any, model: str, alias: str, version: int | None, why: str, by: str) -> AliasMove | None:
+    """Point `alias` at `version` (None removes it) and append the move to the history; None if no change."""
+    before = aliases(client, model).get(alias)
+    if before == version:
+        return None
+    if version is None:
+        client.delete_registered_model_alias(model, alias)
+    else:
+        client.set_registered_model_alias(model, alias, str(version))
+    move = AliasMove(when=datetime.now(UTC).isoformat(timespec="seconds"), alias=alias, from_version=before,
+                     to_version=version, why=why, by=by)
+    entries = [*history(client, model), asdict(move)][-HISTORY_LIMIT:]
+    client.set_registered_model_tag(model, HISTORY_TAG, json.dumps(entries))
+    log.info("registry: %s@%s %s -> %s (%s; %s)", model, alias, before, version, why, by)
+    return move
+
+
+def promote(client: Any, model: str, version: int, why: str, by: str) -> dict[str, int]:
+    """champion -> version; the old champion -> previous-champion; challenger is consumed."""
+    current = aliases(client, model)
+    old = current.get(CHAMPION)
+    if old is not None and old != version:
+        move_alias(client, model, PREVIOUS, old, f"replaced as champion by v{version}", by)
+    move_alias(client, model, CHAMPION, version, why, by)
+    if current.get(CHALLENGER) == version:
+        move_alias(client, model, CHALLENGER, None, f"v{version} became champion", by)
+    return aliases(client, model)
+
+
+def describe(client: Any, model: str, description: str) -> None:
+    """Keep the registered model's description current (what it is for, who serves)."""
+    client.update_registered_model(model, description=description)
+
+
+@dataclass(frozen=True)
+class DownloadedVersion:
+    version: int
+    saved_model: Path
+    contract: Path | None  # preprocessing.json, when the version was registered by kiln
+
+
+def download_version(client: Any, model: str, version: int, folder: Path) -> DownloadedVersion:
+    """The version's SavedModel (and contract) from its MLflow run's artifacts."""
+    import mlflow
+
+    run_id = client.get_model_version(model, str(version)).run_id
+    saved_model = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SERVING_ARTIFACT_PATH,
+                                                           dst_path=str(folder), tracking_uri=client.tracking_uri))
+    try:
+        contract_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_ARTIFACT_PATH,
+                                                           dst_path=str(folder), tracking_uri=client.tracking_uri)
+        contract: Path | None = Path(contract_dir) / CONTRACT_FILE
+    except Exception:  # noqa: BLE001 - a version registered before kiln logged contracts has none
+        contract = None
+    return DownloadedVersion(version=version, saved_model=saved_model,
+                             contract=contract if contract and contract.exists() else None)
