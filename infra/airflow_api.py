@@ -128,6 +128,11 @@ class AirflowClient:
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self._call("GET", path, params={"deserialize": True, "stringify": False})["value"]
 
+    def task_links(self, dag_id: str, run_id: str, task_id: str) -> dict[str, str]:
+        """The task's operator extra links that have a URL (name -> URL)."""
+        body = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links")
+        return {name: url for name, url in body["extra_links"].items() if url}
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[dict[str, Any]]:
         """The task's structured log entries (`event`, and `error_detail` on the exception)."""
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{max(try_number, 1)}"

@@ -368,8 +368,7 @@ def status(home: Home = None) -> None:
 
 def _print_pipelines(stack: Stack) -> None:
     from infra.pipelines import discover
-    from infra.runner import airflow_client, registry_aliases
-    from serving.client import RestClient, ServingClientError
+    from infra.runner import airflow_client, registry_aliases, served_state
 
     try:
         client = airflow_client(stack)
@@ -379,17 +378,25 @@ def _print_pipelines(stack: Stack) -> None:
     table = Table(title="pipelines")
     for column in ("pipeline", "task", "last runs", "MLflow aliases", "served versions", "labels"):
         table.add_column(column)
-    with RestClient(stack.serving_rest_url, timeout=5) as serving:
-        for name, path in discover(stack.home).items():
-            try:
-                config = load_config(path, expand_env=False)
-            except BadInputError as exc:
-                table.add_row(name, "-", Text(f"config error: {exc}", "red"), "", "", "")
-                continue
-            table.add_row(name, config.task.type, _last_runs(client, f"kiln_{name}"),
-                          _safe(lambda c=config: str(registry_aliases(stack.mlflow_url, c.registered_model_name))),
-                          *_served(serving, config.served_model_name, ServingClientError))
+    for name, path in discover(stack.home).items():
+        try:
+            config = load_config(path, expand_env=False)
+        except BadInputError as exc:
+            table.add_row(name, "-", Text(f"config error: {exc}", "red"), "", "", "")
+            continue
+        served = _safe(lambda c=config: served_state(stack, c.served_model_name))
+        table.add_row(name, config.task.type, _last_runs(client, f"kiln_{name}"),
+                      _safe(lambda c=config: str(registry_aliases(stack.mlflow_url, c.registered_model_name))),
+                      *_served_cells(served))
     out.print(table)
+
+
+def _served_cells(served: dict[str, Any] | str) -> tuple[str, str]:
+    """(versions, labels) as the server reports them, or why it could not say."""
+    if isinstance(served, str):
+        return served, ""
+    versions = ", ".join(f"v{v}" for v in served["versions"])
+    return versions or "not served", str(served["labels"]) if served["labels"] else ""
 
 
 def _last_runs(client: Any, dag_id: str) -> str:
@@ -402,25 +409,7 @@ def _last_runs(client: Any, dag_id: str) -> str:
     return "\n".join(f"{r['dag_run_id']} {r['state']}" for r in runs) or "none"
 
 
-def _served(serving: Any, model: str, errors: type[Exception]) -> tuple[str, str]:
-    try:
-        states = serving.status(model)
-    except (errors, OSError):
-        return "not served", ""
-    versions = ", ".join(f"v{s['version']} {s['state']}" for s in states)
-    labels = _safe(lambda: str(_labels(serving, model)))
-    return versions, labels
-
-
-def _labels(serving: Any, model: str) -> dict[str, int]:
-    """The labels kiln uses, as the server resolves them."""
-    from serving.deployer import CANARY, STABLE
-
-    versions = {label: serving.label_version(model, label) for label in (STABLE, CANARY)}
-    return {label: version for label, version in versions.items() if version is not None}
-
-
-def _safe(value: Any) -> str:
+def _safe(value: Any) -> Any:
     try:
         return value()
     except Exception as exc:  # noqa: BLE001 - one service being down must not hide the others

@@ -19,6 +19,8 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from infra.airflow_links import XCOM_KEY as LINKS_XCOM
+from infra.airflow_links import links_for
 from infra.pipelines import CONFIG_MARK, config_fingerprint
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError, one_line
@@ -66,6 +68,7 @@ def pipeline_dag(config_path: Path) -> DAG:
             elif spec.role == "step":
                 inputs = {name: outputs[name] for name in spec.inputs}
                 steps[spec.name] = _step_task(spec, _placed(config, spec))(run=outputs["run"], inputs=inputs)
+                steps[spec.name].operator.operator_extra_links = links_for(spec)
                 for name in spec.outputs:
                     outputs[name] = steps[spec.name][name]
         last = [s for s in STEPS if s.role == "step"][-1]
@@ -108,14 +111,17 @@ def _resolve_task(spec: StepSpec, config_path: Path, placement: dict[str, Any], 
 
 def _step_task(spec: StepSpec, placed: dict[str, Any]) -> Any:
     def execute(run: str, inputs: dict[str, str]) -> dict[str, str]:
-        from tasks.step_runner import StepRejected, StepSkipped, run_step
+        from tasks.step_runner import StepRejected, StepSkipped, links, run_step
 
+        ti = get_current_context()["ti"]
         try:
-            return run_step(spec.name, run, get_current_context()["ti"].try_number, inputs)
+            outputs = run_step(spec.name, run, ti.try_number, inputs)
         except StepRejected as exc:
             raise _rejected(str(exc)) from None
         except StepSkipped as exc:  # e.g. push of an unblessed model: skipped in the grid, the run succeeds
             raise AirflowSkipException(str(exc)) from None
+        ti.xcom_push(key=LINKS_XCOM, value=links(spec.name, run, outputs))  # read by the extra links
+        return outputs
 
     execute.__name__ = spec.name
     return task(task_id=spec.name, multiple_outputs=True, doc_md=spec.description, **placed)(execute)

@@ -88,6 +88,18 @@ def _check_outputs(spec: StepSpec, outputs: dict[str, str]) -> None:
         read_manifest(outputs[output_name], kind.KIND)
 
 
+def links(name: str, run_uri: str, outputs: dict[str, str]) -> dict[str, str]:
+    """The step's URLs for people (its MLflow run, the model version, the served model); never raises."""
+    from tasks.links import step_links
+
+    try:
+        snapshot = RunSnapshot.read(run_uri)
+        return step_links(name, step(name).tracked, snapshot.config(), snapshot.context(), outputs)
+    except Exception as exc:  # noqa: BLE001 - a link is a convenience: it must not fail the step
+        log.warning("no links for %s: %s", name, exc)
+        return {}
+
+
 def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str, str] | None = None,
               try_number: int = 1) -> dict[str, str]:
     """Run pipeline steps in registry order in this process (tests, benchmarks: TFX's local runner).

@@ -75,6 +75,15 @@ def tag_parent(config: PipelineConfig, ctx: StepContext, tags: dict[str, str]) -
         mlflow_client.set_tag(run_id, key, value)
 
 
+def find_step_run(config: PipelineConfig, ctx: StepContext, step: str) -> Any | None:
+    """The child run of `step` in this DAG run, if the step opened one."""
+    mlflow_client = client(ctx)
+    exp = experiment_id(mlflow_client, config.registry.experiment)
+    parent = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), PIPELINE_TAG: config.pipeline,
+                                          ROLE_TAG: "parent"})
+    return _search(mlflow_client, exp, {PARENT_TAG: parent.info.run_id, STEP_TAG: step}) if parent else None
+
+
 @contextmanager
 def step_run(config: PipelineConfig, ctx: StepContext, step: str,
              parent_tags: dict[str, str] | None = None) -> Iterator[Any]:

@@ -1,6 +1,7 @@
 """`Model`: the trained model as a SavedModel whose `serving_default` is the serving contract.
 
-Layout: `saved_model/` (what TF Serving loads) and `metrics.jsonl` (one line per epoch). The
+Layout: `saved_model/` (what TF Serving loads), `metrics.jsonl` (one line per epoch) and
+`training_curves.png`. The
 properties carry the served features and label (the contract a client and the later steps need).
 """
 
@@ -13,6 +14,7 @@ from tasks.features import Preprocessing
 
 SAVED_MODEL_DIR = "saved_model"
 METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "training_curves.png"
 
 
 class ModelProperties(Properties):

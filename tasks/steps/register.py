@@ -22,7 +22,7 @@ from typing import Any
 from tasks import tracking
 from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import Model
+from tasks.artifacts.model import CURVES_FILE, Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
@@ -101,6 +101,8 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     mlflow.log_text(trained.preprocessing.model_dump_json(indent=1), f"{CONTRACT_ARTIFACT_PATH}/{CONTRACT_FILE}")
     mlflow.log_artifact(schema.path(SCHEMA_FILE), artifact_path=SCHEMA_ARTIFACT_PATH)
     mlflow.log_artifact(evaluated.path(METRICS_FILE), artifact_path="evaluation")
+    if Path(trained.path(CURVES_FILE)).exists():
+        mlflow.log_artifact(trained.path(CURVES_FILE), artifact_path="training")
     for plot in evaluated.properties.plots:
         mlflow.log_artifact(evaluated.path(plot), artifact_path="evaluation")
     mlflow.log_dict(json_instances(_example_inputs(features), 1)[0], "input_example.json")

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import tracking
+from tasks import plots, tracking
 from tasks.artifacts.base import is_local, local_path
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
+from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
 from tasks.artifacts.transform import TransformGraph
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
@@ -62,6 +62,9 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
         for record in history:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         mlflow.log_metric("train_seconds", train_seconds)
+        if history:
+            plots.training_curves(history, out.dir / CURVES_FILE)
+            mlflow.log_artifact(str(out.dir / CURVES_FILE))
         out.properties = ModelProperties(
             preprocessing=preprocessing, model=train.model, hparams=train.hparams, num_workers=train.num_workers,
             epochs=train.epochs, data_fingerprint=data.properties.source_sha256,

@@ -64,6 +64,13 @@ def port_factory_module():
     return free_port
 
 
+def _airflow(kiln: Kiln):
+    from infra.runner import airflow_client
+    from infra.stack import Stack
+
+    return airflow_client(Stack.load(kiln.home))
+
+
 def test_a_second_up_is_refused(kiln) -> None:
     again = kiln("up", timeout=60)
     assert again.returncode == 2 and "already recorded" in again.stderr
@@ -84,6 +91,15 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     prediction = summary["prediction"]
     assert prediction["class"] in range(10) and prediction["latency_ms"] > 0
     assert Path(summary["summary_path"]).is_file()
+    mlflow_ui = f"http://127.0.0.1:{kiln.env['KILN_MLFLOW_PORT']}"
+    airflow = _airflow(kiln)
+    evaluate_links = airflow.task_links("kiln_digits", summary["run_id"], "evaluate")
+    assert evaluate_links["MLflow run"].startswith(f"{mlflow_ui}/#/experiments/")
+    assert airflow.task_links("kiln_digits", summary["run_id"], "register") == {
+        "MLflow run": airflow.task_links("kiln_digits", summary["run_id"], "register")["MLflow run"],
+        "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
+    assert airflow.task_links("kiln_digits", summary["run_id"], "verify") == {
+        "Served model status": f"{kiln.rest_url}/v1/models/digits"}
 
     # A worse retrain: registered, not blessed, not served; the first version stays stable and champion.
     worse = kiln("run", "--json", str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),

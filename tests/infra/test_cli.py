@@ -167,6 +167,15 @@ def test_the_shipped_pipelines_are_valid_and_get_as_far_as_the_stack(home):
         assert code == 2 and lines == [f"error: no stack is running for KILN_HOME={home}; start one with `kiln up`"]
 
 
+def test_lineage_of_an_unknown_version_is_one_line(home, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, lines = invoke("lineage", "kiln-nothing", "3", "--tracking-uri", store)
+    lines = [line for line in lines if "mlflow.store.db.utils" not in line]  # MLflow creating the new store
+    assert code == 2 and lines == [f"error: no version 3 of registered model 'kiln-nothing' at {store}"]
+    code, lines = invoke("lineage", "digits", "1")
+    assert code == 2 and len(lines) == 1 and "no stack is running" in lines[0]
+
+
 def test_steps_lists_the_registry():
     from tasks.registry import STEP_NAMES
 

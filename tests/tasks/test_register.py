@@ -57,7 +57,8 @@ def test_a_blessed_version_is_challenger_with_its_story_and_a_retry_reuses_it(tr
     assert version.description.startswith("Blessed. Eval accuracy")
     assert client.get_registered_model(name).description == "Digits for the register tests."
     files = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"model_card.md", "input_example.json", "tf_serving", "tflite", "contract", "schema", "evaluation"} <= files
+    assert {"model_card.md", "input_example.json", "tf_serving", "tflite", "contract", "schema", "evaluation",
+            "training"} <= files
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     assert card.startswith(f"# {name} v1") and "Digits for the register tests." in card and "**Blessed: yes.**" in card
 

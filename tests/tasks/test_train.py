@@ -70,6 +70,7 @@ def test_train_logs_params_and_epoch_metrics_to_mlflow(trained_digits, mlflow_st
     assert run.data.params["train.epochs"] == "3" and run.data.params["train.hparams.image_shape"] == "[8, 8, 1]"
     assert run.data.tags["kiln.step"] == "train"
     assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3]
+    assert "training_curves.png" in {a.path for a in client.list_artifacts(run_id)}
 
 
 CUSTOM_BODY = '''
