@@ -223,7 +223,22 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     for key, value in summary_rows(summary):
         table.add_row(key, Text(str(value)))
     out.print(table)
+    _print_checks(summary["blessing"])
     _say_if_not_promoted(summary)
+
+
+def _print_checks(blessing: dict[str, Any]) -> None:
+    if not blessing["checks"]:
+        return
+    champion = f" (against champion v{blessing['champion_version']})" if blessing["champion_version"] else ""
+    table = Table(title=f"blessing checks{champion}: {'blessed' if blessing['blessed'] else 'NOT blessed'}")
+    for column in ("check", "value", "threshold", "result"):
+        table.add_column(column)
+    for check in blessing["checks"]:
+        table.add_row(check["name"], "-" if check["value"] is None else f"{check['value']:.4f}",
+                      "-" if check["threshold"] is None else f"{check['threshold']:.4f}",
+                      Text("pass", "green") if check["passed"] else Text("FAIL", "red"))
+    out.print(table)
 
 
 def _say_if_not_promoted(summary: dict[str, Any]) -> None:
@@ -241,14 +256,16 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         lite = f"skipped: {tflite.get('skipped_reason', 'tflite: none')}"
     mlflow, serving, blessing = summary["mlflow"], summary["serving"], summary["blessing"]
-    checks = "; ".join(f"{'pass' if c['passed'] else 'FAIL'}: {c['reason']}" for c in blessing["checks"])
+    failed = sum(not c["passed"] for c in blessing["checks"])
+    verdict = f"blessed ({len(blessing['checks'])} checks passed)" if blessing["blessed"] \
+        else f"NOT blessed ({failed} of {len(blessing['checks'])} checks failed)"
     rows = [
         ("state", summary["state"]),
         ("wall time", f"{summary['wall_seconds']} s, of which {summary['scheduling_overhead_seconds']} s "
                       f"({summary['scheduling_overhead_percent']} %) with no task running"),
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
         (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
-        ("blessing", f"{'blessed' if blessing['blessed'] else 'NOT blessed'}: {checks or 'no thresholds'}"),
+        ("blessing", verdict),
         ("TFLite", lite),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import BadInputError
-from tasks.model_registry import HISTORY_TAG, MODEL_CARD
+from tasks.model_registry import BLESSED_TAG, HISTORY_TAG, MODEL_CARD
 
 
 class LineageError(BadInputError):
@@ -43,7 +43,7 @@ def lineage(tracking_uri: str, model: str, version: int) -> dict[str, Any]:
         "model": model,
         "version": version,
         "aliases": sorted(alias for alias, v in registered.aliases.items() if int(v) == version),
-        "blessed": tags.get("kiln.blessed") == "true",
+        "blessed": tags.get(BLESSED_TAG) == "true",
         "failed_check": tags.get("kiln.failed_check"),
         "forced_push_reason": tags.get("kiln.forced_push_reason"),
         "dag_id": tags.get("kiln.dag_id"),

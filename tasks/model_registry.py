@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
 HISTORY_TAG = "kiln.alias_history"
+BLESSED_TAG = "blessed"  # on each model version: true or false
 HISTORY_LIMIT = 200
 SERVING_ARTIFACT_PATH = "tf_serving"  # the exact SavedModel TF Serving runs
 CONTRACT_ARTIFACT_PATH = "contract"  # preprocessing.json: the served features and the label

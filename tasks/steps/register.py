@@ -8,7 +8,7 @@ version as champion), the schema (`schema/schema.pbtxt`), the evaluation (`evalu
 checks, plots) and a model card (`model_card.md`). Version tags link it to its DAG run, data and
 schema, so a served version number leads back to them through MLflow alone (`kiln lineage`).
 
-A blessed version gets the alias `challenger`; an unblessed one is registered with `kiln.blessed=false`
+A blessed version gets the alias `challenger`; an unblessed one is registered with `blessed=false`
 and its first failed check, and no alias. A retry finds the version by its `kiln.run_id` tag.
 """
 
@@ -28,9 +28,10 @@ from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
-from tasks.features import FeatureSpec, json_instances
+from tasks.features import FeatureSpec
 from tasks.model_card import model_card
 from tasks.model_registry import (
+    BLESSED_TAG,
     CHALLENGER,
     CONTRACT_ARTIFACT_PATH,
     CONTRACT_FILE,
@@ -93,8 +94,9 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     saved_model = Path(trained.saved_model)
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features
+    example = _example_inputs(features)
     info = mlflow.tensorflow.log_model(keras_model, name="model", pip_requirements=_requirements(),
-                                       signature=_signature(saved_model, features))
+                                       signature=_signature(saved_model, example), input_example=example)
     mlflow.log_artifacts(str(saved_model), artifact_path=SERVING_ARTIFACT_PATH)
     if optimized.tflite_path:
         mlflow.log_artifact(optimized.tflite_path, artifact_path="tflite")
@@ -105,7 +107,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
         mlflow.log_artifact(trained.path(CURVES_FILE), artifact_path="training")
     for plot in evaluated.properties.plots:
         mlflow.log_artifact(evaluated.path(plot), artifact_path="evaluation")
-    mlflow.log_dict(json_instances(_example_inputs(features), 1)[0], "input_example.json")
+    mlflow.log_dict(optimized.properties.model_dump(mode="json"), "compression.json")
     props = evaluated.properties
     metrics = {f"eval_{k}": v for k, v in props.metrics.items() if v == v}  # NaN is not a metric
     metrics |= {k: float(v) for k, v in optimized.properties.model_dump().items()
@@ -118,7 +120,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
             "kiln.parent_run_id": tracking.parent_run(config, ctx),
             "kiln.data_source": examples_props.source, "kiln.data_fingerprint": examples_props.source_sha256,
             "kiln.schema": f"{SCHEMA_ARTIFACT_PATH}/{SCHEMA_FILE}", "kiln.schema_origin": schema.properties.origin,
-            "kiln.blessed": str(props.blessed).lower(), **{k: v for k, v in ctx.lineage.items() if v},
+            BLESSED_TAG: str(props.blessed).lower(), **{k: v for k, v in ctx.lineage.items() if v},
             **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
     if not props.blessed:
         tags["kiln.failed_check"] = (props.first_failure or "")[:5000]
@@ -158,10 +160,9 @@ def _example_inputs(features: list[FeatureSpec]) -> dict[str, Any]:
             for f in features}
 
 
-def _signature(saved_model: Path, features: list[FeatureSpec]) -> Any:
-    """Tensor signature from one real call of the serving signature (mlflow's `input_example` path is buggy)."""
+def _signature(saved_model: Path, example: dict[str, Any]) -> Any:
+    """Tensor signature from one real call of the serving signature: the outputs TF Serving answers with."""
     from mlflow.models import infer_signature
 
-    sample = _example_inputs(features)
-    outputs = {k: v.numpy() for k, v in load_serving_function(saved_model)(**sample).items()}
-    return infer_signature(sample, outputs)
+    outputs = {k: v.numpy() for k, v in load_serving_function(saved_model)(**example).items()}
+    return infer_signature(example, outputs)

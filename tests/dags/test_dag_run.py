@@ -107,7 +107,7 @@ def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succee
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     [version] = client.search_model_versions("name = 'kiln-digits'")
-    assert version.tags["kiln.blessed"] == "false" and client.get_registered_model("kiln-digits").aliases == {}
+    assert version.tags["blessed"] == "false" and client.get_registered_model("kiln-digits").aliases == {}
     assert model_server.config_file.read_text().strip() == "model_config_list {\n}", "serving untouched"
 
 

@@ -122,6 +122,12 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     walked = json.loads(lineage.stdout)
     assert walked["model"] == "kiln-digits" and walked["dag_run_id"] == second["run_id"]
     assert walked["blessed"] is False and walked["failed_check"] == failed[0]["reason"]
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(mlflow_ui)
+    for version in (1, 2):  # what the MLflow UI shows: both versions, each with its model card
+        run_id = registry.get_model_version("kiln-digits", str(version)).run_id
+        assert "model_card.md" in {a.path for a in registry.list_artifacts(run_id)}
 
 
 def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:

@@ -51,14 +51,17 @@ def test_a_blessed_version_is_challenger_with_its_story_and_a_retry_reuses_it(tr
     assert aliases(client, name) == {CHALLENGER: 1}
     version = client.get_model_version(name, "1")
     tags = version.tags
-    assert tags["kiln.blessed"] == "true" and float(tags["accuracy"]) > 0 and tags["kiln.data_fingerprint"]
+    assert tags["blessed"] == "true" and float(tags["accuracy"]) > 0 and tags["kiln.data_fingerprint"]
     assert tags["kiln.dag_id"] == "kiln_digits" and tags["kiln.schema"] == "schema/schema.pbtxt"
     assert tags["kiln.config_sha256"] and tags["kiln.run_snapshot"].endswith("/resolve/run")
     assert version.description.startswith("Blessed. Eval accuracy")
     assert client.get_registered_model(name).description == "Digits for the register tests."
     files = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"model_card.md", "input_example.json", "tf_serving", "tflite", "contract", "schema", "evaluation",
+    assert {"model_card.md", "compression.json", "tf_serving", "tflite", "contract", "schema", "evaluation",
             "training"} <= files
+    logged = mlflow.models.get_model_info(f"models:/{name}/1")
+    assert logged.saved_input_example_info["artifact_path"] == "input_example.json"
+    assert [i["name"] for i in logged.signature.inputs.to_dict()] == ["pixels"]
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     assert card.startswith(f"# {name} v1") and "Digits for the register tests." in card and "**Blessed: yes.**" in card
 
@@ -79,7 +82,7 @@ def test_an_unblessed_version_is_registered_tagged_and_without_an_alias(trained_
     client = MlflowClient(mlflow_store)
     assert registered.blessed is False and registered.alias is None and aliases(client, name) == {}
     tags = client.get_model_version(name, str(registered.version)).tags
-    assert tags["kiln.blessed"] == "false"
+    assert tags["blessed"] == "false"
     assert "does not meet evaluate.thresholds.accuracy (>= 1)" in tags["kiln.failed_check"]
     assert client.get_model_version(name, str(registered.version)).description.startswith("Not blessed: eval accuracy")
 
