@@ -346,6 +346,10 @@ def lineage(
         print(json.dumps(found, indent=2))
         return
     table = Table(title=f"{found['model']} v{found['version']}", show_header=False)
+    schema = found.pop("schema")
+    features = schema["features"]
+    found["schema"] = f"{schema['artifact']} ({len(features)} features: {', '.join(features[:4])}" \
+                      f"{', ...' if len(features) > 4 else ''})"
     for key, value in found.items():
         if key not in ("model", "version") and value not in (None, [], ""):
             table.add_row(key, Text(json.dumps(value) if isinstance(value, list | dict) else str(value)))

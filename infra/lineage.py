@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import BadInputError
-from tasks.model_registry import BLESSED_TAG, HISTORY_TAG, MODEL_CARD
+from tasks.model_registry import BLESSED_TAG, HISTORY_TAG, MODEL_CARD, quiet_downloads
 
 
 class LineageError(BadInputError):
@@ -23,6 +23,7 @@ def lineage(tracking_uri: str, model: str, version: int) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
     from tensorflow_metadata.proto.v0 import schema_pb2
 
+    quiet_downloads()
     client = MlflowClient(tracking_uri)
     try:
         found = client.get_model_version(model, str(version))

@@ -100,10 +100,18 @@ class DownloadedVersion:
     contract: Path | None  # preprocessing.json, when the version was registered by kiln
 
 
+def quiet_downloads() -> None:
+    """No progress bars from MLflow's downloads: they clutter task logs and the CLI."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
+
+
 def download_version(client: Any, model: str, version: int, folder: Path) -> DownloadedVersion:
     """The version's SavedModel (and contract) from its MLflow run's artifacts."""
     import mlflow
 
+    quiet_downloads()
     run_id = client.get_model_version(model, str(version)).run_id
     saved_model = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SERVING_ARTIFACT_PATH,
                                                            dst_path=str(folder), tracking_uri=client.tracking_uri))
