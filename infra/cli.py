@@ -223,8 +223,37 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     for key, value in summary_rows(summary):
         table.add_row(key, Text(str(value)))
     out.print(table)
+    _print_variants(summary["optimize"])
     _print_checks(summary["blessing"])
     _say_if_not_promoted(summary)
+
+
+def _optimize_line(optimize: dict[str, Any], metric: str) -> str:
+    baseline = optimize["baseline"]
+    if baseline["skipped_reason"]:
+        return f"no TFLite: {baseline['skipped_reason']}"
+    chosen = next((v for v in optimize["variants"] if v["name"] == optimize["selected"]), baseline)
+    ratio = baseline["gzip_bytes"] / chosen["gzip_bytes"]
+    return (f"{chosen['name']}: {metric} {chosen['metric']:.4f} (float32 {baseline['metric']:.4f}), "
+            f"{chosen['gzip_bytes']:,} B gzip, {ratio:.1f}x smaller; budget {optimize['budget']:g} "
+            f"{optimize['budget_unit']}")
+
+
+def _print_variants(optimize: dict[str, Any]) -> None:
+    if not optimize["variants"]:
+        return
+    table = Table(title=f"optimize: selected {optimize['selected']} (budget {optimize['budget']:g} "
+                        f"{optimize['budget_unit']})")
+    for column in ("variant", optimize["baseline"]["metric_name"], "bytes", "gzip", "p50 ms", "sparsity", "budget"):
+        table.add_column(column, justify="left" if column in ("variant", "budget") else "right")
+    for v in [optimize["baseline"], *optimize["variants"]]:
+        name = Text(v["name"], "bold") if v["name"] == optimize["selected"] else v["name"]
+        if v["skipped_reason"]:
+            table.add_row(name, Text(f"skipped: {v['skipped_reason']}", "dim"), "", "", "", "", "")
+            continue
+        table.add_row(name, f"{v['metric']:.4f}", f"{v['bytes']:,}", f"{v['gzip_bytes']:,}",
+                      f"{v['latency_ms_p50']:.3f}", f"{v['sparsity']:.0%}", "within" if v["within_budget"] else "over")
+    out.print(table)
 
 
 def _print_checks(blessing: dict[str, Any]) -> None:
@@ -249,12 +278,7 @@ def _say_if_not_promoted(summary: dict[str, Any]) -> None:
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     metric = HEADLINE[summary["task"]]
-    tflite = summary["tflite"]
-    if "tflite_metric" in tflite:
-        lite = (f"{metric} {tflite['tflite_metric']:.4f} (SavedModel {tflite['saved_model_metric']:.4f}); "
-                f"{tflite['tflite_bytes']:,} B, gzip {tflite['tflite_gzip_bytes']:,} B")
-    else:
-        lite = f"skipped: {tflite.get('skipped_reason', 'tflite: none')}"
+    lite = _optimize_line(summary["optimize"], metric)
     mlflow, serving, blessing = summary["mlflow"], summary["serving"], summary["blessing"]
     failed = sum(not c["passed"] for c in blessing["checks"])
     verdict = f"blessed ({len(blessing['checks'])} checks passed)" if blessing["blessed"] \
@@ -266,7 +290,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
         (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
         ("blessing", verdict),
-        ("TFLite", lite),
+        ("optimize", lite),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} versions {serving['versions']}, labels {serving['labels']}"

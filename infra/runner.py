@@ -154,7 +154,10 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         verified = ServingVerification.read(output("verify", "verification")).properties
         summary["verification"] = {"version": verified.served_version, "examples": verified.examples,
                                    "max_relative_diff": verified.max_relative_diff}
-    summary["tflite"] = optimized.model_dump(exclude={"tflite"}, exclude_none=True)
+    summary["optimize"] = {"baseline": optimized.baseline.model_dump(), "variants": [v.model_dump() for v in
+                                                                                  optimized.variants],
+                           "selected": optimized.selected, "budget": optimized.budget,
+                           "budget_unit": optimized.budget_unit, "served_saved_model": optimized.served_saved_model}
     summary["mlflow"] = {
         "tracking_uri": stack.mlflow_url,
         "model_name": registered.model_name,

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.compression.variants import ALL as ALL_VARIANTS
+from tasks.compression.variants import VariantName
 from tasks.errors import BadInputError
 from tasks.metrics import TASK_METRICS
 from tasks.models.contract import is_file_reference
@@ -114,7 +116,22 @@ class EvaluateConfig(_Strict):
 
 
 class OptimizeConfig(_Strict):
-    tflite: Literal["dynamic_range", "none"] = Field("dynamic_range", description="TFLite conversion to try")
+    variants: list[VariantName] = Field(
+        list(ALL_VARIANTS),
+        description="compressed variants to build and measure against the float32 TFLite baseline ([] for "
+                    "the baseline only)")
+    budget: float | None = Field(
+        None, ge=0, description="metric loss accepted for a smaller model: accuracy points for classification "
+                                "(default 1.0), relative RMSE increase for regression (default 0.05); 0 keeps "
+                                "the float model")
+    target_sparsity: float = Field(0.8, gt=0, lt=1, description="share of weights magnitude pruning zeroes")
+    fine_tune_epochs: int = Field(2, ge=1, le=100, description="epochs of pruning / quantization-aware fine-tuning")
+    fine_tune_learning_rate: float | None = Field(None, gt=0, lt=1,
+                                                  description="default: a tenth of train.learning_rate")
+    prune_skip: list[str] = Field([], description="layers (names or glob patterns) never pruned; the head never is")
+    integer_io: bool = Field(False, description="int8 inputs and outputs for the int8 variants (edge devices)")
+    representative_examples: int = Field(200, ge=10, le=10_000, description="train examples that calibrate int8")
+    latency_runs: int = Field(200, ge=10, le=100_000, description="batch-1 calls timed per variant")
 
 
 class RegistryConfig(_Strict):
@@ -183,6 +200,13 @@ class PipelineConfig(_Strict):
                     raise ValueError(f"evaluate.{field}: {name!r} is not a {self.task.type} metric; "
                                      f"{self.task.type} metrics are {', '.join(sorted(metrics))}")
         return self
+
+    @property
+    def optimize_budget(self) -> float:
+        """The budget in the task's own units (accuracy points, or a relative RMSE increase)."""
+        if self.optimize.budget is not None:
+            return self.optimize.budget
+        return 1.0 if self.task.type == "classification" else 0.05
 
     @property
     def registered_model_name(self) -> str:

@@ -53,6 +53,17 @@ class StepContext:
         safe_run = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in self.run_id)
         return "/".join([self.artifact_root.rstrip("/"), self.pipeline, safe_run, step, name])
 
+    def work_dir(self, step: str) -> Path:
+        """A step's scratch that outlives a failed try (so a retry resumes): beside the artifacts when they
+        are local, else under the machine's temp folder."""
+        import hashlib
+        import tempfile
+
+        uri = self.output_uri(step, ".work")
+        if "://" not in uri or uri.startswith("file://"):
+            return Path(uri.removeprefix("file://"))
+        return Path(tempfile.gettempdir()) / "kiln-work" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
     def require_tracking_uri(self) -> str:
         if not self.tracking_uri:
             raise NotConfiguredError("the run has no MLflow tracking URI (registry.tracking_uri or the stack's)")

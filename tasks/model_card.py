@@ -56,14 +56,8 @@ def model_card(*, config: Any, version: int, run: dict[str, str], examples: Any,
         lines += [f"| {s['slice']} | {s['examples']} | {_number(s['metrics'].get(headline))} | "
                   + (f"{_number((s['champion_metrics'] or {}).get(headline))} |" if champion_name else "")
                   for s in slices]
-    lines += ["", "## Size", ""]
-    if optimized.tflite_bytes:
-        lines.append(f"SavedModel {optimized.saved_model_bytes:,} B; TFLite ({optimized.tflite}) "
-                     f"{optimized.tflite_bytes:,} B, gzip {optimized.tflite_gzip_bytes:,} B; {optimized.metric} "
-                     f"{_number(optimized.tflite_metric)} (SavedModel {_number(optimized.saved_model_metric)}).")
-    else:
-        lines.append(f"SavedModel {optimized.saved_model_bytes:,} B; no TFLite file: "
-                     f"{optimized.skipped_reason or 'optimize.tflite is none'}.")
+    lines += ["", "## Compression", "", f"SavedModel {optimized.saved_model_bytes:,} B. TFLite variants, measured "
+              f"with LiteRT on the eval split:", "", optimized.table().rstrip()]
     lines += ["", "## Lineage", "", *[f"* {key}: `{value}`" for key, value in run.items() if value],
               f"* model: `{model.properties.model}` with hparams `{model.properties.hparams}`, "
               f"{model.properties.epochs} epochs on {model.properties.num_workers} worker(s)", ""]

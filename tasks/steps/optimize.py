@@ -1,116 +1,234 @@
-"""Optimize: post-training dynamic-range TFLite of the SavedModel, measured, not assumed.
+"""Optimize: prune and quantize the trained model the way the tfmot guides do, measure every variant
+honestly, and ship the smallest one that stays within the accuracy budget.
 
-Reports sizes (SavedModel, .tflite, gzipped .tflite) and the task's headline metric of the TFLite
-model beside the SavedModel's, run with LiteRT's interpreter (tf.lite.Interpreter is deprecated).
-A model whose ops the TFLite builtins lack (string lookups need Select TF ops, which LiteRT's
-interpreter here cannot run) gets no TFLite file; the reason is recorded, the run goes on.
+The baseline is the float32 TFLite conversion of the trained model (not the SavedModel). Variants
+(`optimize.variants`): post-training dynamic-range, float16 and full-integer int8 (calibrated on train
+examples), quantization-aware training, magnitude pruning to `optimize.target_sparsity`, and both
+combined. The fine-tunes run in the multi-worker launcher that trains. Every variant is measured with
+LiteRT's interpreter, one thread: the task's headline metric on the eval split, bytes, gzip bytes,
+batch-1 latency p50/p99 and the sparsity of its weights read from the file. The selection is the
+smallest (gzip) variant whose metric is within `optimize.budget` of the baseline. A variant that cannot
+be built (a layer tfmot does not support) or converted (string lookups need Select TF ops) is skipped
+with the reason recorded.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tasks.artifacts.base import is_local
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
-from tasks.artifacts.optimized import TFLITE_FILE, OptimizedModel, OptimizedProperties
+from tasks.artifacts.optimized import (
+    PRUNED_SAVED_MODEL,
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PLOT,
+    TFLITE_FILE,
+    OptimizedModel,
+    OptimizedProperties,
+    VariantResult,
+)
+from tasks.compression import tflite
+from tasks.compression.variants import BASELINE, RECIPES, fine_tunes_needed
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import LabelSpec, load_arrays
-from tasks.metrics import classification_metrics, headline, regression_metrics
+from tasks.metrics import HEADLINE, classification_metrics, regression_metrics
 from tasks.models.assemble import PREDICTION, PROBABILITIES
-from tasks.models.export import SIGNATURE, predict
+from tasks.training.launcher import run_workers
 
 log = logging.getLogger(__name__)
-
-
-class ConversionSkipped(Exception):
-    """The converter or the interpreter cannot handle this model; the message says why."""
 
 
 def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> dict[str, str]:
     import mlflow
 
     trained = Model.read(model)
-    saved_model = Path(trained.saved_model)
+    data = Examples.read(examples)
     label = trained.preprocessing.label
-    mode = config.optimize.tflite
+    features = trained.preprocessing.features
+    eval_inputs, targets = load_arrays(data.split_files("eval"), features, label)
+    work = ctx.work_dir("optimize")
     out_uri = ctx.output_uri("optimize", "optimized")
     with OptimizedModel.publish(out_uri) as out:
-        properties: dict[str, Any] = {"tflite": mode, "saved_model_bytes": _dir_bytes(saved_model)}
-        if mode == "dynamic_range":
-            inputs, targets = load_arrays(Examples.read(examples).split_files("eval"),
-                                          trained.preprocessing.features, label)
-            try:
-                tflite = convert_dynamic_range(saved_model)
-                lite = run_tflite(tflite, inputs)
-            except ConversionSkipped as exc:
-                properties["skipped_reason"] = str(exc)
-                log.warning("optimize: no TFLite file: %s", exc)
-            else:
-                (out.dir / TFLITE_FILE).write_bytes(tflite)
-                properties.update(_measure(label, targets, lite, predict(saved_model, inputs)),
-                                  tflite_bytes=len(tflite), tflite_gzip_bytes=len(gzip.compress(tflite, 9)),
-                                  num_examples=int(len(targets)))
-        out.properties = OptimizedProperties(**properties)
-        mlflow.log_metrics({k: float(v) for k, v in properties.items()
-                            if isinstance(v, int | float) and not isinstance(v, bool)})
-        if properties.get("skipped_reason"):
-            mlflow.set_tag("kiln.tflite_skipped", properties["skipped_reason"][:250])
-    log.info("optimize: %s", ", ".join(f"{k}={v}" for k, v in properties.items()))
+        measure = _Measure(label, eval_inputs, targets, config.optimize.latency_runs)
+        files: dict[str, bytes] = {}
+        baseline = measure.variant(BASELINE, lambda: tflite.convert(Path(trained.saved_model), "float32"), files)
+        variants: list[VariantResult] = []
+        sources: dict[str, Path | str] = {"trained": Path(trained.saved_model)}
+        if baseline.skipped_reason:
+            variants = [_skipped(v, label, f"the float32 baseline does not convert: {baseline.skipped_reason}")
+                        for v in config.optimize.variants]
+        else:
+            sources |= _fine_tune(config, ctx, trained, data, work, fine_tunes_needed(config.optimize.variants))
+            representative = _representative(data, trained, config.optimize.representative_examples)
+            for name in config.optimize.variants:
+                source, conversion = RECIPES[name]
+                if isinstance(sources.get(source), str):  # the fine-tune was skipped: its reason
+                    variants.append(_skipped(name, label, sources[source]))
+                    continue
+                variants.append(measure.variant(name, lambda s=source, c=conversion: tflite.convert(
+                    sources[s], c, representative, config.optimize.integer_io), files))
+        budget = config.optimize_budget
+        baseline, *variants = (_with_budget(r, baseline, label, budget) for r in [baseline, *variants])
+        selected = _select(baseline, variants, budget)
+        served = "pruned" if RECIPES[selected.name][0] in ("pruned", "pruned_qat") else "trained"
+        _write_files(out.dir, files, selected.name, served, sources)
+        out.properties = OptimizedProperties(
+            metric_name=HEADLINE[label.task], budget=budget,
+            budget_unit="accuracy points" if label.task == "classification" else "relative RMSE increase",
+            saved_model_bytes=_dir_bytes(Path(trained.saved_model)), baseline=baseline, variants=variants,
+            selected=selected.name, served_saved_model=served)
+        _report(out.dir, out.properties)
+        for name in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
+            mlflow.log_artifact(str(out.dir / name))
+        mlflow.log_metrics({f"{r.name}_{key}": float(getattr(r, key)) for r in [baseline, *variants]
+                            for key in ("metric", "gzip_bytes", "latency_ms_p50", "sparsity")
+                            if getattr(r, key) is not None})
+        mlflow.set_tag("kiln.optimized_variant", selected.name)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("optimize:\n%s", (Path(out_uri) / REPORT_MD).read_text() if is_local(out_uri) else selected.name)
     return {"optimized": out_uri}
 
 
-def convert_dynamic_range(saved_model_dir: Path) -> bytes:
-    """Weights int8, activations float, TFLite builtin ops only: no representative data set needed."""
-    import tensorflow as tf
+class _Measure:
+    """Runs and times each variant's TFLite file the same way: LiteRT, one thread, the whole eval split."""
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    try:
-        return converter.convert()
-    except Exception as exc:  # the converter raises a zoo of types; one line is what the record needs
-        raise ConversionSkipped(f"TFLite conversion failed: {_unsupported_ops(str(exc))}") from None
+    def __init__(self, label: LabelSpec, inputs: dict[str, Any], targets: Any, runs: int):
+        self.label, self.inputs, self.targets, self.runs = label, inputs, targets, runs
+        self.example = {name: values[:1] for name, values in inputs.items()}
 
+    def variant(self, name: str, build: Any, files: dict[str, bytes]) -> VariantResult:
+        metric_name = HEADLINE[self.label.task]
+        try:
+            model = build()
+            outputs = tflite.Runner(model)(self.inputs)
+            p50, p99 = tflite.latency_ms(model, self.example, self.runs)
+            sparsity, layers = tflite.weight_sparsity(model)
+        except tflite.ConversionSkipped as exc:
+            log.warning("optimize: %s skipped: %s", name, exc)
+            return VariantResult(name=name, metric_name=metric_name, skipped_reason=str(exc))
+        files[name] = model
+        result = VariantResult(name=name, metric_name=metric_name, metric=self._metric(outputs), bytes=len(model),
+                               gzip_bytes=len(gzip.compress(model, 9)), latency_ms_p50=round(p50, 4),
+                               latency_ms_p99=round(p99, 4), sparsity=round(sparsity, 4), layer_sparsity=layers)
+        log.info("optimize: %s", result.model_dump_json(exclude_none=True))
+        return result
 
-def _unsupported_ops(message: str) -> str:
-    """The converter's list of ops outside the TFLite builtins, or its first line."""
-    ops: list[str] = []
-    for marker in ("TF Select ops:", "Resource ops:"):
-        for part in message.split(marker)[1:]:
-            ops += [op.strip() for op in part.splitlines()[0].split(",") if op.strip()]
-    if ops:
-        return f"ops outside the TFLite builtins ({', '.join(dict.fromkeys(ops))}); they need Select TF ops, " \
-               f"which LiteRT's interpreter here does not include"
-    return message.strip().splitlines()[0][:300]
-
-
-def run_tflite(tflite: bytes, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run the TFLite `serving_default` signature over all rows at once."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    try:
-        runner = Interpreter(model_content=tflite).get_signature_runner(SIGNATURE)
-        return runner(**{name: np.asarray(values) for name, values in inputs.items()})
-    except (RuntimeError, ValueError) as exc:
-        raise ConversionSkipped(f"LiteRT cannot run the converted model: {str(exc).splitlines()[0][:300]}") from None
+    def _metric(self, outputs: dict[str, Any]) -> float:
+        if self.label.task == "classification":
+            return classification_metrics(self.targets, outputs[PROBABILITIES], self.label.classes or [])["accuracy"]
+        return regression_metrics(self.targets, np.asarray(outputs[PREDICTION]).reshape(-1))["rmse"]
 
 
-def _measure(label: LabelSpec, targets: Any, lite: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+def _skipped(name: str, label: LabelSpec, reason: str) -> VariantResult:
+    return VariantResult(name=name, metric_name=HEADLINE[label.task], skipped_reason=reason)
+
+
+def _loss(result: VariantResult, baseline: VariantResult, label: LabelSpec) -> float:
+    """The variant's metric loss against the baseline in the budget's units."""
     if label.task == "classification":
-        score = lambda out: classification_metrics(targets, out[PROBABILITIES], label.classes or [])  # noqa: E731
-        agreement = float(np.mean(lite[PROBABILITIES].argmax(axis=1) == saved[PROBABILITIES].argmax(axis=1)))
-    else:
-        score = lambda out: regression_metrics(targets, out[PREDICTION])  # noqa: E731
-        close = np.abs(lite[PREDICTION] - saved[PREDICTION]) <= 0.01 * (label.std or 1.0)
-        agreement = float(np.mean(close))
-    name, tflite_value = headline(label.task, score(lite))
-    return {"metric": name, "tflite_metric": tflite_value, "saved_model_metric": headline(label.task, score(saved))[1],
-            "agreement_with_saved_model": agreement}
+        return (baseline.metric - result.metric) * 100  # accuracy points
+    return (result.metric - baseline.metric) / baseline.metric if baseline.metric else 0.0
+
+
+def _with_budget(result: VariantResult, baseline: VariantResult, label: LabelSpec, budget: float) -> VariantResult:
+    if result.metric is None or baseline.metric is None:
+        return result
+    return result.model_copy(update={"within_budget": _loss(result, baseline, label) <= budget + 1e-12})
+
+
+def _select(baseline: VariantResult, variants: list[VariantResult], budget: float) -> VariantResult:
+    """The smallest (gzip bytes) variant within the budget; a budget of 0 keeps the float model."""
+    if budget == 0 or baseline.metric is None:
+        return baseline
+    eligible = [baseline, *(v for v in variants if v.within_budget)]
+    return min(eligible, key=lambda v: (v.gzip_bytes, v.name != BASELINE))
+
+
+def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, data: Examples, work: Path,
+               jobs: list[str]) -> dict[str, Path | str]:
+    """Fine-tuned SavedModels by name (or, for a fine-tune tfmot could not build, the reason)."""
+    if not jobs:
+        return {}
+    outputs = {job: work / job for job in jobs}
+    opt, train = config.optimize, config.train
+    spec = {
+        "mode": "compress",
+        "train_files": data.split_files("train"), "eval_files": data.split_files("eval"),
+        "num_train": data.properties.row_counts["train"], "num_eval": data.properties.row_counts["eval"],
+        "preprocessing": trained.preprocessing.model_dump(mode="json"), "model": trained.properties.model,
+        "hparams": trained.properties.hparams, "train": train.model_dump(mode="json"),
+        "initial_weights": str(Path(trained.saved_model) / "variables" / "variables"),
+        "fine_tunes": jobs, "fine_tune_epochs": opt.fine_tune_epochs,
+        "learning_rate": opt.fine_tune_learning_rate or train.learning_rate / 10,
+        "target_sparsity": opt.target_sparsity, "prune_skip": opt.prune_skip,
+        "outputs": {job: str(path) for job, path in outputs.items()},
+        "report_path": str(work / "fine_tunes.json"), "scratch_dir": str(work / "scratch"),
+    }
+    run_workers(spec, train.num_workers, train.worker_timeout_seconds, work)
+    report = json.loads((work / "fine_tunes.json").read_text())
+    return {job: report[job]["skipped"] if "skipped" in report.get(job, {}) else outputs[job] for job in jobs}
+
+
+def _representative(data: Examples, trained: Model, count: int) -> Any:
+    """Train examples, one at a time, as the int8 converter calibrates with them."""
+    inputs, _ = load_arrays(data.split_files("train"), trained.preprocessing.features, trained.preprocessing.label,
+                            limit=count)
+
+    def examples() -> Any:
+        for index in range(len(next(iter(inputs.values())))):
+            yield {name: values[index:index + 1] for name, values in inputs.items()}
+
+    return examples
+
+
+def _write_files(folder: Path, files: dict[str, bytes], selected: str, served: str,
+                 sources: dict[str, Path | str]) -> None:
+    (folder / "variants").mkdir()
+    for name, model in files.items():
+        (folder / "variants" / f"{name}.tflite").write_bytes(model)
+    if selected in files:
+        (folder / TFLITE_FILE).write_bytes(files[selected])
+    if served == "pruned":
+        shutil.copytree(sources["pruned"], folder / PRUNED_SAVED_MODEL)
+
+
+def _report(folder: Path, props: OptimizedProperties) -> None:
+    (folder / REPORT_JSON).write_text(props.model_dump_json(indent=1))
+    (folder / REPORT_MD).write_text(props.table())
+    _plot(props, folder / REPORT_PLOT)
+
+
+def _plot(props: OptimizedProperties, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in [props.baseline, *props.variants] if r.gzip_bytes is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        for result in measured:
+            chosen = result.name == props.selected
+            ax.scatter(result.gzip_bytes / 1024, result.metric, s=60 if chosen else 30,
+                       color="tab:red" if chosen else "tab:blue")
+            ax.annotate(result.name, (result.gzip_bytes / 1024, result.metric), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set(xlabel="gzip size (KiB)", ylabel=props.metric_name,
+               title=f"size vs {props.metric_name} (selected: {props.selected})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _dir_bytes(folder: Path) -> int:

@@ -3,7 +3,8 @@
 Gated on the blessing (the step runner skips it for an unblessed model, unless the run was triggered
 with `force_push_reason`, which is then recorded on the MLflow version and in the alias history).
 
-The version folder carries `model.tflite` when optimize produced one (for `--prefer_tflite_model`)
+The version folder holds the SavedModel optimize chose to serve (the stripped pruned one when a pruned
+variant was selected) and `model.tflite`, the selected variant's file (for `--prefer_tflite_model`),
 and warmup requests built from eval rows (`assets.extra/tf_serving_warmup_requests`), so the server
 replays real traffic before it reports AVAILABLE — a model that cannot answer them never gets a label.
 """
@@ -45,7 +46,10 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
         tracking.client(ctx).set_model_version_tag(registration.model_name, str(version), "kiln.forced_push_reason",
                                                    forced)
     trained = Model.read(model)
-    tflite = OptimizedModel.read(optimized).tflite_path
+    compressed = OptimizedModel.read(optimized)
+    tflite = compressed.tflite_path
+    # A pruned selection ships its stripped pruned SavedModel; otherwise the trained one.
+    saved_model = Path(compressed.pruned_saved_model or trained.saved_model)
     name = config.served_model_name
     target = ctx.require_serving()
     deployer = ServingDeployer(target)
@@ -58,14 +62,15 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
         extras = {WARMUP_FILE: warmup}
         if tflite:
             extras[TFLITE_FILE] = Path(tflite)
-        version_dir = deployer.stage_version(name, version, Path(trained.saved_model), extras)
+        version_dir = deployer.stage_version(name, version, saved_model, extras)
     served = deployer.push_version(name, version)
     out_uri = ctx.output_uri("push", "pushed")
     with PushedModel.publish(out_uri) as out:
         out.properties = PushedProperties(serving_model_name=name, version=version, version_dir=str(version_dir),
                                           versions=list(served.versions), labels=served.labels,
                                           rest_url=target.rest_url, grpc_address=target.grpc_address,
-                                          forced_reason=forced)
+                                          forced_reason=forced, saved_model=str(saved_model),
+                                          variant=compressed.properties.selected)
     log.info("push: %s version %s loaded from %s, labels %s", name, version, version_dir, served.labels)
     return {"pushed": out_uri}
 

@@ -2,7 +2,8 @@
 
 The tf_keras model is logged with `mlflow.tensorflow.log_model` (loads back as Keras or pyfunc with
 TF_USE_LEGACY_KERAS=1) with a signature of the served features and an input example; beside it: the
-exact SavedModel TF Serving will run (`tf_serving/`), the TFLite file (`tflite/`), kiln's contract
+exact SavedModel TF Serving will run (`tf_serving/`; the pruned one when optimize selected a pruned
+variant), the selected TFLite file (`tflite/`), every compression variant (`compression/`), kiln's contract
 (`contract/preprocessing.json`: served features and label, what a later evaluate needs to score this
 version as champion), the schema (`schema/schema.pbtxt`), the evaluation (`evaluation/`: metrics,
 checks, plots) and a model card (`model_card.md`). Version tags link it to its DAG run, data and
@@ -23,7 +24,7 @@ from tasks import tracking
 from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, Model
-from tasks.artifacts.optimized import OptimizedModel
+from tasks.artifacts.optimized import REPORT_JSON, REPORT_MD, REPORT_PLOT, OptimizedModel
 from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
@@ -92,14 +93,17 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     import tf_keras as keras
 
     saved_model = Path(trained.saved_model)
+    served = Path(optimized.pruned_saved_model or saved_model)  # what TF Serving will run
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features
     example = _example_inputs(features)
     info = mlflow.tensorflow.log_model(keras_model, name="model", pip_requirements=_requirements(),
                                        signature=_signature(saved_model, example), input_example=example)
-    mlflow.log_artifacts(str(saved_model), artifact_path=SERVING_ARTIFACT_PATH)
+    mlflow.log_artifacts(str(served), artifact_path=SERVING_ARTIFACT_PATH)
     if optimized.tflite_path:
         mlflow.log_artifact(optimized.tflite_path, artifact_path="tflite")
+    for report in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
+        mlflow.log_artifact(optimized.path(report), artifact_path="compression")
     mlflow.log_text(trained.preprocessing.model_dump_json(indent=1), f"{CONTRACT_ARTIFACT_PATH}/{CONTRACT_FILE}")
     mlflow.log_artifact(schema.path(SCHEMA_FILE), artifact_path=SCHEMA_ARTIFACT_PATH)
     mlflow.log_artifact(evaluated.path(METRICS_FILE), artifact_path="evaluation")
@@ -107,11 +111,11 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
         mlflow.log_artifact(trained.path(CURVES_FILE), artifact_path="training")
     for plot in evaluated.properties.plots:
         mlflow.log_artifact(evaluated.path(plot), artifact_path="evaluation")
-    mlflow.log_dict(optimized.properties.model_dump(mode="json"), "compression.json")
     props = evaluated.properties
     metrics = {f"eval_{k}": v for k, v in props.metrics.items() if v == v}  # NaN is not a metric
-    metrics |= {k: float(v) for k, v in optimized.properties.model_dump().items()
-                if isinstance(v, int | float) and not isinstance(v, bool)}
+    selected = optimized.properties.selected_result
+    metrics |= {f"tflite_{key}": float(value) for key, value in selected.model_dump().items()
+                if key in ("metric", "bytes", "gzip_bytes", "latency_ms_p50", "sparsity") and value is not None}
     mlflow.log_metrics(metrics)
     examples_props = examples.properties
     # Tags go in with the version itself: a crash cannot leave an untagged (unfindable) version.
@@ -120,6 +124,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
             "kiln.parent_run_id": tracking.parent_run(config, ctx),
             "kiln.data_source": examples_props.source, "kiln.data_fingerprint": examples_props.source_sha256,
             "kiln.schema": f"{SCHEMA_ARTIFACT_PATH}/{SCHEMA_FILE}", "kiln.schema_origin": schema.properties.origin,
+            "kiln.optimized_variant": selected.name, "kiln.served_saved_model": optimized.properties.served_saved_model,
             BLESSED_TAG: str(props.blessed).lower(), **{k: v for k, v in ctx.lineage.items() if v},
             **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
     if not props.blessed:

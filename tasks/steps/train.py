@@ -7,17 +7,13 @@ the contract every later step and every client relies on.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from tasks import plots, tracking
-from tasks.artifacts.base import is_local, local_path
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
 from tasks.artifacts.transform import TransformGraph
@@ -34,7 +30,7 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
     data = Examples.read(examples)
     preprocessing = TransformGraph.read(transform).preprocessing()
     out_uri = ctx.output_uri("train", "model")
-    work_dir = _work_dir(ctx)
+    work_dir = ctx.work_dir("train")
     train = config.train
     tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items() if k != "hparams"}
                         | {f"train.hparams.{k}": v for k, v in train.hparams.items()})
@@ -74,14 +70,6 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
     log.info("train: %d epochs on %d worker(s) in %.1fs, final %s -> %s", train.epochs, train.num_workers,
              train_seconds, _brief(final), out_uri)
     return {"model": out_uri}
-
-
-def _work_dir(ctx: StepContext) -> Path:
-    """Per-run scratch that outlives a failed try: beside the artifacts when local, else in /tmp."""
-    uri = ctx.output_uri("train", ".work")
-    if is_local(uri):
-        return local_path(uri)
-    return Path(tempfile.gettempdir()) / "kiln-train" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def _brief(metrics: dict[str, Any]) -> str:

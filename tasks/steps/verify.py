@@ -1,5 +1,5 @@
 """Verify: replay eval rows against the pushed version over REST — JSON objects by feature name, as a
-client sends them — compare the answers with the in-process model, then promote: `stable` moves to the
+client sends them — compare the answers with the shipped SavedModel run in-process, then promote: `stable` moves to the
 new version on the server and `champion` to it in MLflow (the old champion becomes
 `previous-champion`, the rollback target; each move is appended to the registered model's alias
 history). A mismatch withdraws the version and fails the run.
@@ -26,7 +26,7 @@ from tasks.models.export import CLASS, CLASS_ID, predict
 log = logging.getLogger(__name__)
 
 class VerificationError(RuntimeError):
-    """The served model does not answer like the model that was evaluated."""
+    """The served model does not answer like the SavedModel that was shipped to it."""
 
 
 def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examples: str) -> dict[str, str]:
@@ -38,7 +38,7 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
     trained = Model.read(model)
     inputs, _ = load_arrays(Examples.read(examples).split_files("eval"), trained.preprocessing.features,
                             trained.preprocessing.label, limit=config.serving.verify_examples)
-    expected = predict(trained.saved_model, inputs)
+    expected = predict(pushed_props.saved_model, inputs)  # what was shipped: the pruned model, when selected
     target = ctx.require_serving()
     with RestClient(target.rest_url) as client:
         served = client.predict(name, json_instances(inputs), version=version)
@@ -47,7 +47,7 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
     if mismatch or max_diff > config.serving.tolerance:
         deployer.withdraw(name, version)
         why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
-        raise VerificationError(f"{name} version {version} answers differently from the evaluated model ({why}); "
+        raise VerificationError(f"{name} version {version} answers differently from the shipped model ({why}); "
                                 f"withdrawn from serving")
     served_model = deployer.promote(name, version)
     why = f"forced: {pushed_props.forced_reason}" if pushed_props.forced_reason else "blessed and verified"

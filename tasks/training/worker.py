@@ -24,8 +24,13 @@ from tasks.training.launcher import CONTRACT_EXIT_CODE, PROGRESS_MARK  # noqa: E
 
 log = logging.getLogger("kiln.train_worker")
 
-SPEC_KEYS = ("train_files", "eval_files", "num_train", "num_eval", "preprocessing", "model", "hparams", "train",
-             "saved_model_dir", "metrics_path", "backup_dir", "scratch_dir")
+COMMON_KEYS = ("train_files", "eval_files", "num_train", "num_eval", "preprocessing", "model", "hparams", "train",
+               "scratch_dir")
+SPEC_KEYS = {  # by mode: train a model from scratch, or fine-tune a trained one into compressed variants
+    "train": (*COMMON_KEYS, "saved_model_dir", "metrics_path", "backup_dir"),
+    "compress": (*COMMON_KEYS, "initial_weights", "fine_tunes", "fine_tune_epochs", "learning_rate",
+                 "target_sparsity", "prune_skip", "outputs", "report_path"),
+}
 
 
 class WorkerSpecError(ValueError):
@@ -37,7 +42,10 @@ def load_spec(path: str) -> dict[str, Any]:
         spec = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise WorkerSpecError(f"cannot read worker spec {path}: {exc}") from None
-    missing = [k for k in SPEC_KEYS if k not in spec]
+    mode = spec.get("mode", "train")
+    if mode not in SPEC_KEYS:
+        raise WorkerSpecError(f"worker spec {path}: unknown mode {mode!r}")
+    missing = [k for k in SPEC_KEYS[mode] if k not in spec]
     if missing:
         raise WorkerSpecError(f"worker spec {path} lacks {', '.join(missing)}")
     return spec
@@ -101,6 +109,68 @@ def train(spec: dict[str, Any]) -> None:
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
 
 
+def compress(spec: dict[str, Any]) -> None:
+    """Fine-tune the trained model into the pruned, QAT and pruning-preserving QAT models it is asked for.
+
+    Each fine-tune starts from the trained weights (pruned-QAT from the pruned model) and is exported
+    with kiln's serving signature; one that tfmot cannot build is recorded as skipped with the reason.
+    """
+    strategy = make_strategy()
+
+    from tasks.compression import tuning
+    from tasks.config import TrainConfig
+    from tasks.features import Preprocessing, dataset
+    from tasks.models.assemble import build_model, compile_model
+    from tasks.models.export import export_saved_model
+
+    config = TrainConfig.model_validate(spec["train"])
+    preprocessing = Preprocessing.model_validate(spec["preprocessing"])
+    cluster = strategy.cluster_resolver.cluster_spec()
+    num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
+    task_id = strategy.cluster_resolver.task_id or 0
+    global_batch = config.batch_size * num_workers
+    steps_per_epoch = max(1, math.ceil(spec["num_train"] / global_batch))
+    epochs = spec["fine_tune_epochs"]
+    data = dataset(spec["train_files"], preprocessing.features, preprocessing.label, global_batch,
+                   shuffle_seed=config.seed, repeat=True)
+    with strategy.scope():
+        trained = build_model(preprocessing, spec["model"], spec["hparams"])
+    trained.load_weights(spec["initial_weights"]).expect_partial()
+    report: dict[str, Any] = {}
+    stripped = None
+    for job in spec["fine_tunes"]:
+        started = time.monotonic()
+        try:
+            with strategy.scope():
+                if job == "pruned":
+                    model = tuning.prune(trained, spec["target_sparsity"], epochs * steps_per_epoch,
+                                         spec["prune_skip"])
+                elif stripped is None and job == "pruned_qat":
+                    raise tuning.VariantUnsupported(f"needs the pruned model: {report['pruned']['skipped']}")
+                else:
+                    model = tuning.quantize_aware(stripped if job == "pruned_qat" else trained,
+                                                  preserve_sparsity=job == "pruned_qat")
+                compile_model(model, preprocessing.label, spec["learning_rate"])
+            callbacks = tuning.pruning_callbacks() if job == "pruned" else []
+            log.info("%s worker %d fine-tunes %s: %d epochs x %d steps", PROGRESS_MARK, task_id, job, epochs,
+                     steps_per_epoch)
+            model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0)
+            if job == "pruned":
+                model = stripped = tuning.strip(model)
+        except tuning.VariantUnsupported as exc:
+            report[job] = {"skipped": str(exc)}
+            log.info("%s worker %d: %s skipped: %s", PROGRESS_MARK, task_id, job, exc)
+            continue
+        target = Path(spec["outputs"][job]) if task_id == 0 else Path(spec["scratch_dir"]) / f"{job}-{task_id}"
+        export_saved_model(model, preprocessing, target)
+        if task_id != 0:
+            shutil.rmtree(target, ignore_errors=True)
+        report[job] = {"seconds": round(time.monotonic() - started, 2)}
+    if task_id == 0:
+        Path(spec["report_path"]).write_text(json.dumps(report))
+    log.info("%s worker %d done", PROGRESS_MARK, task_id)
+
+
 def epoch_metrics(path: str | None, epochs: int, task_id: int) -> Any:
     """A callback that logs each epoch; the chief also appends it as a JSON line (epochs are 1-based).
 
@@ -138,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.models.contract import ModelContractError
 
     try:
-        train(spec)
+        compress(spec) if spec.get("mode") == "compress" else train(spec)
     except ModelContractError as exc:
         print(f"train_worker: {exc}", file=sys.stderr, flush=True)
         return CONTRACT_EXIT_CODE

@@ -85,7 +85,9 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     blessing = summary["blessing"]
     assert blessing["blessed"] and summary["promoted"] and blessing["champion_version"] is None
     assert [c["name"] for c in blessing["checks"]] == ["accuracy >= 0.6", "accuracy vs champion"]
-    assert summary["tflite"]["metric"] == "accuracy" and summary["tflite"]["tflite_bytes"] > 0
+    optimize = summary["optimize"]
+    assert optimize["baseline"]["metric_name"] == "accuracy" and optimize["baseline"]["gzip_bytes"] > 0
+    assert optimize["selected"] in ["baseline", *(v["name"] for v in optimize["variants"])]
     assert summary["mlflow"]["aliases"] == {"champion": 1}
     assert summary["serving"]["labels"] == {"stable": 1}
     prediction = summary["prediction"]
@@ -139,7 +141,7 @@ def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:
     assert summary["state"] == "success" and summary["dag_id"] == "kiln_churn"
     assert {"accuracy", "auc"} <= set(summary["metrics"]) and summary["metrics"]["accuracy"] > 0.7
     assert summary["promoted"]
-    assert "ops outside the TFLite builtins" in summary["tflite"]["skipped_reason"]
+    assert "ops outside the TFLite builtins" in summary["optimize"]["baseline"]["skipped_reason"]
     assert summary["prediction"]["class"] in ("yes", "no")
 
     row = {"tenure": 70, "plan": "premium", "monthly": 20.5, "paperless": False, "region": "north"}

@@ -80,18 +80,25 @@ def test_regression_serves_one_prediction_per_row(trained_house, tmp_path, mlflo
     assert answer.rows(["prediction"]) == [{"prediction": value}]
 
 
-def test_a_candidate_that_answers_unlike_the_evaluated_model_is_withdrawn(trained_digits, tiny_digits_csv, tmp_path,
-                                                                        mlflow_store, model_server) -> None:
+def test_a_candidate_that_answers_unlike_the_shipped_model_is_withdrawn(trained_digits, tiny_digits_csv, tmp_path,
+                                                                       mlflow_store, model_server) -> None:
+    from tasks.artifacts.model import Model
+
     _, first = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
     other = run_steps(resolve(digits_pipeline(tmp_path / "other", tiny_digits_csv, train={"epochs": 1}),
                               tmp_path / "other", mlflow_store), UNTIL_TRAIN)
-    # A second DAG run pushes version 2 as canary; its verify compares the server with another model.
+    # A second DAG run pushes version 2 as canary; what the server loaded then differs from what was shipped
+    # (here: the push record names another model, as a corrupt copy or a wrong folder would).
     second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
-                     params={"thresholds": {}}, run_id="manual__second")
+                     params={"thresholds": {}, "change_thresholds": {}}, run_id="manual__second")
     pushed = run_steps(second, ["evaluate", "optimize", "register", "push"], available=trained_digits)["pushed"]
-    assert PushedModel.read(pushed).properties.labels == {"stable": 1, "canary": 2}
-    with pytest.raises(VerificationError, match=r"version 2 answers differently from the evaluated model .*withdrawn"):
-        run_step("verify", second, inputs={"pushed": pushed, "model": other["model"],
+    record = PushedModel.read(pushed).properties
+    assert record.labels == {"stable": 1, "canary": 2}
+    tampered = str(tmp_path / "tampered")
+    with PushedModel.publish(tampered) as out:
+        out.properties = record.model_copy(update={"saved_model": Model.read(other["model"]).saved_model})
+    with pytest.raises(VerificationError, match=r"version 2 answers differently from the shipped model .*withdrawn"):
+        run_step("verify", second, inputs={"pushed": tampered, "model": trained_digits["model"],
                                            "examples": trained_digits["examples"]})
     entry = read_config(model_server.config_file).model_config_list.config[0]
     assert dict(entry.version_labels) == {"stable": 1} and list(entry.model_version_policy.specific.versions) == [1]
@@ -149,3 +156,26 @@ def test_lineage_walks_from_a_served_version_to_the_dag_run_data_and_schema(trai
     assert found["aliases"] == ["champion"] and found["blessed"] is True
     assert found["parent_run_status"] in ("RUNNING", "FINISHED") and found["config_sha256"]
     assert found["model_card"].endswith("/model_card.md")
+
+
+def test_a_server_preferring_tflite_answers_like_the_saved_model(trained_digits, tmp_path, mlflow_store,
+                                                                model_server, tiny_digits_csv) -> None:
+    from tests.servers import start_server
+
+    _deploy(trained_digits, tmp_path, mlflow_store, model_server, variants=["int8"])
+    rows = [[float(v) for v in line.split(",")[:-1]] for line in tiny_digits_csv.read_text().splitlines()[1:41]]
+    lite = start_server(tmp_path, f"--model_config_file={model_server.config_file}", "--prefer_tflite_model=true",
+                        "--allow_version_labels_for_unavailable_models=true")
+    try:
+        with RestClient(model_server.rest_url) as saved, RestClient(lite.rest_url) as tflite:
+            expected = saved.predict("digits", [{"pixels": r} for r in rows], label="stable").outputs
+            answered = tflite.predict("digits", [{"pixels": r} for r in rows], label="stable").outputs
+    finally:
+        lite.stop()
+    import numpy as np
+
+    want = np.array([row["probabilities"] for row in expected])
+    got = np.array([row["probabilities"] for row in answered])
+    assert 0 < np.max(np.abs(want - got)) < 0.1, "the int8 file answered (not the SavedModel), off by rounding only"
+    agree = np.mean([a["class"] == b["class"] for a, b in zip(expected, answered, strict=True)])
+    assert agree >= 0.95

@@ -57,7 +57,7 @@ def test_a_blessed_version_is_challenger_with_its_story_and_a_retry_reuses_it(tr
     assert version.description.startswith("Blessed. Eval accuracy")
     assert client.get_registered_model(name).description == "Digits for the register tests."
     files = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"model_card.md", "compression.json", "tf_serving", "tflite", "contract", "schema", "evaluation",
+    assert {"model_card.md", "compression", "tf_serving", "tflite", "contract", "schema", "evaluation",
             "training"} <= files
     logged = mlflow.models.get_model_info(f"models:/{name}/1")
     assert logged.saved_input_example_info["artifact_path"] == "input_example.json"
