@@ -2,9 +2,10 @@
 baseline, and the one selected to ship.
 
 Layout: `model.tflite` (the selected variant's file; rides in the served version folder),
-`variants/<name>.tflite` (every variant built), `pruned_saved_model/` (when the selection is a pruned
-variant: the stripped pruned SavedModel is what TF Serving then serves), `report.json`, `report.md`
-and `size_vs_metric.png`.
+`variants/<name>.tflite` (every variant built), `served_saved_model/` (when the selection was fine-tuned:
+the stripped pruned, QAT or pruning-preserving QAT SavedModel it was converted from, which TF Serving then
+serves, so the SavedModel and the TFLite file are the same model), `report.json`, `report.md` and
+`size_vs_metric.png`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from tasks.artifacts.base import ArtifactType, Properties
 
 TFLITE_FILE = "model.tflite"
-PRUNED_SAVED_MODEL = "pruned_saved_model"
+SERVED_SAVED_MODEL = "served_saved_model"
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "report.json", "report.md", "size_vs_metric.png"
 
 
@@ -40,7 +41,7 @@ class OptimizedProperties(Properties):
     baseline: VariantResult
     variants: list[VariantResult]
     selected: str  # "baseline" or a variant name
-    served_saved_model: str  # "trained" or "pruned": which SavedModel TF Serving gets
+    served_saved_model: str  # the selection's source: trained, pruned, qat or pruned_qat
 
     @property
     def selected_result(self) -> VariantResult:
@@ -78,5 +79,6 @@ class OptimizedModel(ArtifactType[OptimizedProperties]):
         return self.path(TFLITE_FILE) if self.properties.selected_result.bytes else None
 
     @property
-    def pruned_saved_model(self) -> str | None:
-        return self.path(PRUNED_SAVED_MODEL) if self.properties.served_saved_model == "pruned" else None
+    def fine_tuned_saved_model(self) -> str | None:
+        """The SavedModel to serve when the selection was fine-tuned (None: serve the trained one)."""
+        return self.path(SERVED_SAVED_MODEL) if self.properties.served_saved_model != "trained" else None

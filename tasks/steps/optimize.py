@@ -27,10 +27,10 @@ from tasks.artifacts.base import is_local
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import (
-    PRUNED_SAVED_MODEL,
     REPORT_JSON,
     REPORT_MD,
     REPORT_PLOT,
+    SERVED_SAVED_MODEL,
     TFLITE_FILE,
     OptimizedModel,
     OptimizedProperties,
@@ -80,7 +80,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
         budget = config.optimize_budget
         baseline, *variants = (_with_budget(r, baseline, label, budget) for r in [baseline, *variants])
         selected = _select(baseline, variants, budget)
-        served = "pruned" if RECIPES[selected.name][0] in ("pruned", "pruned_qat") else "trained"
+        served = RECIPES[selected.name][0]  # serve the model the selected file was converted from
         _write_files(out.dir, files, selected.name, served, sources)
         out.properties = OptimizedProperties(
             metric_name=HEADLINE[label.task], budget=budget,
@@ -198,8 +198,8 @@ def _write_files(folder: Path, files: dict[str, bytes], selected: str, served: s
         (folder / "variants" / f"{name}.tflite").write_bytes(model)
     if selected in files:
         (folder / TFLITE_FILE).write_bytes(files[selected])
-    if served == "pruned":
-        shutil.copytree(sources["pruned"], folder / PRUNED_SAVED_MODEL)
+    if served != "trained":
+        shutil.copytree(sources[served], folder / SERVED_SAVED_MODEL)
 
 
 def _report(folder: Path, props: OptimizedProperties) -> None:

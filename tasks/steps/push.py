@@ -48,8 +48,8 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
     trained = Model.read(model)
     compressed = OptimizedModel.read(optimized)
     tflite = compressed.tflite_path
-    # A pruned selection ships its stripped pruned SavedModel; otherwise the trained one.
-    saved_model = Path(compressed.pruned_saved_model or trained.saved_model)
+    # A fine-tuned selection (pruned, QAT) ships the SavedModel its TFLite file came from; else the trained one.
+    saved_model = Path(compressed.fine_tuned_saved_model or trained.saved_model)
     name = config.served_model_name
     target = ctx.require_serving()
     deployer = ServingDeployer(target)

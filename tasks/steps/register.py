@@ -93,7 +93,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     import tf_keras as keras
 
     saved_model = Path(trained.saved_model)
-    served = Path(optimized.pruned_saved_model or saved_model)  # what TF Serving will run
+    served = Path(optimized.fine_tuned_saved_model or saved_model)  # what TF Serving will run
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features
     example = _example_inputs(features)

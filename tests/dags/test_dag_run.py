@@ -66,7 +66,8 @@ RUN_DAG = textwrap.dedent("""
 @pytest.mark.slow
 def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_server):
     env = airflow_env(tmp_path, model_server)
-    conf = {"data_source": str(tiny_digits_csv), "epochs": 4, "thresholds": {"accuracy": 0.6}}
+    conf = {"data_source": str(tiny_digits_csv), "epochs": 4, "thresholds": {"accuracy": 0.6},
+            "variants": ["dynamic_range", "pruned"]}
     outcome = run_dag(tmp_path, env, conf)
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
     assert set(outcome["tasks"].values()) == {"success"}
@@ -95,7 +96,7 @@ def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succee
                                                                                      model_server):
     env = airflow_env(tmp_path, model_server)
     outcome = run_dag(tmp_path, env, {"data_source": str(tiny_digits_csv), "epochs": 2,
-                                      "thresholds": {"accuracy": 1.0}})
+                                      "thresholds": {"accuracy": 1.0}, "variants": []})
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
     tasks = outcome["tasks"]
     assert tasks["evaluate"] == tasks["register"] == tasks["finish_tracking"] == "success"

@@ -32,8 +32,9 @@ def endpoints(target) -> ServingEndpoints:
 def _deploy(trained: dict, root: Path, tracking: str, server, **params) -> tuple[str, dict[str, str]]:
     config = root / "pipeline.yaml"
     config.write_text(trained["config"].read_text() + f"registry: {{model_name: m-{uuid.uuid4().hex[:8]}}}\n")
+    # Only the variants a test asks for: optimize's fine-tunes are tested in test_optimize.
     run = resolve(config, root, tracking, endpoints(server), params={"thresholds": {}, "change_thresholds": {},
-                                                                     **params})
+                                                                     "variants": ["dynamic_range"], **params})
     return run, run_steps(run, DEPLOY, available=trained)
 
 
@@ -90,7 +91,7 @@ def test_a_candidate_that_answers_unlike_the_shipped_model_is_withdrawn(trained_
     # A second DAG run pushes version 2 as canary; what the server loaded then differs from what was shipped
     # (here: the push record names another model, as a corrupt copy or a wrong folder would).
     second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
-                     params={"thresholds": {}, "change_thresholds": {}}, run_id="manual__second")
+                     params={"thresholds": {}, "change_thresholds": {}, "variants": []}, run_id="manual__second")
     pushed = run_steps(second, ["evaluate", "optimize", "register", "push"], available=trained_digits)["pushed"]
     record = PushedModel.read(pushed).properties
     assert record.labels == {"stable": 1, "canary": 2}
@@ -112,7 +113,7 @@ def test_an_unblessed_model_is_registered_but_not_pushed_and_serving_is_untouche
     _deploy(trained_digits, tmp_path, mlflow_store, model_server)
     before = model_server.config_file.read_text()
     second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
-                     params={"thresholds": {"accuracy": 1.0}}, run_id="manual__second")
+                     params={"thresholds": {"accuracy": 1.0}, "variants": []}, run_id="manual__second")
     out = run_steps(second, ["evaluate", "optimize", "register"], available=trained_digits)
     assert RegisteredModel.read(out["registered"]).properties.blessed is False
     with pytest.raises(StepSkipped, match=r"^not promoted: eval accuracy 0\.\d{4} does not meet"):
