@@ -228,6 +228,14 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     _say_if_not_promoted(summary)
 
 
+def _infra_line(infra: dict[str, Any] | None) -> str:
+    if infra is None:
+        return "skipped (not blessed)"
+    verdict = "infra-blessed" if infra["blessed"] else "NOT infra-blessed"
+    return f"{verdict}: {infra['reason']}" + (f" (REST p99 {infra['rest_p99_ms']} ms, gRPC p99 {infra['grpc_p99_ms']} ms)"
+                                              if infra.get("rest_p99_ms") is not None else "")
+
+
 def _optimize_line(optimize: dict[str, Any], metric: str) -> str:
     baseline = optimize["baseline"]
     if baseline["skipped_reason"]:
@@ -291,6 +299,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
         ("blessing", verdict),
         ("optimize", lite),
+        ("infra validation", _infra_line(summary.get("infra_blessing"))),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} versions {serving['versions']}, labels {serving['labels']}"

@@ -23,6 +23,7 @@ from infra.airflow_api import FINISHED, AirflowApiError, AirflowClient, admin_pa
 from infra.pipelines import CONFIG_MARK, config_fingerprint
 from infra.stack import Stack
 from tasks.artifacts.evaluation import ModelEvaluation
+from tasks.artifacts.infra_blessing import InfraBlessing
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.registered import RegisteredModel
@@ -146,10 +147,15 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     summary["blessing"] = {"blessed": evaluation.blessed, "checks": [c.model_dump() for c in evaluation.checks],
                            "champion_version": evaluation.champion_version,
                            "champion_metrics": evaluation.champion_metrics}
+    infra = None
+    if summary["task_states"].get("infra_validate") == "success":
+        infra = InfraBlessing.read(output("infra_validate", "infra_blessing")).properties
+        summary["infra_blessing"] = infra.model_dump()
     # Promoted = verify ran; an unblessed model's push and verify are skipped, and the run still succeeds.
     summary["promoted"] = summary["task_states"].get("verify") == "success"
     if not summary["promoted"]:
-        summary["not_promoted"] = evaluation.first_failure or "push was skipped"
+        summary["not_promoted"] = evaluation.first_failure or (infra.first_failure if infra else None) or \
+            "push was skipped"
     else:
         verified = ServingVerification.read(output("verify", "verification")).properties
         summary["verification"] = {"version": verified.served_version, "examples": verified.examples,

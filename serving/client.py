@@ -166,3 +166,49 @@ class GrpcModelService:
             if time.monotonic() > deadline:
                 raise ServingClientError(f"{model} version {version} not AVAILABLE after {timeout:.0f}s ({state})")
             time.sleep(0.2)
+
+
+class GrpcPredictor:
+    """PredictionService.Predict over gRPC with numpy inputs (imports TensorFlow for the tensor protos)."""
+
+    def __init__(self, address: str, timeout: float = 30.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GrpcPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def predict(self, model: str, inputs: dict[str, Any], *, version: int | None = None,
+                label: str | None = None) -> tuple[dict[str, Any], float]:
+        """(output name -> numpy array, latency in ms)."""
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
+        if label is not None:
+            request.model_spec.version_label = label
+        for name, values in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
+        started = time.perf_counter()
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise ServingClientError(f"Predict({model}) at {self.address}: {exc.code().name}: {exc.details()}") \
+                from None
+        latency_ms = (time.perf_counter() - started) * 1000
+        return {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}, latency_ms

@@ -1,12 +1,18 @@
-"""Ship SavedModels to a TF Serving instance through its protocol only.
+"""Ship SavedModels to a TF Serving instance through its protocol only, and keep it as wanted.
 
-The deployer owns the server's `models.config` (a ModelServerConfig text proto). A push copies the
-SavedModel into `<base>/<model>/.staging-*` (TF Serving only loads numeric folder names, so a
-half-copied folder is invisible), renames it to `<base>/<model>/<version>/`, asks the server to
-load it (`HandleReloadConfigRequest`), waits for AVAILABLE and labels it `canary`. Promotion
-moves `stable` to it and keeps the previous stable version loaded as the rollback target. Labels
-only move onto AVAILABLE versions (TF Serving's rule), hence the two reloads per push. Any failure
-puts the previous config back on the server and on disk, then raises.
+The server is the truth: the deployer reads which versions are AVAILABLE (`GetModelStatus`) and where
+the labels point (as the server resolves them) instead of trusting its own copy of `models.config`.
+`reconcile` brings one model to a desired state — `stable`, `canary` and versions to keep loaded
+(the previous stable: the rollback target) — in TF Serving's two steps: load (with the current labels
+left where they are), wait until AVAILABLE, then move the labels (TF Serving only labels AVAILABLE
+versions). Any failure puts the model's previous state back on the server and raises. Version folders
+no longer wanted are deleted afterwards.
+
+`models.config` (a ModelServerConfig text proto) is written after every change: TF Serving reads it at
+start (a restarted server comes back as it was) and a reload must name every model, so it also carries
+the other models' entries. A version folder is copied to `<base>/<model>/.staging-*` and renamed to
+`<base>/<model>/<version>/` (TF Serving only loads numeric folder names, so a half-copied folder is
+invisible).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.client import GrpcModelService
+from serving.client import GrpcModelService, RestClient
 from serving.target import ServingTarget
 
 log = logging.getLogger(__name__)
@@ -82,23 +88,37 @@ class ServingDeployer:
         self.load_timeout = load_timeout
         self.models = model_service or GrpcModelService(target.grpc_address, timeout=load_timeout)
 
-    # -- state ---------------------------------------------------------------------------------
-    def served(self, name: str) -> ServedModel | None:
-        entry = self._entry(read_config(self.target.config_file), name)
-        if entry is None:
-            return None
-        return ServedModel(name, tuple(entry.model_version_policy.specific.versions), dict(entry.version_labels))
+    # -- state, as the server reports it -------------------------------------------------------
+    def served(self, name: str) -> ServedModel:
+        """AVAILABLE versions and kiln's labels as the server reports them (empty: not served)."""
+        states = self.models.version_states(name)
+        versions = tuple(sorted(v for v, state in states.items() if state == "AVAILABLE"))
+        labels: dict[str, int] = {}
+        if versions:
+            with RestClient(self.target.rest_url, timeout=30) as rest:
+                for label in (STABLE, CANARY):
+                    version = rest.label_version(name, label)
+                    if version is not None:
+                        labels[label] = version
+        return ServedModel(name, versions, labels)
 
     def _entry(self, config, name: str):
         return next((c for c in config.model_config_list.config if c.name == name), None)
 
     def _with_model(self, name: str, versions: Iterable[int], labels: dict[str, int]):
+        """The whole server config with this model's entry set (the other models' entries as last applied)."""
         config = read_config(self.target.config_file)
+        versions = sorted(set(versions))
+        if not versions:
+            kept = [c for c in config.model_config_list.config if c.name != name]
+            config.model_config_list.ClearField("config")
+            config.model_config_list.config.extend(kept)
+            return config
         entry = self._entry(config, name) or config.model_config_list.config.add(name=name)
         entry.base_path = str((self.target.model_base_path / name).resolve())
         entry.model_platform = "tensorflow"
         entry.model_version_policy.specific.ClearField("versions")
-        entry.model_version_policy.specific.versions.extend(sorted(set(versions)))
+        entry.model_version_policy.specific.versions.extend(versions)
         entry.ClearField("version_labels")
         for label, version in labels.items():
             entry.version_labels[label] = version
@@ -129,54 +149,73 @@ class ServingDeployer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def push_version(self, name: str, version: int) -> ServedModel:
-        """Load a staged version next to the current stable one and label it canary."""
-        before = read_config(self.target.config_file)
+    def is_staged(self, name: str, version: int) -> bool:
+        return (self.target.model_base_path / name / str(version) / "saved_model.pb").exists()
+
+    def reconcile(self, name: str, stable: int | None, canary: int | None = None,
+                  keep: Iterable[int] = ()) -> ServedModel:
+        """Serve `stable` and `canary` under those labels, plus `keep` loaded and unlabelled; nothing else."""
+        labels = {label: v for label, v in ((STABLE, stable), (CANARY, canary)) if v is not None}
+        wanted = set(labels.values()) | {v for v in keep if v is not None}
         current = self.served(name)
-        stable = {STABLE: current.labels[STABLE]} if current and STABLE in current.labels else {}
-        versions = [*stable.values(), version]
+        if set(current.versions) == wanted and current.labels == labels:
+            return current
+        before = self._with_model(name, current.versions, current.labels)
         try:
-            self._apply(self._with_model(name, versions, stable))
-            self.models.wait_available(name, version, timeout=self.load_timeout)
-            self._apply(self._with_model(name, versions, {**stable, CANARY: version}))
+            # Step 1: load what is wanted beside what serves now; labels stay where they point.
+            loading = wanted | set(current.labels.values())
+            self._apply(self._with_model(name, loading, current.labels))
+            for version in sorted(wanted - set(current.versions)):
+                self.models.wait_available(name, version, timeout=self.load_timeout)
+            # Step 2: move the labels onto AVAILABLE versions; drop the rest.
+            self._apply(self._with_model(name, wanted, labels))
         except Exception as exc:
             self._restore(before)
-            raise DeployError(f"push of {name} version {version} failed and was rolled back: {exc}") from exc
-        log.info("pushed %s version %s (canary); stable is %s", name, version, stable.get(STABLE))
-        return ServedModel(name, tuple(sorted(set(versions))), {**stable, CANARY: version})
+            raise DeployError(f"{name}: serving {labels or 'nothing'} failed and was rolled back: {exc}") from exc
+        self._collect_garbage(name, set(current.versions) - wanted)
+        log.info("reconciled %s: versions %s, labels %s (was %s, %s)", name, sorted(wanted), labels,
+                 list(current.versions), current.labels)
+        return ServedModel(name, tuple(sorted(wanted)), labels)
+
+    def push_version(self, name: str, version: int, keep: Iterable[int] = ()) -> ServedModel:
+        """Load a staged version beside the current stable one and label it canary."""
+        stable = self.served(name).labels.get(STABLE)
+        try:
+            served = self.reconcile(name, stable=stable, canary=version, keep=keep)
+        except DeployError as exc:
+            raise DeployError(f"push of {name} version {version} failed and was rolled back: {exc.__cause__}") \
+                from exc
+        log.info("pushed %s version %s (canary); stable is %s", name, version, stable)
+        return served
 
     def promote(self, name: str, version: int) -> ServedModel:
         """Move `stable` to `version`; the previous stable stays loaded as the rollback target."""
-        before = read_config(self.target.config_file)
         current = self.served(name)
-        if current is None or version not in current.versions:
-            raise DeployError(f"{name} version {version} is not pushed; push it before promoting")
+        if version not in current.versions:
+            raise DeployError(f"{name} version {version} is not loaded; push it before promoting")
         previous = current.labels.get(STABLE)
-        versions = [version] + ([previous] if previous is not None else [])
         try:
-            self._apply(self._with_model(name, versions, {STABLE: version}))
-        except Exception as exc:
-            self._restore(before)
-            raise DeployError(f"promotion of {name} version {version} failed and was rolled back: {exc}") from exc
+            served = self.reconcile(name, stable=version, keep=[previous] if previous != version else [])
+        except DeployError as exc:
+            raise DeployError(f"promotion of {name} version {version} failed and was rolled back: "
+                              f"{exc.__cause__}") from exc
         log.info("promoted %s version %s to stable (previous stable %s)", name, version, previous)
-        return ServedModel(name, tuple(sorted(set(versions))), {STABLE: version})
+        return served
 
     def withdraw(self, name: str, version: int) -> ServedModel:
-        """Take a pushed-but-unpromoted version off the server (labels and the stable version stay)."""
+        """Take a version off the server (an unpromoted canary); the other labels and versions stay."""
         current = self.served(name)
-        if current is None:
-            raise DeployError(f"{name} is not served; nothing to withdraw")
         labels = {k: v for k, v in current.labels.items() if v != version}
-        versions = [v for v in current.versions if v != version] or list(labels.values())
-        if not versions:
-            config = read_config(self.target.config_file)
-            kept = [c for c in config.model_config_list.config if c.name != name]
-            config.model_config_list.ClearField("config")
-            config.model_config_list.config.extend(kept)
-            self._apply(config)
-            return ServedModel(name, (), {})
-        self._apply(self._with_model(name, versions, labels))
-        return ServedModel(name, tuple(sorted(versions)), labels)
+        keep = [v for v in current.versions if v != version and v not in labels.values()]
+        return self.reconcile(name, stable=labels.get(STABLE), canary=labels.get(CANARY), keep=keep)
+
+    def _collect_garbage(self, name: str, dropped: set[int]) -> None:
+        """Delete the folders of versions the server just stopped serving (MLflow keeps every version's
+        artifacts; a sync brings one back). Staged versions not yet pushed stay."""
+        for version in dropped:
+            folder = self.target.model_base_path / name / str(version)
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s (no longer served)", folder)
 
     def _apply(self, config) -> None:
         self.models.reload_config(config)

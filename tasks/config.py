@@ -145,6 +145,14 @@ class ServingConfig(_Strict):
                                    description="served model name (default: the pipeline name)")
     verify_examples: int = Field(32, ge=1, le=1000, description="eval rows replayed against the server")
     tolerance: float = Field(1e-4, gt=0, description="max |served - in-process| output difference")
+    max_p99_ms: float | None = Field(
+        1000.0, gt=0, description="InfraValidator: a candidate slower than this at p99 (batch 1, in the sandbox) "
+                                  "is not infra-blessed (null: no latency gate)")
+    infra_examples: int = Field(20, ge=1, le=1000, description="eval rows sent one by one over REST and gRPC "
+                                                               "in the sandbox")
+    infra_load_timeout_seconds: int = Field(120, ge=5, description="deadline for the sandbox to load the candidate")
+    sandbox_binary: str = Field("kiln-model-server", min_length=1,
+                                description="the sandbox server (tensorflow_model_server takes the same flags)")
     rest_url: str | None = Field(None, description="TF Serving REST address (default: the stack's)")
     grpc_address: str | None = Field(None, description="TF Serving gRPC host:port (default: the stack's)")
     model_base_path: str | None = Field(None, description="folder TF Serving loads versions from (default: the stack's)")

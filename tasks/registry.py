@@ -18,6 +18,7 @@ from tasks.artifacts.anomalies import ExampleAnomalies
 from tasks.artifacts.base import ArtifactType
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
+from tasks.artifacts.infra_blessing import InfraBlessing
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.pushed import PushedModel
@@ -43,7 +44,9 @@ class StepSpec:
     tracked: bool = False  # runs inside its own MLflow child run
     timeout_minutes: int | None = None
     role: Role = "step"  # setup: resolves the run; teardown: runs whatever happened upstream
-    gate: str | None = None  # an input ModelEvaluation: the step runs only for a blessed (or forced) model
+    # Inputs that bless (a ModelEvaluation, an InfraBlessing): the step runs only when all of them do. A
+    # forced push (serving.force_push_reason) overrides the model's blessing, never the infra blessing.
+    gates: tuple[str, ...] = ()
 
     def load(self) -> Callable[..., Any]:
         module, _, function = self.executor.partition(":")
@@ -89,12 +92,17 @@ STEPS: tuple[StepSpec, ...] = (
              inputs={"model": Model, "evaluation": ModelEvaluation, "optimized": OptimizedModel, "schema": Schema,
                      "examples": Examples},
              outputs={"registered": RegisteredModel}, config_section="registry", tracked=True),
-    StepSpec("push", "tasks.steps.push:run",
-             "Load the version on TF Serving, label it canary; skipped when not blessed (unless forced)",
+    StepSpec("infra_validate", "tasks.steps.infra_validate:run",
+             "Load the candidate in a sandbox model server, send it real requests, time them (InfraValidator)",
              inputs={"evaluation": ModelEvaluation, "registered": RegisteredModel, "model": Model,
                      "optimized": OptimizedModel, "examples": Examples},
+             outputs={"infra_blessing": InfraBlessing}, config_section="serving", gates=("evaluation",)),
+    StepSpec("push", "tasks.steps.push:run",
+             "Load the version on TF Serving, label it canary; only a model- and infra-blessed one (or forced)",
+             inputs={"evaluation": ModelEvaluation, "infra_blessing": InfraBlessing, "registered": RegisteredModel,
+                     "model": Model, "optimized": OptimizedModel, "examples": Examples},
              outputs={"pushed": PushedModel}, config_section="serving",
-             params={"force_push_reason": "serving.force_push_reason"}, gate="evaluation"),
+             params={"force_push_reason": "serving.force_push_reason"}, gates=("evaluation", "infra_blessing")),
     StepSpec("verify", "tasks.steps.verify:run", "Replay eval rows on the server, then promote to stable",
              inputs={"pushed": PushedModel, "model": Model, "examples": Examples},
              outputs={"verification": ServingVerification}, config_section="serving"),

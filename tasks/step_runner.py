@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from tasks import tracking
-from tasks.artifacts.base import read_manifest
+from tasks.artifacts.base import KINDS, read_manifest
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.run import RunSnapshot
 from tasks.errors import BadInputError, one_line
@@ -47,8 +47,8 @@ def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str
     _check_inputs(spec, inputs)
     function = spec.load()
     started = time.monotonic()
-    if spec.gate:
-        _check_gate(spec, config, inputs[spec.gate])
+    for gate in spec.gates:
+        _check_gate(spec, config, inputs[gate])
     tracked = tracking.step_run(config, ctx, spec.name, parent_tags=ctx.lineage) if spec.tracked else nullcontext()
     try:
         with tracked:
@@ -62,16 +62,17 @@ def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str
     return outputs
 
 
-def _check_gate(spec: StepSpec, config: Any, evaluation_uri: str) -> None:
-    """A gated step runs for a blessed model, or for an unblessed one forced with a recorded reason."""
-    evaluation = ModelEvaluation.read(evaluation_uri).properties
-    if evaluation.blessed:
+def _check_gate(spec: StepSpec, config: Any, blessing_uri: str) -> None:
+    """A gated step runs when its blessing input blesses; a model blessing may be forced with a reason."""
+    kind = read_manifest(blessing_uri).kind
+    blessing = KINDS[kind].read(blessing_uri).properties
+    if blessing.blessed:
         return
-    if config.serving.force_push_reason:
-        log.warning("%s: the model is not blessed (%s); forced: %s", spec.name, evaluation.first_failure,
+    if kind == ModelEvaluation.KIND and config.serving.force_push_reason:
+        log.warning("%s: the model is not blessed (%s); forced: %s", spec.name, blessing.first_failure,
                     config.serving.force_push_reason)
         return
-    raise StepSkipped(f"not promoted: {evaluation.first_failure}")
+    raise StepSkipped(f"not promoted: {blessing.first_failure}")
 
 
 def _check_inputs(spec: StepSpec, inputs: dict[str, str]) -> None:

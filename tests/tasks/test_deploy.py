@@ -21,7 +21,7 @@ from tests.data import first_row
 from tests.tasks.conftest import UNTIL_TRAIN, digits_pipeline, resolve
 
 pytestmark = pytest.mark.slow
-DEPLOY = ["evaluate", "optimize", "register", "push", "verify"]
+DEPLOY = ["evaluate", "optimize", "register", "infra_validate", "push", "verify"]
 
 
 def endpoints(target) -> ServingEndpoints:
@@ -92,7 +92,8 @@ def test_a_candidate_that_answers_unlike_the_shipped_model_is_withdrawn(trained_
     # (here: the push record names another model, as a corrupt copy or a wrong folder would).
     second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
                      params={"thresholds": {}, "change_thresholds": {}, "variants": []}, run_id="manual__second")
-    pushed = run_steps(second, ["evaluate", "optimize", "register", "push"], available=trained_digits)["pushed"]
+    pushed = run_steps(second, ["evaluate", "optimize", "register", "infra_validate", "push"],
+                       available=trained_digits)["pushed"]
     record = PushedModel.read(pushed).properties
     assert record.labels == {"stable": 1, "canary": 2}
     tampered = str(tmp_path / "tampered")
@@ -117,8 +118,8 @@ def test_an_unblessed_model_is_registered_but_not_pushed_and_serving_is_untouche
     out = run_steps(second, ["evaluate", "optimize", "register"], available=trained_digits)
     assert RegisteredModel.read(out["registered"]).properties.blessed is False
     with pytest.raises(StepSkipped, match=r"^not promoted: eval accuracy 0\.\d{4} does not meet"):
-        run_step("push", second, inputs={k: out[k] for k in ("evaluation", "registered", "model", "optimized",
-                                                            "examples")})
+        run_step("infra_validate", second, inputs={k: out[k] for k in ("evaluation", "registered", "model",
+                                                                      "optimized", "examples")})
     assert model_server.config_file.read_text() == before
     assert not (model_server.model_base_path / "digits" / "2").exists()
 
@@ -180,3 +181,77 @@ def test_a_server_preferring_tflite_answers_like_the_saved_model(trained_digits,
     assert 0 < np.max(np.abs(want - got)) < 0.1, "the int8 file answered (not the SavedModel), off by rounding only"
     agree = np.mean([a["class"] == b["class"] for a, b in zip(expected, answered, strict=True)])
     assert agree >= 0.95
+
+
+def _until_infra(trained: dict, root: Path, tracking: str, server, **params) -> tuple[str, dict[str, str]]:
+    config = root / "pipeline.yaml"
+    config.write_text(trained["config"].read_text() + f"registry: {{model_name: m-{uuid.uuid4().hex[:8]}}}\n")
+    run = resolve(config, root, tracking, endpoints(server), params={"thresholds": {}, "change_thresholds": {},
+                                                                     "variants": [], **params})
+    return run, run_steps(run, ["evaluate", "optimize", "register"], available=trained)
+
+
+def test_a_candidate_that_does_not_load_in_the_sandbox_is_not_infra_blessed_nor_pushed(
+        trained_digits, tmp_path, mlflow_store, model_server) -> None:
+    import shutil
+
+    from tasks.artifacts.infra_blessing import InfraBlessing
+    from tasks.artifacts.model import Model
+    from tasks.step_runner import StepSkipped
+
+    run, out = _until_infra(trained_digits, tmp_path, mlflow_store, model_server)
+    broken = tmp_path / "broken-model"
+    shutil.copytree(Path(trained_digits["model"]), broken)
+    for variables in (broken / "saved_model" / "variables").glob("variables.data*"):
+        variables.write_bytes(b"corrupt")
+    with Model.publish(str(tmp_path / "corrupt")) as published:  # same properties, corrupt weights
+        shutil.copytree(broken / "saved_model", published.dir / "saved_model")
+        published.properties = Model.read(trained_digits["model"]).properties
+    inputs = {k: out[k] for k in ("evaluation", "registered", "optimized", "examples")}
+    blessing = InfraBlessing.read(run_step("infra_validate", run, inputs={**inputs, "model": str(tmp_path / "corrupt")})
+                                  ["infra_blessing"]).properties
+    assert blessing.blessed is False and blessing.reason.startswith("the candidate did not load in the sandbox")
+    with pytest.raises(StepSkipped, match="^not promoted: the candidate did not load in the sandbox"):
+        run_step("push", run, inputs={**inputs, "model": trained_digits["model"],
+                                      "infra_blessing": str(tmp_path / "artifacts" / "digits" / run.split("/")[-3] /
+                                                            "infra_validate" / "infra_blessing")})
+    assert model_server.config_file.read_text().strip() == "model_config_list {\n}", "serving untouched"
+
+
+def test_a_candidate_too_slow_in_the_sandbox_is_not_infra_blessed(trained_digits, tmp_path, mlflow_store,
+                                                                 model_server) -> None:
+    from tasks.artifacts.infra_blessing import InfraBlessing
+
+    config = tmp_path / "slow.yaml"
+    run, out = _until_infra(trained_digits, tmp_path, mlflow_store, model_server)
+    config.write_text((tmp_path / "pipeline.yaml").read_text() + "serving: {max_p99_ms: 0.001, infra_examples: 5}\n")
+    slow = resolve(config, tmp_path, mlflow_store, endpoints(model_server), params={"variants": []}, run_id="slow")
+    blessing = InfraBlessing.read(run_step("infra_validate", slow, inputs={
+        k: out[k] for k in ("evaluation", "registered", "model", "optimized", "examples")})["infra_blessing"]).properties
+    assert blessing.blessed is False and "exceeds serving.max_p99_ms 0.001" in blessing.reason
+    assert blessing.load_seconds > 0 and blessing.requests == 10 and blessing.errors == 0
+    assert 0 < blessing.rest_p50_ms <= blessing.rest_p99_ms and 0 < blessing.grpc_p50_ms <= blessing.grpc_p99_ms
+
+
+def test_a_server_that_is_down_fails_the_push_and_nothing_changes(trained_digits, tmp_path, mlflow_store,
+                                                                  model_server) -> None:
+    from mlflow import MlflowClient
+
+    from serving.client import ServingClientError
+    from tasks.model_registry import aliases
+    from tests.servers import free_port
+
+    run, out = _deploy(trained_digits, tmp_path, mlflow_store, model_server)  # v1 is served and champion
+    name = RegisteredModel.read(out["registered"]).properties.model_name
+    dead = ServingEndpoints(rest_url=f"http://127.0.0.1:{free_port()}", grpc_address=f"127.0.0.1:{free_port()}",
+                            model_base_path=str(model_server.model_base_path), config_file=str(model_server.config_file))
+    second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, dead,
+                     params={"thresholds": {}, "change_thresholds": {}, "variants": []}, run_id="manual__down")
+    staged = run_steps(second, ["evaluate", "optimize", "register", "infra_validate"], available=trained_digits)
+    config_before = model_server.config_file.read_text()
+    with pytest.raises(ServingClientError, match="GetModelStatus"):
+        run_step("push", second, inputs={k: staged[k] for k in ("evaluation", "infra_blessing", "registered", "model",
+                                                                "optimized", "examples")})
+    assert not (model_server.model_base_path / "digits" / "2").exists(), "nothing written on disk"
+    assert model_server.config_file.read_text() == config_before
+    assert aliases(MlflowClient(mlflow_store), name) == {"champion": 1, "challenger": 2}, "MLflow as before push"

@@ -1,0 +1,103 @@
+"""InfraValidate: TFX's InfraValidator — before the candidate touches the real server, load it in a sandbox
+model server on free loopback ports (only the candidate), wait for AVAILABLE within a deadline (its
+warmup requests replay there too), send eval rows one by one over REST and gRPC, and time them.
+
+Infra-blessed when it loaded in time, every request was answered, and its p99 (REST and gRPC) is within
+`serving.max_p99_ms`. A candidate that fails any of that is not infra-blessed, with the reason; push is
+gated on this blessing. The sandbox is `serving.sandbox_binary` (kiln-model-server by default; the real
+`tensorflow_model_server` takes the same flags), with the same version folder push will ship.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from tasks.artifacts.examples import Examples
+from tasks.artifacts.infra_blessing import InfraBlessing, InfraBlessingProperties
+from tasks.artifacts.model import Model
+from tasks.artifacts.optimized import OptimizedModel
+from tasks.config import PipelineConfig
+from tasks.context import StepContext
+from tasks.features import json_instances, load_arrays
+from tasks.serving_bundle import version_bundle
+
+log = logging.getLogger(__name__)
+
+SANDBOX_VERSION = 1
+
+
+def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, model: str, optimized: str,
+        examples: str) -> dict[str, str]:
+    del evaluation, registered  # the gates: read by the step runner
+    from serving.sandbox import SandboxError, sandbox_server
+
+    settings = config.serving
+    trained, data = Model.read(model), Examples.read(examples)
+    name = config.served_model_name
+    inputs, _ = load_arrays(data.split_files("eval"), trained.preprocessing.features, trained.preprocessing.label,
+                            limit=settings.infra_examples)
+    measured: dict[str, Any] = {"server": settings.sandbox_binary, "max_p99_ms": settings.max_p99_ms}
+    try:
+        with sandbox_server(settings.sandbox_binary) as target, \
+                version_bundle(trained, OptimizedModel.read(optimized), data, name) as (saved_model, extras):
+            measured |= _load_and_probe(target, name, saved_model, extras, inputs, settings.infra_load_timeout_seconds)
+    except SandboxError as exc:
+        measured |= {"blessed": False, "reason": f"the sandbox server did not start: {exc}"}
+    if measured.get("blessed") is None:
+        measured |= _verdict(measured, settings.max_p99_ms)
+    out_uri = ctx.output_uri("infra_validate", "infra_blessing")
+    with InfraBlessing.publish(out_uri) as out:
+        out.properties = InfraBlessingProperties(**measured)
+    log.info("infra_validate: %s: %s", "infra-blessed" if measured["blessed"] else "NOT infra-blessed",
+             out.properties.model_dump_json(exclude_none=True))
+    return {"infra_blessing": out_uri}
+
+
+def _load_and_probe(target: Any, name: str, saved_model: Any, extras: dict[str, Any], inputs: dict[str, Any],
+                    load_timeout: float) -> dict[str, Any]:
+    from serving.client import GrpcPredictor, RestClient, ServingClientError
+    from serving.deployer import DeployError, ServingDeployer
+
+    deployer = ServingDeployer(target, load_timeout=load_timeout)
+    deployer.stage_version(name, SANDBOX_VERSION, saved_model, extras)
+    started = time.monotonic()
+    try:
+        deployer.push_version(name, SANDBOX_VERSION)
+    except DeployError as exc:
+        cause = exc.__cause__ or exc
+        return {"blessed": False, "reason": f"the candidate did not load in the sandbox: {str(cause).splitlines()[0]}",
+                "load_seconds": round(time.monotonic() - started, 3)}
+    load_seconds = round(time.monotonic() - started, 3)
+    rows = json_instances(inputs)
+    rest, grpc, errors, first_error = [], [], 0, None
+    with RestClient(target.rest_url, timeout=60) as client, GrpcPredictor(target.grpc_address, timeout=60) as predictor:
+        for index, row in enumerate(rows):
+            try:
+                rest.append(client.predict(name, [row], version=SANDBOX_VERSION).latency_ms)
+                one = {key: values[index:index + 1] for key, values in inputs.items()}
+                grpc.append(predictor.predict(name, one, version=SANDBOX_VERSION)[1])
+            except ServingClientError as exc:
+                errors += 1
+                first_error = first_error or str(exc)
+    result: dict[str, Any] = {"load_seconds": load_seconds, "requests": 2 * len(rows), "errors": errors}
+    for protocol, latencies in (("rest", rest), ("grpc", grpc)):
+        if latencies:
+            result[f"{protocol}_p50_ms"] = round(float(np.percentile(latencies, 50)), 3)
+            result[f"{protocol}_p99_ms"] = round(float(np.percentile(latencies, 99)), 3)
+    if errors:
+        result |= {"blessed": False, "reason": f"{errors} of {2 * len(rows)} requests failed in the sandbox, "
+                                               f"first: {first_error}"}
+    return result
+
+
+def _verdict(measured: dict[str, Any], max_p99_ms: float | None) -> dict[str, Any]:
+    worst = max(measured.get("rest_p99_ms") or 0.0, measured.get("grpc_p99_ms") or 0.0)
+    if max_p99_ms is not None and worst > max_p99_ms:
+        return {"blessed": False, "reason": f"p99 latency {worst:.1f} ms in the sandbox exceeds "
+                                            f"serving.max_p99_ms {max_p99_ms:g}"}
+    return {"blessed": True, "reason": f"loaded in {measured['load_seconds']:.2f}s; {measured['requests']} requests "
+                                       f"answered, p99 {worst:.1f} ms"}
