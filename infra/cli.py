@@ -1,4 +1,5 @@
-"""The `kiln` command: pipelines from a CSV (init), runs on the embedded stack (up/run/status/down), demos."""
+"""The `kiln` command: pipelines from a CSV (init), runs on the embedded stack (up/run/status/down), demos,
+and serving by the registry (promote/rollback/sync)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from infra.airflow_api import AirflowApiError
+from infra.cli_serving import register as register_serving_commands
+from infra.console import AsJson, Home, err, fail, out
 from infra.demo_data import DATASETS
 from infra.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
 from tasks.config import PipelineConfig, load_config
@@ -23,23 +25,14 @@ from tasks.errors import BadInputError
 from tasks.metrics import HEADLINE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-out = Console()
-err = Console(stderr=True)
 
 PIPELINES = REPO_ROOT / "pipelines"
 DEFAULT_CONFIG = PIPELINES / "digits.yaml"
 STATE_STYLE = {"success": "green", "failed": "red", "upstream_failed": "red", "running": "yellow",
                "up_for_retry": "yellow", "queued": "dim", "scheduled": "dim", "skipped": "dim"}
 
-Home = Annotated[Path | None, typer.Option("--home", help="state folder (default: $KILN_HOME or ./.kiln)")]
 Port = Annotated[int | None, typer.Option(min=1, max=65535)]
 Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="override, e.g. epochs=3 (see `kiln steps`)")]
-AsJson = Annotated[bool, typer.Option("--json", help="print one JSON summary object on stdout")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _stack(home: Path | None, airflow_port: int | None, mlflow_port: int | None, rest_port: int | None,
@@ -66,7 +59,7 @@ def _start(stack: Stack) -> None:
     try:
         stack.up(report=_say)
     except StackError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     err.print(f"stack up in {time.monotonic() - started:.1f}s: Airflow UI {stack.airflow_url} "
               f"(admin password in {stack.airflow_home}/simple_auth_manager_passwords.json.generated), "
               f"MLflow {stack.mlflow_url}, TF Serving REST {stack.serving_rest_url}", highlight=False, markup=False)
@@ -97,12 +90,12 @@ def init(
     from infra.init import infer, renamed_columns, write_files
 
     if task not in (None, "classification", "regression"):
-        raise _fail(f"--task {task!r}: use classification or regression")
+        raise fail(f"--task {task!r}: use classification or regression")
     try:
         inferred = infer(csv_path, label, name, out_dir, task)
         write_files(inferred, csv_path, model, force)
     except BadInputError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     profile = inferred.profile
     table = Table(title=f"{csv_path}: {profile.rows:,} rows, {len(profile.header)} columns")
     for column in ("column", "type", "missing", "distinct", "role"):
@@ -126,7 +119,7 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
     for item in params:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _fail(f"--param {item!r}: expected key=value")
+            raise fail(f"--param {item!r}: expected key=value")
         overrides[key.strip()] = yaml.safe_load(value) if value else None
     return overrides
 
@@ -142,10 +135,10 @@ def validated_config(config_path: Path, overrides: dict[str, Any], home: Path) -
         source = config.data.source
         if "://" not in source and not Path(source).is_file():
             hint = "; `kiln demo-data` writes the demo data sets there" if Path(source).parent == home / "data" else ""
-            raise _fail(f"data source not found: {source} (data.source in {config_path}){hint}")
+            raise fail(f"data source not found: {source} (data.source in {config_path}){hint}")
         check_model_function(config.train.model, config.train.hparams)
     except BadInputError as exc:
-        raise _fail(f"{config_path}: {exc}" if str(config_path) not in str(exc) else str(exc)) from None
+        raise fail(f"{config_path}: {exc}" if str(config_path) not in str(exc) else str(exc)) from None
     return config
 
 
@@ -159,7 +152,7 @@ def demo_data(
     names = [pipeline] if pipeline else list(DATASETS)
     for name in names:
         if name not in DATASETS:
-            raise _fail(f"--pipeline {name!r}: demo data sets are {', '.join(DATASETS)}")
+            raise fail(f"--pipeline {name!r}: demo data sets are {', '.join(DATASETS)}")
         err.print(f"wrote {DATASETS[name](kiln_home(home) / 'data' / f'{name}.csv')}", highlight=False, markup=False)
 
 
@@ -178,7 +171,7 @@ def run(
     try:
         stack = Stack.load(home_path)
     except StackError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     summary = run_and_summarize(stack, config_path, overrides, config)
     _report(summary, as_json)
     if summary["state"] != "success":
@@ -201,9 +194,9 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
         client, run_id = trigger_and_follow(stack, config, config_path, overrides, _print_task, report=_say)
         summary = summarize(client, stack, run_id, config)
     except BadInputError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except (AirflowApiError, RunFailed) as exc:
-        raise _fail(str(exc), code=1) from None
+        raise fail(str(exc), code=1) from None
     summary["summary_path"] = str(write_summary(stack.home, summary))
     return summary
 
@@ -327,7 +320,7 @@ def demo(
 ) -> None:
     """up -> write the pipeline's demo data -> run -> summary -> down."""
     if pipeline not in DATASETS:
-        raise _fail(f"--pipeline {pipeline!r}: demo pipelines are {', '.join(DATASETS)}")
+        raise fail(f"--pipeline {pipeline!r}: demo pipelines are {', '.join(DATASETS)}")
     config_path = PIPELINES / f"{pipeline}.yaml"
     stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
     _start(stack)
@@ -374,7 +367,7 @@ def lineage(
         uri = tracking_uri or Stack.load(home_path).mlflow_url
         found = walk(uri, _registered_name(model, home_path), version)
     except (BadInputError, StackError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(found, indent=2))
         return
@@ -410,7 +403,7 @@ def status(home: Home = None) -> None:
     try:
         stack = Stack.load(home_path)
     except StackError as exc:
-        raise _fail(str(exc), code=1) from None
+        raise fail(str(exc), code=1) from None
     table = Table(title=f"kiln stack ({home_path})")
     table.add_column("service")
     table.add_column("health")
@@ -468,6 +461,9 @@ def _safe(value: Any) -> Any:
         return value()
     except Exception as exc:  # noqa: BLE001 - one service being down must not hide the others
         return f"unavailable ({str(exc).splitlines()[0][:80]})"
+
+
+register_serving_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli`

@@ -8,6 +8,7 @@ worker environment (Helm values, compose env file).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from tasks.context import ServingEndpoints
@@ -18,11 +19,13 @@ SERVING_VARIABLES = {"rest_url": "KILN_SERVING_REST", "grpc_address": "KILN_SERV
                      "model_base_path": "KILN_SERVING_MODELS", "config_file": "KILN_SERVING_CONFIG"}
 
 
-def deployment_from_env() -> Deployment:
-    home = Path(os.environ.get("KILN_HOME") or REPO_ROOT / ".kiln")
-    serving = {field: os.environ.get(name, "").strip() for field, name in SERVING_VARIABLES.items()}
+def deployment_from_env(env: Mapping[str, str] | None = None) -> Deployment:
+    """From these variables (default: this process's environment)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("KILN_HOME") or REPO_ROOT / ".kiln")
+    serving = {field: env.get(name, "").strip() for field, name in SERVING_VARIABLES.items()}
     return Deployment(
-        artifact_root=os.environ.get("KILN_ARTIFACT_ROOT") or str(home / "artifacts"),
-        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
+        artifact_root=env.get("KILN_ARTIFACT_ROOT") or str(home / "artifacts"),
+        tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
         serving=ServingEndpoints(**serving) if all(serving.values()) else None,
     )

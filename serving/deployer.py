@@ -12,7 +12,8 @@ no longer wanted are deleted afterwards.
 start (a restarted server comes back as it was) and a reload must name every model, so it also carries
 the other models' entries. A version folder is copied to `<base>/<model>/.staging-*` and renamed to
 `<base>/<model>/<version>/` (TF Serving only loads numeric folder names, so a half-copied folder is
-invisible).
+invisible). Changes are serialized by a lock file beside `models.config` (`lock()`): a pipeline's push
+and a serving sync may run at the same moment, and a reconcile is a read-modify-write of the server.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -87,6 +90,12 @@ class ServingDeployer:
         self.target = target
         self.load_timeout = load_timeout
         self.models = model_service or GrpcModelService(target.grpc_address, timeout=load_timeout)
+        target.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(f"{target.config_file}.lock")  # reentrant: reconcile takes it again inside
+
+    def lock(self) -> AbstractContextManager[object]:
+        """Hold while deciding and applying a change, so no other deployer changes the server meanwhile."""
+        return self._lock
 
     # -- state, as the server reports it -------------------------------------------------------
     def served(self, name: str) -> ServedModel:
@@ -155,6 +164,10 @@ class ServingDeployer:
     def reconcile(self, name: str, stable: int | None, canary: int | None = None,
                   keep: Iterable[int] = ()) -> ServedModel:
         """Serve `stable` and `canary` under those labels, plus `keep` loaded and unlabelled; nothing else."""
+        with self.lock():
+            return self._reconcile(name, stable, canary, keep)
+
+    def _reconcile(self, name: str, stable: int | None, canary: int | None, keep: Iterable[int]) -> ServedModel:
         labels = {label: v for label, v in ((STABLE, stable), (CANARY, canary)) if v is not None}
         wanted = set(labels.values()) | {v for v in keep if v is not None}
         current = self.served(name)
@@ -179,35 +192,45 @@ class ServingDeployer:
 
     def push_version(self, name: str, version: int, keep: Iterable[int] = ()) -> ServedModel:
         """Load a staged version beside the current stable one and label it canary."""
-        stable = self.served(name).labels.get(STABLE)
-        try:
-            served = self.reconcile(name, stable=stable, canary=version, keep=keep)
-        except DeployError as exc:
-            raise DeployError(f"push of {name} version {version} failed and was rolled back: {exc.__cause__}") \
-                from exc
+        with self.lock():
+            stable = self.served(name).labels.get(STABLE)
+            try:
+                served = self.reconcile(name, stable=stable, canary=version, keep=keep)
+            except DeployError as exc:
+                raise DeployError(f"push of {name} version {version} failed and was rolled back: {exc.__cause__}") \
+                    from exc
         log.info("pushed %s version %s (canary); stable is %s", name, version, stable)
         return served
 
     def promote(self, name: str, version: int) -> ServedModel:
         """Move `stable` to `version`; the previous stable stays loaded as the rollback target."""
-        current = self.served(name)
-        if version not in current.versions:
-            raise DeployError(f"{name} version {version} is not loaded; push it before promoting")
-        previous = current.labels.get(STABLE)
-        try:
-            served = self.reconcile(name, stable=version, keep=[previous] if previous != version else [])
-        except DeployError as exc:
-            raise DeployError(f"promotion of {name} version {version} failed and was rolled back: "
-                              f"{exc.__cause__}") from exc
+        with self.lock():
+            current = self.served(name)
+            if version not in current.versions:
+                raise DeployError(f"{name} version {version} is not loaded; push it before promoting")
+            previous = current.labels.get(STABLE)
+            try:
+                served = self.reconcile(name, stable=version, keep=[previous] if previous != version else [])
+            except DeployError as exc:
+                raise DeployError(f"promotion of {name} version {version} failed and was rolled back: "
+                                  f"{exc.__cause__}") from exc
         log.info("promoted %s version %s to stable (previous stable %s)", name, version, previous)
         return served
 
     def withdraw(self, name: str, version: int) -> ServedModel:
         """Take a version off the server (an unpromoted canary); the other labels and versions stay."""
-        current = self.served(name)
-        labels = {k: v for k, v in current.labels.items() if v != version}
-        keep = [v for v in current.versions if v != version and v not in labels.values()]
-        return self.reconcile(name, stable=labels.get(STABLE), canary=labels.get(CANARY), keep=keep)
+        with self.lock():
+            current = self.served(name)
+            labels = {k: v for k, v in current.labels.items() if v != version}
+            keep = [v for v in current.versions if v != version and v not in labels.values()]
+            return self.reconcile(name, stable=labels.get(STABLE), canary=labels.get(CANARY), keep=keep)
+
+    def unstage(self, name: str, version: int) -> None:
+        """Delete a staged version folder the server does not serve (a push that did not happen)."""
+        with self.lock():
+            if version in self.served(name).versions:
+                raise DeployError(f"{name} version {version} is served; reconcile it away instead")
+            shutil.rmtree(self.target.model_base_path / name / str(version), ignore_errors=True)
 
     def _collect_garbage(self, name: str, dropped: set[int]) -> None:
         """Delete the folders of versions the server just stopped serving (MLflow keeps every version's

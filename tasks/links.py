@@ -19,6 +19,24 @@ def mlflow_ui(tracking_uri: str | None) -> str | None:
     return tracking_uri.rstrip("/") if tracking_uri and tracking_uri.startswith(("http://", "https://")) else None
 
 
+def model_version_url(ui: str, model: str, version: int) -> str:
+    return f"{ui}/#/models/{model}/versions/{version}"
+
+
+def served_status_url(rest_url: str, served_model: str) -> str:
+    return f"{rest_url.rstrip('/')}/v1/models/{served_model}"
+
+
+def serving_links(tracking_uri: str | None, rest_url: str, model: str, served_model: str,
+                  version: int | None) -> dict[str, str]:
+    """A serving sync's links: the served model's status and the champion's MLflow version page."""
+    links = {SERVED_MODEL: served_status_url(rest_url, served_model)}
+    ui = mlflow_ui(tracking_uri)
+    if ui and version is not None:
+        links[MODEL_VERSION] = model_version_url(ui, model, version)
+    return links
+
+
 def step_links(step: str, tracked: bool, config: PipelineConfig, ctx: StepContext,
                outputs: dict[str, str]) -> dict[str, str]:
     links: dict[str, str] = {}
@@ -29,11 +47,11 @@ def step_links(step: str, tracked: bool, config: PipelineConfig, ctx: StepContex
             links[MLFLOW_RUN] = f"{ui}/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
     if ui and "registered" in outputs:
         registered = RegisteredModel.read(outputs["registered"]).properties
-        links[MODEL_VERSION] = f"{ui}/#/models/{registered.model_name}/versions/{registered.version}"
+        links[MODEL_VERSION] = model_version_url(ui, registered.model_name, registered.version)
     for name in ("pushed", "verification"):
         if name in outputs and ctx.serving is not None:
-            links[SERVED_MODEL] = f"{ctx.serving.rest_url.rstrip('/')}/v1/models/{config.served_model_name}"
+            links[SERVED_MODEL] = served_status_url(ctx.serving.rest_url, config.served_model_name)
     if ui and "pushed" in outputs:
         version = PushedModel.read(outputs["pushed"]).properties.version
-        links[MODEL_VERSION] = f"{ui}/#/models/{config.registered_model_name}/versions/{version}"
+        links[MODEL_VERSION] = model_version_url(ui, config.registered_model_name, version)
     return links

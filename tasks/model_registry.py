@@ -1,8 +1,9 @@
 """The MLflow model registry as kiln uses it: aliases only (never stages), every alias move appended to
 an audit history on the registered model, and the files a version carries for later steps.
 
-Aliases: `challenger` (blessed, not yet serving), `champion` (serving as `stable`), `previous-champion`
-(the rollback target). The history is a JSON list in the registered model's tag `kiln.alias_history`
+Aliases are the desired serving state (`tasks.serving_sync` makes the server follow them):
+`challenger` (model- and infra-blessed, served as `canary` until verified), `champion` (served as
+`stable`), `previous-champion` (kept loaded: the rollback target). The history is a JSON list in the registered model's tag `kiln.alias_history`
 (MLflow keeps registered-model tags up to 100,000 characters; the newest `HISTORY_LIMIT` moves stay).
 MLflow has no compare-and-set, so two writers at the same moment could drop one entry; kiln's writers
 are the pipeline's own runs (one at a time per pipeline) and the operator's CLI.
@@ -27,6 +28,10 @@ SERVING_ARTIFACT_PATH = "tf_serving"  # the exact SavedModel TF Serving runs
 CONTRACT_ARTIFACT_PATH = "contract"  # preprocessing.json: the served features and the label
 CONTRACT_FILE = "preprocessing.json"
 MODEL_CARD = "model_card.md"
+
+
+class RegistryError(RuntimeError):
+    """A registry change that cannot be made (no such version, nothing to roll back to); one line."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,35 @@ def promote(client: Any, model: str, version: int, why: str, by: str) -> dict[st
     if current.get(CHALLENGER) == version:
         move_alias(client, model, CHALLENGER, None, f"v{version} became champion", by)
     return aliases(client, model)
+
+
+def rollback(client: Any, model: str, why: str, by: str) -> dict[str, int]:
+    """champion <-> previous-champion: the previous champion serves again, and a second rollback undoes it."""
+    current = aliases(client, model)
+    champion, previous = current.get(CHAMPION), current.get(PREVIOUS)
+    if previous is None:
+        raise RegistryError(f"{model} has no {PREVIOUS} alias: there is nothing to roll back to")
+    move_alias(client, model, CHAMPION, previous, why, by)
+    if champion is not None:
+        move_alias(client, model, PREVIOUS, champion, f"rolled back from v{champion}", by)
+    return aliases(client, model)
+
+
+def restore(client: Any, model: str, before: dict[str, int], why: str, by: str) -> dict[str, int]:
+    """Put kiln's aliases back as they were (a change the server could not follow is undone)."""
+    for alias in (CHAMPION, PREVIOUS, CHALLENGER):
+        move_alias(client, model, alias, before.get(alias), why, by)
+    return aliases(client, model)
+
+
+def is_registered(client: Any, model: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model)
+    except MlflowException:
+        return False
+    return True
 
 
 def describe(client: Any, model: str, description: str) -> None:

@@ -1,16 +1,16 @@
-"""What a served version folder holds, built the same way for the InfraValidator's sandbox and for push.
+"""The folder TF Serving loads as one version, written once by register and shipped as is.
 
-The SavedModel optimize chose to serve (the trained one, or the fine-tuned one its TFLite file came
-from), the selected variant's `model.tflite` (for `--prefer_tflite_model` and edge use) and warmup
+It holds the SavedModel optimize chose to serve (the trained one, or the fine-tuned one its TFLite file
+came from), the selected variant's `model.tflite` (for `--prefer_tflite_model` and edge use) and warmup
 requests built from eval rows (`assets.extra/tf_serving_warmup_requests`), so the server replays real
-traffic before it reports AVAILABLE — a model that cannot answer them never gets a label.
+traffic before it reports AVAILABLE: a model that cannot answer them never gets a label. Register logs
+it to MLflow as the version's `tf_serving/`; the InfraValidator's sandbox, push and a serving sync all
+load these same bytes, so what was validated is what serves, whoever puts it there.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,19 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 WARMUP_RECORDS = 8
 
 
-@contextmanager
-def version_bundle(trained: Model, optimized: OptimizedModel, examples: Examples,
-                   model_name: str) -> Iterator[tuple[Path, dict[str, Path]]]:
-    """(the SavedModel to serve, extra files by their path in the version folder), valid inside the block."""
-    saved_model = Path(optimized.fine_tuned_saved_model or trained.saved_model)
+def write_version_folder(folder: Path, trained: Model, optimized: OptimizedModel, examples: Examples,
+                         served_model_name: str) -> Path:
+    """Fill `folder` (new) with the version's files; the same inputs give the same bytes (a retry is a no-op)."""
+    shutil.copytree(optimized.fine_tuned_saved_model or trained.saved_model, folder)
     features = trained.preprocessing.features
-    with tempfile.TemporaryDirectory(prefix="kiln-bundle-") as scratch:
-        warmup = Path(scratch) / "warmup"
-        inputs, _ = load_arrays(examples.split_files("eval"), features, trained.preprocessing.label,
-                                limit=WARMUP_RECORDS)
-        write_warmup_requests(warmup, model_name, features, inputs)
-        extras = {WARMUP_FILE: warmup}
-        if optimized.tflite_path:
-            extras[TFLITE_FILE] = Path(optimized.tflite_path)
-        yield saved_model, extras
+    inputs, _ = load_arrays(examples.split_files("eval"), features, trained.preprocessing.label,
+                            limit=WARMUP_RECORDS)
+    warmup = folder / WARMUP_FILE
+    warmup.parent.mkdir(parents=True, exist_ok=True)
+    write_warmup_requests(warmup, served_model_name, features, inputs)
+    if optimized.tflite_path:
+        shutil.copy2(optimized.tflite_path, folder / TFLITE_FILE)
+    return folder
 
 
 def write_warmup_requests(path: Path, model_name: str, features: list[FeatureSpec], inputs: dict[str, Any]) -> None:
@@ -56,4 +54,4 @@ def write_warmup_requests(path: Path, model_name: str, features: list[FeatureSpe
                 values = inputs[feature.name][row:row + 1]
                 request.inputs[feature.name].CopyFrom(tf.make_tensor_proto(values, dtype=tf.as_dtype(feature.dtype)))
             log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log_record.SerializeToString())
+            writer.write(log_record.SerializeToString(deterministic=True))  # map order fixed: same bytes on retry

@@ -35,6 +35,9 @@ class Deployment:
     tracking_uri: str | None = None
     serving: ServingEndpoints | None = None
 
+    def tracking_uri_for(self, config: PipelineConfig) -> str | None:
+        return config.registry.tracking_uri or self.tracking_uri
+
 
 def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment, run_id: str,
                 parsed_placement: dict[str, Any] | None = None) -> str:
@@ -46,8 +49,8 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
         raise ConfigError(f"{path}: placement changed since Airflow parsed the DAG; trigger again once it is "
                           f"re-parsed (`kiln run` waits for that)")
     ctx = StepContext(artifact_root=deployment.artifact_root, pipeline=config.pipeline, run_id=run_id,
-                      tracking_uri=config.registry.tracking_uri or deployment.tracking_uri,
-                      serving=_serving(config, deployment))
+                      tracking_uri=deployment.tracking_uri_for(config),
+                      serving=serving_endpoints(config, deployment))
     uri = ctx.output_uri("resolve", "run")
     with RunSnapshot.publish(uri) as out:
         resolved = _carry_files(config, uri, out.dir)
@@ -62,7 +65,8 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
     return uri
 
 
-def _serving(config: PipelineConfig, deployment: Deployment) -> ServingEndpoints | None:
+def serving_endpoints(config: PipelineConfig, deployment: Deployment) -> ServingEndpoints | None:
+    """The pipeline's own TF Serving (all four `serving` addresses set) or else the deployment's."""
     given = {name: getattr(config.serving, name) for name in _SERVING_FIELDS}
     if not any(given.values()):
         return deployment.serving

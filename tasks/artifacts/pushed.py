@@ -15,7 +15,6 @@ class PushedProperties(Properties):
     grpc_address: str
     forced_reason: str | None = None  # pushed although not blessed, and why
     saved_model: str  # the SavedModel that was shipped (verify compares the server with it)
-    variant: str  # optimize's selection, whose TFLite file rides along
 
 
 class PushedModel(ArtifactType[PushedProperties]):

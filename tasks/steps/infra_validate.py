@@ -5,13 +5,14 @@ warmup requests replay there too), send eval rows one by one over REST and gRPC,
 Infra-blessed when it loaded in time, every request was answered, and its p99 (REST and gRPC) is within
 `serving.max_p99_ms`. A candidate that fails any of that is not infra-blessed, with the reason; push is
 gated on this blessing. The sandbox is `serving.sandbox_binary` (kiln-model-server by default; the real
-`tensorflow_model_server` takes the same flags), with the same version folder push will ship.
+`tensorflow_model_server` takes the same flags), loading register's version folder: the bytes push ships.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,20 +20,19 @@ import numpy as np
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.infra_blessing import InfraBlessing, InfraBlessingProperties
 from tasks.artifacts.model import Model
-from tasks.artifacts.optimized import OptimizedModel
+from tasks.artifacts.registered import RegisteredModel
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
-from tasks.serving_bundle import version_bundle
 
 log = logging.getLogger(__name__)
 
 SANDBOX_VERSION = 1
 
 
-def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, model: str, optimized: str,
+def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, model: str,
         examples: str) -> dict[str, str]:
-    del evaluation, registered  # the gates: read by the step runner
+    del evaluation  # a gate: read by the step runner
     from serving.sandbox import SandboxError, sandbox_server
 
     settings = config.serving
@@ -42,9 +42,9 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
                             limit=settings.infra_examples)
     measured: dict[str, Any] = {"server": settings.sandbox_binary, "max_p99_ms": settings.max_p99_ms}
     try:
-        with sandbox_server(settings.sandbox_binary) as target, \
-                version_bundle(trained, OptimizedModel.read(optimized), data, name) as (saved_model, extras):
-            measured |= _load_and_probe(target, name, saved_model, extras, inputs, settings.infra_load_timeout_seconds)
+        with sandbox_server(settings.sandbox_binary) as target:
+            folder = Path(RegisteredModel.read(registered).version_folder)
+            measured |= _load_and_probe(target, name, folder, inputs, settings.infra_load_timeout_seconds)
     except SandboxError as exc:
         measured |= {"blessed": False, "reason": f"the sandbox server did not start: {exc}"}
     if measured.get("blessed") is None:
@@ -57,13 +57,13 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
     return {"infra_blessing": out_uri}
 
 
-def _load_and_probe(target: Any, name: str, saved_model: Any, extras: dict[str, Any], inputs: dict[str, Any],
+def _load_and_probe(target: Any, name: str, version_folder: Path, inputs: dict[str, Any],
                     load_timeout: float) -> dict[str, Any]:
     from serving.client import GrpcPredictor, RestClient, ServingClientError
     from serving.deployer import DeployError, ServingDeployer
 
     deployer = ServingDeployer(target, load_timeout=load_timeout)
-    deployer.stage_version(name, SANDBOX_VERSION, saved_model, extras)
+    deployer.stage_version(name, SANDBOX_VERSION, version_folder, {})
     started = time.monotonic()
     try:
         deployer.push_version(name, SANDBOX_VERSION)

@@ -2,15 +2,17 @@
 
 The tf_keras model is logged with `mlflow.tensorflow.log_model` (loads back as Keras or pyfunc with
 TF_USE_LEGACY_KERAS=1) with a signature of the served features and an input example; beside it: the
-exact SavedModel TF Serving will run (`tf_serving/`; the pruned one when optimize selected a pruned
-variant), the selected TFLite file (`tflite/`), every compression variant (`compression/`), kiln's contract
+exact version folder TF Serving will load (`tf_serving/`: the SavedModel optimize chose, its TFLite
+file and warmup requests, see `tasks.serving_bundle`; also kept in this step's artifact, from where the
+InfraValidator and push ship it), the selected TFLite file (`tflite/`), every compression variant (`compression/`), kiln's contract
 (`contract/preprocessing.json`: served features and label, what a later evaluate needs to score this
 version as champion), the schema (`schema/schema.pbtxt`), the evaluation (`evaluation/`: metrics,
 checks, plots) and a model card (`model_card.md`). Version tags link it to its DAG run, data and
 schema, so a served version number leads back to them through MLflow alone (`kiln lineage`).
 
-A blessed version gets the alias `challenger`; an unblessed one is registered with `blessed=false`
-and its first failed check, and no alias. A retry finds the version by its `kiln.run_id` tag.
+An unblessed version is registered too, tagged `blessed=false` with its first failed check. No alias
+moves here: `challenger` is set by push, once the version is also infra-blessed and loaded as canary.
+A retry finds the version by its `kiln.run_id` tag.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, Model
 from tasks.artifacts.optimized import REPORT_JSON, REPORT_MD, REPORT_PLOT, OptimizedModel
-from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
+from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel, RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
@@ -33,14 +35,13 @@ from tasks.features import FeatureSpec
 from tasks.model_card import model_card
 from tasks.model_registry import (
     BLESSED_TAG,
-    CHALLENGER,
     CONTRACT_ARTIFACT_PATH,
     CONTRACT_FILE,
     MODEL_CARD,
     SERVING_ARTIFACT_PATH,
-    move_alias,
 )
 from tasks.models.export import load_serving_function
+from tasks.serving_bundle import write_version_folder
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,28 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, o
     name = config.registered_model_name
     evaluated = ModelEvaluation.read(evaluation)
     client = tracking.client(ctx)
-    version = find_version(client, name, ctx.run_id)
-    if version is not None:
-        log.info("register: reusing %s version %s already registered for %s", name, version.version, ctx.run_id)
-    else:
-        version = _log_and_register(config, ctx, Model.read(model), evaluated, OptimizedModel.read(optimized),
-                                    Schema.read(schema), Examples.read(examples))
-    blessed = evaluated.properties.blessed
-    if blessed:
-        move_alias(client, name, CHALLENGER, int(version.version), "blessed by evaluate", by=_by(ctx))
-    if not client.get_registered_model(name).description and config.description:
-        client.update_registered_model(name, description=config.description)
-
+    trained, optimized_model, data = Model.read(model), OptimizedModel.read(optimized), Examples.read(examples)
     out_uri = ctx.output_uri("register", "registered")
     with RegisteredModel.publish(out_uri) as out:
+        folder = write_version_folder(out.dir / VERSION_FOLDER, trained, optimized_model, data,
+                                      config.served_model_name)
+        version = find_version(client, name, ctx.run_id)
+        if version is not None:
+            log.info("register: reusing %s version %s already registered for %s", name, version.version,
+                     ctx.run_id)
+        else:
+            version = _log_and_register(config, ctx, trained, evaluated, optimized_model, Schema.read(schema), data,
+                                        folder)
+        blessed = evaluated.properties.blessed
+        if not client.get_registered_model(name).description and config.description:
+            client.update_registered_model(name, description=config.description)
         out.properties = RegisteredProperties(
             model_name=name, version=int(version.version), mlflow_run_id=version.run_id,
             model_uri=f"models:/{name}/{version.version}",
             serving_artifact_uri=f"runs:/{version.run_id}/{SERVING_ARTIFACT_PATH}",
-            alias=CHALLENGER if blessed else None, blessed=blessed)
+            blessed=blessed)
     log.info("register: %s version %s (%s, run %s)", name, version.version,
-             f"@{CHALLENGER}" if blessed else "not blessed, no alias", version.run_id)
+             "blessed" if blessed else "not blessed", version.run_id)
     return {"registered": out_uri}
 
 
@@ -83,23 +85,18 @@ def find_version(client: Any, name: str, run_id: str) -> Any | None:
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _by(ctx: StepContext) -> str:
-    return f"{ctx.dag_id} run {ctx.run_id}"
-
-
 def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, evaluated: ModelEvaluation,
-                      optimized: OptimizedModel, schema: Schema, examples: Examples) -> Any:
+                      optimized: OptimizedModel, schema: Schema, examples: Examples, version_folder: Path) -> Any:
     import mlflow
     import tf_keras as keras
 
     saved_model = Path(trained.saved_model)
-    served = Path(optimized.fine_tuned_saved_model or saved_model)  # what TF Serving will run
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features
     example = _example_inputs(features)
     info = mlflow.tensorflow.log_model(keras_model, name="model", pip_requirements=_requirements(),
                                        signature=_signature(saved_model, example), input_example=example)
-    mlflow.log_artifacts(str(served), artifact_path=SERVING_ARTIFACT_PATH)
+    mlflow.log_artifacts(str(version_folder), artifact_path=SERVING_ARTIFACT_PATH)
     if optimized.tflite_path:
         mlflow.log_artifact(optimized.tflite_path, artifact_path="tflite")
     for report in (REPORT_JSON, REPORT_MD, REPORT_PLOT):

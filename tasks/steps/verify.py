@@ -1,8 +1,10 @@
 """Verify: replay eval rows against the pushed version over REST — JSON objects by feature name, as a
-client sends them — compare the answers with the shipped SavedModel run in-process, then promote: `stable` moves to the
-new version on the server and `champion` to it in MLflow (the old champion becomes
+client sends them — compare the answers with the shipped SavedModel run in-process, then promote.
+
+Promotion is the registry's first: `champion` moves to the version in MLflow (the old champion becomes
 `previous-champion`, the rollback target; each move is appended to the registered model's alias
-history). A mismatch withdraws the version and fails the run.
+history), then a serving sync moves `stable` on the server. A mismatch drops `challenger` and syncs
+(the canary is withdrawn, stable untouched) and fails the run; a sync that fails puts the aliases back.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from tasks.artifacts.verification import ServingVerification, VerificationProper
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
-from tasks.model_registry import describe, promote
+from tasks.model_registry import CHALLENGER, describe, move_alias, promote
 from tasks.models.export import CLASS, CLASS_ID, predict
+from tasks.serving_sync import move_and_sync, sync
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +47,26 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
         served = client.predict(name, json_instances(inputs), version=version)
     max_diff, mismatch = compare(served.rows(list(expected)), expected)
     deployer = ServingDeployer(target)
+    client, model_name, by = tracking.client(ctx), config.registered_model_name, f"{ctx.dag_id} run {ctx.run_id}"
     if mismatch or max_diff > config.serving.tolerance:
-        deployer.withdraw(name, version)
         why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
+        move_alias(client, model_name, CHALLENGER, None, f"v{version} failed verify: {why}", by)
+        sync(client, model_name, name, deployer)
         raise VerificationError(f"{name} version {version} answers differently from the shipped model ({why}); "
                                 f"withdrawn from serving")
-    served_model = deployer.promote(name, version)
     why = f"forced: {pushed_props.forced_reason}" if pushed_props.forced_reason else "blessed and verified"
-    client = tracking.client(ctx)
-    aliases = promote(client, config.registered_model_name, version, why, by=f"{ctx.dag_id} run {ctx.run_id}")
-    describe(client, config.registered_model_name, _description(config, version, why))
+    _, synced = move_and_sync(client, model_name, name, deployer, lambda: promote(client, model_name, version, why, by),
+                              f"promotion of v{version} failed on the server", by)
+    served_model = synced.after
+    describe(client, model_name, _description(config, version, why))
     out_uri = ctx.output_uri("verify", "verification")
     with ServingVerification.publish(out_uri) as out:
         out.properties = VerificationProperties(
             serving_model_name=name, served_version=version, versions=list(served_model.versions),
             labels=served_model.labels, examples=len(served.outputs), max_relative_diff=max_diff,
-            batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=aliases)
+            batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=synced.aliases)
     log.info("verify: %s v%s matches in-process (max relative diff %.2e on %d rows); stable -> v%s; MLflow %s",
-             name, version, max_diff, len(served.outputs), version, aliases)
+             name, version, max_diff, len(served.outputs), version, synced.aliases)
     return {"verification": out_uri}
 
 

@@ -1,5 +1,6 @@
 """DAG integrity, generated from the step registry: every pipeline YAML gives a DAG `kiln_<pipeline>`
-whose tasks, dependencies, params and placement are what the registry and the YAML say."""
+whose tasks, dependencies, params and placement are what the registry and the YAML say; the serving
+sync DAG has one task per pipeline."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.pipelines import shipped
+from infra.sync_dag import DAG_ID as SYNC_DAG
 from tasks.registry import PARAMS, STEP_NAMES, STEPS, param_schema, producers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,14 +30,33 @@ def dagbag(tmp_path_factory):
     return DagBag(dag_folder=str(DAGS))
 
 
+@pytest.fixture(scope="module")
+def pipeline_dags(dagbag):
+    return {dag_id: dag for dag_id, dag in dagbag.dags.items() if dag_id != SYNC_DAG}
+
+
 def test_every_shipped_pipeline_is_a_dag(dagbag):
     assert dagbag.import_errors == {}
-    assert {f"kiln_{name}" for name in shipped()} == set(dagbag.dag_ids) >= {"kiln_digits", "kiln_cancer",
-                                                                             "kiln_diabetes"}
+    assert {f"kiln_{name}" for name in shipped()} | {SYNC_DAG} == set(dagbag.dag_ids)
+    assert set(dagbag.dag_ids) >= {"kiln_digits", "kiln_cancer", "kiln_diabetes"}
 
 
-def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
-    for dag_id, dag in dagbag.dags.items():
+def test_the_serving_sync_runs_every_few_minutes_with_one_task_per_pipeline(dagbag):
+    from datetime import timedelta
+
+    from infra.airflow_links import ModelVersionLink, ServedModelLink
+
+    dag = dagbag.dags[SYNC_DAG]
+    assert sorted(dag.task_ids) == sorted(f"sync_{name}" for name in shipped())
+    assert dag.schedule == timedelta(minutes=5)
+    assert dag.max_active_runs == 1 and not dag.catchup and dag.is_paused_upon_creation is False
+    for task in dag.tasks:
+        assert task.owner == "kiln" and task.retries >= 1 and not task.upstream_task_ids
+        assert {type(link) for link in task.operator_extra_links} == {ModelVersionLink, ServedModelLink}
+
+
+def test_every_dag_has_tags_owner_retries_and_docs(pipeline_dags):
+    for dag_id, dag in pipeline_dags.items():
         assert "kiln" in dag.tags, f"{dag_id} has no kiln tag"
         assert dag.doc_md and "kiln-config:" in dag.doc_md, f"{dag_id} does not say which YAML it was built from"
         assert dag.schedule is None and dag.max_active_runs == 1 and not dag.catchup
@@ -44,9 +65,9 @@ def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
             assert task.retries >= 1, f"{dag_id}.{task.task_id} is never retried"
 
 
-def test_tasks_and_dependencies_are_the_registrys(dagbag):
+def test_tasks_and_dependencies_are_the_registrys(pipeline_dags):
     produced_by = producers()
-    for dag in dagbag.dags.values():
+    for dag in pipeline_dags.values():
         assert sorted(dag.task_ids) == sorted(STEP_NAMES)
         for spec in STEPS:
             upstream = set(dag.get_task(spec.name).upstream_task_ids)
@@ -58,8 +79,8 @@ def test_tasks_and_dependencies_are_the_registrys(dagbag):
         assert dag.get_task("resolve").upstream_task_ids == set()
 
 
-def test_params_are_the_registrys_with_the_config_fields_bounds(dagbag):
-    for dag in dagbag.dags.values():
+def test_params_are_the_registrys_with_the_config_fields_bounds(pipeline_dags):
+    for dag in pipeline_dags.values():
         assert set(dag.params.keys()) == set(PARAMS)
         for name in PARAMS:
             param = dag.params.get_param(name)
@@ -141,5 +162,5 @@ def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path):
                             timeout=120, check=True)
     [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     outcome = json.loads(line.removeprefix("RESULT "))
-    assert outcome == {"dags": sorted(f"kiln_{n}" for n in shipped()), "errors": 0}
+    assert outcome == {"dags": sorted([*(f"kiln_{n}" for n in shipped()), SYNC_DAG]), "errors": 0}
     assert "pipeline broken" in result.stdout + result.stderr and "missing field 'task'" in result.stdout + result.stderr

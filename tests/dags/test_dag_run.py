@@ -31,11 +31,11 @@ def airflow_env(tmp_path, model_server) -> dict[str, str]:
     }
 
 
-def run_dag(tmp_path, env, conf) -> dict:
+def run_dag(tmp_path, env, conf, dag_id: str = "kiln_digits") -> dict:
     """`airflow db migrate`, then dag.test() in a fresh process; returns run and task states."""
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=tmp_path, check=True,
                    capture_output=True, timeout=180)
-    result = subprocess.run([sys.executable, "-c", RUN_DAG, str(REPO / "dags"), json.dumps(conf)], env=env,
+    result = subprocess.run([sys.executable, "-c", RUN_DAG, str(REPO / "dags"), json.dumps(conf), dag_id], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, result.stdout[-3000:] + result.stderr[-3000:]
@@ -56,7 +56,7 @@ def parent_run_statuses(env) -> list[str]:
 RUN_DAG = textwrap.dedent("""
     import json, sys
     from airflow.dag_processing.dagbag import DagBag
-    dag = DagBag(dag_folder=sys.argv[1]).dags["kiln_digits"]
+    dag = DagBag(dag_folder=sys.argv[1]).dags[sys.argv[3]]
     run = dag.test(run_conf=json.loads(sys.argv[2]))
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
@@ -130,3 +130,26 @@ def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tin
     [run_folder] = (tmp_path / "artifacts" / "digits").iterdir()
     assert sorted(p.name for p in run_folder.iterdir()) == ["ingest", "resolve", "validate"], "nothing past validation"
     assert model_server.config_file.read_text().strip() == "model_config_list {\n}"
+
+
+@pytest.mark.slow
+def test_one_serving_sync_run_serves_the_champion_moved_with_the_mlflow_client_alone(tmp_path, model_server):
+    from mlflow import MlflowClient
+
+    from serving.client import RestClient
+    from serving.deployer import ServingDeployer
+    from tasks.serving_sync import sync
+    from tests.registry import register_stand_ins
+
+    env = airflow_env(tmp_path, model_server)
+    register_stand_ins(env["MLFLOW_TRACKING_URI"], "kiln-digits", tmp_path / "models", (1, 2))
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client.set_registered_model_alias("kiln-digits", "champion", "1")
+    assert sync(client, "kiln-digits", "digits", ServingDeployer(model_server)).after.labels == {"stable": 1}
+
+    client.set_registered_model_alias("kiln-digits", "champion", "2")  # as in the MLflow UI: no kiln involved
+    outcome = run_dag(tmp_path, env, {}, dag_id="kiln_serving_sync")
+    assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
+    assert outcome["tasks"] == {"sync_digits": "success", "sync_cancer": "skipped", "sync_diabetes": "skipped"}
+    with RestClient(model_server.rest_url) as rest:
+        assert rest.label_version("digits", "stable") == 2

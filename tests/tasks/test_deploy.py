@@ -119,7 +119,7 @@ def test_an_unblessed_model_is_registered_but_not_pushed_and_serving_is_untouche
     assert RegisteredModel.read(out["registered"]).properties.blessed is False
     with pytest.raises(StepSkipped, match=r"^not promoted: eval accuracy 0\.\d{4} does not meet"):
         run_step("infra_validate", second, inputs={k: out[k] for k in ("evaluation", "registered", "model",
-                                                                      "optimized", "examples")})
+                                                                      "examples")})
     assert model_server.config_file.read_text() == before
     assert not (model_server.model_base_path / "digits" / "2").exists()
 
@@ -196,25 +196,23 @@ def test_a_candidate_that_does_not_load_in_the_sandbox_is_not_infra_blessed_nor_
     import shutil
 
     from tasks.artifacts.infra_blessing import InfraBlessing
-    from tasks.artifacts.model import Model
     from tasks.step_runner import StepSkipped
 
     run, out = _until_infra(trained_digits, tmp_path, mlflow_store, model_server)
-    broken = tmp_path / "broken-model"
-    shutil.copytree(Path(trained_digits["model"]), broken)
-    for variables in (broken / "saved_model" / "variables").glob("variables.data*"):
-        variables.write_bytes(b"corrupt")
-    with Model.publish(str(tmp_path / "corrupt")) as published:  # same properties, corrupt weights
-        shutil.copytree(broken / "saved_model", published.dir / "saved_model")
-        published.properties = Model.read(trained_digits["model"]).properties
-    inputs = {k: out[k] for k in ("evaluation", "registered", "optimized", "examples")}
-    blessing = InfraBlessing.read(run_step("infra_validate", run, inputs={**inputs, "model": str(tmp_path / "corrupt")})
-                                  ["infra_blessing"]).properties
+    registered = RegisteredModel.read(out["registered"])
+    corrupt = str(tmp_path / "corrupt")
+    with RegisteredModel.publish(corrupt) as published:  # the same version, its weights corrupted
+        shutil.copytree(registered.version_folder, published.dir / "tf_serving")
+        for variables in (published.dir / "tf_serving" / "variables").glob("variables.data*"):
+            variables.write_bytes(b"corrupt")
+        published.properties = registered.properties
+    inputs = {"evaluation": out["evaluation"], "registered": corrupt}
+    blessing_uri = run_step("infra_validate", run, inputs={**inputs, "model": out["model"],
+                                                           "examples": out["examples"]})["infra_blessing"]
+    blessing = InfraBlessing.read(blessing_uri).properties
     assert blessing.blessed is False and blessing.reason.startswith("the candidate did not load in the sandbox")
     with pytest.raises(StepSkipped, match="^not promoted: the candidate did not load in the sandbox"):
-        run_step("push", run, inputs={**inputs, "model": trained_digits["model"],
-                                      "infra_blessing": str(tmp_path / "artifacts" / "digits" / run.split("/")[-3] /
-                                                            "infra_validate" / "infra_blessing")})
+        run_step("push", run, inputs={**inputs, "infra_blessing": blessing_uri})
     assert model_server.config_file.read_text().strip() == "model_config_list {\n}", "serving untouched"
 
 
@@ -227,7 +225,7 @@ def test_a_candidate_too_slow_in_the_sandbox_is_not_infra_blessed(trained_digits
     config.write_text((tmp_path / "pipeline.yaml").read_text() + "serving: {max_p99_ms: 0.001, infra_examples: 5}\n")
     slow = resolve(config, tmp_path, mlflow_store, endpoints(model_server), params={"variants": []}, run_id="slow")
     blessing = InfraBlessing.read(run_step("infra_validate", slow, inputs={
-        k: out[k] for k in ("evaluation", "registered", "model", "optimized", "examples")})["infra_blessing"]).properties
+        k: out[k] for k in ("evaluation", "registered", "model", "examples")})["infra_blessing"]).properties
     assert blessing.blessed is False and "exceeds serving.max_p99_ms 0.001" in blessing.reason
     assert blessing.load_seconds > 0 and blessing.requests == 10 and blessing.errors == 0
     assert 0 < blessing.rest_p50_ms <= blessing.rest_p99_ms and 0 < blessing.grpc_p50_ms <= blessing.grpc_p99_ms
@@ -250,8 +248,30 @@ def test_a_server_that_is_down_fails_the_push_and_nothing_changes(trained_digits
     staged = run_steps(second, ["evaluate", "optimize", "register", "infra_validate"], available=trained_digits)
     config_before = model_server.config_file.read_text()
     with pytest.raises(ServingClientError, match="GetModelStatus"):
-        run_step("push", second, inputs={k: staged[k] for k in ("evaluation", "infra_blessing", "registered", "model",
-                                                                "optimized", "examples")})
+        run_step("push", second, inputs={k: staged[k] for k in ("evaluation", "infra_blessing", "registered")})
     assert not (model_server.model_base_path / "digits" / "2").exists(), "nothing written on disk"
     assert model_server.config_file.read_text() == config_before
-    assert aliases(MlflowClient(mlflow_store), name) == {"champion": 1, "challenger": 2}, "MLflow as before push"
+    assert aliases(MlflowClient(mlflow_store), name) == {"champion": 1}, "MLflow as before push"
+    assert "kiln.forced_push_reason" not in MlflowClient(mlflow_store).get_model_version(name, "2").tags
+
+
+def test_a_deploy_a_promote_and_a_rollback_lose_no_request_on_stable(trained_digits, tmp_path, mlflow_store,
+                                                                     model_server, tiny_digits_csv) -> None:
+    from infra.serving_ops import PipelineServing, promote_version, rollback_champion
+    from tasks.config import load_config
+    from tasks.snapshot import Deployment
+    from tests.load import SteadyLoad
+
+    _, first = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
+    row = first_row(tiny_digits_csv)
+    pixels = [float(row[f"pixel_{i}"]) for i in range(64)]
+    second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
+                     params={"thresholds": {}, "change_thresholds": {}, "variants": []}, run_id="manual__second")
+    serving = PipelineServing.of(load_config(tmp_path / "pipeline.yaml"),
+                                 Deployment(str(tmp_path), mlflow_store, endpoints(model_server)))
+    with SteadyLoad(model_server.rest_url, model_server.grpc_address, "digits", {"pixels": pixels}) as load:
+        verified = run_steps(second, DEPLOY, available=trained_digits)["verification"]
+        assert ServingVerification.read(verified).properties.labels == {"stable": 2}
+        assert promote_version(serving, 1, "back to the first", "test").sync.after.labels == {"stable": 1}
+        assert rollback_champion(serving, None, "test").sync.after.labels == {"stable": 2}
+    assert load.requests > 100 and load.errors == [], load.errors[:3]

@@ -40,15 +40,15 @@ def _registered(trained, tmp_path, mlflow_store, thresholds):
     return name, run, outputs
 
 
-def test_a_blessed_version_is_challenger_with_its_story_and_a_retry_reuses_it(trained_digits, tmp_path,
+def test_a_blessed_version_carries_its_story_and_a_retry_reuses_it(trained_digits, tmp_path,
                                                                               mlflow_store) -> None:
     import mlflow
 
     name, run, outputs = _registered(trained_digits, tmp_path, mlflow_store, {"accuracy": 0.0})
     first = RegisteredModel.read(outputs["registered"]).properties
     client = MlflowClient(mlflow_store)
-    assert first.version == 1 and first.blessed and first.alias == CHALLENGER
-    assert aliases(client, name) == {CHALLENGER: 1}
+    assert first.version == 1 and first.blessed
+    assert aliases(client, name) == {}, "challenger is set by push, once the version is also infra-blessed"
     version = client.get_model_version(name, "1")
     tags = version.tags
     assert tags["blessed"] == "true" and float(tags["accuracy"]) > 0 and tags["kiln.data_fingerprint"]
@@ -65,13 +65,19 @@ def test_a_blessed_version_is_challenger_with_its_story_and_a_retry_reuses_it(tr
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     assert card.startswith(f"# {name} v1") and "Digits for the register tests." in card and "**Blessed: yes.**" in card
 
-    second = RegisteredModel.read(run_step("register", run, try_number=2,
-                                           inputs={k: outputs[k] for k in INPUTS})["registered"]).properties
+    served_files = {a.path for a in client.list_artifacts(version.run_id, "tf_serving")}
+    assert {"tf_serving/saved_model.pb", "tf_serving/model.tflite", "tf_serving/assets.extra"} <= served_files
+
+    retried = RegisteredModel.read(run_step("register", run, try_number=2,
+                                            inputs={k: outputs[k] for k in INPUTS})["registered"])
+    second = retried.properties
     assert second.version == 1
+    assert retried.fingerprint == RegisteredModel.read(outputs["registered"]).fingerprint, \
+        "a retry rebuilds the same version folder, byte for byte"
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
     mlflow.set_tracking_uri(mlflow_store)
-    loaded = mlflow.tensorflow.load_model(f"models:/{name}@challenger")
+    loaded = mlflow.tensorflow.load_model(f"models:/{name}/1")
     assert loaded.predict({"pixels": np.zeros((2, 64), np.float32)}, verbose=0).shape == (2, 10)
 
 
@@ -80,7 +86,7 @@ def test_an_unblessed_version_is_registered_tagged_and_without_an_alias(trained_
     name, _, outputs = _registered(trained_digits, tmp_path, mlflow_store, {"accuracy": 1.0})
     registered = RegisteredModel.read(outputs["registered"]).properties
     client = MlflowClient(mlflow_store)
-    assert registered.blessed is False and registered.alias is None and aliases(client, name) == {}
+    assert registered.blessed is False and aliases(client, name) == {}
     tags = client.get_model_version(name, str(registered.version)).tags
     assert tags["blessed"] == "false"
     assert "does not meet evaluate.thresholds.accuracy (>= 1)" in tags["kiln.failed_check"]
