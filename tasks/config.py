@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tasks.compression.variants import ALL as ALL_VARIANTS
 from tasks.compression.variants import VariantName
+from tasks.context import ServingEndpoints
 from tasks.errors import BadInputError
 from tasks.metrics import TASK_METRICS
 from tasks.models.contract import is_file_reference
@@ -153,6 +154,10 @@ class ServingConfig(_Strict):
     infra_load_timeout_seconds: int = Field(120, ge=5, description="deadline for the sandbox to load the candidate")
     sandbox_binary: str = Field("kiln-model-server", min_length=1,
                                 description="the sandbox server (tensorflow_model_server takes the same flags)")
+    sandbox: ServingEndpoints | None = Field(
+        None, description="InfraValidator on a running TF Serving kept for validation (rest_url, grpc_address, "
+                          "model_base_path, config_file) instead of starting sandbox_binary; the candidate is "
+                          "loaded there as <model>-infra-validation and unloaded afterwards")
     rest_url: str | None = Field(None, description="TF Serving REST address (default: the stack's)")
     grpc_address: str | None = Field(None, description="TF Serving gRPC host:port (default: the stack's)")
     model_base_path: str | None = Field(None, description="folder TF Serving loads versions from (default: the stack's)")

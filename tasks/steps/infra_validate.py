@@ -5,7 +5,9 @@ warmup requests replay there too), send eval rows one by one over REST and gRPC,
 Infra-blessed when it loaded in time, every request was answered, and its p99 (REST and gRPC) is within
 `serving.max_p99_ms`. A candidate that fails any of that is not infra-blessed, with the reason; push is
 gated on this blessing. The sandbox is `serving.sandbox_binary` (kiln-model-server by default; the real
-`tensorflow_model_server` takes the same flags), loading register's version folder: the bytes push ships.
+`tensorflow_model_server` takes the same flags), or a running TF Serving kept for validation
+(`serving.sandbox`: a staging instance), where the candidate is loaded under its own name and unloaded
+afterwards. Either way it loads register's version folder: the bytes push ships.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tasks.features import json_instances, load_arrays
 
 log = logging.getLogger(__name__)
 
-SANDBOX_VERSION = 1
+SANDBOX_MODEL_SUFFIX = "-infra-validation"  # the candidate's name on a configured, shared sandbox server
 
 
 def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, model: str,
@@ -37,16 +39,22 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
 
     settings = config.serving
     trained, data = Model.read(model), Examples.read(examples)
-    name = config.served_model_name
+    registration = RegisteredModel.read(registered)
+    candidate = (Path(registration.version_folder), registration.properties.version)
     inputs, _ = load_arrays(data.split_files("eval"), trained.preprocessing.features, trained.preprocessing.label,
                             limit=settings.infra_examples)
-    measured: dict[str, Any] = {"server": settings.sandbox_binary, "max_p99_ms": settings.max_p99_ms}
-    try:
-        with sandbox_server(settings.sandbox_binary) as target:
-            folder = Path(RegisteredModel.read(registered).version_folder)
-            measured |= _load_and_probe(target, name, folder, inputs, settings.infra_load_timeout_seconds)
-    except SandboxError as exc:
-        measured |= {"blessed": False, "reason": f"the sandbox server did not start: {exc}"}
+    timeout = settings.infra_load_timeout_seconds
+    if settings.sandbox is not None:
+        measured: dict[str, Any] = {"server": settings.sandbox.rest_url, "max_p99_ms": settings.max_p99_ms}
+        measured |= _on_shared_sandbox(settings.sandbox.target(), config.served_model_name + SANDBOX_MODEL_SUFFIX,
+                                       candidate, inputs, timeout)
+    else:
+        measured = {"server": settings.sandbox_binary, "max_p99_ms": settings.max_p99_ms}
+        try:
+            with sandbox_server(settings.sandbox_binary) as target:
+                measured |= _load_and_probe(target, config.served_model_name, candidate, inputs, timeout)
+        except SandboxError as exc:
+            measured |= {"blessed": False, "reason": f"the sandbox server did not start: {exc}"}
     if measured.get("blessed") is None:
         measured |= _verdict(measured, settings.max_p99_ms)
     out_uri = ctx.output_uri("infra_validate", "infra_blessing")
@@ -57,16 +65,28 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
     return {"infra_blessing": out_uri}
 
 
-def _load_and_probe(target: Any, name: str, version_folder: Path, inputs: dict[str, Any],
+def _on_shared_sandbox(target: Any, name: str, candidate: tuple[Path, int], inputs: dict[str, Any],
+                       load_timeout: float) -> dict[str, Any]:
+    """On a running server kept for validation: load, probe, then unload the candidate (and its folder)."""
+    from serving.deployer import ServingDeployer
+
+    try:
+        return _load_and_probe(target, name, candidate, inputs, load_timeout)
+    finally:
+        ServingDeployer(target, load_timeout=load_timeout).reconcile(name, stable=None)
+
+
+def _load_and_probe(target: Any, name: str, candidate: tuple[Path, int], inputs: dict[str, Any],
                     load_timeout: float) -> dict[str, Any]:
     from serving.client import GrpcPredictor, RestClient, ServingClientError
     from serving.deployer import DeployError, ServingDeployer
 
+    folder, version = candidate
     deployer = ServingDeployer(target, load_timeout=load_timeout)
-    deployer.stage_version(name, SANDBOX_VERSION, version_folder, {})
+    deployer.stage_version(name, version, folder, {})
     started = time.monotonic()
     try:
-        deployer.push_version(name, SANDBOX_VERSION)
+        deployer.push_version(name, version)
     except DeployError as exc:
         cause = exc.__cause__ or exc
         return {"blessed": False, "reason": f"the candidate did not load in the sandbox: {str(cause).splitlines()[0]}",
@@ -77,9 +97,9 @@ def _load_and_probe(target: Any, name: str, version_folder: Path, inputs: dict[s
     with RestClient(target.rest_url, timeout=60) as client, GrpcPredictor(target.grpc_address, timeout=60) as predictor:
         for index, row in enumerate(rows):
             try:
-                rest.append(client.predict(name, [row], version=SANDBOX_VERSION).latency_ms)
+                rest.append(client.predict(name, [row], version=version).latency_ms)
                 one = {key: values[index:index + 1] for key, values in inputs.items()}
-                grpc.append(predictor.predict(name, one, version=SANDBOX_VERSION)[1])
+                grpc.append(predictor.predict(name, one, version=version)[1])
             except ServingClientError as exc:
                 errors += 1
                 first_error = first_error or str(exc)

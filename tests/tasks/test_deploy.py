@@ -3,13 +3,14 @@ model serves raw features by name, a served answer that differs from the evaluat
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serving.client import RestClient
+from serving.client import RestClient, ServingClientError
 from serving.deployer import read_config
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
@@ -18,6 +19,7 @@ from tasks.context import ServingEndpoints
 from tasks.step_runner import run_step, run_steps
 from tasks.steps.verify import VerificationError
 from tests.data import first_row
+from tests.servers import start_server
 from tests.tasks.conftest import UNTIL_TRAIN, digits_pipeline, resolve
 
 pytestmark = pytest.mark.slow
@@ -162,7 +164,6 @@ def test_lineage_walks_from_a_served_version_to_the_dag_run_data_and_schema(trai
 
 def test_a_server_preferring_tflite_answers_like_the_saved_model(trained_digits, tmp_path, mlflow_store,
                                                                 model_server, tiny_digits_csv) -> None:
-    from tests.servers import start_server
 
     _deploy(trained_digits, tmp_path, mlflow_store, model_server, variants=["int8"])
     rows = [[float(v) for v in line.split(",")[:-1]] for line in tiny_digits_csv.read_text().splitlines()[1:41]]
@@ -235,7 +236,6 @@ def test_a_server_that_is_down_fails_the_push_and_nothing_changes(trained_digits
                                                                   model_server) -> None:
     from mlflow import MlflowClient
 
-    from serving.client import ServingClientError
     from tasks.model_registry import aliases
     from tests.servers import free_port
 
@@ -275,3 +275,32 @@ def test_a_deploy_a_promote_and_a_rollback_lose_no_request_on_stable(trained_dig
         assert promote_version(serving, 1, "back to the first", "test").sync.after.labels == {"stable": 1}
         assert rollback_champion(serving, None, "test").sync.after.labels == {"stable": 2}
     assert load.requests > 100 and load.errors == [], load.errors[:3]
+
+
+def test_a_configured_sandbox_server_validates_the_candidate_and_is_left_as_it_was(trained_digits, tmp_path,
+                                                                                   mlflow_store, model_server) -> None:
+    """A running TF Serving kept for validation (a staging instance) instead of a throwaway process."""
+    from tasks.artifacts.infra_blessing import InfraBlessing
+
+    sandbox_config = tmp_path / "sandbox" / "models.config"
+    sandbox_config.parent.mkdir()
+    sandbox_config.write_text("model_config_list {\n}\n")
+    sandbox = start_server(tmp_path, f"--model_config_file={sandbox_config}")
+    try:
+        run, out = _until_infra(trained_digits, tmp_path, mlflow_store, model_server)
+        config = tmp_path / "staging.yaml"
+        config.write_text((tmp_path / "pipeline.yaml").read_text() + "serving: " + json.dumps({"sandbox": {
+            "rest_url": sandbox.rest_url, "grpc_address": sandbox.grpc_target,
+            "model_base_path": str(tmp_path / "sandbox" / "models"), "config_file": str(sandbox_config)}}) + "\n")
+        staged = resolve(config, tmp_path, mlflow_store, endpoints(model_server), params={"variants": []},
+                         run_id="staging")
+        blessing = InfraBlessing.read(run_step("infra_validate", staged, inputs={
+            k: out[k] for k in ("evaluation", "registered", "model", "examples")})["infra_blessing"]).properties
+        with RestClient(sandbox.rest_url) as rest:
+            states = {s["state"] for s in rest.status("digits-infra-validation")}
+    finally:
+        sandbox.stop()
+    assert blessing.blessed and blessing.server == sandbox.rest_url and blessing.errors == 0
+    assert states == {"END"}, "unloaded after validation"
+    assert "digits-infra-validation" not in sandbox_config.read_text(), "unloaded after validation"
+    assert not (tmp_path / "sandbox" / "models" / "digits-infra-validation" / "1").exists()
