@@ -1,7 +1,8 @@
 """End to end, as a user runs it: `kiln up` on free ports in a temp KILN_HOME, then `kiln init` and
 `kiln run --json` through the real Airflow scheduler for the digits demo, a CSV of one's own with a
 string label, and a regression on a custom model module; REST predictions by feature name; `kiln
-status`; `kiln down`. One stack for the whole module."""
+promote` and `kiln rollback`; the kiln_serving_sync DAG following an alias moved by hand; `kiln status`;
+`kiln down`. One stack for the whole module."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from mlflow import MlflowClient
 
 from tasks.registry import STEP_NAMES
 from tests.data import write_churn_csv, write_house_csv
@@ -102,6 +105,10 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
         "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
     assert airflow.task_links("kiln_digits", summary["run_id"], "verify") == {
         "Served model status": f"{kiln.rest_url}/v1/models/digits"}
+    assert airflow.task_links("kiln_digits", summary["run_id"], "push") == {
+        "Served model status": f"{kiln.rest_url}/v1/models/digits",
+        "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
+    assert summary["infra_blessing"]["blessed"] and summary["infra_blessing"]["errors"] == 0
 
     # A worse retrain: registered, not blessed, not served; the first version stays stable and champion.
     worse = kiln("run", "--json", str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),
@@ -111,6 +118,7 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     second = json.loads(worse.stdout)
     assert second["state"] == "success" and second["promoted"] is False
     assert second["task_states"]["push"] == second["task_states"]["verify"] == "skipped"
+    assert second["task_states"]["infra_validate"] == "skipped", "a model that is not blessed is not even loaded"
     failed = [c for c in second["blessing"]["checks"] if not c["passed"]]
     assert failed[0]["name"] == "accuracy vs champion" and second["blessing"]["champion_version"] == 1
     assert f"not promoted: {failed[0]['reason']}" in worse.stderr
@@ -131,6 +139,42 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     for version in (1, 2):  # what the MLflow UI shows: both versions, each with its model card
         run_id = registry.get_model_version("kiln-digits", str(version)).run_id
         assert "model_card.md" in {a.path for a in registry.list_artifacts(run_id)}
+
+
+def test_promote_rollback_and_the_serving_sync_follow_the_registry(kiln) -> None:
+    """After the digits runs: v1 champion and stable, v2 registered but not blessed."""
+    refused = kiln("promote", "digits", "2", timeout=120)
+    assert refused.returncode == 2 and "kiln-digits v2 is not blessed" in refused.stderr
+    promoted = kiln("promote", "digits", "2", "--reason", "e2e: by hand", "--json", timeout=120)
+    assert promoted.returncode == 0, promoted.stderr
+    change = json.loads(promoted.stdout)
+    assert change["served_before"]["labels"] == {"stable": 1}
+    assert change["served_after"] == {"versions": [1, 2], "labels": {"stable": 2}}
+    assert change["aliases_after"] == {"champion": 2, "previous-champion": 1}
+    back = kiln("rollback", "digits", "--reason", "e2e", timeout=120)
+    assert back.returncode == 0, back.stderr
+    assert "served label stable" in back.stdout and "v2" in back.stdout and "v1" in back.stdout
+    with httpx.Client() as rest:
+        metadata = rest.get(f"{kiln.rest_url}/v1/models/digits/labels/stable/metadata").json()
+    assert metadata["model_spec"]["version"] == "1"
+
+    # Someone moves champion in the MLflow UI; the kiln_serving_sync DAG makes the server follow.
+    MlflowClient(f"http://127.0.0.1:{kiln.env['KILN_MLFLOW_PORT']}").set_registered_model_alias(
+        "kiln-digits", "champion", "2")
+    airflow = _airflow(kiln)
+    run_id = airflow.trigger("kiln_serving_sync", {})
+    deadline = time.monotonic() + 300
+    while (state := airflow.dag_run("kiln_serving_sync", run_id)["state"]) not in ("success", "failed"):
+        assert time.monotonic() < deadline, f"kiln_serving_sync still {state}"
+        time.sleep(2)
+    tasks = {t.task_id: t.state for t in airflow.task_states("kiln_serving_sync", run_id)}
+    assert state == "success" and tasks["sync_digits"] == "success", tasks
+    assert airflow.task_links("kiln_serving_sync", run_id, "sync_digits") == {
+        "Served model status": f"{kiln.rest_url}/v1/models/digits",
+        "MLflow model version": f"http://127.0.0.1:{kiln.env['KILN_MLFLOW_PORT']}/#/models/kiln-digits/versions/2"}
+    with httpx.Client() as rest:
+        metadata = rest.get(f"{kiln.rest_url}/v1/models/digits/labels/stable/metadata").json()
+    assert metadata["model_spec"]["version"] == "2"
 
 
 def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:
