@@ -88,6 +88,7 @@ def _serving(pipeline: str, home: Any) -> Any:
     from infra.pipelines import discover
     from infra.serving_ops import PipelineServing
 
+    os.environ["KILN_HOME"] = str(home)  # the pipeline YAMLs may say ${KILN_HOME}, as for `kiln run`
     paths = discover(home)
     if pipeline not in paths:
         raise BadInputError(f"no pipeline {pipeline!r}; pipelines are {', '.join(paths) or 'none'}")

@@ -183,3 +183,12 @@ def test_steps_lists_the_registry():
     assert code == 0
     text = "\n".join(lines)
     assert all(name in text for name in STEP_NAMES)
+
+
+@pytest.mark.parametrize("command", [["rollback", "digits"], ["promote", "digits", "2"], ["sync", "digits"]])
+def test_the_serving_commands_resolve_a_shipped_pipeline_without_kiln_home_set(tmp_path, monkeypatch, command):
+    """digits.yaml reads ${KILN_HOME}/data: the commands set it from --home (or the default), as `kiln run` does."""
+    monkeypatch.delenv("KILN_HOME", raising=False)
+    home = tmp_path / "elsewhere"
+    code, lines = invoke(*command, "--home", str(home))
+    assert code == 2 and lines == [f"error: no stack is running for KILN_HOME={home}; start one with `kiln up`"]
