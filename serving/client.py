@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -105,26 +105,34 @@ class RestClient:
         return payload
 
 
-class GrpcModelService:
-    """ModelService over gRPC: status and HandleReloadConfigRequest (imports TensorFlow protos)."""
+class _GrpcClient:
+    """One insecure channel to `address` and a stub of one TF Serving service on it; a context manager."""
 
-    def __init__(self, address: str, timeout: float = 120.0):
+    def __init__(self, address: str, timeout: float, stub_class: Any):
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc
 
         self.address = address
         self.timeout = timeout
         self._channel = grpc.insecure_channel(address)
-        self._stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._stub = stub_class(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> GrpcModelService:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class GrpcModelService(_GrpcClient):
+    """ModelService over gRPC: status and HandleReloadConfigRequest (imports TensorFlow protos)."""
+
+    def __init__(self, address: str, timeout: float = 120.0):
+        from tensorflow_serving.apis import model_service_pb2_grpc
+
+        super().__init__(address, timeout, model_service_pb2_grpc.ModelServiceStub)
 
     def version_states(self, model: str) -> dict[int, str]:
         """version -> state name (AVAILABLE, END, ...); {} when the server knows no version."""
@@ -168,26 +176,13 @@ class GrpcModelService:
             time.sleep(0.2)
 
 
-class GrpcPredictor:
+class GrpcPredictor(_GrpcClient):
     """PredictionService.Predict over gRPC with numpy inputs (imports TensorFlow for the tensor protos)."""
 
     def __init__(self, address: str, timeout: float = 30.0):
-        import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        self.address = address
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> GrpcPredictor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(address, timeout, prediction_service_pb2_grpc.PredictionServiceStub)
 
     def predict(self, model: str, inputs: dict[str, Any], *, version: int | None = None,
                 label: str | None = None) -> tuple[dict[str, Any], float]:
