@@ -18,13 +18,15 @@ def register_stand_ins(tracking_uri: str, name: str, root: Path, versions: Itera
     client = MlflowClient(tracking_uri)
     client.create_registered_model(name)
     mlflow.set_tracking_uri(tracking_uri)
+    # An experiment of its own: the default one keeps its artifacts in ./mlruns of the working directory.
+    experiment = client.create_experiment(f"{name}-stand-ins", artifact_location=(root / "mlruns").as_uri())
     for version in versions:
         folder = root / f"{name}-v{version}"
         save_pixels_model(folder, seed=version)
         if version in corrupt:
             for variables in (folder / "variables").glob("variables.data*"):
                 variables.write_bytes(b"corrupt")
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_artifacts(str(folder), artifact_path="tf_serving")
         client.create_model_version(name, f"runs:/{run.info.run_id}/tf_serving", run_id=run.info.run_id,
                                     tags={"blessed": "false" if version in unblessed else "true"})
