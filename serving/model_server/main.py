@@ -108,6 +108,7 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.model_server.batching import BatchScheduler
     from serving.model_server.core import ServingCore
     from serving.model_server.grpc_server import GrpcServer
+    from serving.model_server.heap import freeze_heap
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
     from serving.model_server.servable import load_servable
@@ -135,6 +136,7 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         warmup=warmup if options.enable_model_warmup else None,
         on_load_attempt=on_load_attempt,
         prefer_tflite=options.prefer_tflite_model,
+        after_versions_change=freeze_heap if options.kiln_freeze_heap else None,
     )
     batcher = BatchScheduler(batching, metrics) if batching is not None else None
     core = ServingCore(manager, metrics, batcher)
@@ -174,6 +176,8 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     elif prometheus_path:
         log.error("--monitoring_config_file requires --rest_api_port; the Prometheus page is not served")
 
+    if options.kiln_freeze_heap:
+        freeze_heap()  # again: the servers and their imports added objects since the models loaded
     manager.start_polling()
     config_poller = _start_config_poller(options, manager, stop)
     try:
