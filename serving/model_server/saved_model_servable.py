@@ -56,7 +56,9 @@ class _Feed:
         if self.dims is None:
             return
         shape = value.shape
-        if len(shape) != len(self.dims) or any(d >= 0 and d != s for d, s in zip(self.dims, shape)):
+        if len(shape) != len(self.dims) or any(
+            d >= 0 and d != s for d, s in zip(self.dims, shape, strict=True)
+        ):
             raise ServingError(
                 "INVALID_ARGUMENT",
                 f"Cannot feed value of shape {_shape_text(shape)} for Tensor {self.name}, "
@@ -84,6 +86,10 @@ class _SignatureCallable:
         options = config_pb2.CallableOptions(
             feed=[self._feeds[key].name for key in self._input_keys], fetch=self._fetch_names
         )
+        # The graph's ops run on the calling (request) thread instead of being handed to the inter-op pool:
+        # TensorFlow's documented choice for small graphs, where that context switch costs as much as the run.
+        # Kernels still split work over the intra-op pool.
+        options.run_options.inter_op_thread_pool = -1
         self._all_inputs = session._make_callable_from_options(options)  # noqa: SLF001 - tf_keras uses it too
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

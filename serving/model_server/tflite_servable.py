@@ -15,7 +15,13 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.codec import ServingError
-from serving.model_server.servable import PREDICT_METHOD, TFLITE_FILE, Servable, Signature, serving_error_from_tf
+from serving.model_server.servable import (
+    PREDICT_METHOD,
+    TFLITE_FILE,
+    Servable,
+    Signature,
+    serving_error_from_tf,
+)
 
 try:
     from ai_edge_litert.interpreter import Interpreter
@@ -66,7 +72,9 @@ class TFLiteServable(Servable):
         runners = getattr(self._per_thread, "runners", None)
         if runners is None:
             interpreter = Interpreter(model_content=self._model, num_threads=self._threads_per_interpreter)
-            runners = {name: interpreter.get_signature_runner(name) for name in interpreter.get_signature_list()}
+            runners = {
+                name: interpreter.get_signature_runner(name) for name in interpreter.get_signature_list()
+            }
             self._per_thread.runners = runners
             with self._count_lock:
                 self._interpreters += 1

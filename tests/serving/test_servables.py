@@ -55,7 +55,9 @@ def test_saved_model_wrong_dtype_is_invalid_argument_not_a_silent_cast(half_plus
 
 def test_saved_model_wrong_shape_is_invalid_argument_before_any_kernel_runs(two_inputs):
     with pytest.raises(ServingError) as caught:
-        two_inputs.run("serving_default", {"a": np.zeros((1, 3), np.float32), "b": np.array([b"x"], dtype=object)})
+        two_inputs.run(
+            "serving_default", {"a": np.zeros((1, 3), np.float32), "b": np.array([b"x"], dtype=object)}
+        )
     assert caught.value.code == "INVALID_ARGUMENT"
     assert caught.value.message == (
         "Cannot feed value of shape (1, 3) for Tensor serving_default_a:0, which has shape (None, 2)"
@@ -77,7 +79,9 @@ def tflite_version(tmp_path_factory):
             return {"y": 0.5 * x + 3.0}
 
     module = HalfPlusThree()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
     folder = tmp_path_factory.mktemp("tflite") / "1"
     folder.mkdir()
     (folder / "model.tflite").write_bytes(converter.convert())
