@@ -57,10 +57,20 @@ def _channel_arguments(text: str) -> list[tuple[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = parse_flags(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    options = parse_flags(argv)
     if options.version:
         print(f"TensorFlow ModelServer: {VERSION}")
         return
+    if options.kiln_server_processes < 1:
+        fail(f"--kiln_server_processes must be at least 1, got {options.kiln_server_processes}")
+    if options.kiln_server_processes > 1:
+        from serving.model_server.process_group import supervise
+
+        code = supervise(argv, options.kiln_server_processes)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     _configure_logging()
     from serving.model_server import config as config_files
 
@@ -111,6 +121,7 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.model_server.heap import freeze_heap
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
+    from serving.model_server.process_group import SiblingProcesses
     from serving.model_server.servable import load_servable
     from serving.model_server.warmup import run_warmup
 
@@ -139,7 +150,10 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         after_versions_change=freeze_heap if options.kiln_freeze_heap else None,
     )
     batcher = BatchScheduler(batching, metrics) if batching is not None else None
-    core = ServingCore(manager, metrics, batcher)
+    siblings = SiblingProcesses.from_environment()
+    core = ServingCore(manager, metrics, batcher, siblings)
+    if siblings is not None:
+        log.info("Process %d of %d (pid %d)", siblings.index + 1, len(siblings.sockets), os.getpid())
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -153,36 +167,43 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
 
     bind = options.bind_address
     grpc_server = None
-    if options.port or options.grpc_socket_path:
-        grpc_server = GrpcServer(core, options.grpc_max_threads, channel_arguments)
+    # A UNIX socket path cannot be shared: in a process group only the first process binds --grpc_socket_path.
+    socket_path = options.grpc_socket_path if siblings is None or siblings.is_first else ""
+    if options.port or socket_path or siblings is not None:
+        grpc_server = GrpcServer(
+            core, options.grpc_max_threads, channel_arguments, reuse_port=siblings is not None
+        )
         if options.port and not _bind_grpc(grpc_server, f"{_host(bind)}:{options.port}"):
             fail(f"Failed to start server. Error: could not bind gRPC port {bind}:{options.port}")
-        if options.grpc_socket_path and not _bind_grpc(grpc_server, f"unix:{options.grpc_socket_path}"):
-            fail(f"Failed to start server. Error: could not bind gRPC socket {options.grpc_socket_path}")
+        if socket_path and not _bind_grpc(grpc_server, f"unix:{socket_path}"):
+            fail(f"Failed to start server. Error: could not bind gRPC socket {socket_path}")
+        if siblings is not None and not _bind_grpc(grpc_server, f"unix:{siblings.own_socket}"):
+            fail(f"Failed to start server. Error: could not bind gRPC socket {siblings.own_socket}")
         grpc_server.start()
         if options.port:
             log.info("Running gRPC ModelServer at %s:%d ...", bind, options.port)
-        if options.grpc_socket_path:
-            log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
+        if socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
     rest_socket = None
     if options.rest_api_port and options.rest_api_port == options.port:
         log.error("--rest_api_port cannot be the same as --port. Please use a different port for HTTP/REST API. "
                   "Skipped exporting HTTP/REST API.")  # fmt: skip
     elif options.rest_api_port:
-        rest_socket = _listen(bind, options.rest_api_port)
+        rest_socket = _listen(bind, options.rest_api_port, reuse_port=siblings is not None)
         host = "localhost" if bind in ("127.0.0.1", "localhost") else bind
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, options.rest_api_port)
     elif prometheus_path:
         log.error("--monitoring_config_file requires --rest_api_port; the Prometheus page is not served")
 
+    rest_server = _rest_server(options, core, prometheus_path) if rest_socket is not None else None
     if options.kiln_freeze_heap:
         freeze_heap()  # again: the servers and their imports added objects since the models loaded
     manager.start_polling()
     config_poller = _start_config_poller(options, manager, stop)
     try:
-        if rest_socket is not None:
-            _run_rest(options, core, prometheus_path, rest_socket, stop)
+        if rest_server is not None:
+            _run_rest(*rest_server, rest_socket, stop)
         else:
             stop.wait()
     finally:
@@ -209,10 +230,12 @@ def _host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
 
 
-def _listen(bind: str, port: int) -> socket.socket:
+def _listen(bind: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # --kiln_server_processes: the kernel spreads connections over the group's processes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Accepted sockets inherit this: uvicorn writes headers and body separately, and with Nagle on, the
     # body would wait for the client's delayed ACK (~40 ms per request).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -225,11 +248,12 @@ def _listen(bind: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> None:
+def _rest_server(options, core, prometheus_path):
+    """The uvicorn server for the REST API and the thread pool its handlers run on."""
     import uvicorn
-    import uvloop
 
     from serving.model_server.rest import RestApp
+    from serving.model_server.rest_transport import CoalescingHttpToolsProtocol
 
     executor = ThreadPoolExecutor(max_workers=max(options.rest_api_num_threads, 1), thread_name_prefix="rest")
     app = RestApp(
@@ -239,11 +263,16 @@ def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> No
         prometheus_path,
         options.rest_api_enable_cors_support,
     )
+    # proxy_headers off: TF Serving does not rewrite the client address from X-Forwarded-* headers either.
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="off", access_log=False, log_level="warning",
-        server_header=False, date_header=False, timeout_keep_alive=30,
+        app, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="off", access_log=False,
+        log_level="warning", server_header=False, date_header=False, timeout_keep_alive=30, proxy_headers=False,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config), executor
+
+
+def _run_rest(server, executor: ThreadPoolExecutor, sock, stop: threading.Event) -> None:
+    import uvloop
 
     async def run():
         watcher = asyncio.get_running_loop().run_in_executor(None, stop.wait)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.util import deprecation
 
 from serving.codec import ServingError
 from serving.model_server.servable import (
@@ -121,7 +122,8 @@ class SavedModelServable(Servable):
         )
         graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=graph, config=config)
-        with graph.as_default():
+        # The TF1 loader is deprecated in favour of tf.saved_model.load, which gives no Session; quiet its warning.
+        with graph.as_default(), deprecation.silence():
             tf.compat.v1.saved_model.loader.load(self._session, list(tags), version_dir)
         self._callables: dict[str, _SignatureCallable] = {}
         signatures = {}
