@@ -384,7 +384,7 @@ def _fast_numeric(payload: Any, dtype: int, may_hold_booleans: bool) -> np.ndarr
         low = -limit if dtype in (DT_FLOAT, DT_DOUBLE) else (_INT32_MIN if dtype == DT_INT32 else _INT64_MIN)
         if array.min() < low or array.max() > limit:
             return None
-    elif np.fmax.reduce(np.abs(array), axis=None) > limit:  # NaN passes (as in the exact path); inf does not
+    elif not np.abs(array).max() <= limit:  # inf, too large for the dtype, or NaN: the exact path decides
         return None
     return array.astype(numpy_type, copy=False)
 

@@ -73,13 +73,14 @@ def format_floats(values: np.ndarray, dtype: int) -> list[str]:
     One ``%`` formatting call prints every value with ``%g``; numpy parses the texts back and finds the
     (rare) values that do not round-trip, which alone are printed again with ``%.9g`` / ``%.17g``. Zeros and
     non-finite values take ``format_float`` itself."""
+    values = np.asarray(values).reshape(-1)
+    count = values.size
+    if count < _VECTOR_MIN_SIZE:  # numpy's fixed cost per call outweighs the per-value work below this
+        return [format_float(value, dtype) for value in values.tolist()]
     # float32 overflow becomes inf (printed "Infinity", as format_float does); NaN payloads cast quietly.
     with np.errstate(over="ignore", invalid="ignore"):
-        wide = np.asarray(values, dtype=np.float32 if dtype == DT_FLOAT else np.float64).reshape(-1)
+        wide = values.astype(np.float32 if dtype == DT_FLOAT else np.float64, copy=False)
         doubles = wide.astype(np.float64).tolist()
-    count = len(doubles)
-    if count < _VECTOR_MIN_SIZE:  # numpy's fixed cost per call outweighs the per-value work below this
-        return [format_float(value, dtype) for value in doubles]
     texts = ("%g\n" * count % tuple(doubles)).split("\n")[:count]
     finite = np.isfinite(wide)
     with np.errstate(invalid="ignore"):
