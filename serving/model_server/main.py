@@ -102,18 +102,24 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)
 
 
-def _configure_tensorflow(options) -> None:
+def _configure_tensorflow(options, group_size: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import tensorflow as tf
 
     intra = options.tensorflow_intra_op_parallelism or options.tensorflow_session_parallelism
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
-    tf.config.threading.set_intra_op_parallelism_threads(intra or os.cpu_count() or 1)
-    tf.config.threading.set_inter_op_parallelism_threads(inter or os.cpu_count() or 1)
+    # "0 = auto" means the cores this process has: in a group of --kiln_server_processes, its share of them.
+    # Idle pool threads spin before they sleep, so oversized pools burn the cores the siblings need.
+    auto = max((os.cpu_count() or 1) // group_size, 1)
+    tf.config.threading.set_intra_op_parallelism_threads(intra or auto)
+    tf.config.threading.set_inter_op_parallelism_threads(inter or auto)
 
 
 def serve(options, model_config, batching, prometheus_path, channel_arguments) -> None:
-    _configure_tensorflow(options)
+    from serving.model_server.process_group import SiblingProcesses
+
+    siblings = SiblingProcesses.from_environment()
+    _configure_tensorflow(options, len(siblings.sockets) if siblings is not None else 1)
     from serving.codec import ServingError
     from serving.model_server.batching import BatchScheduler
     from serving.model_server.core import ServingCore
@@ -121,7 +127,6 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.model_server.heap import freeze_heap
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
-    from serving.model_server.process_group import SiblingProcesses
     from serving.model_server.servable import load_servable
     from serving.model_server.warmup import run_warmup
 
@@ -150,7 +155,6 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         after_versions_change=freeze_heap if options.kiln_freeze_heap else None,
     )
     batcher = BatchScheduler(batching, metrics) if batching is not None else None
-    siblings = SiblingProcesses.from_environment()
     core = ServingCore(manager, metrics, batcher, siblings)
     if siblings is not None:
         log.info("Process %d of %d (pid %d)", siblings.index + 1, len(siblings.sockets), os.getpid())
