@@ -30,7 +30,6 @@ import signal
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from serving.model_server.flags import fail, parse_flags
 
@@ -256,13 +255,14 @@ def _rest_server(options, core, prometheus_path):
     """The uvicorn server for the REST API and the thread pool its handlers run on."""
     import uvicorn
 
+    from serving.model_server.handler_threads import HandlerThreads
     from serving.model_server.rest import RestApp
     from serving.model_server.rest_transport import CoalescingHttpToolsProtocol
 
-    executor = ThreadPoolExecutor(max_workers=max(options.rest_api_num_threads, 1), thread_name_prefix="rest")
+    threads = HandlerThreads(max(options.rest_api_num_threads, 1))
     app = RestApp(
         core,
-        executor,
+        threads,
         options.rest_api_timeout_in_ms / 1000,
         prometheus_path,
         options.rest_api_enable_cors_support,
@@ -272,10 +272,10 @@ def _rest_server(options, core, prometheus_path):
         app, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="off", access_log=False,
         log_level="warning", server_header=False, date_header=False, timeout_keep_alive=30, proxy_headers=False,
     )  # fmt: skip
-    return uvicorn.Server(config), executor
+    return uvicorn.Server(config), threads
 
 
-def _run_rest(server, executor: ThreadPoolExecutor, sock, stop: threading.Event) -> None:
+def _run_rest(server, threads, sock, stop: threading.Event) -> None:
     import uvloop
 
     async def run():
@@ -288,7 +288,7 @@ def _run_rest(server, executor: ThreadPoolExecutor, sock, stop: threading.Event)
         uvloop.run(run())
     finally:
         stop.set()
-        executor.shutdown(wait=False, cancel_futures=True)
+        threads.shutdown()
 
 
 def _start_config_poller(options, manager, stop: threading.Event) -> threading.Thread | None:
