@@ -6,7 +6,9 @@ ModelServerConfig text file, polls the same `base_path/<numeric version>/` folde
 bodies, error messages and status codes, so the real binary can replace it unchanged.
 
 Deliberate difference: ports bind to `--bind_address`, loopback (127.0.0.1) by default, where the real binary
-binds 0.0.0.0. Pass `--bind_address=0.0.0.0` to expose it.
+binds 0.0.0.0. Pass `--bind_address=0.0.0.0` to expose it. Flags named `--kiln_*` exist only here and default
+to behaviour that leaves every tensorflow_model_server command line meaning the same: `--kiln_server_processes`
+(`process_group`) and `--kiln_freeze_heap` (`heap`).
 
 Startup, as in TF Serving: config files are parsed first (a bad one fails at once with
 `Error parsing text-format tensorflow.serving.ModelServerConfig: ...`), then every configured model's latest
