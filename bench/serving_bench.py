@@ -1,13 +1,18 @@
-"""Serving benchmark: kiln-model-server (REST and gRPC, batching off and on) against the in-process model and
-`mlflow models serve`, all on the same digits CNN, at concurrency 1, 8 and 32.
+"""Serving benchmark: kiln-model-server (REST and gRPC; one process and --kiln_server_processes=2; batching;
+--prefer_tflite_model) against the in-process model and `mlflow models serve`, at concurrency 1, 8 and 32, on
+two models: the demo's digits CNN (a flat row of 64 pixels) and a CNN over nested [8, 8, 1] images.
 
-By default the model is built here, by the real pipeline steps (ingest, validate, transform, train) run as
-plain functions in a temp KILN_HOME; `--saved-model` / `--mlflow-model` reuse existing ones. Load comes from
-a separate closed-loop generator process (`serving_load.py`), whose own ceiling and CPU cost are measured
-against trivial echo servers and reported. Servers bind 127.0.0.1 on free ports and are always stopped.
+By default the demo model is built here, by the real pipeline steps (ingest, validate, transform, train) run as
+plain functions in a temp KILN_HOME; `--saved-model` / `--mlflow-model` reuse existing ones. The image CNN is
+trained briefly on the same digits. Load comes from a separate closed-loop generator process
+(`serving_load.py`), whose own ceiling and CPU cost are measured against trivial echo servers and reported.
+Servers bind 127.0.0.1 on free ports and are always stopped. After its cells, the one-process server gets a
+new version of the image model (a reload: load, unload, heap freeze) and its c=8 cell runs again.
 
-Targets: kiln REST req/s at c=8 >= 20x mlflow's; with batching, req/s at c=32 >= 1.5x without (REST and
-gRPC). Prints a table, the ratios and a Markdown table; writes bench/results/serving.json (a `--quick`
+Targets (issue 13; `serving_report.py` computes them): at c=8, batch-1 REST, for both models: p99 <= 20 ms,
+p99.9 <= 40 ms, req/s >= 0.5x the in-process `serving_default` rate of the same model, zero errors; demo REST
+>= 20x `mlflow models serve`; --prefer_tflite_model on the demo >= 1.5x the SavedModel path; batching at c=32
+>= 1.5x without. Prints a table, the ratios and a Markdown table; writes bench/results/serving.json (a `--quick`
 smoke run writes into its temp folder unless `--out` is given). Exit code 1 if a cell had errors.
 """
 
@@ -25,11 +30,11 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this script
 
 import serving_model  # noqa: E402
+import serving_report  # noqa: E402
 from serving_procs import (  # noqa: E402
     HOST,
     VENV_BIN,
@@ -37,14 +42,36 @@ from serving_procs import (  # noqa: E402
     echo_server,
     http_get_ok,
     http_post_json,
+    process_rss_kib,
     run_load,
     server_process,
     tree_rss_kib,
+)
+from serving_report import (  # noqa: E402
+    ECHO_GRPC,
+    ECHO_REST,
+    IN_PROCESS,
+    IN_PROCESS_NESTED,
+    KILN_GRPC,
+    KILN_GRPC_BATCHED,
+    KILN_GRPC_X2,
+    KILN_REST,
+    KILN_REST_BATCHED,
+    KILN_REST_NESTED,
+    KILN_REST_NESTED_RELOADED,
+    KILN_REST_NESTED_X2,
+    KILN_REST_TFLITE,
+    KILN_REST_TFLITE_FLOAT,
+    KILN_REST_X2,
+    MLFLOW,
 )
 
 from infra.processes import free_port  # noqa: E402
 
 MODEL_NAME = "digits"
+NESTED_MODEL = "digits_nested"
+FLOAT_TFLITE_MODEL = "digits_float_tflite"
+TFLITE_CONVERSION = "dynamic_range"  # the optimize step's int8-weight variant
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 CONCURRENCIES = (1, 8, 32)
 BATCHING_PARAMETERS = """\
@@ -53,16 +80,7 @@ batch_timeout_micros { value: 1000 }
 max_enqueued_batches { value: 100 }
 num_batch_threads { value: 2 }
 """
-MLFLOW_RATIO_TARGET = 20.0
-BATCHING_RATIO_TARGET = 1.5
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
-
-# Display names of the systems, in table order.
-ECHO_REST, ECHO_GRPC = "client ceiling: REST echo", "client ceiling: gRPC echo"
-IN_PROCESS = "in-process serving_default (batch 1)"
-KILN_REST, KILN_GRPC = "kiln REST", "kiln gRPC"
-KILN_REST_BATCHED, KILN_GRPC_BATCHED = "kiln REST + batching", "kiln gRPC + batching"
-MLFLOW = "mlflow models serve"
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,7 +130,7 @@ class Bench:
         self.warmup = {"warmup_requests": 30, "warmup_seconds": 0.3} if args.quick else \
             {"warmup_requests": 300, "warmup_seconds": 3.0}
         self.cells: list[dict] = []
-        self.memory: dict[str, dict[str, int]] = {}
+        self.memory: dict[str, dict] = {}
 
     def log(self, text: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}")
@@ -120,55 +138,89 @@ class Bench:
     def run(self) -> dict:
         started = time.monotonic()
         load_before = _loadavg()
-        saved_model, mlflow_model, pixels = self.prepare_models()
-        model_base = self.work / "models" / MODEL_NAME
-        serving_model.install_version(saved_model, model_base)
+        saved_model, nested_model, mlflow_model, pixels = self.prepare_models()
+        models = self.work / "models"
+        version = serving_model.install_version(saved_model, models / MODEL_NAME)
+        serving_model.write_tflite(saved_model, version, TFLITE_CONVERSION)
+        float_version = serving_model.install_version(saved_model, models / FLOAT_TFLITE_MODEL)
+        serving_model.write_tflite(saved_model, float_version, "float32")
+        serving_model.install_version(nested_model, models / NESTED_MODEL)
         requests = Requests(pixels)
         self.measure_client_ceiling(requests)
-        self.log(f"{IN_PROCESS}")
+        self.log(IN_PROCESS)
         self.add_cells(IN_PROCESS, run_load({"kind": "inprocess", "saved_model": str(saved_model),
-                                             "pixels": pixels, **self.job_timing()}, self.load_timeout()))
-        self.bench_kiln(model_base, requests, batching=False)
-        self.bench_kiln(model_base, requests, batching=True)
+                                             "input": serving_model.INPUT, "instance": pixels,
+                                             **self.job_timing()}, self.load_timeout()))
+        self.log(IN_PROCESS_NESTED)
+        self.add_cells(IN_PROCESS_NESTED, run_load({"kind": "inprocess", "saved_model": str(nested_model),
+                                                    "input": serving_model.NESTED_INPUT,
+                                                    "instance": serving_model.as_image(pixels),
+                                                    **self.job_timing()}, self.load_timeout()))
+        plain = self.config_file("plain", {MODEL_NAME: models / MODEL_NAME, NESTED_MODEL: models / NESTED_MODEL})
+        self.bench_kiln("one process", [f"--model_config_file={plain}"], requests, {
+            KILN_REST: ("rest", MODEL_NAME), KILN_GRPC: ("grpc", MODEL_NAME), KILN_REST_NESTED: ("rest", NESTED_MODEL)},
+            reload_nested=models / NESTED_MODEL)
+        self.bench_kiln("2 processes", [f"--model_config_file={plain}", "--kiln_server_processes=2"], requests, {
+            KILN_REST_X2: ("rest", MODEL_NAME), KILN_GRPC_X2: ("grpc", MODEL_NAME),
+            KILN_REST_NESTED_X2: ("rest", NESTED_MODEL)})
+        params = self.work / "batching_parameters.txt"
+        params.write_text(BATCHING_PARAMETERS)
+        self.bench_kiln("batching", [f"--model_config_file={plain}", "--enable_batching",
+                                     f"--batching_parameters_file={params}"], requests, {
+            KILN_REST_BATCHED: ("rest", MODEL_NAME), KILN_GRPC_BATCHED: ("grpc", MODEL_NAME)})
+        lite = self.config_file("tflite", {MODEL_NAME: models / MODEL_NAME,
+                                           FLOAT_TFLITE_MODEL: models / FLOAT_TFLITE_MODEL})
+        self.bench_kiln("--prefer_tflite_model", [f"--model_config_file={lite}", "--prefer_tflite_model"], requests, {
+            KILN_REST_TFLITE: ("rest", MODEL_NAME), KILN_REST_TFLITE_FLOAT: ("rest", FLOAT_TFLITE_MODEL)})
         self.bench_mlflow(mlflow_model, requests)
         report = {
             "machine": _machine(),
             "load_average_before": load_before,
             "load_average_after": _loadavg(),
             "settings": {"duration_seconds": self.duration, **self.warmup, "concurrencies": list(CONCURRENCIES),
-                         "batching_parameters": BATCHING_PARAMETERS, "quick": self.args.quick,
-                         "epochs": 1 if self.args.quick else "pipeline default"},
+                         "batching_parameters": BATCHING_PARAMETERS, "tflite_conversion": TFLITE_CONVERSION,
+                         "quick": self.args.quick, "epochs": 1 if self.args.quick else "pipeline default"},
             "cells": self.cells,
             "server_rss_kib": self.memory,
-            "ratios": self.ratios(),
+            "ratios": serving_report.ratios(self.cells),
             "total_seconds": round(time.monotonic() - started, 1),
         }
-        self.print_report(report)
+        serving_report.print_report(self.console, report, self.duration)
         return report
 
     # --- setup -------------------------------------------------------------------------------------
 
-    def prepare_models(self) -> tuple[Path, Path, list[float]]:
+    def prepare_models(self) -> tuple[Path, Path, Path, list[float]]:
         home = self.work / "home"
         saved_model = self.args.saved_model
         if saved_model is None:
             self.log("training the digits CNN with the pipeline steps (ingest, validate, transform, train)")
             saved_model = serving_model.build_saved_model(home, epochs=1 if self.args.quick else None)
+        self.log("training the image CNN (nested [8, 8, 1] input)")
+        nested = serving_model.build_nested_saved_model(self.work / "nested_model", home / serving_model.DATA_FILE,
+                                                        epochs=1 if self.args.quick else 3)
         mlflow_model = self.args.mlflow_model
         if mlflow_model is None:
             self.log("writing the MLflow model (mlflow.tensorflow.save_model of the tf_keras model)")
             mlflow_model = serving_model.write_mlflow_model(saved_model, self.work / "mlflow_model")
-        return saved_model.resolve(), mlflow_model.resolve(), serving_model.sample_pixels(home)
+        return saved_model.resolve(), nested.resolve(), mlflow_model.resolve(), serving_model.sample_pixels(home)
 
-    def job_timing(self) -> dict:
-        return {"concurrencies": list(CONCURRENCIES), "duration": self.duration, **self.warmup}
+    def config_file(self, name: str, models: dict[str, Path]) -> Path:
+        entries = "".join(f'  config {{ name: "{model}" base_path: "{path}" model_platform: "tensorflow" }}\n'
+                          for model, path in models.items())
+        path = self.work / f"{name}.config"
+        path.write_text(f"model_config_list {{\n{entries}}}\n")
+        return path
+
+    def job_timing(self, concurrencies: tuple[int, ...] = CONCURRENCIES) -> dict:
+        return {"concurrencies": list(concurrencies), "duration": self.duration, **self.warmup}
 
     def load_timeout(self) -> float:
         per_cell = self.duration + self.warmup["warmup_seconds"] + 30
         return 60 + per_cell * len(CONCURRENCIES)
 
-    def add_cells(self, system: str, results: list[dict]) -> None:
-        for concurrency, result in zip(CONCURRENCIES, results, strict=True):
+    def add_cells(self, system: str, results: list[dict], concurrencies: tuple[int, ...] = CONCURRENCIES) -> None:
+        for concurrency, result in zip(concurrencies, results, strict=True):
             self.cells.append({"system": system, "concurrency": concurrency, **result})
 
     # --- measurements ------------------------------------------------------------------------------
@@ -186,30 +238,53 @@ class Bench:
                                                 "request_b64": _b64(requests.grpc), **self.job_timing()},
                                                self.load_timeout()))
 
-    def bench_kiln(self, model_base: Path, requests: Requests, batching: bool) -> None:
+    def bench_kiln(self, label: str, flags: list[str], requests: Requests, systems: dict[str, tuple[str, str]],
+                   reload_nested: Path | None = None) -> None:
+        """One server with `flags`; each system is (protocol, model) measured at every concurrency."""
         grpc_port, rest_port = free_port(), free_port()
-        argv = [str(VENV_BIN / "kiln-model-server"), f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-                f"--model_name={MODEL_NAME}", f"--model_base_path={model_base}"]
-        label = "batching" if batching else "no batching"
-        if batching:
-            params = self.work / "batching_parameters.txt"
-            params.write_text(BATCHING_PARAMETERS)
-            argv += ["--enable_batching", f"--batching_parameters_file={params}"]
-        status_url = f"http://{HOST}:{rest_port}/v1/models/{MODEL_NAME}"
+        argv = [str(VENV_BIN / "kiln-model-server"), f"--port={grpc_port}", f"--rest_api_port={rest_port}", *flags]
         self.log(f"kiln-model-server ({label})")
-        log_path = self.work / f"kiln-model-server-{'batching' if batching else 'plain'}.log"
-        with server_process("kiln-model-server", argv, log_path, lambda: http_get_ok(status_url, "AVAILABLE")) as proc:
-            check_kiln_rest(rest_port, requests)
-            check_kiln_grpc(grpc_port, requests)
+        log_path = self.work / f"kiln-model-server-{label.strip('-').replace(' ', '-')}.log"
+        ready = f"http://{HOST}:{rest_port}/v1/models/{MODEL_NAME}"
+        with server_process("kiln-model-server", argv, log_path, lambda: http_get_ok(ready, "AVAILABLE")) as proc:
+            for _, model in systems.values():
+                check_kiln_rest(rest_port, requests, model)
+            if any(protocol == "grpc" for protocol, _ in systems.values()):
+                check_kiln_grpc(grpc_port, requests)
+            _wait_for_all_processes(proc.pid, flags)
             idle = tree_rss_kib(proc.pid)
-            rest_name, grpc_name = (KILN_REST_BATCHED, KILN_GRPC_BATCHED) if batching else (KILN_REST, KILN_GRPC)
-            self.add_cells(rest_name, run_load({"kind": "rest", "host": HOST, "port": rest_port, "server_pid": proc.pid,
-                                                "request_b64": _b64(requests.rest(MODEL_NAME)),
-                                                **self.job_timing()}, self.load_timeout()))
-            self.add_cells(grpc_name, run_load({"kind": "grpc", "host": HOST, "port": grpc_port, "server_pid": proc.pid,
-                                                "method": PREDICT_METHOD, "request_b64": _b64(requests.grpc),
-                                                **self.job_timing()}, self.load_timeout()))
-            self.memory[f"kiln-model-server ({label})"] = {"idle": idle, "after_load": tree_rss_kib(proc.pid)}
+            for system, (protocol, model) in systems.items():
+                self.add_cells(system, run_load(self.kiln_job(protocol, model, requests, grpc_port, rest_port, proc.pid),
+                                                self.load_timeout()))
+            if reload_nested is not None:
+                self.reload_and_measure(reload_nested, requests, rest_port, proc.pid)
+            self.memory[f"kiln-model-server ({label})"] = {
+                "idle": idle, "after_load": tree_rss_kib(proc.pid),
+                "per_process": [process_rss_kib(pid) for pid in _server_processes(proc.pid)]}
+
+    def kiln_job(self, protocol: str, model: str, requests: Requests, grpc_port: int, rest_port: int, pid: int,
+                 concurrencies: tuple[int, ...] = CONCURRENCIES) -> dict:
+        if protocol == "rest":
+            return {"kind": "rest", "host": HOST, "port": rest_port, "server_pid": pid,
+                    "request_b64": _b64(requests.rest(model)), **self.job_timing(concurrencies)}
+        return {"kind": "grpc", "host": HOST, "port": grpc_port, "server_pid": pid, "method": PREDICT_METHOD,
+                "request_b64": _b64(requests.grpc), **self.job_timing(concurrencies)}
+
+    def reload_and_measure(self, base: Path, requests: Requests, rest_port: int, pid: int) -> None:
+        """A new version of the image model: the server loads it, unloads version 1 and freezes its heap again;
+        then the c=8 cell runs once more, to show that the tail stays short after a reload."""
+        self.log("new version of the image model; measuring c=8 again after the reload")
+        serving_model.install_version(base / "1", base, version=2)
+        deadline = time.monotonic() + 120
+        status = f"http://{HOST}:{rest_port}/v1/models/{NESTED_MODEL}/versions/2"
+        while not http_get_ok(status, "AVAILABLE"):
+            if time.monotonic() > deadline:
+                raise BenchError("version 2 of the image model did not become AVAILABLE in 120 s")
+            time.sleep(0.2)
+        time.sleep(2)  # version 1 unloads and the heap is frozen after version 2 is AVAILABLE
+        self.add_cells(KILN_REST_NESTED_RELOADED,
+                       run_load(self.kiln_job("rest", NESTED_MODEL, requests, 0, rest_port, pid, (8,)),
+                                self.load_timeout()), (8,))
 
     def bench_mlflow(self, mlflow_model: Path, requests: Requests) -> None:
         port = free_port()
@@ -228,86 +303,36 @@ class Bench:
                                              **self.job_timing()}, self.load_timeout()))
             self.memory["mlflow models serve"] = {"idle": idle, "after_load": tree_rss_kib(proc.pid)}
 
-    # --- report ------------------------------------------------------------------------------------
 
-    def cell(self, system: str, concurrency: int) -> dict:
-        return next(c for c in self.cells if c["system"] == system and c["concurrency"] == concurrency)
+def _server_processes(pid: int) -> list[int]:
+    """The serving processes: the server itself, or with --kiln_server_processes its children."""
+    from serving_procs import process_tree
 
-    def ratios(self) -> dict:
-        def ratio(name: str, numerator: dict, denominator: dict, target: float) -> dict:
-            value = numerator["req_per_s"] / denominator["req_per_s"] if denominator["req_per_s"] else None
-            clean = not numerator["errors"] and not denominator["errors"]
-            return {"name": name, "value": round(value, 2) if value is not None else None, "target": target,
-                    "met": bool(clean and value is not None and value >= target),
-                    "note": "" if clean else "a cell had errors"}
-
-        return {
-            "rest_c8_vs_mlflow_c8": ratio("kiln REST c=8 / mlflow c=8 (req/s)", self.cell(KILN_REST, 8),
-                                          self.cell(MLFLOW, 8), MLFLOW_RATIO_TARGET),
-            "rest_batching_c32": ratio("REST c=32: batching / no batching (req/s)", self.cell(KILN_REST_BATCHED, 32),
-                                       self.cell(KILN_REST, 32), BATCHING_RATIO_TARGET),
-            "grpc_batching_c32": ratio("gRPC c=32: batching / no batching (req/s)", self.cell(KILN_GRPC_BATCHED, 32),
-                                       self.cell(KILN_GRPC, 32), BATCHING_RATIO_TARGET),
-            "p99_ms_at_c8": {system: self.cell(system, 8).get("p99_ms")
-                             for system in (KILN_REST, KILN_GRPC, KILN_REST_BATCHED, KILN_GRPC_BATCHED, MLFLOW,
-                                            IN_PROCESS)},
-        }
-
-    def print_report(self, report: dict) -> None:
-        machine = report["machine"]
-        table = Table(title=f"serving benchmark: digits CNN, batch-1 requests, {self.duration:g} s per cell "
-                            f"({machine['cores']} cores, {machine['platform']})")
-        for column in ("system", "c", "req/s", "p50 ms", "p99 ms", "errors", "server CPU %", "client CPU %"):
-            table.add_column(column, justify="left" if column == "system" else "right")
-        for row in _rows(self.cells):
-            table.add_row(*row)
-        self.console.print(table)
-        for ratio in report["ratios"].values():
-            if "target" in ratio:
-                verdict = "[green]met[/green]" if ratio["met"] else "[red]MISSED[/red]"
-                self.console.print(f"{ratio['name']}: {ratio['value']}x (target >= {ratio['target']}x) {verdict} "
-                                   f"{ratio['note']}")
-        for echo in (ECHO_REST, ECHO_GRPC):
-            ceiling = self.cell(echo, 32)
-            self.console.print(f"load generator, {echo.split(': ')[1]} at c=32: {ceiling['req_per_s']:.0f} req/s, "
-                               f"{ceiling['client_cpu_us_per_request']} µs client CPU per request")
-        p99 = ", ".join(f"{k} {v} ms" for k, v in report["ratios"]["p99_ms_at_c8"].items())
-        self.console.print(f"p99 at c=8: {p99}")
-        for server, rss in report["server_rss_kib"].items():
-            self.console.print(f"RSS {server} (process tree): idle {rss['idle'] / 1024:.0f} MiB, "
-                               f"after load {rss['after_load'] / 1024:.0f} MiB")
-        self.console.print(f"load average before {report['load_average_before']}, after "
-                           f"{report['load_average_after']}")
-        print()
-        print(markdown_table(self.cells, report))
+    children = [member for member in process_tree(pid) if member != pid]
+    return children or [pid]
 
 
-def markdown_table(cells: list[dict], report: dict) -> str:
-    lines = ["| system | concurrency | req/s | p50 ms | p99 ms | errors | server CPU % | client CPU % |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(cells)]
-    lines.append("")
-    for ratio in report["ratios"].values():
-        if "target" in ratio:
-            lines.append(f"- {ratio['name']}: **{ratio['value']}x** (target ≥ {ratio['target']}x): "
-                         f"{'met' if ratio['met'] else 'missed'}")
-    lines.append("- CPU % is of one core (the machine has "
-                 f"{report['machine']['cores']}); server = the server's process tree, client = the load generator "
-                 "(for the in-process row: the model itself)")
-    machine = report["machine"]
-    lines.append(f"- machine: {machine['cores']} cores, {machine['cpu_model']}, {machine['platform']}; "
-                 f"load average before {report['load_average_before']}, after {report['load_average_after']}")
-    return "\n".join(lines)
+def _wait_for_all_processes(pid: int, flags: list[str], timeout: float = 180) -> None:
+    """With --kiln_server_processes=N the first process answers before the others have loaded: wait for all."""
+    wanted = next((int(flag.split("=")[1]) for flag in flags if flag.startswith("--kiln_server_processes=")), 1)
+    deadline = time.monotonic() + timeout
+    while wanted > 1 and len(_listening_processes(pid)) < wanted:
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {len(_listening_processes(pid))} of {wanted} server processes started")
+        time.sleep(0.5)
 
 
-def _rows(cells: list[dict]) -> list[tuple[str, ...]]:
-    def number(value, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+def _listening_processes(pid: int) -> list[int]:
+    import psutil
 
-    return [(c["system"], str(c["concurrency"]), number(c["req_per_s"], 0), number(c.get("p50_ms"), 2),
-             number(c.get("p99_ms"), 2), str(c["errors"]) if not c["errors"] else f"{c['errors']} (errors!)",
-             number(c.get("server_cpu_percent_of_core"), 0), number(c["client_cpu_percent_of_core"], 0))
-            for c in cells]
+    listening = []
+    for member in _server_processes(pid):
+        try:
+            if any(c.status == psutil.CONN_LISTEN for c in psutil.Process(member).net_connections(kind="tcp")):
+                listening.append(member)
+        except psutil.Error:
+            pass
+    return listening
 
 
 class Requests:
@@ -320,6 +345,7 @@ class Requests:
 
         self.pixels = pixels
         self.body = json.dumps({"instances": [pixels]}).encode()
+        self.nested_body = json.dumps({"instances": [serving_model.as_image(pixels)]}).encode()
         request = predict_pb2.PredictRequest()
         request.model_spec.name = MODEL_NAME
         request.model_spec.signature_name = "serving_default"
@@ -337,20 +363,23 @@ class Requests:
             + '],\n            "class_id": 0,\n            "class": 0\n        }\n    ]\n}'
         ).encode()
 
-    def _http(self, path: str) -> bytes:
+    def _http(self, path: str, body: bytes) -> bytes:
         head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(self.body)}\r\n\r\n")
-        return head.encode() + self.body
+                f"Content-Length: {len(body)}\r\n\r\n")
+        return head.encode() + body
+
+    def body_for(self, model: str) -> bytes:
+        return self.nested_body if model == NESTED_MODEL else self.body
 
     def rest(self, model: str) -> bytes:
-        return self._http(f"/v1/models/{model}:predict")
+        return self._http(f"/v1/models/{model}:predict", self.body_for(model))
 
     def rest_invocations(self) -> bytes:
-        return self._http("/invocations")
+        return self._http("/invocations", self.body)
 
 
-def check_kiln_rest(port: int, requests: Requests) -> None:
-    status, answer = http_post_json(f"http://{HOST}:{port}/v1/models/{MODEL_NAME}:predict", requests.body)
+def check_kiln_rest(port: int, requests: Requests, model: str = MODEL_NAME) -> None:
+    status, answer = http_post_json(f"http://{HOST}:{port}/v1/models/{model}:predict", requests.body_for(model))
     predictions = answer.get("predictions")
     if status != 200 or not predictions or len(predictions[0].get("probabilities", [])) != 10:
         raise BenchError(f"kiln REST predict answered {status} {str(answer)[:200]}; expected 10 probabilities")

@@ -12,8 +12,8 @@ Kinds:
   the pre-encoded request bytes and reading the response by its Content-Length (chunked is understood too).
 * `grpc`: `grpc.aio` workers on one shared channel, calling the method path with a pre-serialized request
   (identity serializers: the client neither builds nor parses protos inside the timed loop).
-* `inprocess`: the SavedModel's `serving_default` concrete function called at batch 1, by `concurrency`
-  threads (the baseline without any serving stack).
+* `inprocess`: the SavedModel's `serving_default` concrete function called at batch 1 with the job's
+  `input` and `instance`, by `concurrency` threads (the baseline without any serving stack).
 * `rest-echo` / `grpc-echo`: a trivial server that answers every request with fixed bytes, used to
   measure how fast this client can go at all (its ceiling) and what a request costs it in CPU.
 
@@ -101,8 +101,8 @@ def summarize(tally: Tally, wall_seconds: float, cpu_seconds: float) -> dict:
         "client_cpu_us_per_request": round(1e6 * cpu_seconds / completed, 1) if completed else None,
     }
     if completed:
-        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-        result.update(p50_ms=round(p50, 3), p90_ms=round(p90, 3), p99_ms=round(p99, 3),
+        p50, p90, p99, p999 = np.percentile(latencies, [50, 90, 99, 99.9])
+        result.update(p50_ms=round(p50, 3), p90_ms=round(p90, 3), p99_ms=round(p99, 3), p999_ms=round(p999, 3),
                       mean_ms=round(float(latencies.mean()), 3), max_ms=round(float(latencies.max()), 3))
     return result
 
@@ -225,18 +225,17 @@ def run_inprocess(job: dict) -> list[dict]:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-    from serving_model import INPUT
 
     from tasks.models.export import load_serving_function
 
     fn = load_serving_function(job["saved_model"])
-    pixels = tf.constant(np.asarray([job["pixels"]], dtype=np.float32))
+    instance = tf.constant(np.asarray([job["instance"]], dtype=np.float32))
 
     def worker(phase: Phase, tally: Tally, lock: threading.Lock) -> None:
         mine = []
         while phase.more():
             started = time.perf_counter_ns()
-            outputs = fn(**{INPUT: pixels})
+            outputs = fn(**{job["input"]: instance})
             for value in outputs.values():
                 value.numpy()
             mine.append(time.perf_counter_ns() - started)

@@ -92,12 +92,15 @@ def process_tree(pid: int) -> list[int]:
 
 def tree_rss_kib(pid: int) -> int:
     """VmRSS of `pid` plus all its descendants, in KiB."""
-    total = 0
-    for member in process_tree(pid):
-        for line in _read(f"/proc/{member}/status").splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
+    return sum(process_rss_kib(member) for member in process_tree(pid))
+
+
+def process_rss_kib(pid: int) -> int:
+    """VmRSS of one process, in KiB (0 once it is gone)."""
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -64,6 +64,9 @@ class PredictJsonRequest:
     # servable or signature wins over a malformed body), so such an error waits here and
     # tensors_from_predict_request raises it.
     deferred_error: ServingError | None = None
+    # False when the body has no `true`/`false` literal: then numpy may convert the payload in one step,
+    # since the only JSON values it would accept silently for a number are booleans.
+    may_hold_booleans: bool = True
 
 
 def parse_predict_request(body: bytes) -> PredictJsonRequest:
@@ -74,6 +77,7 @@ def parse_predict_request(body: bytes) -> PredictJsonRequest:
     :func:`tensors_from_predict_request`, matching TF Serving's order of checks."""
     doc = _parse_document(body)
     signature_name = _signature_name(doc)
+    booleans = b"true" in body or b"false" in body
     if "instances" in doc:
         instances = doc["instances"]
         if "inputs" in doc:
@@ -85,10 +89,10 @@ def parse_predict_request(body: bytes) -> PredictJsonRequest:
         elif not instances:
             error = _format_error(doc, "No values in 'instances' array")
         else:
-            return PredictJsonRequest(signature_name, True, instances)
+            return PredictJsonRequest(signature_name, True, instances, may_hold_booleans=booleans)
         return PredictJsonRequest(signature_name, True, None, error)
     if "inputs" in doc:
-        return PredictJsonRequest(signature_name, False, doc["inputs"])
+        return PredictJsonRequest(signature_name, False, doc["inputs"], may_hold_booleans=booleans)
     return PredictJsonRequest(signature_name, False, None, _invalid("Missing 'inputs' or 'instances' key"))
 
 
@@ -351,39 +355,38 @@ def _numpy_dtype_without_json_values(dtype: int) -> Any:
     }.get(dtype)
 
 
-def _fast_float_rows(instances: list[Any], dtype: int) -> np.ndarray | None:
-    """The hot path: a row-format batch of flat number lists for one float/double input. Returns
-    None whenever anything needs the exact (general) path, including every error case."""
-    first = instances[0]
-    if type(first) is list:
-        width = len(first)
-        for row in instances:
-            if type(row) is not list or len(row) != width:
-                return None
-            kinds = set(map(type, row))
-            if not kinds <= _NUMBER_TYPES or (int in kinds and not _ints_exact(row, dtype)):
-                return None
-    else:
-        kinds = set(map(type, instances))
-        if not kinds <= _NUMBER_TYPES or (int in kinds and not _ints_exact(instances, dtype)):
-            return None
-    try:
-        array = np.array(instances, dtype=np.float64)
-    except (ValueError, OverflowError):
+# DataType -> (numpy type, largest magnitude taken without the exact path's per-value checks). Floats stop at
+# the largest integer they hold exactly, since numpy cannot tell `16777217` from `16777217.0` once converted.
+_FAST_NUMERIC = {
+    DT_FLOAT: (np.float32, _FLOAT_MAX_EXACT_INT),
+    DT_DOUBLE: (np.float64, _DOUBLE_MAX_EXACT_INT),
+    DT_INT32: (np.int32, _INT32_LIMIT - 1),
+    DT_INT64: (np.int64, _INT64_LIMIT - 1),
+}
+
+
+def _fast_numeric(payload: Any, dtype: int, may_hold_booleans: bool) -> np.ndarray | None:
+    """The hot path: a dense, all-number payload (any nesting) for one numeric input, converted by numpy in
+    one step. Returns None whenever anything needs the exact (general) path, including every error case:
+    booleans, strings, objects, nulls, ragged lists, empty tensors, out-of-range or lossy numbers."""
+    fast = _FAST_NUMERIC.get(dtype)
+    if fast is None or may_hold_booleans or type(payload) is not list:
         return None
-    if dtype == DT_FLOAT:
-        if array.size and np.fmax.reduce(np.abs(array), axis=None) > _FLT_MAX:
-            return None  # out-of-range or infinite values: let the exact path decide
-        return array.astype(np.float32)
-    return array
-
-
-_NUMBER_TYPES = frozenset((int, float))
-
-
-def _ints_exact(values: list[Any], dtype: int) -> bool:
-    limit = _FLOAT_MAX_EXACT_INT if dtype == DT_FLOAT else _DOUBLE_MAX_EXACT_INT
-    return all(-limit <= value <= limit for value in values if type(value) is int)
+    numpy_type, limit = fast
+    try:
+        array = np.array(payload)  # numbers only come out as int64 or float64; anything else does not
+    except (ValueError, OverflowError, TypeError):
+        return None
+    kind = array.dtype.kind
+    if array.size == 0 or not (kind == "i" or (kind == "f" and dtype in (DT_FLOAT, DT_DOUBLE))):
+        return None
+    if kind == "i":
+        low = -limit if dtype in (DT_FLOAT, DT_DOUBLE) else (_INT32_MIN if dtype == DT_INT32 else _INT64_MIN)
+        if array.min() < low or array.max() > limit:
+            return None
+    elif not np.abs(array).max() <= limit:  # inf, too large for the dtype, or NaN: the exact path decides
+        return None
+    return array.astype(numpy_type, copy=False)
 
 
 def tensors_from_predict_request(
@@ -398,12 +401,11 @@ def tensors_from_predict_request(
         raise _invalid(f"Failed to get input map for signature: {req.signature_name or 'DEFAULT'}")
     if req.deferred_error is not None:
         raise req.deferred_error
-    if req.row_format and len(input_dtypes) == 1:
+    if len(input_dtypes) == 1:
         ((name, dtype),) = input_dtypes.items()
-        if dtype in (DT_FLOAT, DT_DOUBLE):
-            array = _fast_float_rows(req.payload, dtype)
-            if array is not None:
-                return {name: array}
+        array = _fast_numeric(req.payload, dtype, req.may_hold_booleans)
+        if array is not None:
+            return {name: array}
     if req.row_format:
         pending = _tensors_from_instances(req.payload, input_dtypes)
     else:

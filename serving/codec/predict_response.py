@@ -31,7 +31,7 @@ from serving.codec.errors import (
     _invalid,
     dtype_string,
 )
-from serving.codec.writer import _format_float_tokens, _json_bytes, _json_str, _utf8, format_float
+from serving.codec.writer import _format_float_tokens, _json_bytes, _json_str, _utf8, format_floats
 
 _INDENT = b"    "
 
@@ -67,9 +67,7 @@ def _leaf_tokens(name: str, array: np.ndarray, dtype: int, leaf_depth: int) -> l
     JSON containers around each leaf (it sets the indentation of ``{"b64": ...}`` objects)."""
     flat = array.reshape(-1)
     if dtype in (DT_FLOAT, DT_DOUBLE):
-        return _format_float_tokens(
-            flat.astype(np.float32 if dtype == DT_FLOAT else np.float64).tolist(), dtype
-        )
+        return _format_float_tokens(flat, dtype)
     if dtype in (DT_INT32, DT_INT16, DT_INT8, DT_UINT8, DT_INT64, DT_UINT32, DT_UINT64):
         return [str(int(value)).encode() for value in flat.tolist()]
     if dtype == DT_BOOL:
@@ -125,12 +123,12 @@ def _row_item_value(name: str, array: np.ndarray, dtype: int, depth: int) -> lis
 
 def _fast_float_row_predictions(array: np.ndarray, dtype: int) -> bytes:
     """Single 1-D/2-D float output in row format: the common case, without the generic writer."""
-    values = array.tolist()
-    fmt = format_float
+    texts = format_floats(array, dtype)
     if array.ndim == 1:
-        body = ", ".join([fmt(value, dtype) for value in values])
+        body = ", ".join(texts)
     else:
-        body = ", ".join(["[" + ", ".join([fmt(value, dtype) for value in row]) + "]" for row in values])
+        width = array.shape[1]
+        body = ", ".join(["[" + ", ".join(texts[i : i + width]) + "]" for i in range(0, len(texts), width)])
     return b'{\n    "predictions": [' + body.encode() + b"\n    ]\n}"
 
 

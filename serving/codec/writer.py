@@ -9,6 +9,8 @@ import re
 import struct
 from typing import Any
 
+import numpy as np
+
 from serving.codec.errors import (
     _INT64_MIN,
     _RAPIDJSON_FLOAT_RANGE,
@@ -61,9 +63,39 @@ def format_float(value: float, dtype: int) -> str:
     return text
 
 
-def _format_float_tokens(values: list[float], dtype: int) -> list[bytes]:
-    fmt = format_float
-    return [fmt(v, dtype).encode() for v in values]
+# Measured on the serving machine: the vectorised path wins from about 16-32 values.
+_VECTOR_MIN_SIZE = 24
+
+
+def format_floats(values: np.ndarray, dtype: int) -> list[str]:
+    """``format_float`` for a whole array at once, with the same text for every element.
+
+    One ``%`` formatting call prints every value with ``%g``; numpy parses the texts back and finds the
+    (rare) values that do not round-trip, which alone are printed again with ``%.9g`` / ``%.17g``. Zeros and
+    non-finite values take ``format_float`` itself."""
+    values = np.asarray(values).reshape(-1)
+    count = values.size
+    if count < _VECTOR_MIN_SIZE:  # numpy's fixed cost per call outweighs the per-value work below this
+        return [format_float(value, dtype) for value in values.tolist()]
+    # float32 overflow becomes inf (printed "Infinity", as format_float does); NaN payloads cast quietly.
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = values.astype(np.float32 if dtype == DT_FLOAT else np.float64, copy=False)
+        doubles = wide.astype(np.float64).tolist()
+    texts = ("%g\n" * count % tuple(doubles)).split("\n")[:count]
+    finite = np.isfinite(wide)
+    with np.errstate(invalid="ignore"):
+        read_back = np.array(texts, dtype=np.float64).astype(wide.dtype)
+    wider = "%.9g" if dtype == DT_FLOAT else "%.17g"
+    for index in np.flatnonzero(finite & (read_back != wide)).tolist():
+        texts[index] = wider % doubles[index]
+    texts = [text if "." in text or "e" in text else text + ".0" for text in texts]
+    for index in np.flatnonzero(~finite | (wide == 0)).tolist():
+        texts[index] = format_float(doubles[index], dtype)
+    return texts
+
+
+def _format_float_tokens(values: np.ndarray, dtype: int) -> list[bytes]:
+    return [text.encode() for text in format_floats(values, dtype)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What the REST and gRPC front ends share: the model manager, the signature runner and the metrics."""
+"""What the REST and gRPC front ends share: the model manager, the signature runner, the metrics and, with
+--kiln_server_processes, the sibling processes."""
 
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ from serving.codec import ServingError
 from serving.model_server.batching import BatchScheduler
 from serving.model_server.manager import ModelManager
 from serving.model_server.metrics import ServerMetrics
+from serving.model_server.process_group import SiblingProcesses
 from serving.model_server.servable import Servable
 
 
 class ServingCore:
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, batcher: BatchScheduler | None = None):
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: ServerMetrics,
+        batcher: BatchScheduler | None = None,
+        siblings: SiblingProcesses | None = None,
+    ):
         self.manager = manager
         self.metrics = metrics
         self.batcher = batcher
+        self.siblings = siblings  # the other processes of --kiln_server_processes, which config reloads reach
 
     def resolve_spec(self, spec: model_pb2.ModelSpec) -> tuple[int, Servable]:
         if not spec.name:

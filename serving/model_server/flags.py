@@ -69,6 +69,11 @@ FLAGS = [
          "checked (TF Serving's default)."),
     Flag("bind_address", str, "127.0.0.1", "kiln-model-server only: address the gRPC and REST ports bind. Defaults "
          "to loopback; tensorflow_model_server binds 0.0.0.0. Pass 0.0.0.0 to match it."),
+    Flag("kiln_server_processes", int, 1, "kiln-model-server only: number of server processes sharing the gRPC and "
+         "REST ports (SO_REUSEPORT), each loading the same models, so that requests use more than one core. "
+         "Metrics are per process; config reloads reach every process."),
+    Flag("kiln_freeze_heap", bool, True, "kiln-model-server only: exclude the objects alive after each model load "
+         "or unload from Python's garbage collections (gc.freeze), which would otherwise pause requests."),
 ]  # fmt: skip
 
 _TRUE, _FALSE = {"true", "1", "t", "yes"}, {"false", "0", "f", "no"}

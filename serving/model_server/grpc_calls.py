@@ -190,8 +190,11 @@ class GrpcCalls:
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
         return self._core.manager.status(spec.name, version)
 
-    def reload_config(self, request: model_management_pb2.ReloadConfigRequest):
-        """Blocks until the new models are AVAILABLE, so the asyncio server runs it on its executor."""
+    def reload_config(self, request: model_management_pb2.ReloadConfigRequest, fan_out: bool = True):
+        """Blocks until the new models are AVAILABLE, so the asyncio server runs it on its executor.
+
+        With --kiln_server_processes the other processes get the same request (unless this one was itself
+        forwarded), even when it fails here, so that every process holds the config that was asked for."""
         try:
             if request.config.WhichOneof("config") != "model_config_list":
                 raise ServingError(
@@ -199,7 +202,18 @@ class GrpcCalls:
                     "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
                     "currently supported",
                 )
-            self._core.manager.reload_config(request.config)
+            local_error = None
+            try:
+                self._core.manager.reload_config(request.config)
+            except ServingError as error:
+                local_error = error
+            if fan_out and self._core.siblings is not None:
+                try:
+                    self._core.siblings.forward_reload(request)
+                except ServingError as error:
+                    local_error = local_error or error
+            if local_error is not None:
+                raise local_error
         except ServingError as error:
             log.error("ReloadConfig failed: %s", error.message)
             raise

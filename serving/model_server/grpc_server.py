@@ -18,19 +18,25 @@ from serving.model_server.grpc_service import build_aio_server, build_sync_serve
 
 
 class GrpcServer:
-    def __init__(self, core: ServingCore, max_threads: int, channel_arguments: list[tuple[str, object]]):
+    def __init__(
+        self,
+        core: ServingCore,
+        max_threads: int,
+        channel_arguments: list[tuple[str, object]],
+        reuse_port: bool = False,
+    ):
         # --grpc_max_threads: the sync server's handler threads; with batching, the threads for every call
         # but the batched Predict (those may block: model runs without the batcher, config reloads).
         self._executor = ThreadPoolExecutor(max_workers=max(max_threads, 1), thread_name_prefix="grpc")
         self._loop = None
         if core.batcher is None:
-            self._server = build_sync_server(core, self._executor, channel_arguments)
+            self._server = build_sync_server(core, self._executor, channel_arguments, reuse_port)
             return
         self._loop = uvloop.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True).start()
 
         async def build():
-            return build_aio_server(core, self._executor, channel_arguments)
+            return build_aio_server(core, self._executor, channel_arguments, reuse_port)
 
         self._server = self._on_loop(build())
 

@@ -13,6 +13,7 @@ Two servers, chosen by --enable_batching, both answering through `GrpcCalls` (sa
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent import futures
 
@@ -22,6 +23,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 from serving.codec import ServingError
 from serving.model_server.core import ServingCore
 from serving.model_server.grpc_calls import GrpcCalls
+from serving.model_server.process_group import is_forwarded
 
 log = logging.getLogger("kiln.model_server")
 
@@ -82,7 +84,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(context, self._calls.model_status, request)
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        return _answer(context, self._calls.reload_config, request)
+        forwarded = is_forwarded(context.invocation_metadata())
+        return _answer(context, lambda r: self._calls.reload_config(r, fan_out=not forwarded), request)
 
 
 class _Offload:
@@ -116,22 +119,29 @@ class AsyncModelServicer(_Offload, model_service_pb2_grpc.ModelServiceServicer):
 
     async def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         # Blocks until the models are AVAILABLE: on the executor, never on the loop.
-        return await _answer_async(context, self._offload(self._calls.reload_config, request))
+        forwarded = is_forwarded(context.invocation_metadata())
+        reload = functools.partial(self._calls.reload_config, fan_out=not forwarded)
+        return await _answer_async(context, self._offload(reload, request))
 
 
-def _options(channel_arguments: list[tuple[str, object]]) -> list[tuple[str, object]]:
+def _options(channel_arguments: list[tuple[str, object]], reuse_port: bool) -> list[tuple[str, object]]:
     return [
         ("grpc.max_send_message_length", INT32_MAX),
         ("grpc.max_receive_message_length", INT32_MAX),
-        ("grpc.so_reuseport", 0),
+        # Off, as in TF Serving (a second server on the port must fail), except between the processes of
+        # --kiln_server_processes, which share it on purpose.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         *channel_arguments,
     ]
 
 
 def build_sync_server(
-    core: ServingCore, executor: futures.ThreadPoolExecutor, channel_arguments: list[tuple[str, object]]
+    core: ServingCore,
+    executor: futures.ThreadPoolExecutor,
+    channel_arguments: list[tuple[str, object]],
+    reuse_port: bool = False,
 ) -> grpc.Server:
-    server = grpc.server(executor, options=_options(channel_arguments))
+    server = grpc.server(executor, options=_options(channel_arguments, reuse_port))
     calls = GrpcCalls(core)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(calls), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(calls), server)
@@ -139,10 +149,13 @@ def build_sync_server(
 
 
 def build_aio_server(
-    core: ServingCore, executor: futures.Executor, channel_arguments: list[tuple[str, object]]
+    core: ServingCore,
+    executor: futures.Executor,
+    channel_arguments: list[tuple[str, object]],
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """Call on the event loop that will serve it."""
-    server = grpc.aio.server(options=_options(channel_arguments))
+    server = grpc.aio.server(options=_options(channel_arguments, reuse_port))
     calls = GrpcCalls(core)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         BatchingPredictionServicer(calls, executor), server

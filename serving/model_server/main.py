@@ -6,7 +6,9 @@ ModelServerConfig text file, polls the same `base_path/<numeric version>/` folde
 bodies, error messages and status codes, so the real binary can replace it unchanged.
 
 Deliberate difference: ports bind to `--bind_address`, loopback (127.0.0.1) by default, where the real binary
-binds 0.0.0.0. Pass `--bind_address=0.0.0.0` to expose it.
+binds 0.0.0.0. Pass `--bind_address=0.0.0.0` to expose it. Flags named `--kiln_*` exist only here and default
+to behaviour that leaves every tensorflow_model_server command line meaning the same: `--kiln_server_processes`
+(`process_group`) and `--kiln_freeze_heap` (`heap`).
 
 Startup, as in TF Serving: config files are parsed first (a bad one fails at once with
 `Error parsing text-format tensorflow.serving.ModelServerConfig: ...`), then every configured model's latest
@@ -30,7 +32,6 @@ import signal
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from serving.model_server.flags import fail, parse_flags
 
@@ -57,10 +58,20 @@ def _channel_arguments(text: str) -> list[tuple[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = parse_flags(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    options = parse_flags(argv)
     if options.version:
         print(f"TensorFlow ModelServer: {VERSION}")
         return
+    if options.kiln_server_processes < 1:
+        fail(f"--kiln_server_processes must be at least 1, got {options.kiln_server_processes}")
+    if options.kiln_server_processes > 1:
+        from serving.model_server.process_group import supervise
+
+        code = supervise(argv, options.kiln_server_processes)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     _configure_logging()
     from serving.model_server import config as config_files
 
@@ -92,22 +103,29 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)
 
 
-def _configure_tensorflow(options) -> None:
+def _configure_tensorflow(options, group_size: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import tensorflow as tf
 
     intra = options.tensorflow_intra_op_parallelism or options.tensorflow_session_parallelism
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
-    tf.config.threading.set_intra_op_parallelism_threads(intra or os.cpu_count() or 1)
-    tf.config.threading.set_inter_op_parallelism_threads(inter or os.cpu_count() or 1)
+    # "0 = auto" means the cores this process has: in a group of --kiln_server_processes, its share of them.
+    # Idle pool threads spin before they sleep, so oversized pools burn the cores the siblings need.
+    auto = max((os.cpu_count() or 1) // group_size, 1)
+    tf.config.threading.set_intra_op_parallelism_threads(intra or auto)
+    tf.config.threading.set_inter_op_parallelism_threads(inter or auto)
 
 
 def serve(options, model_config, batching, prometheus_path, channel_arguments) -> None:
-    _configure_tensorflow(options)
+    from serving.model_server.process_group import SiblingProcesses
+
+    siblings = SiblingProcesses.from_environment()
+    _configure_tensorflow(options, len(siblings.sockets) if siblings is not None else 1)
     from serving.codec import ServingError
     from serving.model_server.batching import BatchScheduler
     from serving.model_server.core import ServingCore
     from serving.model_server.grpc_server import GrpcServer
+    from serving.model_server.heap import freeze_heap
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
     from serving.model_server.servable import load_servable
@@ -135,9 +153,12 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         warmup=warmup if options.enable_model_warmup else None,
         on_load_attempt=on_load_attempt,
         prefer_tflite=options.prefer_tflite_model,
+        after_versions_change=freeze_heap if options.kiln_freeze_heap else None,
     )
     batcher = BatchScheduler(batching, metrics) if batching is not None else None
-    core = ServingCore(manager, metrics, batcher)
+    core = ServingCore(manager, metrics, batcher, siblings)
+    if siblings is not None:
+        log.info("Process %d of %d (pid %d)", siblings.index + 1, len(siblings.sockets), os.getpid())
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -151,34 +172,43 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
 
     bind = options.bind_address
     grpc_server = None
-    if options.port or options.grpc_socket_path:
-        grpc_server = GrpcServer(core, options.grpc_max_threads, channel_arguments)
+    # A UNIX socket path cannot be shared: in a process group only the first process binds --grpc_socket_path.
+    socket_path = options.grpc_socket_path if siblings is None or siblings.is_first else ""
+    if options.port or socket_path or siblings is not None:
+        grpc_server = GrpcServer(
+            core, options.grpc_max_threads, channel_arguments, reuse_port=siblings is not None
+        )
         if options.port and not _bind_grpc(grpc_server, f"{_host(bind)}:{options.port}"):
             fail(f"Failed to start server. Error: could not bind gRPC port {bind}:{options.port}")
-        if options.grpc_socket_path and not _bind_grpc(grpc_server, f"unix:{options.grpc_socket_path}"):
-            fail(f"Failed to start server. Error: could not bind gRPC socket {options.grpc_socket_path}")
+        if socket_path and not _bind_grpc(grpc_server, f"unix:{socket_path}"):
+            fail(f"Failed to start server. Error: could not bind gRPC socket {socket_path}")
+        if siblings is not None and not _bind_grpc(grpc_server, f"unix:{siblings.own_socket}"):
+            fail(f"Failed to start server. Error: could not bind gRPC socket {siblings.own_socket}")
         grpc_server.start()
         if options.port:
             log.info("Running gRPC ModelServer at %s:%d ...", bind, options.port)
-        if options.grpc_socket_path:
-            log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
+        if socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", socket_path)
 
     rest_socket = None
     if options.rest_api_port and options.rest_api_port == options.port:
         log.error("--rest_api_port cannot be the same as --port. Please use a different port for HTTP/REST API. "
                   "Skipped exporting HTTP/REST API.")  # fmt: skip
     elif options.rest_api_port:
-        rest_socket = _listen(bind, options.rest_api_port)
+        rest_socket = _listen(bind, options.rest_api_port, reuse_port=siblings is not None)
         host = "localhost" if bind in ("127.0.0.1", "localhost") else bind
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, options.rest_api_port)
     elif prometheus_path:
         log.error("--monitoring_config_file requires --rest_api_port; the Prometheus page is not served")
 
+    rest_server = _rest_server(options, core, prometheus_path) if rest_socket is not None else None
+    if options.kiln_freeze_heap:
+        freeze_heap()  # again: the servers and their imports added objects since the models loaded
     manager.start_polling()
     config_poller = _start_config_poller(options, manager, stop)
     try:
-        if rest_socket is not None:
-            _run_rest(options, core, prometheus_path, rest_socket, stop)
+        if rest_server is not None:
+            _run_rest(*rest_server, rest_socket, stop)
         else:
             stop.wait()
     finally:
@@ -205,10 +235,12 @@ def _host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
 
 
-def _listen(bind: str, port: int) -> socket.socket:
+def _listen(bind: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # --kiln_server_processes: the kernel spreads connections over the group's processes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Accepted sockets inherit this: uvicorn writes headers and body separately, and with Nagle on, the
     # body would wait for the client's delayed ACK (~40 ms per request).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -221,25 +253,32 @@ def _listen(bind: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> None:
+def _rest_server(options, core, prometheus_path):
+    """The uvicorn server for the REST API and the thread pool its handlers run on."""
     import uvicorn
-    import uvloop
 
+    from serving.model_server.handler_threads import HandlerThreads
     from serving.model_server.rest import RestApp
+    from serving.model_server.rest_transport import CoalescingHttpToolsProtocol
 
-    executor = ThreadPoolExecutor(max_workers=max(options.rest_api_num_threads, 1), thread_name_prefix="rest")
+    threads = HandlerThreads(max(options.rest_api_num_threads, 1))
     app = RestApp(
         core,
-        executor,
+        threads,
         options.rest_api_timeout_in_ms / 1000,
         prometheus_path,
         options.rest_api_enable_cors_support,
     )
+    # proxy_headers off: TF Serving does not rewrite the client address from X-Forwarded-* headers either.
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="off", access_log=False, log_level="warning",
-        server_header=False, date_header=False, timeout_keep_alive=30,
+        app, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="off", access_log=False,
+        log_level="warning", server_header=False, date_header=False, timeout_keep_alive=30, proxy_headers=False,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config), threads
+
+
+def _run_rest(server, threads, sock, stop: threading.Event) -> None:
+    import uvloop
 
     async def run():
         watcher = asyncio.get_running_loop().run_in_executor(None, stop.wait)
@@ -251,7 +290,7 @@ def _run_rest(options, core, prometheus_path, sock, stop: threading.Event) -> No
         uvloop.run(run())
     finally:
         stop.set()
-        executor.shutdown(wait=False, cancel_futures=True)
+        threads.shutdown()
 
 
 def _start_config_poller(options, manager, stop: threading.Event) -> threading.Thread | None:

@@ -51,8 +51,11 @@ class ModelManager:
         warmup: Callable[[str, Servable], None] | None = None,
         on_load_attempt: Callable[[str, bool, float], None] | None = None,
         prefer_tflite: bool = False,
+        after_versions_change: Callable[[], None] | None = None,
     ):
         self._options = options
+        # Runs after a reconcile loaded or unloaded anything (the server freezes the heap there: see heap.py).
+        self._after_versions_change = after_versions_change
         self._discovery = VersionDiscovery(prefer_tflite)
         self._config = model_server_config_pb2.ModelServerConfig()
         self._models: dict[str, ModelRecord] = {}
@@ -250,6 +253,8 @@ class ModelManager:
             self._publish()
         for version in to_unload:
             self._loader.unload(record, name, version)
+        if (to_load or to_unload) and self._after_versions_change is not None:
+            self._after_versions_change()
         return aspired, unsettled
 
     def _publish(self, labels: dict[str, dict[str, int]] | None = None) -> None:

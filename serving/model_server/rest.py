@@ -2,24 +2,23 @@
 
 Routing mirrors `http_server.cc` / `http_rest_api_handler.cc`: regexes are full-matched against the path *plus
 the query string*, anything outside `/v1/` gets libevent's HTML 404 page, and every other miss is a 400
-`Malformed request`. All model work (decode, run, encode) happens in one hop on a thread pool so the event
-loop only moves bytes.
+`Malformed request`. All model work (decode, run, encode) happens in one hop on a handler thread
+(`handler_threads`) so the event loop only moves bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from serving import codec
 from serving.codec import ServingError
 from serving.model_server import inference
 from serving.model_server.core import ServingCore
+from serving.model_server.handler_threads import HandlerThreads
 
 log = logging.getLogger("kiln.model_server")
 
@@ -66,13 +65,13 @@ class RestApp:
     def __init__(
         self,
         core: ServingCore,
-        executor: ThreadPoolExecutor,
+        threads: HandlerThreads,
         timeout_seconds: float,
         prometheus_path: str | None = None,
         enable_cors: bool = False,
     ):
         self._core = core
-        self._executor = executor
+        self._threads = threads
         self._timeout = timeout_seconds if timeout_seconds > 0 else None
         self._prometheus_path = prometheus_path
         self._extra_headers = CORS_HEADERS if enable_cors else []
@@ -104,9 +103,8 @@ class RestApp:
             else:
                 body = _maybe_gunzip(scope, body)
                 call, model_name, api = self._route(method, path, body)
-                future = asyncio.get_running_loop().run_in_executor(self._executor, call)
                 try:
-                    payload = await asyncio.wait_for(future, self._timeout)
+                    payload = await self._threads.run(call, self._timeout)
                 except TimeoutError:
                     raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
                 status = 200

@@ -36,9 +36,14 @@ from serving.codec import (
     predict_response_json,
     tensors_from_predict_request,
 )
-from serving.codec.predict_request import _tensors_from_instances, _to_numpy
+from serving.codec.predict_request import (
+    _fast_numeric,
+    _tensors_from_inputs,
+    _tensors_from_instances,
+    _to_numpy,
+)
 from serving.codec.reader import _RapidJsonReader
-from serving.codec.writer import _PrettyWriter
+from serving.codec.writer import _PrettyWriter, format_floats
 
 
 def tensors(body: str | bytes, dtypes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -1153,3 +1158,99 @@ def test_float_outputs_read_back_exactly(batch, width, dtype, row_format, data):
     document = json.loads(predict_response_json({"y": array}, {"y": dtype}, row_format))
     read_back = np.array(document["predictions" if row_format else "outputs"], dtype=numpy_type)
     np.testing.assert_array_equal(read_back.reshape(batch, width), array)
+
+
+# --- the vectorised paths against the exact ones ----------------------------------------------------------------
+
+FAST_DTYPES = st.sampled_from([DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64])
+LEAVES = (
+    st.integers(min_value=-(2**65), max_value=2**65)
+    | st.floats()
+    | st.sampled_from(
+        [0, 1, -1, 2**24 - 1, 2**24, 2**24 + 1, 2**31 - 1, 2**31, 2**53, 2**63 - 1, 2**63, 1e39]
+    )
+    | st.booleans()
+)
+
+
+def dense_payload(leaves, max_rank: int = 4):
+    """A dense nested list (every level one fixed size), as clients send images and rows."""
+    return st.lists(st.integers(min_value=1, max_value=3), min_size=1, max_size=max_rank).flatmap(
+        lambda shape: st.lists(leaves, min_size=math.prod(shape), max_size=math.prod(shape)).map(
+            lambda flat: np.array(flat, dtype=object).reshape(shape).tolist()
+        )
+    )
+
+
+def exact_tensor(payload, dtype: int, row_format: bool):
+    pending = (_tensors_from_instances if row_format else _tensors_from_inputs)(payload, {"x": dtype})["x"]
+    return _to_numpy("x", pending)
+
+
+@settings(max_examples=400, deadline=None)
+@given(dense_payload(LEAVES) | JSONISH, FAST_DTYPES, st.booleans())
+def test_numpy_fast_path_takes_only_payloads_the_exact_path_accepts_and_agrees(payload, dtype, row_format):
+    text = json.dumps(payload)
+    fast = _fast_numeric(payload, dtype, "true" in text or "false" in text)
+    if fast is None:
+        return
+    exact = exact_tensor(payload, dtype, row_format)  # must not raise: the fast path took a valid payload
+    assert fast.dtype == exact.dtype and fast.shape == exact.shape
+    np.testing.assert_array_equal(fast, exact)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dense_payload(st.floats(-1e6, 1e6, width=32) | st.integers(-(2**24) + 1, 2**24 - 1)),
+    st.sampled_from([DT_FLOAT, DT_DOUBLE]),
+)
+def test_numpy_fast_path_serves_nested_number_payloads(payload, dtype):
+    body = json.dumps({"instances": payload}).encode()
+    assert _fast_numeric(payload, dtype, False) is not None
+    np.testing.assert_array_equal(tensors(body, {"x": dtype})["x"], exact_tensor(payload, dtype, True))
+
+
+def test_numpy_fast_path_leaves_booleans_strings_and_errors_to_the_exact_path():
+    assert _fast_numeric([[1.0, 2.0]], DT_FLOAT, True) is None  # a true/false literal somewhere in the body
+    assert _fast_numeric([["1.0"]], DT_FLOAT, False) is None
+    assert (
+        _fast_numeric([[1.0], [2.0, 3.0]], DT_FLOAT, False) is None
+    )  # ragged: the exact path words the error
+    assert _fast_numeric([[2**24 + 1]], DT_FLOAT, False) is None  # lossy for float: the exact path rejects it
+    assert _fast_numeric([[1.5]], DT_INT64, False) is None
+    assert _fast_numeric([[]], DT_FLOAT, False) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([DT_FLOAT, DT_DOUBLE]).flatmap(
+        lambda dtype: st.tuples(
+            st.just(dtype),
+            st.lists(st.floats(width=32 if dtype == DT_FLOAT else 64), max_size=80),
+        )
+    )
+)
+def test_vectorised_float_text_is_format_float_for_every_value(case):
+    dtype, values = case
+    array = np.array(values, dtype=np.float32 if dtype == DT_FLOAT else np.float64)
+    assert format_floats(array, dtype) == [codec.format_float(v, dtype) for v in array.tolist()]
+
+
+def test_vectorised_float_text_on_the_edges():
+    edges = [
+        0.0,
+        -0.0,
+        math.nan,
+        math.inf,
+        -math.inf,
+        1.0,
+        123456.0,
+        1234567.0,
+        1e-5,
+        0.1,
+        3.4028235e38,
+        1e-45,
+    ]
+    for dtype, numpy_type in ((DT_FLOAT, np.float32), (DT_DOUBLE, np.float64)):
+        array = np.array(edges * 3, dtype=numpy_type)  # long enough for the vectorised branch
+        assert format_floats(array, dtype) == [codec.format_float(v, dtype) for v in array.tolist()]
