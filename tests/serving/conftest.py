@@ -50,6 +50,19 @@ def save_half_plus(path: Path, offset: float) -> None:
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
+def half_plus_three_tflite() -> bytes:
+    """A TFLite file computing y = 0.5x + 3: beside half_plus_two's SavedModel, it shows which one answered."""
+    import tensorflow as tf
+
+    class HalfPlusThree(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 0.5 * x + 3.0}
+
+    module = HalfPlusThree()
+    return tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module).convert()
+
+
 def save_two_inputs(path: Path) -> None:
     """A model with two inputs and two outputs, for the multi-tensor JSON shapes."""
     import tensorflow as tf

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.servers import SERVER_BIN, wait_for
+from tests.serving.conftest import half_plus_three_tflite
 
 pytestmark = pytest.mark.slow
 
@@ -104,20 +105,9 @@ def test_config_file_polling_switches_models(server_factory, test_models, tmp_pa
 
 
 def test_prefer_tflite_model_serves_the_tflite_file(server_factory, test_models, tmp_path):
-    import tensorflow as tf
-
-    class HalfPlusThree(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": 0.5 * x + 3.0}
-
-    module = HalfPlusThree()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.serve.get_concrete_function()], module
-    )
     # The folder's SavedModel is half_plus_two; the TFLite file computes half_plus_three.
     version = test_models.install("half_plus_two", tmp_path / "lite", 1)
-    (version / "model.tflite").write_bytes(converter.convert())
+    (version / "model.tflite").write_bytes(half_plus_three_tflite())
     server = server_factory(
         f"--model_base_path={tmp_path / 'lite'}", "--model_name=lite", "--prefer_tflite_model"
     )

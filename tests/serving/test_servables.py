@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from serving.codec import ServingError
+from tests.serving.conftest import half_plus_three_tflite
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +72,9 @@ def test_saved_model_unknown_input_alias(half_plus_two):
 
 @pytest.fixture(scope="module")
 def tflite_version(tmp_path_factory):
-    import tensorflow as tf
-
-    class HalfPlusThree(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": 0.5 * x + 3.0}
-
-    module = HalfPlusThree()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.serve.get_concrete_function()], module
-    )
     folder = tmp_path_factory.mktemp("tflite") / "1"
     folder.mkdir()
-    (folder / "model.tflite").write_bytes(converter.convert())
+    (folder / "model.tflite").write_bytes(half_plus_three_tflite())
     return folder
 
 
