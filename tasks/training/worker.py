@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,26 +66,57 @@ def make_strategy() -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+@dataclass(frozen=True)
+class WorkerRun:
+    """What a worker of either mode derives from the spec and the strategy's cluster."""
+
+    config: Any  # tasks.config.TrainConfig
+    preprocessing: Any  # tasks.features.Preprocessing
+    num_workers: int
+    task_id: int
+    global_batch: int
+    steps_per_epoch: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.task_id == 0
+
+    @classmethod
+    def of(cls, strategy: Any, spec: dict[str, Any]) -> WorkerRun:
+        from tasks.config import TrainConfig
+        from tasks.features import Preprocessing
+
+        config = TrainConfig.model_validate(spec["train"])
+        cluster = strategy.cluster_resolver.cluster_spec()
+        num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
+        global_batch = config.batch_size * num_workers
+        return cls(config=config, preprocessing=Preprocessing.model_validate(spec["preprocessing"]),
+                   num_workers=num_workers, task_id=strategy.cluster_resolver.task_id or 0,
+                   global_batch=global_batch, steps_per_epoch=max(1, math.ceil(spec["num_train"] / global_batch)))
+
+    def export(self, model: Any, chief_target: str, scratch_dir: str, scratch_name: str) -> None:
+        """Every worker must take part in saving (it runs collectives); only the chief's copy is kept."""
+        from tasks.models.export import export_saved_model
+
+        target = Path(chief_target) if self.is_chief else Path(scratch_dir) / scratch_name
+        export_saved_model(model, self.preprocessing, target)
+        if not self.is_chief:
+            shutil.rmtree(target, ignore_errors=True)
+
+
 def train(spec: dict[str, Any]) -> None:
     strategy = make_strategy()  # first: TF_CONFIG is read and collectives are set up here
 
     import tf_keras as keras
 
-    from tasks.config import TrainConfig
-    from tasks.features import Preprocessing, dataset
+    from tasks.features import dataset
     from tasks.models.assemble import build_model, compile_model
-    from tasks.models.export import export_saved_model
 
-    config = TrainConfig.model_validate(spec["train"])
-    preprocessing = Preprocessing.model_validate(spec["preprocessing"])
-    cluster = strategy.cluster_resolver.cluster_spec()
-    num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
-    task_id = strategy.cluster_resolver.task_id or 0
-    is_chief = task_id == 0
+    run = WorkerRun.of(strategy, spec)
+    config, preprocessing, task_id = run.config, run.preprocessing, run.task_id
+    num_workers, global_batch, steps_per_epoch = run.num_workers, run.global_batch, run.steps_per_epoch
     keras.utils.set_random_seed(config.seed)
 
-    global_batch = config.batch_size * num_workers
-    steps_per_epoch = max(1, math.ceil(spec["num_train"] / global_batch))
     validation_steps = max(1, math.ceil(spec["num_eval"] / global_batch))
     features, label = preprocessing.features, preprocessing.label
     train_data = dataset(spec["train_files"], features, label, global_batch, shuffle_seed=config.seed, repeat=True)
@@ -95,17 +127,13 @@ def train(spec: dict[str, Any]) -> None:
         compile_model(model, label, config.learning_rate)
 
     callbacks = [keras.callbacks.BackupAndRestore(backup_dir=spec["backup_dir"]),
-                 epoch_metrics(spec["metrics_path"] if is_chief else None, config.epochs, task_id)]
+                 epoch_metrics(spec["metrics_path"] if run.is_chief else None, config.epochs, task_id)]
     log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d, %s parameters", PROGRESS_MARK, task_id,
              num_workers, config.epochs, steps_per_epoch, global_batch, f"{model.count_params():,}")
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_data,
               validation_steps=validation_steps, callbacks=callbacks, verbose=0)
 
-    # Every worker must take part in saving (it runs collectives); only the chief's copy is kept.
-    target = Path(spec["saved_model_dir"]) if is_chief else Path(spec["scratch_dir"]) / f"worker-{task_id}"
-    export_saved_model(model, preprocessing, target)
-    if not is_chief:
-        shutil.rmtree(target, ignore_errors=True)
+    run.export(model, spec["saved_model_dir"], spec["scratch_dir"], f"worker-{task_id}")
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
 
 
@@ -118,18 +146,12 @@ def compress(spec: dict[str, Any]) -> None:
     strategy = make_strategy()
 
     from tasks.compression import tuning
-    from tasks.config import TrainConfig
-    from tasks.features import Preprocessing, dataset
+    from tasks.features import dataset
     from tasks.models.assemble import build_model, compile_model
-    from tasks.models.export import export_saved_model
 
-    config = TrainConfig.model_validate(spec["train"])
-    preprocessing = Preprocessing.model_validate(spec["preprocessing"])
-    cluster = strategy.cluster_resolver.cluster_spec()
-    num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
-    task_id = strategy.cluster_resolver.task_id or 0
-    global_batch = config.batch_size * num_workers
-    steps_per_epoch = max(1, math.ceil(spec["num_train"] / global_batch))
+    run = WorkerRun.of(strategy, spec)
+    config, preprocessing, task_id = run.config, run.preprocessing, run.task_id
+    global_batch, steps_per_epoch = run.global_batch, run.steps_per_epoch
     epochs = spec["fine_tune_epochs"]
     data = dataset(spec["train_files"], preprocessing.features, preprocessing.label, global_batch,
                    shuffle_seed=config.seed, repeat=True)
@@ -161,12 +183,9 @@ def compress(spec: dict[str, Any]) -> None:
             report[job] = {"skipped": str(exc)}
             log.info("%s worker %d: %s skipped: %s", PROGRESS_MARK, task_id, job, exc)
             continue
-        target = Path(spec["outputs"][job]) if task_id == 0 else Path(spec["scratch_dir"]) / f"{job}-{task_id}"
-        export_saved_model(model, preprocessing, target)
-        if task_id != 0:
-            shutil.rmtree(target, ignore_errors=True)
+        run.export(model, spec["outputs"][job], spec["scratch_dir"], f"{job}-{task_id}")
         report[job] = {"seconds": round(time.monotonic() - started, 2)}
-    if task_id == 0:
+    if run.is_chief:
         Path(spec["report_path"]).write_text(json.dumps(report))
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
 
