@@ -131,6 +131,10 @@ def test_an_unblessed_version_is_promoted_only_with_a_reason(registered, model_s
     promoted = promote_version(serving, 3, "hotfix, evaluated by hand", "operator")
     assert promoted.sync.after.labels == {"stable": 3}
     assert history(client, name)[-1]["why"] == "operator promotion: hotfix, evaluated by hand"
+    moves = len(history(client, name))
+    with pytest.raises(OperatorError, match=rf"^{name} v3 is already the champion$"):
+        promote_version(serving, 3, "twice", "operator")
+    assert len(history(client, name)) == moves, "a refused promotion moves no alias"
 
 
 def test_a_server_that_is_down_fails_a_promotion_before_any_alias_moves(registered, mlflow_store, tmp_path,
