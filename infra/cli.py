@@ -49,7 +49,7 @@ def _say(line: str) -> None:
 @app.command()
 def up(home: Home = None, airflow_port: Port = None, mlflow_port: Port = None, rest_port: Port = None,
        grpc_port: Port = None) -> None:
-    """Start Airflow standalone, MLflow and kiln-model-server on 127.0.0.1."""
+    """Start MLflow, kiln-model-server and Airflow's components on 127.0.0.1, each supervised."""
     _start(_stack(home, airflow_port, mlflow_port, rest_port, grpc_port))
 
 
@@ -404,13 +404,40 @@ def status(home: Home = None) -> None:
         stack = Stack.load(home_path)
     except StackError as exc:
         raise fail(str(exc), code=1) from None
-    table = Table(title=f"kiln stack ({home_path})")
-    table.add_column("service")
-    table.add_column("health")
-    for name, healthy in stack.health().items():
-        table.add_row(name, Text("healthy", "green") if healthy else Text("down", "red"))
-    out.print(table)
+    out.print(_services_table(stack))
     _print_pipelines(stack)
+
+
+def _services_table(stack: Stack) -> Table:
+    """Each service as supervisord and its health check see it."""
+    from infra.supervision import SupervisorError
+
+    table = Table(title=f"kiln stack ({stack.home})")
+    for column in ("service", "state", "health", "pid", "uptime", "restarts"):
+        table.add_column(column, justify="right" if column in ("pid", "uptime", "restarts") else "left")
+    try:
+        states = stack.supervisor.states()
+    except SupervisorError as exc:
+        err.print(f"supervisor: {exc}; `kiln up` restarts it", markup=False)
+        states = {}
+    for name, healthy in stack.health().items():
+        state = states.get(name)
+        running = state is not None and state.state == "RUNNING"
+        table.add_row(
+            name,
+            Text(state.state if state else "unknown", "green" if running else "red"),
+            Text("healthy", "green") if healthy else Text("down", "red"),
+            str(state.pid) if state and state.pid else "-",
+            _duration(state.uptime_seconds) if state and state.uptime_seconds is not None else "-",
+            Text(str(state.restarts), "yellow" if state.restarts else "") if state else "-",
+        )
+    return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _print_pipelines(stack: Stack) -> None:

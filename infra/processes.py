@@ -88,3 +88,43 @@ def log_tail(path: Path, lines: int) -> list[str]:
     except FileNotFoundError:
         return ["(no log)"]
     return text[-lines:] or ["(empty log)"]
+
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux PR_SET_CHILD_SUBREAPER), so what
+    outlives its parent stays findable among this process's descendants. As a Popen preexec_fn it
+    applies to the child, and the setting survives the child's exec."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def stop_processes(processes: list, timeout: float) -> None:
+    """SIGTERM psutil processes, SIGKILL what is left after `timeout`."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def group_members(pgid: int) -> list:
+    """The live processes of process group `pgid` (psutil), this one aside. Whatever they are, they are that
+    group's: Linux does not hand out a pid again while a process group of that id has members."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and os.getpgid(process.pid) == pgid:
+                found.append(process)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return found

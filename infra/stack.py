@@ -1,15 +1,15 @@
-"""The embedded stack behind `kiln up` / `kiln down`: Airflow standalone, MLflow server and
-kiln-model-server as local processes on 127.0.0.1, with all state under KILN_HOME.
-
-Each service runs in its own session (process group), so `down` stops it with everything it
-spawned (Airflow's scheduler, api-server, task processes...). `stack.json` records the ports and
-pids so `run`, `status` and `down` find the stack again.
+"""The embedded stack behind `kiln up` / `kiln down`: MLflow, kiln-model-server and Airflow's
+api-server, scheduler, dag-processor and triggerer as separate programs on 127.0.0.1, each supervised
+by supervisord (`infra.supervision`), which restarts a service that dies. All state lives under
+KILN_HOME; `stack.json` records the ports and supervisord's pid so `run`, `status`
+and `down` find the stack again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from infra.processes import log_tail, port_is_free, stop_process_group
+from infra.processes import log_tail, port_is_free
+from infra.supervision import Program, Supervisor, SupervisorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = "stack.json"
@@ -86,6 +87,10 @@ class Stack:
     def serving_rest_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.serving_rest}"
 
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.home)
+
     def env(self) -> dict[str, str]:
         """The environment of every service and, through Airflow, of every task."""
         venv_bin = str(Path(sys.executable).parent)
@@ -102,6 +107,8 @@ class Stack:
                 "KILN_SERVING_MODELS": str(self.serving_models),
                 "KILN_SERVING_CONFIG": str(self.serving_config),
                 "MLFLOW_TRACKING_URI": self.mlflow_url,
+                # MLflow 3's job runner (GenAI scorer jobs, seven huey consumers, ~1.7 GB): kiln has no jobs.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "AIRFLOW_HOME": str(self.airflow_home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -119,16 +126,31 @@ class Stack:
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports.airflow_trigger_logs),
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # One key for all components: tokens the api-server issued stay valid when it restarts,
+                # and the scheduler's task tokens are accepted by the execution API.
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("airflow-jwt-secret"),
             }
         )
         return env
 
+    def _secret(self, name: str) -> str:
+        """A key generated on first use and kept, readable by this user only, in KILN_HOME/secrets."""
+        path = self.home / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.touch(mode=0o600)
+            tmp.write_text(secrets.token_urlsafe(32))
+            os.replace(tmp, path)
+        return path.read_text().strip()
+
     def services(self) -> list[Service]:
         mlflow_dir = self.home / "mlflow"
+        monitor = f"{self.airflow_url}/api/v2/monitor/health"
         return [
             Service(
                 name="mlflow",
-                port=self.ports.mlflow,
+                ports=(self.ports.mlflow,),
                 command=[
                     "mlflow", "server",
                     "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
@@ -140,12 +162,13 @@ class Stack:
             ),
             Service(
                 name="model-server",
-                port=self.ports.serving_rest,
-                extra_ports=(self.ports.serving_grpc,),
+                ports=(self.ports.serving_rest, self.ports.serving_grpc),
                 command=[
                     "kiln-model-server",
                     f"--port={self.ports.serving_grpc}",
                     f"--rest_api_port={self.ports.serving_rest}",
+                    # The deployer rewrites this file on every change, so a restarted server loads
+                    # the versions and labels last applied: a crash never loses which version is stable.
                     f"--model_config_file={self.serving_config}",
                     "--file_system_poll_wait_seconds=1",
                     # A version that cannot load fails its push at once (TF Serving retries 5 x 60 s).
@@ -158,22 +181,49 @@ class Stack:
                 healthy=lambda r: r.status_code == 404 and "error" in r.json(),
             ),
             Service(
-                name="airflow",
-                port=self.ports.airflow,
-                extra_ports=(self.ports.airflow_worker_logs, self.ports.airflow_trigger_logs),
-                command=["airflow", "standalone"],
-                health_url=f"{self.airflow_url}/api/v2/monitor/health",
-                healthy=_airflow_healthy,
+                name="airflow-api-server",
+                ports=(self.ports.airflow,),
+                command=["airflow", "api-server", "--host", "127.0.0.1", "--port", str(self.ports.airflow)],
+                health_url=monitor,
+                healthy=_airflow_part_healthy("metadatabase"),
+            ),
+            Service(
+                name="airflow-scheduler",
+                # The scheduler serves task logs; its LocalExecutor runs the tasks.
+                ports=(self.ports.airflow_worker_logs,),
+                command=["airflow", "scheduler"],
+                health_url=monitor,
+                healthy=_airflow_part_healthy("scheduler"),
+                reap_leftovers=False,  # a killed scheduler's task processes finish their tasks
+            ),
+            Service(
+                name="airflow-dag-processor",
+                ports=(),
+                command=["airflow", "dag-processor"],
+                health_url=monitor,
+                healthy=_airflow_part_healthy("dag_processor"),
+            ),
+            Service(
+                name="airflow-triggerer",
+                ports=(self.ports.airflow_trigger_logs,),
+                command=["airflow", "triggerer"],
+                health_url=monitor,
+                healthy=_airflow_part_healthy("triggerer"),
             ),
         ]
 
     # -- lifecycle -----------------------------------------------------------------------------
     def up(self, report: Callable[[str], None] = print, timeout: float = 240) -> None:
         if self.is_recorded():
-            raise StackError(f"a stack is already recorded in {self.home / STACK_FILE}; run `kiln down` first")
+            if self.supervisor.answers():
+                raise StackError(f"a stack is already recorded in {self.home / STACK_FILE}; run `kiln down` first")
+            # Nothing restarts a dead supervisord here (systemd would, on a server): `up` does, after
+            # stopping what its services left running.
+            report("the recorded stack's supervisord is gone: stopping what is left of the stack, then starting it")
+            self.down(report=report)
         services = self.services()
         for service in services:
-            for port in (service.port, *service.extra_ports):
+            for port in service.ports:
                 if not port_is_free(port):
                     raise StackError(f"port {port} ({service.name}) is already in use on 127.0.0.1")
         for folder in ("logs", "data", "artifacts", "runs", "mlflow", "serving/models", "airflow"):
@@ -181,28 +231,51 @@ class Stack:
         if not self.serving_config.exists():
             self.serving_config.write_text("model_config_list {\n}\n")
         env = self.env()
-        started: dict[str, int] = {}
+        started = time.monotonic()
+        self._migrate_airflow_db(env)
+        report(f"{'airflow db':22s} migrated ({time.monotonic() - started:.1f}s)")
         try:
+            self.supervisor.write_config([s.program for s in services])
+            try:
+                self._record(self.supervisor.start(env))
+            except SupervisorError as exc:
+                raise StackError(str(exc)) from None
             for service in services:
-                started[service.name] = service.start(self.home, env)
-                self._record(started)
-            for service in services:
-                t0 = time.monotonic()
-                service.wait_healthy(self.home, timeout)
-                report(f"{service.name:13s} ready on 127.0.0.1:{service.port} ({time.monotonic() - t0:.1f}s)")
+                service.wait_healthy(self, timeout - (time.monotonic() - started))
+                where = f" on 127.0.0.1:{service.ports[0]}" if service.ports else ""
+                report(f"{service.name:22s} ready{where} ({time.monotonic() - started:.1f}s)")
         except BaseException:
             self.down(report=lambda _msg: None)
             raise
 
-    def _record(self, pids: dict[str, int]) -> None:
+    def _migrate_airflow_db(self, env: dict[str, str], timeout: float = 300) -> None:
+        log = self.home / "logs" / "airflow-db-migrate.log"
+        with log.open("ab") as out:
+            try:
+                code = subprocess.run(["airflow", "db", "migrate"], cwd=self.home, env=env, stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                raise StackError(f"airflow db migrate did not finish within {timeout:.0f}s; log: {log}") from None
+            except FileNotFoundError:
+                raise StackError("command 'airflow' not found; is the venv's bin/ on PATH?") from None
+        if code != 0:
+            raise StackError(f"airflow db migrate failed (exit {code}): {' | '.join(log_tail(log, 3))}")
+
+    def _record(self, supervisor_pid: int) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        payload = {"ports": asdict(self.ports), "pids": pids}
+        payload = {"ports": asdict(self.ports), "supervisor_pid": supervisor_pid}
         tmp = self.home / f".{STACK_FILE}.tmp"
         tmp.write_text(json.dumps(payload, indent=2))
         os.replace(tmp, self.home / STACK_FILE)
 
     def is_recorded(self) -> bool:
         return (self.home / STACK_FILE).exists()
+
+    def _recorded(self) -> dict:
+        try:
+            return json.loads((self.home / STACK_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
 
     @classmethod
     def load(cls, home: Path) -> Stack:
@@ -212,16 +285,16 @@ class Stack:
             raise StackError(f"no stack is running for KILN_HOME={home}; start one with `kiln up`") from None
         return cls(home=home, ports=StackPorts(**payload["ports"]))
 
-    def pids(self) -> dict[str, int]:
-        try:
-            return json.loads((self.home / STACK_FILE).read_text())["pids"]
-        except FileNotFoundError:
-            return {}
-
-    def down(self, report: Callable[[str], None] = print, timeout: float = 30) -> None:
-        for name, pid in reversed(list(self.pids().items())):
-            stop_process_group(pid, timeout)
-            report(f"{name:13s} stopped")
+    def down(self, report: Callable[[str], None] = print, timeout: float = 60) -> None:
+        """Stop every service through supervisord, then supervisord, then anything that outlived its
+        service; report each step."""
+        pid = self._recorded().get("supervisor_pid")
+        if pid:
+            stray = self.supervisor.stop(pid, timeout)
+            report(f"{'services':22s} stopped, supervisord too")
+            if stray:
+                report(f"{'leftovers':22s} stopped {len(stray)} process(es) that had outlived their service: "
+                       f"{', '.join(sorted(set(stray)))}")
         (self.home / STACK_FILE).unlink(missing_ok=True)
 
     def health(self) -> dict[str, bool]:
@@ -237,29 +310,17 @@ class Stack:
 @dataclass(frozen=True)
 class Service:
     name: str
-    port: int
+    ports: tuple[int, ...]
     command: list[str]
     health_url: str
     healthy: Callable[[httpx.Response], bool]
-    extra_ports: tuple[int, ...] = ()
+    reap_leftovers: bool = True
 
-    def log_path(self, home: Path) -> Path:
-        return home / "logs" / f"{self.name}.log"
+    @property
+    def program(self) -> Program:
+        return Program(self.name, self.command, reap_leftovers=self.reap_leftovers)
 
-    def start(self, home: Path, env: dict[str, str]) -> int:
-        log = self.log_path(home).open("ab")
-        try:
-            process = subprocess.Popen(
-                self.command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise StackError(f"{self.name}: command {self.command[0]!r} not found; is the venv's bin/ on PATH?") from None
-        finally:
-            log.close()
-        return process.pid
-
-    def wait_healthy(self, home: Path, timeout: float) -> None:
+    def wait_healthy(self, stack: Stack, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -268,12 +329,14 @@ class Service:
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.5)
-        tail = " | ".join(log_tail(self.log_path(home), 3))
+        tail = " | ".join(log_tail(stack.supervisor.program_log(self.name), 3))
         raise StackError(f"{self.name} not healthy at {self.health_url} after {timeout:.0f}s; log: {tail}")
 
 
-def _airflow_healthy(response: httpx.Response) -> bool:
-    if response.status_code != 200:
-        return False
-    body = response.json()
-    return all(body.get(part, {}).get("status") == "healthy" for part in ("metadatabase", "scheduler", "dag_processor"))
+def _airflow_part_healthy(part: str) -> Callable[[httpx.Response], bool]:
+    """Airflow's monitor endpoint reports each component (by its heartbeat); one predicate per part."""
+
+    def healthy(response: httpx.Response) -> bool:
+        return response.status_code == 200 and response.json().get(part, {}).get("status") == "healthy"
+
+    return healthy
