@@ -45,6 +45,7 @@ from tasks.registry import STEP_NAMES
 # TensorFlow's C++ start-up chatter, which says nothing about why a task failed.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl)")
 PARSE_TIMEOUT = 120
+SERVING_RETRY_SECONDS = 30.0  # the model server's status reads ride out a restart this long
 
 
 class RunFailed(RuntimeError):
@@ -199,25 +200,41 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         "version": registered.version,
         "blessed": registered.blessed,
         "run_id": registered.mlflow_run_id,
-        "aliases": registry_aliases(stack.mlflow_url, registered.model_name),
+        "aliases": _or_unavailable(lambda: registry_aliases(stack.mlflow_url, registered.model_name)),
     }
+    # The run's outcome is Airflow's; a service that does not answer now costs these lines, not the summary.
     summary["serving"] = served_state(stack, config.served_model_name)
     if summary["serving"]["labels"].get("stable") is not None:
-        summary["prediction"] = live_prediction(stack, config, trained)
+        prediction = _or_unavailable(lambda: live_prediction(stack, config, trained))
+        summary["prediction" if isinstance(prediction, dict) else "prediction_error"] = prediction
     return summary
+
+
+def _or_unavailable(read: Callable[[], Any]) -> Any:
+    """What `read` returns, or why MLflow or the model server could not say (one line)."""
+    from mlflow.exceptions import MlflowException
+
+    from serving.client import ServingClientError
+
+    try:
+        return read()
+    except (MlflowException, ServingClientError, OSError) as exc:
+        return f"unavailable ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"
 
 
 def served_state(stack: Stack, model: str) -> dict[str, Any]:
     """What the server itself reports: its versions and where kiln's labels point."""
-    from serving.client import RestClient, ServingClientError
+    from serving.client import RestClient, ServingClientError, ServingUnavailable
     from serving.deployer import CANARY, STABLE
 
-    with RestClient(stack.serving_rest_url, timeout=10) as client:
+    with RestClient(stack.serving_rest_url, timeout=10, retry_for=SERVING_RETRY_SECONDS) as client:
         try:
             versions = sorted(int(s["version"]) for s in client.status(model) if s["state"] == "AVAILABLE")
-        except ServingClientError:
+            labels = {label: client.label_version(model, label) for label in (STABLE, CANARY)}
+        except ServingUnavailable as exc:
+            return {"model_name": model, "versions": [], "labels": {}, "error": str(exc)}
+        except ServingClientError:  # the server answered: it does not serve this model
             return {"model_name": model, "versions": [], "labels": {}}
-        labels = {label: client.label_version(model, label) for label in (STABLE, CANARY)}
     return {"model_name": model, "versions": versions, "labels": {k: v for k, v in labels.items() if v is not None}}
 
 
@@ -265,8 +282,10 @@ def registry_aliases(tracking_uri: str, model_name: str | None) -> dict[str, int
 
     try:
         model = MlflowClient(tracking_uri).get_registered_model(model_name)
-    except MlflowException:  # not registered yet
-        return {}
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # not registered yet
+            return {}
+        raise
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 
