@@ -195,9 +195,15 @@ def _print_task(task: TaskState) -> None:
 
 def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any],
                       config: PipelineConfig) -> dict[str, Any]:
+    import httpx
+    from mlflow.exceptions import MlflowException
+
+    from infra.console import bound_mlflow_retries
     from infra.pipelines import register
     from infra.runner import RunFailed, summarize, trigger_and_follow, write_summary
+    from serving.client import ServingClientError
 
+    bound_mlflow_retries()
     try:
         if register(stack.home, config.pipeline, config_path):
             err.print(f"pipeline {config.pipeline}: {config_path} registered with the stack", markup=False)
@@ -207,6 +213,9 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
         raise fail(str(exc)) from None
     except (AirflowApiError, RunFailed) as exc:
         raise fail(str(exc), code=1) from None
+    except (httpx.HTTPError, MlflowException, ServingClientError, OSError) as exc:  # one line, not a traceback
+        lines = str(exc).strip().splitlines()
+        raise fail(f"{type(exc).__name__}: {lines[0] if lines else ''}", code=1) from None
     summary["summary_path"] = str(write_summary(stack.home, summary))
     return summary
 
@@ -306,8 +315,11 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} versions {serving['versions']}, labels {serving['labels']}"
-                   + ("" if summary["promoted"] else " (unchanged: not promoted)")),
+                   + ("" if summary["promoted"] else " (unchanged: not promoted)")
+                   + (f"; the server did not answer: {serving['error']}" if serving.get("error") else "")),
     ]
+    if summary.get("prediction_error"):
+        rows.append(("prediction", summary["prediction_error"]))
     prediction = summary.get("prediction")
     if prediction:
         answer = f"class {prediction['class']!r} (p={prediction['probability']})" if "class" in prediction \

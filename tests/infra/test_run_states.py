@@ -103,3 +103,18 @@ def test_kiln_run_prints_every_state_and_its_summary(fake_run, summary, as_json,
         assert summary["run_id"] in printed
     saved = tmp_path / "kiln" / "runs" / summary["run_id"].replace("/", "_") / "summary.json"
     assert json.loads(saved.read_text())["run_id"] == summary["run_id"]
+
+
+def test_a_service_that_does_not_answer_after_the_run_is_one_line(fake_run, tmp_path, monkeypatch):
+    import httpx
+
+    import infra.runner
+
+    def summarize(client, stack, run_id, config):
+        raise httpx.ConnectError("[Errno 111] Connection refused\nsecond line")
+
+    fake_run["summary"] = FAILED
+    monkeypatch.setattr(infra.runner, "summarize", summarize)
+    result = CliRunner().invoke(cli.app, ["run", str(tmp_path / "fake.yaml"), "--home", str(tmp_path / "kiln")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.splitlines()[-1] == "error: ConnectError: [Errno 111] Connection refused"
