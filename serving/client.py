@@ -211,7 +211,8 @@ class GrpcModelService(_GrpcClient):
             if state == "END":
                 raise ServingClientError(f"{model} version {version} failed to load (state END)")
             if time.monotonic() > deadline:
-                raise ServingClientError(f"{model} version {version} not AVAILABLE after {timeout:.0f}s ({state})")
+                raise ServingClientError(f"{model} version {version} not AVAILABLE at {self.address} after "
+                                         f"{timeout:.0f}s (state {state})")
             time.sleep(0.2)
 
 
