@@ -1,23 +1,44 @@
 """A small client for Airflow 3's public REST API (`/api/v2`), authenticated with a JWT from
-`/auth/token` (SimpleAuthManager's generated admin password)."""
+`/auth/token` (SimpleAuthManager's generated admin password).
+
+Every call rides out an api-server that restarts: transport errors (refused, reset, timed out) and 5xx
+answers are retried with bounded exponential backoff (tenacity) for `retry_for` seconds, saying once
+through `report` that it waits; a 401 (a restarted api-server signs tokens with a new key) logs in again
+once. Other 4xx are answers and are not retried. After the deadline: one AirflowApiError line naming the
+URL and the last error.
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 FINISHED = {"success", "failed"}
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+RETRY_SECONDS = 120.0
+# What a restarting server looks like from here; an UnsupportedProtocol or a bad request is not.
+TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
 
 
 class AirflowApiError(RuntimeError):
     """Airflow answered with an error, or not in time."""
+
+
+class _Unavailable(Exception):
+    """A 5xx answer (the api-server, or a proxy in front of it, is not serving yet): retried."""
+
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
 
 
 @dataclass(frozen=True)
@@ -38,32 +59,134 @@ def admin_password(airflow_home: Path, user: str = "admin") -> str:
         raise AirflowApiError(f"no generated password for {user!r} in {path}; is Airflow standalone running?") from None
 
 
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id kiln chooses before triggering, so a retried trigger can recognise its own run. It matches
+    Airflow's default `allowed_run_id_pattern` (^[A-Za-z0-9_.~:+-]+$) and is safe as a folder name."""
+    return f"kiln__{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}__{secrets.token_hex(4)}"
+
+
+def backoff_within(retry_for: float) -> Callable[[RetryCallState], float]:
+    """Exponential backoff (0.25 s doubling to 4 s), the last wait cut to end at `retry_for`: the last
+    attempt is made at the deadline, not a backoff step before it."""
+    exponential = wait_exponential(multiplier=0.25, min=0.25, max=4)
+    return lambda state: max(0.0, min(exponential(state), retry_for - state.seconds_since_start))
+
+
+def _body(response: httpx.Response) -> str:
+    return response.text[:300].replace("\n", " ")
+
+
+def _why(exc: BaseException) -> str:
+    """Why a call is retried, in a word: the exception class or the HTTP status."""
+    return str(exc) if isinstance(exc, _Unavailable) else type(exc).__name__
+
+
+def _detail(exc: BaseException) -> str:
+    """The last error, on one line."""
+    if isinstance(exc, _Unavailable):
+        return f"HTTP {exc.response.status_code}: {_body(exc.response)}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 class AirflowClient:
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30):
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
-        response = self._http.post("/auth/token", json={"username": username, "password": password})
-        if response.status_code not in (200, 201):
-            raise AirflowApiError(f"login as {username!r} at {base_url} failed: HTTP {response.status_code}")
-        self._http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30,
+                 retry_for: float = RETRY_SECONDS, report: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.base_url = base_url.rstrip("/")
+        self.retry_for = retry_for
+        self._report = report or (lambda line: None)
+        self._sleep = sleep
+        self._username, self._password = username, password
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        try:
+            self._login()
+        except BaseException:
+            self._http.close()
+            raise
 
     def close(self) -> None:
         self._http.close()
 
+    def _login(self) -> None:
+        response, _ = self._send("POST", "/auth/token", json={"username": self._username, "password": self._password})
+        if response.status_code not in (200, 201):
+            raise AirflowApiError(f"login as {self._username!r} at {self.base_url} failed: HTTP "
+                                  f"{response.status_code}: {_body(response)}")
+        self._http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, int]:
+        """(the first answer that is not a 5xx, how many attempts it took). Transport errors and 5xx are
+        retried with exponential backoff until `retry_for` seconds have passed; the first retry says so
+        through `report` (once), and so does the recovery."""
+        started = time.monotonic()
+        attempts = 0
+        waited = False
+
+        def attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            response = self._http.request(method, url, **kwargs)
+            if response.status_code >= 500:
+                raise _Unavailable(response)
+            return response
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal waited
+            if not waited:
+                waited = True
+                self._report(f"Airflow API at {self.base_url} not answering ({_why(state.outcome.exception())}), "
+                             f"retrying for {self.retry_for:.0f} s")
+
+        retrying = Retrying(
+            retry=retry_if_exception_type((_Unavailable, *TRANSIENT)),
+            stop=stop_after_delay(self.retry_for),
+            wait=backoff_within(self.retry_for),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            response = retrying(attempt)
+        except (_Unavailable, *TRANSIENT) as exc:
+            raise AirflowApiError(f"Airflow API at {self.base_url} still failing after "
+                                  f"{time.monotonic() - started:.0f} s ({method} {url}): {_detail(exc)}") from None
+        except httpx.HTTPError as exc:  # not a restart (a bad URL, a protocol error): no use retrying
+            raise AirflowApiError(f"Airflow API at {self.base_url} ({method} {url}): {_detail(exc)}") from None
+        if waited:
+            self._report(f"Airflow API at {self.base_url} answering again after {time.monotonic() - started:.1f} s")
+        return response, attempts
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, int]:
+        """`_send` with the token renewed once on a 401: a restarted api-server no longer knows the old one."""
+        response, attempts = self._send(method, path, **kwargs)
+        if response.status_code == 401:
+            self._login()
+            response, more = self._send(method, path, **kwargs)
+            attempts += more
+        return response, attempts
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, f"/api/v2{path}", **kwargs)
+        response, _ = self._request(method, f"/api/v2{path}", **kwargs)
+        return self._json(method, path, response)
+
+    @staticmethod
+    def _json(method: str, path: str, response: httpx.Response) -> Any:
         if response.status_code >= 400:
-            detail = response.text[:300].replace("\n", " ")
-            raise AirflowApiError(f"{method} /api/v2{path}: HTTP {response.status_code}: {detail}")
-        return response.json() if response.content else None
+            raise AirflowApiError(f"{method} /api/v2{path}: HTTP {response.status_code}: {_body(response)}")
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            raise AirflowApiError(f"{method} /api/v2{path}: HTTP {response.status_code}, not JSON: "
+                                  f"{_body(response)}") from None
 
     def dag_details(self, dag_id: str) -> dict[str, Any] | None:
         """The DAG's details (doc_md, file_token, ...), or None while Airflow does not know it."""
-        response = self._http.get(f"/api/v2/dags/{dag_id}/details")
+        path = f"/dags/{dag_id}/details"
+        response, _ = self._request("GET", f"/api/v2{path}")
         if response.status_code == 404:
             return None
-        if response.status_code >= 400:
-            raise AirflowApiError(f"GET /api/v2/dags/{dag_id}/details: HTTP {response.status_code}")
-        return response.json()
+        return self._json("GET", path, response)
 
     def dags_with_tag(self, tag: str) -> list[dict[str, Any]]:
         return self._call("GET", "/dags", params={"tags": tag, "limit": 100})["dags"]
@@ -99,9 +222,16 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self._call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        return run["dag_run_id"]
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> str:
+        """Create a run with an id chosen here, at most once: when a retried POST finds its id taken (409),
+        the server had accepted an earlier attempt whose answer was lost, and that run is this one."""
+        run_id = run_id or new_run_id()
+        path = f"/dags/{dag_id}/dagRuns"
+        response, attempts = self._request("POST", f"/api/v2{path}",
+                                           json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+        if response.status_code == 409 and attempts > 1:
+            return run_id
+        return self._json("POST", path, response)["dag_run_id"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")

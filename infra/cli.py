@@ -15,7 +15,7 @@ import yaml
 from rich.table import Table
 from rich.text import Text
 
-from infra.airflow_api import AirflowApiError
+from infra.airflow_api import AirflowApiError, TaskState
 from infra.cli_serving import register as register_serving_commands
 from infra.console import AsJson, Home, err, fail, out
 from infra.demo_data import DATASETS
@@ -28,8 +28,14 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 PIPELINES = REPO_ROOT / "pipelines"
 DEFAULT_CONFIG = PIPELINES / "digits.yaml"
-STATE_STYLE = {"success": "green", "failed": "red", "upstream_failed": "red", "running": "yellow",
-               "up_for_retry": "yellow", "queued": "dim", "scheduled": "dim", "skipped": "dim"}
+# A style for every state of Airflow's TaskInstanceState (and "none": a cleared task); a state this table
+# does not know prints unstyled. States are data: they reach rich as Text, never as markup.
+STATE_STYLE = {
+    "success": "green", "failed": "red", "upstream_failed": "red", "removed": "red",
+    "running": "yellow", "restarting": "yellow", "up_for_retry": "yellow",
+    "up_for_reschedule": "cyan", "deferred": "cyan", "awaiting_input": "cyan",
+    "queued": "dim", "scheduled": "dim", "skipped": "dim", "none": "dim",
+}
 
 Port = Annotated[int | None, typer.Option(min=1, max=65535)]
 Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="override, e.g. epochs=3 (see `kiln steps`)")]
@@ -178,16 +184,26 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_task(task_id: str, state: str, seconds: float | None) -> None:
-    took = f" ({seconds:.1f}s)" if seconds is not None and state in ("success", "failed") else ""
-    err.print(Text.assemble(f"  {task_id:15s} ", (state, STATE_STYLE.get(state, "")), took))
+def _print_task(task: TaskState) -> None:
+    """One line per change of a task's state or try: `  train           running (try 2)`."""
+    state = str(task.state or "none")
+    shown = f"{state} (try {task.try_number})" if task.try_number > 1 else state
+    took = f" ({task.duration:.1f}s)" if task.duration is not None and state in ("success", "failed") else ""
+    err.print(Text.assemble(f"  {task.task_id:15s} ", (shown, STATE_STYLE.get(state, "")), took),
+              highlight=False, soft_wrap=True)
 
 
 def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any],
                       config: PipelineConfig) -> dict[str, Any]:
+    import httpx
+    from mlflow.exceptions import MlflowException
+
+    from infra.console import bound_mlflow_retries
     from infra.pipelines import register
     from infra.runner import RunFailed, summarize, trigger_and_follow, write_summary
+    from serving.client import ServingClientError
 
+    bound_mlflow_retries()
     try:
         if register(stack.home, config.pipeline, config_path):
             err.print(f"pipeline {config.pipeline}: {config_path} registered with the stack", markup=False)
@@ -197,6 +213,9 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
         raise fail(str(exc)) from None
     except (AirflowApiError, RunFailed) as exc:
         raise fail(str(exc), code=1) from None
+    except (httpx.HTTPError, MlflowException, ServingClientError, OSError) as exc:  # one line, not a traceback
+        lines = str(exc).strip().splitlines()
+        raise fail(f"{type(exc).__name__}: {lines[0] if lines else ''}", code=1) from None
     summary["summary_path"] = str(write_summary(stack.home, summary))
     return summary
 
@@ -212,9 +231,9 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
             err.print(f"  | {line}", highlight=False, markup=False)
         err.print(Text.assemble(("error:", "bold red"), " ", summary.get("error", "run failed")), soft_wrap=True)
         return
-    table = Table(title=f"kiln run {summary['run_id']}", show_header=False)
+    table = Table(title=Text(f"kiln run {summary['run_id']}"), show_header=False)
     for key, value in summary_rows(summary):
-        table.add_row(key, Text(str(value)))
+        table.add_row(Text(key), Text(str(value)))
     out.print(table)
     _print_variants(summary["optimize"])
     _print_checks(summary["blessing"])
@@ -243,12 +262,12 @@ def _optimize_line(optimize: dict[str, Any], metric: str) -> str:
 def _print_variants(optimize: dict[str, Any]) -> None:
     if not optimize["variants"]:
         return
-    table = Table(title=f"optimize: selected {optimize['selected']} (budget {optimize['budget']:g} "
-                        f"{optimize['budget_unit']})")
+    table = Table(title=Text(f"optimize: selected {optimize['selected']} (budget {optimize['budget']:g} "
+                             f"{optimize['budget_unit']})"))
     for column in ("variant", optimize["baseline"]["metric_name"], "bytes", "gzip", "p50 ms", "sparsity", "budget"):
         table.add_column(column, justify="left" if column in ("variant", "budget") else "right")
     for v in [optimize["baseline"], *optimize["variants"]]:
-        name = Text(v["name"], "bold") if v["name"] == optimize["selected"] else v["name"]
+        name = Text(v["name"], "bold" if v["name"] == optimize["selected"] else "")
         if v["skipped_reason"]:
             table.add_row(name, Text(f"skipped: {v['skipped_reason']}", "dim"), "", "", "", "", "")
             continue
@@ -265,7 +284,7 @@ def _print_checks(blessing: dict[str, Any]) -> None:
     for column in ("check", "value", "threshold", "result"):
         table.add_column(column)
     for check in blessing["checks"]:
-        table.add_row(check["name"], "-" if check["value"] is None else f"{check['value']:.4f}",
+        table.add_row(Text(check["name"]), "-" if check["value"] is None else f"{check['value']:.4f}",
                       "-" if check["threshold"] is None else f"{check['threshold']:.4f}",
                       Text("pass", "green") if check["passed"] else Text("FAIL", "red"))
     out.print(table)
@@ -296,8 +315,11 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} versions {serving['versions']}, labels {serving['labels']}"
-                   + ("" if summary["promoted"] else " (unchanged: not promoted)")),
+                   + ("" if summary["promoted"] else " (unchanged: not promoted)")
+                   + (f"; the server did not answer: {serving['error']}" if serving.get("error") else "")),
     ]
+    if summary.get("prediction_error"):
+        rows.append(("prediction", summary["prediction_error"]))
     prediction = summary.get("prediction")
     if prediction:
         answer = f"class {prediction['class']!r} (p={prediction['probability']})" if "class" in prediction \

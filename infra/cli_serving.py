@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from infra.console import AsJson, Home, fail, out
+from infra.console import AsJson, Home, bound_mlflow_retries, fail, out
 from infra.stack import Stack, StackError, kiln_home
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
@@ -54,11 +54,15 @@ def sync(pipeline: Pipeline, as_json: AsJson = False, home: Home = None) -> None
 
 
 def _run(pipeline: str, home: Any, as_json: bool, change: Any) -> None:
+    import httpx
+    from mlflow.exceptions import MlflowException
+
     from serving.client import ServingClientError
     from serving.deployer import DeployError
     from tasks.model_registry import RegistryError
     from tasks.serving_sync import SyncError
 
+    bound_mlflow_retries()
     try:
         serving = _serving(pipeline, kiln_home(home))
         done = change(serving)
@@ -66,6 +70,9 @@ def _run(pipeline: str, home: Any, as_json: bool, change: Any) -> None:
         raise fail(str(exc)) from None
     except (SyncError, DeployError, ServingClientError) as exc:
         raise fail(f"{str(exc).splitlines()[0]} (the MLflow aliases were put back)", code=1) from None
+    except (MlflowException, httpx.HTTPError, OSError) as exc:  # a service that does not answer: one line
+        lines = str(exc).strip().splitlines()
+        raise fail(f"{type(exc).__name__}: {lines[0] if lines else ''}", code=1) from None
     before, after = done.sync.before, done.sync.after
     if as_json:
         print(json.dumps({"pipeline": pipeline, "aliases_before": done.aliases_before,

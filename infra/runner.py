@@ -19,7 +19,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from infra.airflow_api import FINISHED, AirflowApiError, AirflowClient, admin_password, seconds_between
+from infra.airflow_api import (
+    FINISHED,
+    RETRY_SECONDS,
+    AirflowApiError,
+    AirflowClient,
+    TaskState,
+    admin_password,
+    seconds_between,
+)
 from infra.pipelines import CONFIG_MARK, config_fingerprint
 from infra.stack import Stack
 from tasks.artifacts.evaluation import ModelEvaluation
@@ -37,6 +45,7 @@ from tasks.registry import STEP_NAMES
 # TensorFlow's C++ start-up chatter, which says nothing about why a task failed.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl)")
 PARSE_TIMEOUT = 120
+SERVING_RETRY_SECONDS = 30.0  # the model server's status reads ride out a restart this long
 
 
 class RunFailed(RuntimeError):
@@ -49,8 +58,12 @@ def dag_id_of(config: PipelineConfig) -> str:
     return f"kiln_{config.pipeline}"
 
 
-def airflow_client(stack: Stack) -> AirflowClient:
-    return AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home))
+def airflow_client(stack: Stack, report: Callable[[str], None] | None = None) -> AirflowClient:
+    """A client for the stack's api-server that rides out its restarts for $KILN_RETRY_SECONDS (default
+    120), saying so through `report`."""
+    retry_for = float(os.environ.get("KILN_RETRY_SECONDS") or RETRY_SECONDS)
+    return AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home), retry_for=retry_for,
+                         report=report)
 
 
 def wait_until_parsed(client: AirflowClient, dag_id: str, config_path: Path, timeout: float = PARSE_TIMEOUT) -> None:
@@ -75,31 +88,48 @@ def trigger_and_follow(
     config: PipelineConfig,
     config_path: Path,
     params: dict[str, Any],
-    on_task: Callable[[str, str, float | None], None],
+    on_task: Callable[[TaskState], None],
     report: Callable[[str], None] = lambda line: None,
     timeout: float = 1800,
+    poll: float = 1.0,
 ) -> tuple[AirflowClient, str]:
-    """Trigger a run and call `on_task(task_id, state, seconds)` on every state change."""
-    client = airflow_client(stack)
+    """Trigger a run and call `on_task(task)` whenever a task's (state, try number) changes: a retried
+    task shows as failed -> up_for_retry -> queued -> running (try 2). An api-server that restarts
+    meanwhile is waited for (the client's retries); the run goes on in Airflow and is followed on."""
+    client = airflow_client(stack, report)
     dag_id = dag_id_of(config)
     started = time.monotonic()
     wait_until_parsed(client, dag_id, config_path)
     report(f"{dag_id} is parsed from the current {config_path.name} (waited {time.monotonic() - started:.1f}s)")
     client.unpause(dag_id)
     run_id = client.trigger(dag_id, {k: v for k, v in params.items() if v is not None})
-    seen: dict[str, str | None] = {}
+    try:
+        follow(client, dag_id, run_id, on_task, timeout, poll)
+    except AirflowApiError as exc:
+        raise AirflowApiError(f"run {run_id}: {exc} (the run goes on in Airflow; `kiln status` shows how it "
+                              f"ends)") from None
+    return client, run_id
+
+
+def follow(client: AirflowClient, dag_id: str, run_id: str, on_task: Callable[[TaskState], None],
+           timeout: float = 1800, poll: float = 1.0) -> str:
+    """Report task changes until the run finishes; its final state."""
+    seen: dict[str, tuple[str | None, int]] = {}
     deadline = time.monotonic() + timeout
     while True:
         for ti in sorted(client.task_states(dag_id, run_id), key=lambda t: _order(t.task_id)):
-            if seen.get(ti.task_id) != ti.state:
-                seen[ti.task_id] = ti.state
-                if ti.state:
-                    on_task(ti.task_id, ti.state, ti.duration)
-        if client.dag_run(dag_id, run_id)["state"] in FINISHED:
-            return client, run_id
+            key, previous = (ti.state, ti.try_number), seen.get(ti.task_id)
+            # A task without a state yet is not news; one that loses its state (cleared) is.
+            if key != previous and (ti.state is not None or (previous is not None and previous[0] is not None)):
+                on_task(ti)
+            seen[ti.task_id] = key
+        state = client.dag_run(dag_id, run_id)["state"]
+        if state in FINISHED:
+            return state
         if time.monotonic() > deadline:
-            raise RunFailed(f"run {run_id} did not finish within {timeout:.0f}s", {"run_id": run_id})
-        time.sleep(1)
+            raise RunFailed(f"run {run_id} did not finish within {timeout:.0f}s (last state {state})",
+                            {"run_id": run_id})
+        time.sleep(poll)
 
 
 def _order(task_id: str) -> int:
@@ -170,25 +200,41 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         "version": registered.version,
         "blessed": registered.blessed,
         "run_id": registered.mlflow_run_id,
-        "aliases": registry_aliases(stack.mlflow_url, registered.model_name),
+        "aliases": _or_unavailable(lambda: registry_aliases(stack.mlflow_url, registered.model_name)),
     }
+    # The run's outcome is Airflow's; a service that does not answer now costs these lines, not the summary.
     summary["serving"] = served_state(stack, config.served_model_name)
     if summary["serving"]["labels"].get("stable") is not None:
-        summary["prediction"] = live_prediction(stack, config, trained)
+        prediction = _or_unavailable(lambda: live_prediction(stack, config, trained))
+        summary["prediction" if isinstance(prediction, dict) else "prediction_error"] = prediction
     return summary
+
+
+def _or_unavailable(read: Callable[[], Any]) -> Any:
+    """What `read` returns, or why MLflow or the model server could not say (one line)."""
+    from mlflow.exceptions import MlflowException
+
+    from serving.client import ServingClientError
+
+    try:
+        return read()
+    except (MlflowException, ServingClientError, OSError) as exc:
+        return f"unavailable ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"
 
 
 def served_state(stack: Stack, model: str) -> dict[str, Any]:
     """What the server itself reports: its versions and where kiln's labels point."""
-    from serving.client import RestClient, ServingClientError
+    from serving.client import RestClient, ServingClientError, ServingUnavailable
     from serving.deployer import CANARY, STABLE
 
-    with RestClient(stack.serving_rest_url, timeout=10) as client:
+    with RestClient(stack.serving_rest_url, timeout=10, retry_for=SERVING_RETRY_SECONDS) as client:
         try:
             versions = sorted(int(s["version"]) for s in client.status(model) if s["state"] == "AVAILABLE")
-        except ServingClientError:
+            labels = {label: client.label_version(model, label) for label in (STABLE, CANARY)}
+        except ServingUnavailable as exc:
+            return {"model_name": model, "versions": [], "labels": {}, "error": str(exc)}
+        except ServingClientError:  # the server answered: it does not serve this model
             return {"model_name": model, "versions": [], "labels": {}}
-        labels = {label: client.label_version(model, label) for label in (STABLE, CANARY)}
     return {"model_name": model, "versions": versions, "labels": {k: v for k, v in labels.items() if v is not None}}
 
 
@@ -236,8 +282,10 @@ def registry_aliases(tracking_uri: str, model_name: str | None) -> dict[str, int
 
     try:
         model = MlflowClient(tracking_uri).get_registered_model(model_name)
-    except MlflowException:  # not registered yet
-        return {}
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # not registered yet
+            return {}
+        raise
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 

@@ -19,6 +19,14 @@ class ServingClientError(RuntimeError):
     """The model server refused a request or did not reach the wanted state in time."""
 
 
+class ServingUnavailable(ServingClientError):
+    """The model server did not answer (refused, reset, timed out), after the retries asked for."""
+
+
+# A server that restarts looks like this from here; anything else is an answer or a bug.
+TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
 @dataclass(frozen=True)
 class Prediction:
     outputs: Any  # the "predictions" value of TF Serving's row-format response
@@ -43,10 +51,16 @@ def version_path(model: str, version: int | None = None, label: str | None = Non
 
 
 class RestClient:
-    """Predict and status over TF Serving's REST API; light enough for the CLI (no TensorFlow)."""
+    """Predict and status over TF Serving's REST API; light enough for the CLI (no TensorFlow).
 
-    def __init__(self, base_url: str, timeout: float = 30.0):
+    A server that does not answer is a ServingUnavailable (one line), never an httpx error. Reads (GET)
+    are retried through transport errors with exponential backoff for `retry_for` seconds (0: not
+    retried); a predict (POST) is sent once.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 30.0, retry_for: float = 0.0):
         self.base_url = base_url.rstrip("/")
+        self.retry_for = retry_for
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def close(self) -> None:
@@ -71,13 +85,13 @@ class RestClient:
         if signature_name:
             body["signature_name"] = signature_name
         started = time.perf_counter()
-        response = self._http.post(f"{version_path(model, version, label)}:predict", content=json.dumps(body))
+        response = self._send("POST", f"{version_path(model, version, label)}:predict", content=json.dumps(body))
         latency_ms = (time.perf_counter() - started) * 1000
         return Prediction(outputs=self._json(response)["predictions"], latency_ms=latency_ms)
 
     def status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict[str, Any]]:
         """The model_version_status list (newest first, END entries included)."""
-        return self._json(self._http.get(version_path(model, version, label)))["model_version_status"]
+        return self._json(self._get(version_path(model, version, label)))["model_version_status"]
 
     def label_version(self, model: str, label: str) -> int | None:
         """The version a label points at, or None when the server knows no such label.
@@ -85,10 +99,30 @@ class RestClient:
         Read through the metadata route: TF Serving's status route ignores labels (it answers every
         version, even for an unknown label), while GetModelMetadata resolves them.
         """
-        response = self._http.get(f"{version_path(model, label=label)}/metadata")
+        response = self._get(f"{version_path(model, label=label)}/metadata")
         if response.status_code == 400 and "Unrecognized servable version label" in response.text:
             return None  # TF Serving's INVALID_ARGUMENT for a label it does not know
         return int(self._json(response)["model_spec"]["version"])
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServingUnavailable(f"{method} {self.base_url}{path}: {_one_line(exc)}") from None
+
+    def _get(self, path: str) -> httpx.Response:
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+        started = time.monotonic()
+        exponential = wait_exponential(multiplier=0.25, min=0.25, max=4)  # the last wait ends at the deadline
+        retrying = Retrying(retry=retry_if_exception_type(TRANSIENT), stop=stop_after_delay(self.retry_for),
+                            wait=lambda s: max(0.0, min(exponential(s), self.retry_for - s.seconds_since_start)),
+                            reraise=True)
+        try:
+            return retrying(self._http.get, path)
+        except httpx.HTTPError as exc:
+            waited = f" (retried for {time.monotonic() - started:.0f} s)" if self.retry_for else ""
+            raise ServingUnavailable(f"GET {self.base_url}{path}: {_one_line(exc)}{waited}") from None
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         try:
@@ -103,6 +137,11 @@ class RestClient:
                 f"{payload.get('error', payload)}"
             )
         return payload
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class _GrpcClient:
@@ -172,7 +211,8 @@ class GrpcModelService(_GrpcClient):
             if state == "END":
                 raise ServingClientError(f"{model} version {version} failed to load (state END)")
             if time.monotonic() > deadline:
-                raise ServingClientError(f"{model} version {version} not AVAILABLE after {timeout:.0f}s ({state})")
+                raise ServingClientError(f"{model} version {version} not AVAILABLE at {self.address} after "
+                                         f"{timeout:.0f}s (state {state})")
             time.sleep(0.2)
 
 

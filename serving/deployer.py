@@ -86,12 +86,15 @@ def _same_tree(left: Path, right: Path) -> bool:
 
 
 class ServingDeployer:
-    def __init__(self, target: ServingTarget, model_service: GrpcModelService | None = None, load_timeout: float = 180):
+    def __init__(self, target: ServingTarget, model_service: GrpcModelService | None = None, load_timeout: float = 180,
+                 lock_timeout: float = 600):
         self.target = target
         self.load_timeout = load_timeout
         self.models = model_service or GrpcModelService(target.grpc_address, timeout=load_timeout)
         target.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(f"{target.config_file}.lock")  # reentrant: reconcile takes it again inside
+        # Reentrant: reconcile takes it again inside. Bounded: a deployer that hangs holding it costs the others
+        # `lock_timeout` seconds and a filelock.Timeout naming the lock file, not a wait without end.
+        self._lock = FileLock(f"{target.config_file}.lock", timeout=lock_timeout)
 
     def lock(self) -> AbstractContextManager[object]:
         """Hold while deciding and applying a change, so no other deployer changes the server meanwhile."""

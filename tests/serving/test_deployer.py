@@ -109,3 +109,22 @@ def test_withdraw_removes_an_unpromoted_canary(model_server, saved_models):
     assert withdrawn.labels == {"stable": 1} and withdrawn.versions == (1,)
     with RestClient(model_server.rest_url) as client:
         assert client.predict("digits", [ROW], label="stable").outputs[0]["digit"] in range(10)
+
+
+def test_a_deployer_waits_for_anothers_lock_for_a_bounded_time(tmp_path):
+    """Bounded waits (issue 11): a deployer that hangs holding the server's config lock costs another one
+    `lock_timeout` seconds and an error naming the lock file."""
+    import time
+
+    from filelock import FileLock, Timeout
+
+    from serving.target import ServingTarget
+
+    target = ServingTarget(grpc_address="127.0.0.1:1", rest_url="http://127.0.0.1:1",
+                           model_base_path=tmp_path / "models", config_file=tmp_path / "models.config")
+    deployer = ServingDeployer(target, model_service=object(), lock_timeout=0.5)
+    with FileLock(f"{target.config_file}.lock"):
+        started = time.monotonic()
+        with pytest.raises(Timeout, match=r"models\.config\.lock"), deployer.lock():
+            pass
+    assert 0.5 <= time.monotonic() - started < 3
