@@ -37,6 +37,7 @@ STATE_STYLE = {
     "queued": "dim", "scheduled": "dim", "skipped": "dim", "none": "dim",
 }
 
+STATUS_RETRY_SECONDS = 15
 Port = Annotated[int | None, typer.Option(min=1, max=65535)]
 Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="override, e.g. epochs=3 (see `kiln steps`)")]
 
@@ -466,8 +467,8 @@ def _print_pipelines(stack: Stack) -> None:
     from infra.pipelines import discover
     from infra.runner import airflow_client, registry_aliases, served_state
 
-    try:
-        client = airflow_client(stack)
+    try:  # a snapshot: a restarting api-server is waited for briefly, not for a run's 120 s
+        client = airflow_client(stack, report=_say, retry_for=STATUS_RETRY_SECONDS)
     except (AirflowApiError, OSError) as exc:
         client = None
         err.print(f"runs unavailable: {exc}", markup=False)
@@ -481,9 +482,10 @@ def _print_pipelines(stack: Stack) -> None:
             table.add_row(name, "-", Text(f"config error: {exc}", "red"), "", "", "")
             continue
         served = _safe(lambda c=config: served_state(stack, c.served_model_name))
-        table.add_row(name, config.task.type, _last_runs(client, f"kiln_{name}"),
-                      _safe(lambda c=config: str(registry_aliases(stack.mlflow_url, c.registered_model_name))),
-                      *_served_cells(served))
+        cells = (_last_runs(client, f"kiln_{name}"),
+                 _safe(lambda c=config: str(registry_aliases(stack.mlflow_url, c.registered_model_name))),
+                 *_served_cells(served))
+        table.add_row(name, config.task.type, *(Text(cell) for cell in cells))  # data, never markup
     out.print(table)
 
 

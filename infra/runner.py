@@ -58,10 +58,12 @@ def dag_id_of(config: PipelineConfig) -> str:
     return f"kiln_{config.pipeline}"
 
 
-def airflow_client(stack: Stack, report: Callable[[str], None] | None = None) -> AirflowClient:
-    """A client for the stack's api-server that rides out its restarts for $KILN_RETRY_SECONDS (default
-    120), saying so through `report`."""
-    retry_for = float(os.environ.get("KILN_RETRY_SECONDS") or RETRY_SECONDS)
+def airflow_client(stack: Stack, report: Callable[[str], None] | None = None,
+                   retry_for: float | None = None) -> AirflowClient:
+    """A client for the stack's api-server that rides out its restarts for `retry_for` seconds (default
+    $KILN_RETRY_SECONDS, else 120), saying so through `report`."""
+    if retry_for is None:
+        retry_for = float(os.environ.get("KILN_RETRY_SECONDS") or RETRY_SECONDS)
     return AirflowClient(stack.airflow_url, "admin", admin_password(stack.airflow_home), retry_for=retry_for,
                          report=report)
 

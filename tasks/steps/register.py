@@ -31,6 +31,7 @@ from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel, Register
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
+from tasks.failpoints import failpoint
 from tasks.features import FeatureSpec
 from tasks.model_card import model_card
 from tasks.model_registry import (
@@ -65,6 +66,8 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, o
         else:
             version = _log_and_register(config, ctx, trained, evaluated, optimized_model, Schema.read(schema), data,
                                         folder)
+            failpoint("register.after_version")
+        version = _finish_version(config, ctx, version, trained, evaluated, optimized_model, data)
         blessed = evaluated.properties.blessed
         if not client.get_registered_model(name).description and config.description:
             client.update_registered_model(name, description=config.description)
@@ -127,15 +130,24 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     if not props.blessed:
         tags["kiln.failed_check"] = (props.first_failure or "")[:5000]
     version = mlflow.register_model(info.model_uri, config.registered_model_name, tags=tags)
-    client = tracking.client(ctx)
-    slices = json.loads(Path(evaluated.path(METRICS_FILE)).read_text()).get("slices", [])
-    lineage = {"DAG": ctx.dag_id, "DAG run": ctx.run_id, "MLflow parent run": tags["kiln.parent_run_id"],
-               "MLflow register run": tags["kiln.mlflow_run_id"], **ctx.lineage}
-    card = model_card(config=config, version=int(version.version), run=lineage, examples=examples_props,
-                      model=trained, evaluation=props, slices=slices, optimized=optimized.properties)
-    mlflow.log_text(card, MODEL_CARD)
-    client.update_model_version(config.registered_model_name, version.version, description=_summary(props))
     log.info("register: logged %s and registered version %s", info.model_uri, version.version)
+    return version
+
+
+def _finish_version(config: PipelineConfig, ctx: StepContext, version: Any, trained: Model,
+                    evaluated: ModelEvaluation, optimized: OptimizedModel, examples: Examples) -> Any:
+    """The version's model card and description. Also done for a version an earlier try registered
+    before it died, so the card lands in the version's own run, not in this try's."""
+    client = tracking.client(ctx)
+    props = evaluated.properties
+    slices = json.loads(Path(evaluated.path(METRICS_FILE)).read_text()).get("slices", [])
+    lineage = {"DAG": ctx.dag_id, "DAG run": ctx.run_id,
+               "MLflow parent run": version.tags.get("kiln.parent_run_id", ""),
+               "MLflow register run": version.run_id, **ctx.lineage}
+    card = model_card(config=config, version=int(version.version), run=lineage, examples=examples.properties,
+                      model=trained, evaluation=props, slices=slices, optimized=optimized.properties)
+    client.log_text(version.run_id, card, MODEL_CARD)
+    client.update_model_version(config.registered_model_name, version.version, description=_summary(props))
     return client.get_model_version(config.registered_model_name, version.version)
 
 

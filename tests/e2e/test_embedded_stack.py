@@ -2,14 +2,11 @@
 `kiln run --json` through the real Airflow scheduler for the digits demo, a CSV of one's own with a
 string label, and a regression on a custom model module; REST predictions by feature name; `kiln
 promote` and `kiln rollback`; the kiln_serving_sync DAG following an alias moved by hand; `kiln status`;
-`kiln down`. One stack for the whole module."""
+`kiln down`. One stack for the whole session (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,53 +18,9 @@ from tasks.registry import STEP_NAMES
 from tests.data import write_churn_csv, write_house_csv
 
 pytestmark = pytest.mark.slow
-KILN = str(Path(sys.executable).parent / "kiln")
 
 
-class Kiln:
-    def __init__(self, home: Path, env: dict[str, str], cwd: Path):
-        self.home, self.env, self.cwd = home, env, cwd
-
-    def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([KILN, *args], env=self.env, cwd=self.cwd, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def run_json(self, *args: str) -> dict:
-        result = self("run", "--json", *args)
-        assert result.returncode == 0, result.stderr[-4000:]
-        return json.loads(result.stdout)
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['KILN_SERVING_REST_PORT']}"
-
-
-@pytest.fixture(scope="module")
-def kiln(tmp_path_factory, port_factory_module):
-    root = tmp_path_factory.mktemp("e2e")
-    home = root / "kiln"
-    env = {**os.environ, "KILN_HOME": str(home), "COLUMNS": "200"}
-    for name in ("AIRFLOW", "MLFLOW", "SERVING_REST", "SERVING_GRPC", "AIRFLOW_WORKER_LOGS", "AIRFLOW_TRIGGER_LOGS"):
-        env[f"KILN_{name}_PORT"] = str(port_factory_module())
-    cli = Kiln(home, env, root)
-    up = cli("up", timeout=300)
-    try:
-        assert up.returncode == 0, up.stderr
-        yield cli
-    finally:
-        down = cli("down", timeout=120)
-        assert down.returncode == 0, down.stderr
-        assert not (home / "stack.json").exists()
-
-
-@pytest.fixture(scope="module")
-def port_factory_module():
-    from tests.servers import free_port
-
-    return free_port
-
-
-def _airflow(kiln: Kiln):
+def _airflow(kiln):
     from infra.runner import airflow_client
     from infra.stack import Stack
 
