@@ -175,6 +175,8 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     optimized = OptimizedModel.read(output("optimize", "optimized")).properties
     registered = RegisteredModel.read(output("register", "registered")).properties
     trained = Model.read(output("train", "model"))
+    summary["train"] = {"restarts": trained.properties.restarts,
+                        "resumed_from_epoch": trained.properties.resumed_from_epoch}
     summary["metrics"] = evaluation.metrics
     summary["blessing"] = {"blessed": evaluation.blessed, "checks": [c.model_dump() for c in evaluation.checks],
                            "champion_version": evaluation.champion_version,

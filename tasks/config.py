@@ -84,7 +84,10 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(0.002, gt=0, lt=1, description="Adam's learning rate")
     num_workers: int = Field(1, ge=1, le=64, description="training worker processes (MultiWorkerMirroredStrategy)")
     seed: int = Field(7, description="random seed for weights and shuffling")
-    worker_timeout_seconds: int = Field(900, ge=10, description="deadline for the whole worker group")
+    worker_timeout_seconds: int = Field(900, ge=10, description="deadline for the whole worker group, restarts "
+                                                                "included")
+    max_restarts: int = Field(2, ge=0, le=100, description="times the worker group is started again after a worker "
+                                                           "dies; training resumes at the last finished epoch")
 
 
 class ChangeThreshold(_Strict):

@@ -27,6 +27,8 @@ class ModelProperties(Properties):
     mlflow_run_id: str | None = None
     train_seconds: float = 0.0
     final_metrics: dict[str, float] = {}
+    restarts: int = 0  # worker-group restarts after a worker died
+    resumed_from_epoch: int = 0  # epochs finished before the last start of the group (0: none)
 
 
 class Model(ArtifactType[ModelProperties]):

@@ -174,7 +174,9 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, data: E
         "outputs": {job: str(path) for job, path in outputs.items()},
         "report_path": str(work / "fine_tunes.json"), "scratch_dir": str(work / "scratch"),
     }
-    run_workers(spec, train.num_workers, train.worker_timeout_seconds, work)
+    # A dead worker restarts the group like in train, but the fine-tunes start over: they are a few
+    # epochs each, and a re-export overwrites a half-written one.
+    run_workers(spec, train.num_workers, train.worker_timeout_seconds, work, train.max_restarts)
     report = json.loads((work / "fine_tunes.json").read_text())
     return {job: report[job]["skipped"] if "skipped" in report.get(job, {}) else outputs[job] for job in jobs}
 

@@ -1,7 +1,8 @@
 """Train: N worker processes build kiln's model around `train.model` and fit it; publish the Model.
 
 Backups and metrics live in a work folder that survives a retry, so a retried task resumes at the
-last finished epoch (BackupAndRestore). The Model's properties carry the served features and label:
+last finished epoch (BackupAndRestore); within a try, the launcher restarts the worker group when a
+worker dies (`train.max_restarts`), and it resumes the same way. The Model's properties carry the served features and label:
 the contract every later step and every client relies on.
 """
 
@@ -50,14 +51,15 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
             "scratch_dir": str(work_dir / "scratch"),
         }
         started = time.monotonic()
-        run_workers(spec, train.num_workers, train.worker_timeout_seconds, work_dir)
+        recovery = run_workers(spec, train.num_workers, train.worker_timeout_seconds, work_dir, train.max_restarts)
         train_seconds = round(time.monotonic() - started, 2)
         history = read_metrics(work_dir / METRICS_FILE)
         (out.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
         final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
         for record in history:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-        mlflow.log_metric("train_seconds", train_seconds)
+        mlflow.log_metrics({"train_seconds": train_seconds, "train_restarts": recovery.restarts,
+                            "train_resumed_from_epoch": recovery.resumed_from_epoch})
         if history:
             plots.training_curves(history, out.dir / CURVES_FILE)
             mlflow.log_artifact(str(out.dir / CURVES_FILE))
@@ -65,10 +67,11 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
             preprocessing=preprocessing, model=train.model, hparams=train.hparams, num_workers=train.num_workers,
             epochs=train.epochs, data_fingerprint=data.properties.source_sha256,
             mlflow_run_id=mlflow.active_run().info.run_id, train_seconds=train_seconds, final_metrics=final,
+            restarts=recovery.restarts, resumed_from_epoch=recovery.resumed_from_epoch,
         )
     shutil.rmtree(work_dir, ignore_errors=True)
-    log.info("train: %d epochs on %d worker(s) in %.1fs, final %s -> %s", train.epochs, train.num_workers,
-             train_seconds, _brief(final), out_uri)
+    log.info("train: %d epochs on %d worker(s) in %.1fs (%d restart(s)), final %s -> %s", train.epochs,
+             train.num_workers, train_seconds, recovery.restarts, _brief(final), out_uri)
     return {"model": out_uri}
 
 

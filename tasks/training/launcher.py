@@ -1,19 +1,30 @@
 """Launch N training worker processes (MultiWorkerMirroredStrategy on loopback) and wait for all.
 
-The launcher owns deadlines and cleanup: a missing or failed worker would leave the others blocked
-in collectives, so the whole group is killed on the first failure or at the deadline, and the
-failing worker's last log lines become the error. A worker that rejects the model (exit code
-`CONTRACT_EXIT_CODE`) fails with a one-line `ModelContractError`: retrying cannot fix it.
+The launcher owns deadlines, restarts and cleanup. A missing or failed worker would leave the others
+blocked in collectives, so the whole group is stopped on the first death, and started again on fresh
+ports up to `max_restarts` times; a train-mode group resumes at the last finished epoch through
+`BackupAndRestore` (same backup_dir), so a restart loses at most the epoch in flight. When no restart
+is left, the failing worker's last log lines become the error. A worker that rejects the model (exit
+code `CONTRACT_EXIT_CODE`) fails with a one-line `ModelContractError` at once: retrying cannot fix it.
+
+Workers die with their launcher: they ask the kernel for SIGKILL when it dies (see the worker), and
+SIGTERM to the launcher's process unwinds `run_workers`, so the group is stopped before the signal
+takes its usual effect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,63 +38,186 @@ PROGRESS_MARK = "kiln-train:"
 CONTRACT_EXIT_CODE = 3
 ERROR_TAIL_LINES = 12
 POLL_SECONDS = 0.2
+STOP_SECONDS = 5
+LAUNCHER_PID_ENV = "KILN_LAUNCHER_PID"  # a worker whose parent is already gone exits at start
+WORKERS_FILE = "workers.json"  # the current attempt's pids, for operators and fault-injection tests
 
 
 class TrainError(RuntimeError):
     """Training failed or timed out; the first line says which worker and why."""
 
 
-def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path) -> None:
-    """Start `num_workers` `tasks.training.worker` processes and wait for all; raise otherwise."""
+@dataclass(frozen=True)
+class Recovery:
+    """What it took `run_workers` to finish: group restarts, and the epochs the last start resumed from."""
+
+    restarts: int = 0
+    resumed_from_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerDeath:
+    index: int
+    num_workers: int
+    exit_code: int  # negative: killed by that signal (subprocess's convention)
+    log_path: Path
+
+    @property
+    def how(self) -> str:
+        if self.exit_code < 0:
+            return f"was killed by {signal.Signals(-self.exit_code).name}"
+        return f"failed with exit code {self.exit_code}"
+
+    def error(self, restarts: int, max_restarts: int) -> TrainError:
+        tried = f" after {restarts} restart(s) (train.max_restarts={max_restarts})" if max_restarts else ""
+        # A worker that exits on an error ends its log with it; a killed one's last line is just the last.
+        said = f": {log_tail(self.log_path, 1)[0]}" if self.exit_code > 0 else ""
+        return TrainError(f"train worker {self.index} of {self.num_workers} {self.how}{tried}{said}\n"
+                          f"{_tail(self.log_path)}")
+
+
+def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path,
+                max_restarts: int = 0) -> Recovery:
+    """Start `num_workers` `tasks.training.worker` processes and wait for all; restart the group when a
+    worker dies, at most `max_restarts` times; raise otherwise. One deadline covers every attempt."""
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
-    logs = [work_dir / f"worker-{i}.log" for i in range(num_workers)]
-    procs: list[subprocess.Popen[bytes]] = []
+    deadline = time.monotonic() + timeout_seconds
+    restarts, resumed_from_epoch = 0, epochs_done(spec)  # > 0 when an earlier task try left a backup
+    with _sigterm_unwinds():
+        while True:
+            death = _run_group(WorkerGroup(num_workers, work_dir, attempt=restarts + 1), spec_path, deadline,
+                               timeout_seconds)
+            if death is None:
+                return Recovery(restarts, resumed_from_epoch)
+            if restarts == max_restarts:
+                raise death.error(restarts, max_restarts)
+            restarts += 1
+            resumed_from_epoch = epochs_done(spec)
+            log.info("train worker %d of %d %s; restart %d of %d on fresh ports, %s", death.index, num_workers,
+                     death.how, restarts, max_restarts,
+                     f"resuming after epoch {resumed_from_epoch}" if "metrics_path" in spec else "starting over")
+
+
+def epochs_done(spec: dict[str, Any]) -> int:
+    """Epochs the chief recorded as finished. It writes an epoch's line before BackupAndRestore backs
+    the epoch up, so a kill between the two makes this one more than the backup holds (that epoch is
+    then trained again, and its last record wins in `read_metrics`)."""
+    path = spec.get("metrics_path")  # train mode only: a compress group has no epochs to resume
+    history = read_metrics(Path(path)) if path else []
+    return history[-1]["epoch"] if history else 0
+
+
+def _run_group(group: WorkerGroup, spec_path: Path, deadline: float, timeout_seconds: float) -> WorkerDeath | None:
     try:
-        for index in range(num_workers):
+        group.start(spec_path)
+        return group.wait(deadline, timeout_seconds)
+    finally:
+        group.stop()
+
+
+@dataclass
+class WorkerGroup:
+    """One attempt: N workers on fresh loopback ports, each logging to its own file for this attempt."""
+
+    num_workers: int
+    work_dir: Path
+    attempt: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def logs(self) -> list[Path]:
+        return [self.work_dir / f"worker-{i}.attempt{self.attempt}.log" for i in range(self.num_workers)]
+
+    def start(self, spec_path: Path) -> None:
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(self.num_workers)]}
+        for index, log_path in enumerate(self.logs):
             env = _worker_env({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            with logs[index].open("wb") as out:
-                procs.append(subprocess.Popen(
+            with log_path.open("wb") as out:
+                self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "tasks.training.worker", "--spec", str(spec_path)],
                     env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 ))
-        _wait(procs, logs, timeout_seconds)
-    finally:
-        stop_process_groups([p.pid for p in procs if p.poll() is None], timeout=5)
+        (self.work_dir / WORKERS_FILE).write_text(json.dumps({"attempt": self.attempt,
+                                                              "pids": [p.pid for p in self.procs]}))
+
+    def wait(self, deadline: float, timeout_seconds: float) -> WorkerDeath | None:
+        """None when every worker finished; the death that ends this attempt otherwise."""
+        relayed = 0
+        while True:
+            relayed = _relay_progress(self.logs[0], relayed)
+            codes = [p.poll() for p in self.procs]
+            if CONTRACT_EXIT_CODE in codes:
+                line = log_tail(self.logs[codes.index(CONTRACT_EXIT_CODE)], 1)[0]
+                raise ModelContractError(line.removeprefix("train_worker: "))
+            death = self._first_death(codes)
+            if death:
+                return death
+            if all(code == 0 for code in codes):
+                _relay_progress(self.logs[0], relayed)
+                return None
+            if time.monotonic() > deadline:
+                running = [i for i, c in enumerate(codes) if c is None]
+                raise TrainError(f"train workers {running} still running after the {timeout_seconds}s deadline "
+                                 f"(worker_timeout_seconds); all stopped\n{_tail(self.logs[running[0]])}")
+            time.sleep(POLL_SECONDS)
+
+    def _first_death(self, codes: list[int | None]) -> WorkerDeath | None:
+        # A killed worker takes its peers down with it (their collectives fail), and one poll may see
+        # both: the one killed by a signal is the cause.
+        dead = [i for i, code in enumerate(codes) if code not in (None, 0)]
+        if not dead:
+            return None
+        index = min(dead, key=lambda i: (codes[i] > 0, i))
+        return WorkerDeath(index, self.num_workers, codes[index], self.logs[index])
+
+    def stop(self) -> None:
+        stop_process_groups([p.pid for p in self.procs if p.poll() is None], timeout=STOP_SECONDS)
 
 
 def _worker_env(tf_config: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ)  # CUDA_VISIBLE_DEVICES and the like pass through untouched
     env["TF_CONFIG"] = json.dumps(tf_config)
     env["TF_USE_LEGACY_KERAS"] = "1"
+    env[LAUNCHER_PID_ENV] = str(os.getpid())
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     package_root = str(Path(tasks.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     return env
 
 
-def _wait(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout_seconds: float) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    relayed = 0
-    while True:
-        relayed = _relay_progress(logs[0], relayed)
-        codes = [p.poll() for p in procs]
-        for index, code in enumerate(codes):
-            if code == CONTRACT_EXIT_CODE:
-                raise ModelContractError(log_tail(logs[index], 1)[0].removeprefix("train_worker: "))
-            if code not in (None, 0):
-                raise TrainError(f"train worker {index} of {len(procs)} failed with exit code {code}: "
-                                 f"{log_tail(logs[index], 1)[0]}\n{_tail(logs[index])}")
-        if all(code == 0 for code in codes):
-            _relay_progress(logs[0], relayed)
-            return
-        if time.monotonic() > deadline:
-            running = [i for i, c in enumerate(codes) if c is None]
-            raise TrainError(f"train workers {running} still running after the {timeout_seconds}s deadline "
-                             f"(worker_timeout_seconds); all stopped\n{_tail(logs[running[0]])}")
-        time.sleep(POLL_SECONDS)
+class _Terminated(BaseException):
+    """SIGTERM arrived while workers ran; a BaseException, so no `except Exception` on the way swallows it."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While workers run, SIGTERM raises instead of ending the process on the spot, so the `finally`
+    that stops the group runs; afterwards the signal gets its previous effect (the default: exit;
+    Airflow's task runner: the operator's on_kill). Python lets only the main thread set handlers;
+    elsewhere the workers' parent-death signal is what stops them."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+    raised = False
+
+    def raise_once(signum: int, frame: Any) -> None:
+        nonlocal raised
+        if not raised:  # a second SIGTERM must not interrupt the cleanup the first one started
+            raised = True
+            raise _Terminated
+
+    signal.signal(signal.SIGTERM, raise_once)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)
+        raise TrainError("train workers stopped: this process got SIGTERM") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tasks.training.launcher import CONTRACT_EXIT_CODE, PROGRESS_MARK  # noqa: E402
+from tasks.training.launcher import CONTRACT_EXIT_CODE, LAUNCHER_PID_ENV, PROGRESS_MARK  # noqa: E402
 
 log = logging.getLogger("kiln.train_worker")
 
@@ -63,7 +64,12 @@ def make_strategy() -> Any:
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
                       else tf.distribute.experimental.CommunicationImplementation.AUTO)
     options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # The strategy's coordination service installs TF's preemption notifier, a C++ SIGTERM handler
+    # that only records the signal (for PreemptionCheckpointHandler, which kiln does not use), so a
+    # worker would ignore the launcher's SIGTERM. BackupAndRestore is the recovery: exit at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return strategy
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,10 @@ def train(spec: dict[str, Any]) -> None:
         model = build_model(preprocessing, spec["model"], spec["hparams"])
         compile_model(model, label, config.learning_rate)
 
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir=spec["backup_dir"]),
-                 epoch_metrics(spec["metrics_path"] if run.is_chief else None, config.epochs, task_id)]
+    # Callbacks run in list order: an epoch's metrics line is written before its backup, so a worker
+    # killed in between repeats the epoch (read_metrics keeps its last record) instead of losing its line.
+    callbacks = [epoch_metrics(spec["metrics_path"] if run.is_chief else None, config.epochs, task_id),
+                 keras.callbacks.BackupAndRestore(backup_dir=spec["backup_dir"])]
     log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d, %s parameters", PROGRESS_MARK, task_id,
              num_workers, config.epochs, steps_per_epoch, global_batch, f"{model.count_params():,}")
     model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_data,
@@ -214,7 +222,29 @@ def epoch_metrics(path: str | None, epochs: int, task_id: int) -> Any:
     return EpochMetrics()
 
 
+def die_with_launcher() -> None:
+    """Ask Linux to SIGKILL this worker when the launcher dies, however it dies (SIGKILL included).
+
+    The signal fires when the *thread* that started the worker exits; the launcher starts workers from
+    the thread that then waits for them, so that thread outlives them. A launcher that died before this
+    call is caught by comparing the parent pid with the one the launcher passed.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        print(f"train_worker: warning: prctl(PR_SET_PDEATHSIG) failed ({os.strerror(ctypes.get_errno())}); "
+              f"this worker may outlive its launcher", file=sys.stderr, flush=True)
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher and os.getppid() != int(launcher):
+        print(f"train_worker: launcher {launcher} is gone; not starting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", required=True, help="JSON file written by tasks.training.launcher")
     args = parser.parse_args(argv)
