@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -116,15 +117,25 @@ def stop_processes(processes: list, timeout: float) -> None:
 
 
 def group_members(pgid: int) -> list:
-    """The live processes of process group `pgid` (psutil), this one aside. Whatever they are, they are that
-    group's: Linux does not hand out a pid again while a process group of that id has members."""
+    """The live processes of process group `pgid` that run this Python (psutil), this one aside: what a
+    kiln service left behind. The interpreter check keeps a group id the kernel reused, once all of the
+    old group was gone, from naming someone else's processes."""
     import psutil
 
+    python = os.path.realpath(sys.executable)
     found = []
     for process in psutil.process_iter():
         try:
-            if process.pid != os.getpid() and os.getpgid(process.pid) == pgid:
+            if process.pid != os.getpid() and os.getpgid(process.pid) == pgid and process.exe() == python:
                 found.append(process)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
     return found
+
+
+def recorded_groups(path: Path) -> list[int]:
+    """The process group ids listed in a file, one per line (infra.service_exec writes them)."""
+    try:
+        return [int(line) for line in path.read_text().split() if line.isdigit()]
+    except FileNotFoundError:
+        return []

@@ -3,8 +3,9 @@
 supervisord makes each program the leader of its own process group and restarts it when it dies,
 but a service killed with SIGKILL leaves its children behind: mlflow's uvicorn worker, still
 holding the port, would make every restart fail. With `--reap`, this first kills what is left of
-the group recorded in F by the previous instance, then records its own group and execs the
-service, so the service keeps this pid and supervisord's signals reach it directly.
+the groups recorded in F by earlier instances; then it records its own group there and execs the
+service, so the service keeps this pid and supervisord's signals reach it directly. `kiln down`
+stops what is left of every group recorded, even when supervisord itself is gone.
 """
 
 from __future__ import annotations
@@ -17,16 +18,12 @@ from pathlib import Path
 
 import psutil
 
-from infra.processes import group_members
+from infra.processes import group_members, recorded_groups
 
 
-def reap(group_file: Path, timeout: float = 10) -> int:
-    """Kill what the previous instance left; return how many processes that was."""
-    try:
-        pgid = int(group_file.read_text())
-    except (FileNotFoundError, ValueError):
-        return 0
-    stale = group_members(pgid)
+def reap(groups: list[int], timeout: float = 10) -> int:
+    """Kill what earlier instances left in their groups; return how many processes that was."""
+    stale = [process for pgid in groups for process in group_members(pgid)]
     for process in stale:
         try:
             process.send_signal(signal.SIGKILL)
@@ -45,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command to run after --")
+    groups = recorded_groups(args.group_file)
     if args.reap:
-        reaped = reap(args.group_file)
+        reaped = reap(groups)
         if reaped:
             print(f"kiln: killed {reaped} leftover process(es) of the previous {command[0]} before restarting it",
                   file=sys.stderr, flush=True)
+        groups = []
+    # Without --reap the earlier groups stay listed: `kiln down` stops what is left of them.
     tmp = args.group_file.with_name(f".{args.group_file.name}.tmp")
-    tmp.write_text(str(os.getpgrp()))
+    tmp.write_text("".join(f"{pgid}\n" for pgid in [*groups, os.getpgrp()]))
     os.replace(tmp, args.group_file)
     try:
         os.execvp(command[0], command)

@@ -25,7 +25,14 @@ from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from infra.processes import become_subreaper, group_members, log_tail, stop_process_group, stop_processes
+from infra.processes import (
+    become_subreaper,
+    group_members,
+    log_tail,
+    recorded_groups,
+    stop_process_group,
+    stop_processes,
+)
 
 SUPERVISOR_DIR = "supervisor"
 RESTARTS_FILE = "starts.json"
@@ -138,7 +145,8 @@ class Supervisor:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, env: dict[str, str], timeout: float = 30) -> int:
         """Start supervisord in the foreground of its own session; return its pid once it answers."""
-        (self.dir / RESTARTS_FILE).unlink(missing_ok=True)
+        for stale in [self.dir / RESTARTS_FILE, *self.dir.glob("*.pgid")]:  # a previous stack's
+            stale.unlink(missing_ok=True)
         self.socket_path.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -172,8 +180,7 @@ class Supervisor:
         except psutil.Error:  # supervisord itself died: its programs still run, in their recorded groups
             outlived = []
         for group_file in self.dir.glob("*.pgid"):
-            with contextlib.suppress(ValueError, OSError):
-                outlived += group_members(int(group_file.read_text()))
+            outlived += [process for pgid in recorded_groups(group_file) for process in group_members(pgid)]
         with contextlib.suppress(*RPC_ERRORS):
             self._rpc().supervisor.shutdown()
         stop_process_group(pid, timeout)

@@ -12,6 +12,12 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests last: they share one embedded stack (tests/e2e/conftest.py), which then stops
+    when the session ends instead of running beside every other test."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+
+
 @pytest.fixture
 def port_factory():
     """Call it for each port a test needs."""

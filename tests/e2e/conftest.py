@@ -1,5 +1,6 @@
 """The embedded stack the end-to-end tests share: `kiln up` on free ports in a temp KILN_HOME, once per
-session (starting one costs half a minute and more), `kiln down` at the end, which must leave nothing."""
+session (starting one costs half a minute and more), `kiln down` at the end, which must leave nothing.
+The end-to-end tests run after all others (tests/conftest.py), so the stack is not up beside them."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def kiln(tmp_path_factory, port_factory_session):
     env = {**os.environ, "KILN_HOME": str(home), "COLUMNS": "200"}
     for name in ("AIRFLOW", "MLFLOW", "SERVING_REST", "SERVING_GRPC", "AIRFLOW_WORKER_LOGS", "AIRFLOW_TRIGGER_LOGS"):
         env[f"KILN_{name}_PORT"] = str(port_factory_session())
+    # tasks.failpoints: a fault test arms one by creating a file of its name in this folder.
+    env["KILN_FAILPOINTS"] = str(root / "failpoints")
+    (root / "failpoints").mkdir()
     cli = Kiln(home, env, root)
     up = cli("up", timeout=300)
     try:
