@@ -241,6 +241,12 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     _say_if_not_promoted(summary)
 
 
+def _train_line(train: dict[str, Any]) -> str:
+    if not train["restarts"]:
+        return "no worker restarts"
+    return f"{train['restarts']} worker group restart(s), resumed after epoch {train['resumed_from_epoch']}"
+
+
 def _infra_line(infra: dict[str, Any] | None) -> str:
     if infra is None:
         return "skipped (not blessed)"
@@ -309,6 +315,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("wall time", f"{summary['wall_seconds']} s, of which {summary['scheduling_overhead_seconds']} s "
                       f"({summary['scheduling_overhead_percent']} %) with no task running"),
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
+        ("train", _train_line(summary["train"])),
         (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
         ("blessing", verdict),
         ("optimize", lite),
