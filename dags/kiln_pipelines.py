@@ -3,7 +3,8 @@
 The shipped `pipelines/*.yaml` and those `kiln run` was given (pointers under $KILN_HOME/pipelines/).
 Each DAG: resolve -> ingest -> validate -> transform -> train -> evaluate ‖ optimize -> register ->
 push -> verify, and a teardown that closes the MLflow parent run; the step list lives in
-`tasks/registry.py`, the wiring in `infra/dag_factory.py`.
+`tasks/registry.py`, the wiring in `infra/dag_factory.py`. A pipeline whose data comes in spans also
+gets `kiln_monitor_<pipeline>`, its drift monitor (`infra/monitor_dag.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from infra.dag_factory import kiln_home, pipeline_dags  # noqa: E402
+from infra.monitor_dag import monitor_dags  # noqa: E402
 from infra.pipelines import discover  # noqa: E402
 
-globals().update(pipeline_dags(discover(kiln_home())))
+_paths = discover(kiln_home())
+globals().update(pipeline_dags(_paths))
+globals().update(monitor_dags(_paths))

@@ -219,6 +219,29 @@ class AirflowClient:
                 raise AirflowApiError(f"DAG {dag_id} {state} by Airflow after {timeout:.0f}s")
             time.sleep(0.5)
 
+    def asset(self, name: str) -> dict[str, Any] | None:
+        """The asset of that exact name (id, uri, ...), or None while no parsed DAG declares it."""
+        assets = self._call("GET", "/assets", params={"name_pattern": name, "limit": 100})["assets"]
+        return next((a for a in assets if a["name"] == name), None)
+
+    def post_asset_event(self, asset_id: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """Tell Airflow the asset changed: the DAGs scheduled on it run. (A POST retried after a lost answer
+        could post the event twice; the pipeline DAG's max_active_runs=1 then runs the retrain twice, in turn.)"""
+        return self._call("POST", "/assets/events", json={"asset_id": asset_id, "extra": extra})
+
+    def last_asset_event(self, asset_id: int) -> dict[str, Any] | None:
+        events = self._call("GET", "/assets/events",
+                            params={"asset_id": asset_id, "order_by": "-timestamp", "limit": 1})["asset_events"]
+        return events[0] if events else None
+
+    def dag(self, dag_id: str) -> dict[str, Any] | None:
+        """The DAG's summary (is_paused, next_dagrun_run_after, timetable_summary, ...), or None if unknown."""
+        path = f"/dags/{dag_id}"
+        response, _ = self._request("GET", f"/api/v2{path}")
+        if response.status_code == 404:
+            return None
+        return self._json("GET", path, response)
+
     def unpause(self, dag_id: str) -> None:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infra.airflow_api import AirflowApiError, TaskState
+from infra.cli_data import data_app
 from infra.cli_serving import register as register_serving_commands
 from infra.console import AsJson, Home, err, fail, out
 from infra.demo_data import DATASETS
@@ -139,7 +140,9 @@ def validated_config(config_path: Path, overrides: dict[str, Any], home: Path) -
     os.environ["KILN_HOME"] = str(home)
     try:
         config = apply_params(load_config(config_path), overrides)
-        source = config.data.source
+        from tasks.snapshot import with_span
+
+        source = with_span(config).data.source  # a spanned source: its newest span must exist
         if "://" not in source and not Path(source).is_file():
             hint = "; `kiln demo-data` writes the demo data sets there" if Path(source).parent == home / "data" else ""
             raise fail(f"data source not found: {source} (data.source in {config_path}){hint}")
@@ -472,6 +475,7 @@ def _duration(seconds: float) -> str:
 
 def _print_pipelines(stack: Stack) -> None:
     from infra.pipelines import discover
+    from infra.retraining_status import retraining_row
     from infra.runner import airflow_client, registry_aliases, served_state
 
     try:  # a snapshot: a restarting api-server is waited for briefly, not for a run's 120 s
@@ -482,18 +486,24 @@ def _print_pipelines(stack: Stack) -> None:
     table = Table(title="pipelines")
     for column in ("pipeline", "task", "last runs", "MLflow aliases", "served versions", "labels"):
         table.add_column(column)
+    retraining = Table(title="retraining")
+    for column in ("pipeline", "schedule", "next run", "last data event", "last drift check"):
+        retraining.add_column(column)
     for name, path in discover(stack.home).items():
         try:
             config = load_config(path, expand_env=False)
         except BadInputError as exc:
             table.add_row(name, "-", Text(f"config error: {exc}", "red"), "", "", "")
+            retraining.add_row(name, "-", "", "", "")
             continue
         served = _safe(lambda c=config: served_state(stack, c.served_model_name))
         cells = (_last_runs(client, f"kiln_{name}"),
                  _safe(lambda c=config: str(registry_aliases(stack.mlflow_url, c.registered_model_name))),
                  *_served_cells(served))
         table.add_row(name, config.task.type, *(Text(cell) for cell in cells))  # data, never markup
+        retraining.add_row(name, *(Text(cell) for cell in retraining_row(client, config)))
     out.print(table)
+    out.print(retraining)
 
 
 def _served_cells(served: dict[str, Any] | str) -> tuple[str, str]:
@@ -522,6 +532,7 @@ def _safe(value: Any) -> Any:
 
 
 register_serving_commands(app)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli`

@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from infra.airflow_links import XCOM_KEY as LINKS_XCOM
 from infra.airflow_links import links_for
 from infra.pipelines import CONFIG_MARK, config_fingerprint
+from infra.schedules import pipeline_schedule
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError, one_line
 from tasks.registry import PARAMS, STEPS, StepSpec, param_schema
@@ -51,7 +52,7 @@ def pipeline_dag(config_path: Path) -> DAG:
     with DAG(
         dag_id=f"kiln_{config.pipeline}",
         description=config.description or f"kiln pipeline {config.pipeline}: {config.task.type}",
-        schedule=None,
+        schedule=pipeline_schedule(config),
         catchup=False,
         max_active_runs=1,
         tags=["kiln", config.task.type],

@@ -296,8 +296,9 @@ def registry_aliases(tracking_uri: str, model_name: str | None) -> dict[str, int
 def live_prediction(stack: Stack, config: PipelineConfig, trained: Model) -> dict[str, Any]:
     """Predict the data set's first row through the `stable` label, by feature name, as a client would."""
     from serving.client import RestClient
+    from tasks.snapshot import with_span
 
-    with open(config.data.source, newline="") as fh:
+    with open(with_span(config).data.source, newline="") as fh:
         row = next(csv.DictReader(fh))
     instance = instance_from_row(row, trained.preprocessing.features)
     name = config.served_model_name

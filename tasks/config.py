@@ -35,7 +35,10 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="CSV file with a header row; relative to the YAML; ${VARS} are expanded")
+    source: str = Field(description="CSV file with a header row; relative to the YAML; ${VARS} are expanded; "
+                                    "{SPAN} in the file name reads spans (span-{SPAN}.csv: the newest)")
+    span: int | None = Field(None, ge=1, description="the span to read when source has {SPAN} (default: the "
+                                                     "newest; the run records which)")
     label_column: str = Field("label", min_length=1, description="the column to predict")
     eval_percent: int = Field(20, ge=1, le=99, description="share of rows hashed into the eval split")
     num_shards: int = Field(2, ge=1, le=64, description="TFRecord files per split")
@@ -189,11 +192,50 @@ class PlacementConfig(_Strict):
         return self.default.model_copy(update=own.model_dump(exclude_none=True)) if own else self.default
 
 
+SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+ON_NEW_DATA, ON_DRIFT = "on_new_data", "on_drift"
+
+
+def check_schedule(value: str | None) -> str | None:
+    """null, a cron preset or expression (Airflow's CronTriggerTimetable), on_new_data or on_drift."""
+    from croniter import croniter
+
+    if value is None or value in (ON_NEW_DATA, ON_DRIFT, *SCHEDULE_PRESETS) or croniter.is_valid(value):
+        return value
+    raise ValueError(f"{value!r} is not a schedule: use a cron expression ('0 3 * * *'), a preset "
+                     f"({', '.join(SCHEDULE_PRESETS)}), {ON_NEW_DATA}, {ON_DRIFT} or null")
+
+
+class DriftConfig(_Strict):
+    numeric: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon distance (base 2, 0-1) above which a "
+                                                        "numeric feature has drifted")
+    categorical: float = Field(0.1, gt=0, le=1, description="L-infinity distance of the value frequencies above "
+                                                            "which a categorical feature has drifted")
+    features: dict[str, float] = Field({}, description="per-feature thresholds that replace the two above")
+
+
+class MonitorConfig(_Strict):
+    schedule: str = Field("@hourly", description="when kiln_monitor_<pipeline> checks the newest span besides "
+                                                 "on every new span (cron or preset)")
+    drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="after")
+    def _cron(self) -> MonitorConfig:
+        if self.schedule in (ON_NEW_DATA, ON_DRIFT):
+            raise ValueError("monitor.schedule is a cron expression or preset; it runs on new data anyway")
+        check_schedule(self.schedule)
+        return self
+
+
 class PipelineConfig(_Strict):
     pipeline: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="name; the DAG is kiln_<pipeline>")
     description: str = Field("", description="what the model is for (shown in the DAG and the model card)")
     data: DataConfig
     task: TaskConfig
+    schedule: str | None = Field(None, description="when the pipeline retrains by itself: a cron expression or "
+                                                   "preset, on_new_data (every new span), on_drift (when "
+                                                   "kiln_monitor_<pipeline> finds drift) or null (on trigger only)")
+    monitor: MonitorConfig = MonitorConfig()
     transform: TransformConfig = TransformConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -201,6 +243,18 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
     placement: PlacementConfig = PlacementConfig()
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PipelineConfig:
+        try:
+            check_schedule(self.schedule)
+        except ValueError as exc:
+            raise ValueError(f"schedule: {exc}") from None
+        spanned = "{SPAN}" in self.data.source or self.data.span is not None  # a run's snapshot names its span
+        if self.schedule in (ON_NEW_DATA, ON_DRIFT) and not spanned:
+            raise ValueError(f"schedule {self.schedule} needs spans: data.source with {{SPAN}} in the file name, "
+                             f"e.g. data/{self.pipeline}/span-{{SPAN}}.csv")
+        return self
 
     @model_validator(mode="after")
     def _known_names(self) -> PipelineConfig:

@@ -21,6 +21,7 @@ from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.context import ServingEndpoints, StepContext
 from tasks.models.contract import is_file_reference
 from tasks.registry import apply_params
+from tasks.spans import is_spanned, span_file
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
     """Write the run snapshot; return its URI. `parsed_placement` is the placement the DAG was built with."""
     path = Path(config_path)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-    config = apply_params(load_config(path), params)
+    config = with_span(apply_params(load_config(path), params))
     if parsed_placement is not None and config.placement.model_dump(mode="json") != parsed_placement:
         raise ConfigError(f"{path}: placement changed since Airflow parsed the DAG; trigger again once it is "
                           f"re-parsed (`kiln run` waits for that)")
@@ -63,6 +64,14 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
         )
     log.info("resolve: %s (sha256 %s) -> %s", path, sha256[:12], uri)
     return uri
+
+
+def with_span(config: PipelineConfig) -> PipelineConfig:
+    """Spanned data: the run reads one file, the newest span unless data.span pins one, and says which."""
+    if not is_spanned(config.data.source):
+        return config
+    path, span = span_file(config.data.source, config.data.span)
+    return config.model_copy(update={"data": config.data.model_copy(update={"source": path, "span": span})})
 
 
 def serving_endpoints(config: PipelineConfig, deployment: Deployment) -> ServingEndpoints | None:

@@ -35,6 +35,7 @@ class ExamplesProperties(Properties):
     rows_without_label: int = 0  # dropped: a row without a label teaches nothing
     num_shards: int
     eval_percent: int
+    span: int | None = None  # which span of a spanned data.source (tasks.spans)
 
 
 class Examples(ArtifactType[ExamplesProperties]):

@@ -70,10 +70,12 @@ def run(config: PipelineConfig, ctx: StepContext) -> dict[str, str]:
             source=source, source_sha256=profile.sha256, label_column=label, row_counts=counts,
             columns=[Column(name=name, type=types[name], missing=missing[name]) for name in profile.header],
             rows_without_label=without_label, num_shards=num_shards, eval_percent=config.data.eval_percent,
+            span=config.data.span,
         )
     _track(config, ctx, source, profile.sha256, counts, without_label)
-    log.info("ingest: %s -> %s (train %d rows, eval %d rows, %d dropped without a label, %d shards each)",
-             source, out_uri, counts["train"], counts["eval"], without_label, num_shards)
+    span_note = "" if config.data.span is None else f" (span {config.data.span})"
+    log.info("ingest: %s%s -> %s (train %d rows, eval %d rows, %d dropped without a label, %d shards each)",
+             source, span_note, out_uri, counts["train"], counts["eval"], without_label, num_shards)
     return {"examples": out_uri}
 
 
@@ -117,6 +119,8 @@ def _track(config: PipelineConfig, ctx: StepContext, source: str, sha256: str, c
            without_label: int) -> None:
     import mlflow
 
-    tracking.log_params({"data.source": source, "data.eval_percent": config.data.eval_percent})
+    span = {} if config.data.span is None else {"data.span": config.data.span}
+    tracking.log_params({"data.source": source, "data.eval_percent": config.data.eval_percent, **span})
     mlflow.log_metrics({f"rows_{split}": count for split, count in counts.items()} | {"rows_without_label": without_label})
-    tracking.tag_parent(config, ctx, {"kiln.data_source": source, "kiln.data_fingerprint": sha256})
+    tracking.tag_parent(config, ctx, {"kiln.data_source": source, "kiln.data_fingerprint": sha256,
+                                      **({"kiln.data_span": str(config.data.span)} if span else {})})

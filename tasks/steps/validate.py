@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_ERRORS_IN_MESSAGE = 4
 TOP_VALUES = 10
+HISTOGRAM_BUCKETS = 10
 
 
 class DataValidationError(BadInputError):
@@ -188,10 +189,19 @@ def _statistics(name: str, split: _Split, stored: dict[str, ValueType]) -> stati
             feature.num_stats.CopyFrom(statistics_pb2.NumericStatistics(
                 common_stats=common, mean=values.mean(), std_dev=values.std(), min=values.min(),
                 max=values.max(), median=float(np.median(values)), num_zeros=int((values == 0).sum()),
+                histograms=[standard_histogram(values)],
             ))
         else:
             feature.num_stats.common_stats.CopyFrom(common)
     return statistics_pb2.DatasetFeatureStatisticsList(datasets=[dataset])
+
+
+def standard_histogram(values: np.ndarray, buckets: int = HISTOGRAM_BUCKETS) -> statistics_pb2.Histogram:
+    """TFDV's STANDARD histogram: equal-width buckets from min to max (the drift monitor's baseline)."""
+    counts, edges = np.histogram(values, bins=buckets)
+    return statistics_pb2.Histogram(type=statistics_pb2.Histogram.STANDARD, buckets=[
+        statistics_pb2.Histogram.Bucket(low_value=float(lo), high_value=float(hi), sample_count=float(n))
+        for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)])
 
 
 def _anomalies(schema: schema_pb2.Schema, split: _Split, stored: dict[str, ValueType]) -> anomalies_pb2.Anomalies:

@@ -1,0 +1,75 @@
+"""`kiln_monitor_<pipeline>`: for each pipeline whose data comes in spans, a DAG that checks the newest
+span for drift on every new span (the data asset) and on its own schedule (`monitor.schedule`,
+hourly by default). Wiring only: the check is `tasks.monitor.check_drift`.
+
+`check_drift` writes the report (a table in the task log, a DriftReport artifact, an MLflow run);
+`trigger_retrain` updates the pipeline's drift asset, with the report as the event's extra, only when
+a threshold was crossed and the pipeline's schedule is on_drift; otherwise it is skipped, and
+nothing else runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from infra.dag_factory import DEFAULT_ARGS
+from infra.schedules import data_asset, drift_asset
+from tasks.config import ON_DRIFT, load_config
+from tasks.errors import BadInputError
+from tasks.spans import is_spanned
+
+
+def monitor_dags(paths: dict[str, Path]) -> dict[str, DAG]:
+    """dag_id -> monitor DAG of every pipeline with spans; a broken YAML is left to pipeline_dags to report."""
+    dags = {}
+    for path in paths.values():
+        try:
+            dag = monitor_dag(path)
+        except (BadInputError, OSError):
+            continue
+        if dag is not None:
+            dags[dag.dag_id] = dag
+    return dags
+
+
+def monitor_dag(config_path: Path) -> DAG | None:
+    config = load_config(config_path, expand_env=False)
+    if not is_spanned(config.data.source):
+        return None
+    drift = drift_asset(config)
+    with DAG(
+        dag_id=f"kiln_monitor_{config.pipeline}",
+        description=f"drift of {config.pipeline}'s newest span against its champion's training data",
+        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(config.monitor.schedule, timezone="UTC"),
+                                     assets=[data_asset(config)]),
+        catchup=False,
+        max_active_runs=1,
+        tags=["kiln", "monitor"],
+        default_args=DEFAULT_ARGS,
+        doc_md=__doc__,
+    ) as dag:
+
+        @task
+        def check_drift() -> dict[str, Any]:
+            from infra.deployment import deployment_from_env
+            from tasks.monitor import check_drift as check
+
+            return check(str(config_path), deployment_from_env(), get_current_context()["run_id"])
+
+        @task(outlets=[drift])
+        def trigger_retrain(result: dict[str, Any]) -> None:
+            if not result["drifted"]:
+                raise AirflowSkipException("no feature crossed its drift threshold: no retrain")
+            if config.schedule != ON_DRIFT:
+                raise AirflowSkipException(f"drift in {', '.join(result['drifted_features'])}, but the schedule "
+                                           f"is {config.schedule!r}, not {ON_DRIFT}: no retrain")
+            get_current_context()["outlet_events"][drift].extra = result
+
+        trigger_retrain(check_drift())
+    return dag
