@@ -56,9 +56,25 @@ def _say(line: str) -> None:
 
 @app.command()
 def up(home: Home = None, airflow_port: Port = None, mlflow_port: Port = None, rest_port: Port = None,
-       grpc_port: Port = None) -> None:
+       grpc_port: Port = None,
+       profile: Annotated[str, typer.Option("--profile", help="placement profile (infra/profiles): local runs "
+                                            "everything on SQLite and the LocalExecutor; hybrid and cloud add "
+                                            "Postgres, Redis, Celery and Kubernetes")] = "local",
+       no_cluster: Annotated[bool, typer.Option("--no-cluster", help="no Kubernetes here: the profile's "
+                                                "KubernetesExecutor steps run on the LocalExecutor")] = False) -> None:
     """Start MLflow, kiln-model-server and Airflow's components on 127.0.0.1, each supervised."""
-    _start(_stack(home, airflow_port, mlflow_port, rest_port, grpc_port))
+    from infra.placement import PlacementError, load_profile
+
+    try:
+        load_profile(profile)
+    except PlacementError as exc:
+        raise fail(f"--profile: {exc}") from None
+    stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
+    stack.profile, stack.no_cluster = profile, no_cluster
+    if no_cluster and "KubernetesExecutor" in load_profile(profile).executors:
+        err.print(f"--no-cluster: profile {profile}'s KubernetesExecutor steps run on the LocalExecutor",
+                  markup=False)
+    _start(stack)
 
 
 def _start(stack: Stack) -> None:
@@ -74,13 +90,15 @@ def _start(stack: Stack) -> None:
 
 
 @app.command()
-def down(home: Home = None) -> None:
+def down(home: Home = None,
+         drop_databases: Annotated[bool, typer.Option("--drop-databases", help="also drop the fleet's Postgres "
+                                                      "databases (Airflow's and MLflow's metadata)")] = False) -> None:
     """Stop the stack started by `kiln up`."""
     stack = Stack(kiln_home(home))
     if not stack.is_recorded():
         err.print(f"no stack recorded in {stack.home}; nothing to stop", markup=False)
         return
-    stack.down(report=_say)
+    stack.down(report=_say, drop_databases=drop_databases)
 
 
 @app.command()
@@ -178,9 +196,12 @@ def run(
     config_path = config_path.resolve()
     overrides = _parse_params(param or [])
     config = validated_config(config_path, overrides, home_path)
+    from infra.placement import check_executors
+
     try:
         stack = Stack.load(home_path)
-    except StackError as exc:
+        check_executors(config, stack.executors, stack.remap)
+    except (StackError, BadInputError) as exc:
         raise fail(str(exc)) from None
     summary = run_and_summarize(stack, config_path, overrides, config)
     _report(summary, as_json)

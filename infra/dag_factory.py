@@ -2,7 +2,7 @@
 
 Wiring only. The task list, each task's inputs (matched by artifact name to the step that produces
 them), its params (JSON schemas derived from the config's pydantic fields) and its placement
-(executor, queue, pool from the YAML's `placement`) all come from `tasks.registry` and the YAML.
+(executor, queue, pool, pod override from the YAML's `placement` over its profile, `infra.placement`) all come from `tasks.registry` and the YAML.
 The first task resolves the run snapshot (the only code that reads the deployment's environment);
 every other task calls `tasks.step_runner.run_step`, which imports the step only when it runs, so
 parsing stays fast. Only DAG files import this module.
@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from infra.airflow_links import XCOM_KEY as LINKS_XCOM
 from infra.airflow_links import links_for
 from infra.pipelines import CONFIG_MARK, config_fingerprint
+from infra.placement import executor_remap, pod_override, step_placement
 from infra.schedules import pipeline_schedule
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError, one_line
@@ -82,9 +83,11 @@ def pipeline_dag(config_path: Path) -> DAG:
 
 
 def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
-    """Task arguments for the step's placement (unset fields keep Airflow's defaults)."""
-    chosen = config.placement.for_step(spec.name).model_dump()
-    args = {k: v for k, v in chosen.items() if v is not None}
+    """Task arguments for the step's placement (profile and YAML; unset fields keep Airflow's defaults)."""
+    chosen = step_placement(config.placement, spec.name, executor_remap())
+    args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
+    if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
+        args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
     if spec.timeout_minutes:
         args["execution_timeout"] = timedelta(minutes=spec.timeout_minutes)
     return args

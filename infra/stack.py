@@ -19,11 +19,15 @@ from pathlib import Path
 
 import httpx
 
+from infra.fleet_services import FleetServiceError, FleetServices
+from infra.placement import REMAP_VARIABLE, load_profile, step_placement
 from infra.processes import log_tail, port_is_free
 from infra.supervision import Program, Supervisor, SupervisorError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = "stack.json"
+KUBERNETES = "KubernetesExecutor"
+FLEET_DATABASES = ("airflow", "mlflow")
 
 
 class StackError(RuntimeError):
@@ -61,6 +65,37 @@ def kiln_home(explicit: str | os.PathLike[str] | None = None) -> Path:
 class Stack:
     home: Path
     ports: StackPorts = field(default_factory=StackPorts)
+    profile: str = "local"  # infra/profiles/<profile>.yaml: which executors the stack runs
+    no_cluster: bool = False  # no Kubernetes here: the profile's KubernetesExecutor steps run locally
+
+    # -- what runs -----------------------------------------------------------------------------
+    @property
+    def executors(self) -> list[str]:
+        """Airflow's executors, the default first; without a cluster, LocalExecutor replaces Kubernetes."""
+        wanted = load_profile(self.profile).executors
+        if self.no_cluster and KUBERNETES in wanted:
+            wanted = ["LocalExecutor", *[e for e in wanted if e not in (KUBERNETES, "LocalExecutor")]]
+        return list(dict.fromkeys(wanted))
+
+    @property
+    def remap(self) -> dict[str, str]:
+        return {KUBERNETES: "LocalExecutor"} if self.no_cluster else {}
+
+    @property
+    def fleet(self) -> FleetServices | None:
+        """Postgres and Redis, for every profile but local (the embedded stack keeps SQLite)."""
+        return None if self.profile == "local" else FleetServices.of(self.home)
+
+    @property
+    def celery_queues(self) -> list[str]:
+        """The queues the profile's CeleryExecutor steps use (and Airflow's default queue)."""
+        from tasks.config import PlacementConfig
+        from tasks.registry import STEP_NAMES
+
+        placement = PlacementConfig(profile=self.profile)
+        queues = {p.queue or "default" for step in STEP_NAMES
+                  if (p := step_placement(placement, step, self.remap)).executor == "CeleryExecutor"}
+        return sorted(queues | {"default"})
 
     # -- layout --------------------------------------------------------------------------------
     @property
@@ -112,7 +147,7 @@ class Stack:
                 "AIRFLOW_HOME": str(self.airflow_home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": ",".join(self.executors),
                 # A 2-core laptop: a few task processes at a time, not Airflow's default 32.
                 "AIRFLOW__CORE__PARALLELISM": "4",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
@@ -131,7 +166,22 @@ class Stack:
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("airflow-jwt-secret"),
             }
         )
+        if self.remap:
+            env[REMAP_VARIABLE] = ",".join(f"{k}={v}" for k, v in self.remap.items())
+        if self.fleet:
+            env.update(self._fleet_env(self.fleet))
         return env
+
+    def _fleet_env(self, fleet: FleetServices) -> dict[str, str]:
+        airflow_db = fleet.database_url("airflow", "postgresql+psycopg2")
+        return {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+            "AIRFLOW__CELERY__BROKER_URL": fleet.redis_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_db}",
+            # Stacks sharing one Redis must not take each other's tasks.
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{fleet.key}:",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        }
 
     def _secret(self, name: str) -> str:
         """A key generated on first use and kept, readable by this user only, in KILN_HOME/secrets."""
@@ -153,7 +203,8 @@ class Stack:
                 ports=(self.ports.mlflow,),
                 command=[
                     "mlflow", "server",
-                    "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                    "--backend-store-uri", self.fleet.database_url("mlflow", "postgresql+psycopg2") if self.fleet else
+                    f"sqlite:///{mlflow_dir / 'mlflow.db'}",
                     "--artifacts-destination", str(mlflow_dir / "artifacts"),
                     "--host", "127.0.0.1", "--port", str(self.ports.mlflow), "--workers", "1",
                 ],
@@ -210,7 +261,21 @@ class Stack:
                 health_url=monitor,
                 healthy=_airflow_part_healthy("triggerer"),
             ),
+            *([self._celery_worker()] if "CeleryExecutor" in self.executors else []),
         ]
+
+    def _celery_worker(self) -> Service:
+        # Task logs are written to the shared AIRFLOW_HOME/logs, where the api-server reads them: the
+        # worker needs no log server of its own (the scheduler's owns the worker-logs port).
+        return Service(
+            name="airflow-celery-worker",
+            ports=(),
+            command=["airflow", "celery", "worker", "--queues", ",".join(self.celery_queues),
+                     "--concurrency", "2", "--skip-serve-logs"],
+            health_url=None,
+            healthy=lambda response: False,  # not asked: no health URL
+            reap_leftovers=False,  # like the scheduler: a task it started finishes and reports
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     def up(self, report: Callable[[str], None] = print, timeout: float = 240) -> None:
@@ -230,10 +295,22 @@ class Stack:
             (self.home / folder).mkdir(parents=True, exist_ok=True)
         if not self.serving_config.exists():
             self.serving_config.write_text("model_config_list {\n}\n")
-        env = self.env()
+        self._check_cluster()
         started = time.monotonic()
+        if self.fleet:
+            try:
+                self.fleet.check_redis()
+                created = self.fleet.create_databases(FLEET_DATABASES)
+            except FleetServiceError as exc:
+                raise StackError(str(exc)) from None
+            report(f"{'postgres, redis':22s} {'created ' + ', '.join(created) if created else 'databases exist'}; "
+                   f"executors {','.join(self.executors)}")
+        env = self.env()
         self._migrate_airflow_db(env)
         report(f"{'airflow db':22s} migrated ({time.monotonic() - started:.1f}s)")
+        for pool, slots, note in self._pools():
+            self._airflow(env, ["pools", "set", pool, str(slots), note], f"airflow pools set {pool}")
+            report(f"{'pool ' + pool:22s} {slots} slot(s): {note}")
         try:
             self.supervisor.write_config([s.program for s in services])
             try:
@@ -248,22 +325,47 @@ class Stack:
             self.down(report=lambda _msg: None)
             raise
 
-    def _migrate_airflow_db(self, env: dict[str, str], timeout: float = 300) -> None:
-        log = self.home / "logs" / "airflow-db-migrate.log"
+    def _check_cluster(self) -> None:
+        if KUBERNETES not in self.executors:
+            return
+        kubeconfig = Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
+        if not kubeconfig.is_file() and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise StackError(f"profile {self.profile} needs a Kubernetes cluster and none is configured (no "
+                             f"{kubeconfig}, not in a cluster); `kiln up --profile {self.profile} --no-cluster` "
+                             f"runs its Kubernetes steps on the LocalExecutor")
+
+    def _pools(self) -> list[tuple[str, int, str]]:
+        """The pools the profile's steps name, `gpu` sized to this machine's GPUs (at least one slot, so
+        a profile's training runs here on the CPU when there is none)."""
+        from tasks.config import PlacementConfig
+        from tasks.registry import STEP_NAMES
+
+        placement = PlacementConfig(profile=self.profile)
+        names = sorted({p.pool for s in STEP_NAMES if (p := step_placement(placement, s, self.remap)).pool})
+        gpus = _gpu_count()
+        return [(name, max(1, gpus), f"{gpus} GPU(s) found by nvidia-smi" if name == "gpu" else "kiln profile pool")
+                if name == "gpu" else (name, 4, "kiln profile pool") for name in names]
+
+    def _migrate_airflow_db(self, env: dict[str, str]) -> None:
+        self._airflow(env, ["db", "migrate"], "airflow db migrate")
+
+    def _airflow(self, env: dict[str, str], args: list[str], what: str, timeout: float = 300) -> None:
+        log = self.home / "logs" / "airflow-cli.log"
         with log.open("ab") as out:
             try:
-                code = subprocess.run(["airflow", "db", "migrate"], cwd=self.home, env=env, stdout=out,
+                code = subprocess.run(["airflow", *args], cwd=self.home, env=env, stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout).returncode
             except subprocess.TimeoutExpired:
-                raise StackError(f"airflow db migrate did not finish within {timeout:.0f}s; log: {log}") from None
+                raise StackError(f"{what} did not finish within {timeout:.0f}s; log: {log}") from None
             except FileNotFoundError:
                 raise StackError("command 'airflow' not found; is the venv's bin/ on PATH?") from None
         if code != 0:
-            raise StackError(f"airflow db migrate failed (exit {code}): {' | '.join(log_tail(log, 3))}")
+            raise StackError(f"{what} failed (exit {code}): {' | '.join(log_tail(log, 3))}")
 
     def _record(self, supervisor_pid: int) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        payload = {"ports": asdict(self.ports), "supervisor_pid": supervisor_pid}
+        payload = {"ports": asdict(self.ports), "supervisor_pid": supervisor_pid, "profile": self.profile,
+                   "no_cluster": self.no_cluster, "executors": self.executors}
         tmp = self.home / f".{STACK_FILE}.tmp"
         tmp.write_text(json.dumps(payload, indent=2))
         os.replace(tmp, self.home / STACK_FILE)
@@ -283,28 +385,31 @@ class Stack:
             payload = json.loads((home / STACK_FILE).read_text())
         except FileNotFoundError:
             raise StackError(f"no stack is running for KILN_HOME={home}; start one with `kiln up`") from None
-        return cls(home=home, ports=StackPorts(**payload["ports"]))
+        return cls(home=home, ports=StackPorts(**payload["ports"]), profile=payload.get("profile", "local"),
+                   no_cluster=payload.get("no_cluster", False))
 
-    def down(self, report: Callable[[str], None] = print, timeout: float = 60) -> None:
+    def down(self, report: Callable[[str], None] = print, timeout: float = 60, drop_databases: bool = False) -> None:
         """Stop every service through supervisord, then supervisord, then anything that outlived its
-        service; report each step."""
-        pid = self._recorded().get("supervisor_pid")
+        service; report each step. The fleet's databases stay unless `drop_databases`."""
+        recorded = self._recorded()
+        pid = recorded.get("supervisor_pid")
         if pid:
             stray = self.supervisor.stop(pid, timeout)
             report(f"{'services':22s} stopped, supervisord too")
             if stray:
                 report(f"{'leftovers':22s} stopped {len(stray)} process(es) that had outlived their service: "
                        f"{', '.join(sorted(set(stray)))}")
+        fleet = FleetServices.of(self.home) if recorded.get("profile", self.profile) != "local" else None
+        if fleet and drop_databases:
+            try:
+                fleet.drop_databases(FLEET_DATABASES)
+                report(f"{'postgres':22s} dropped {', '.join(fleet.database(r) for r in FLEET_DATABASES)}")
+            except FleetServiceError as exc:
+                report(f"{'postgres':22s} databases not dropped: {exc}")
         (self.home / STACK_FILE).unlink(missing_ok=True)
 
     def health(self) -> dict[str, bool]:
-        result = {}
-        for service in self.services():
-            try:
-                result[service.name] = service.healthy(httpx.get(service.health_url, timeout=3))
-            except (httpx.HTTPError, ValueError):
-                result[service.name] = False
-        return result
+        return {service.name: service.is_healthy(self) for service in self.services()}
 
 
 @dataclass(frozen=True)
@@ -312,7 +417,7 @@ class Service:
     name: str
     ports: tuple[int, ...]
     command: list[str]
-    health_url: str
+    health_url: str | None  # None: healthy is running, as supervisord sees it
     healthy: Callable[[httpx.Response], bool]
     reap_leftovers: bool = True
 
@@ -320,17 +425,44 @@ class Service:
     def program(self) -> Program:
         return Program(self.name, self.command, reap_leftovers=self.reap_leftovers)
 
+    def is_healthy(self, stack: Stack) -> bool:
+        if self.health_url is None:
+            try:
+                return stack.supervisor.states()[self.name].state == "RUNNING"
+            except (SupervisorError, KeyError):
+                return False
+        try:
+            return self.healthy(httpx.get(self.health_url, timeout=3))
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def _gave_up(self, stack: Stack) -> bool:
+        try:
+            return stack.supervisor.states()[self.name].state == "FATAL"
+        except (SupervisorError, KeyError):
+            return False
+
     def wait_healthy(self, stack: Stack, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                if self.healthy(httpx.get(self.health_url, timeout=3)):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
+            if self.is_healthy(stack):
+                return
+            if self._gave_up(stack):  # supervisord stopped retrying a service that dies as it starts
+                break
             time.sleep(0.5)
         tail = " | ".join(log_tail(stack.supervisor.program_log(self.name), 3))
-        raise StackError(f"{self.name} not healthy at {self.health_url} after {timeout:.0f}s; log: {tail}")
+        where = f"at {self.health_url}" if self.health_url else "(not running)"
+        verdict = "kept dying as it started (FATAL)" if self._gave_up(stack) else \
+            f"not healthy {where} after {timeout:.0f}s"
+        raise StackError(f"{self.name} {verdict}; log: {tail}")
+
+
+def _gpu_count() -> int:
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
 
 
 def _airflow_part_healthy(part: str) -> Callable[[httpx.Response], bool]:

@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from infra.airflow_links import XCOM_KEY as LINKS_XCOM
 from infra.airflow_links import ModelVersionLink, ServedModelLink
+from infra.placement import executor_remap, step_placement
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 
@@ -54,7 +55,8 @@ def serving_sync_dag(paths: dict[str, Path]) -> DAG:
 
 
 def _sync_task(config: PipelineConfig, path: Path) -> Any:
-    placed = {k: v for k, v in config.placement.for_step("push").model_dump().items() if v is not None}
+    chosen = step_placement(config.placement, "push", executor_remap())
+    placed = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
 
     def sync() -> dict[str, Any]:
         from airflow.sdk import get_current_context

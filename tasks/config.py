@@ -176,13 +176,27 @@ class ServingConfig(_Strict):
 Executor = Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"]
 
 
+class PodOverride(_Strict):
+    """The task's pod on the KubernetesExecutor (Airflow's executor_config pod_override)."""
+
+    image: str | None = Field(None, description="container image (default: the executor's worker image)")
+    cpu: str | None = Field(None, description="CPU request and limit, e.g. '4'")
+    memory: str | None = Field(None, description="memory request and limit, e.g. '16Gi'")
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu limit")
+    node_selector: dict[str, str] = Field({}, description="node labels the pod must run on")
+    tolerations: list[dict[str, Any]] = Field([], description="Kubernetes tolerations (key, operator, value, effect)")
+
+
 class StepPlacement(_Strict):
     executor: Executor | None = None
     queue: str | None = None
     pool: str | None = None
+    pod_override: PodOverride | None = None
 
 
 class PlacementConfig(_Strict):
+    profile: str | None = Field(None, description="a placement profile of infra/profiles/ (local, hybrid, cloud); "
+                                                   "`default` and `steps` here override it")
     default: StepPlacement = StepPlacement()
     steps: dict[str, StepPlacement] = {}
 
