@@ -1,8 +1,9 @@
 """Airflow DAGs from pipeline YAMLs and the step registry: one DAG `kiln_<pipeline>` per YAML.
 
 Wiring only. The task list, each task's inputs (matched by artifact name to the step that produces
-them), its params (JSON schemas derived from the config's pydantic fields) and its placement
-(executor, queue, pool, pod override from the YAML's `placement` over its profile, `infra.placement`) all come from `tasks.registry` and the YAML.
+them), its params (the trigger form: JSON schemas derived from the config's pydantic fields, prefilled
+with the YAML's values) and its placement (executor, queue, pool, pod override from the YAML's
+`placement` over its profile, `infra.placement`) all come from `tasks.registry` and the YAML.
 The first task resolves the run snapshot (the only code that reads the deployment's environment);
 every other task calls `tasks.step_runner.run_step`, which imports the step only when it runs, so
 parsing stays fast. Only DAG files import this module.
@@ -26,7 +27,7 @@ from infra.placement import executor_remap, pod_override, step_placement
 from infra.schedules import pipeline_schedule
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError, one_line
-from tasks.registry import PARAMS, STEPS, StepSpec, param_schema
+from tasks.registry import PARAMS, STEPS, StepSpec, param_defaults, param_schema
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def pipeline_dag(config_path: Path) -> DAG:
         max_active_runs=1,
         tags=["kiln", config.task.type],
         default_args=DEFAULT_ARGS,
-        params={name: Param(None, **param_schema(name)) for name in PARAMS},
+        params=_params(config),
         doc_md=_doc(config, config_path),
     ) as dag:
         outputs: dict[str, Any] = {}
@@ -80,6 +81,13 @@ def pipeline_dag(config_path: Path) -> DAG:
                 steps[last.name] >> finish
                 finish.as_teardown(setups=outputs["run"])
     return dag
+
+
+def _params(config: PipelineConfig) -> dict[str, Param]:
+    """The trigger form: one typed field per registry param, prefilled with this YAML's value (${VARS}
+    unexpanded; `resolve` treats a value equal to the YAML's as no change)."""
+    defaults = param_defaults(config)
+    return {name: Param(defaults[name], **param_schema(name)) for name in PARAMS}
 
 
 def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
@@ -148,7 +156,7 @@ def _doc(config: PipelineConfig, path: Path) -> str:
     rows = "\n".join(f"| {s.name} | {s.description} | {', '.join(s.inputs) or '-'} | {', '.join(s.outputs) or '-'} |"
                      for s in STEPS)
     return (f"# kiln_{config.pipeline}\n\n{config.description or ''}\n\n"
-            f"A {config.task.type} pipeline from `{path}`. Empty params keep the YAML's values.\n\n"
+            f"A {config.task.type} pipeline from `{path}`. The trigger form is prefilled with its values.\n\n"
             f"| step | does | reads | writes |\n|---|---|---|---|\n{rows}\n\n"
             f"{CONFIG_MARK} {path} sha256={config_fingerprint(path)}\n")
 

@@ -3,7 +3,8 @@
 A spec names the step, the function that does its one job, the artifact types it reads and writes
 (inputs are matched to the outputs of earlier steps by name, like TFX channels), the config section
 it reads and the DAG params it exposes (each a config field; the param's JSON schema — type, bounds,
-description — is derived from the pydantic field, never restated). The DAG factory, the CLI's step
+description — is derived from the pydantic field, never restated; the trigger form is prefilled with
+the pipeline YAML's values, and a value left as it is stays no override). The DAG factory, the CLI's step
 list, placement validation and the DAG-integrity test are all generated from `STEPS`.
 """
 
@@ -126,7 +127,13 @@ def producers() -> dict[str, StepSpec]:
 
 
 def param_schema(param: str) -> dict[str, Any]:
-    """JSON schema of a DAG param: the pydantic field's, made nullable (null = the YAML's value)."""
+    """JSON schema of a DAG param, as the Airflow trigger form renders it: the pydantic field's type,
+    bounds and enums, a title, the field's description and where the YAML sets it, and the section of
+    the step that declares it.
+
+    Null is allowed only where the field itself is nullable (e.g. optimize.budget), and for list params,
+    whose form widgets send null once emptied: there null is the empty list (`changed_params`).
+    """
     from tasks.config import PipelineConfig
 
     section, field_name = PARAMS[param].split(".")
@@ -134,11 +141,46 @@ def param_schema(param: str) -> dict[str, Any]:
     full = section_model.model_json_schema()
     schema = _inline_refs(dict(full["properties"][field_name]), full.get("$defs", {}))
     schema.pop("default", None)
+    nullable = False
     if "anyOf" in schema:  # e.g. str | None: the concrete member's type and constraints
-        schema.update(next(s for s in schema.pop("anyOf") if s.get("type") != "null"))
-    schema["type"] = ["null", schema["type"]]
-    schema["section"] = step_of_param(param).name
+        members = schema.pop("anyOf")
+        nullable = any(s.get("type") == "null" for s in members)
+        schema.update(next(s for s in members if s.get("type") != "null"))
+    if schema["type"] == "array":
+        nullable = True
+        if "enum" in schema.get("items", {}):  # the form shows a multi-select of the allowed values
+            schema["examples"] = list(schema["items"]["enum"])
+    schema["type"] = [schema["type"], "null"] if nullable else schema["type"]
+    spec = step_of_param(param)
+    schema["title"] = param.replace("_", " ").capitalize()
+    schema["description"] = f"{schema['description']} (config field {PARAMS[param]})"
+    schema["section"] = spec.name.capitalize()
     return schema
+
+
+def param_defaults(config: Any) -> dict[str, Any]:
+    """Each DAG param's value in a pipeline's config (JSON-ready): the trigger form's prefilled values."""
+    dumped = config.model_dump(mode="json", exclude_none=True)
+    values = {}
+    for name, path in PARAMS.items():
+        section, field_name = path.split(".")
+        values[name] = dumped.get(section, {}).get(field_name)
+    return values
+
+
+def changed_params(params: dict[str, Any], config: Any) -> dict[str, Any]:
+    """The trigger's params that change the YAML's config (loaded without expanding ${VARS}, as the DAG's
+    defaults are): a param equal to the YAML's value is dropped, so the run uses the YAML itself (its
+    ${VARS} expanded at run time, nothing recorded as an override). An emptied list param (null) is []."""
+    yaml_values = param_defaults(config)
+    changed = {}
+    for name, value in params.items():
+        if value is None and name in PARAMS and "array" in param_schema(name)["type"]:
+            value = []
+        if name in PARAMS and value == yaml_values[name]:
+            continue
+        changed[name] = value
+    return changed
 
 
 def _inline_refs(schema: Any, definitions: dict[str, Any]) -> Any:

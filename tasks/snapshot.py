@@ -20,7 +20,7 @@ from tasks.artifacts.run import SCHEMA_FILE, USER_MODEL_DIR, RunProperties, RunS
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.context import ServingEndpoints, StepContext
 from tasks.models.contract import is_file_reference
-from tasks.registry import apply_params
+from tasks.registry import apply_params, changed_params
 from tasks.spans import is_spanned, span_file
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
     """Write the run snapshot; return its URI. `parsed_placement` is the placement the DAG was built with."""
     path = Path(config_path)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    params = changed_params(params, load_config(path, expand_env=False))
     config = with_span(apply_params(load_config(path), params))
     if parsed_placement is not None and config.placement.model_dump(mode="json") != parsed_placement:
         raise ConfigError(f"{path}: placement changed since Airflow parsed the DAG; trigger again once it is "

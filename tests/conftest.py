@@ -14,8 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end tests last: they share one embedded stack (tests/e2e/conftest.py), which then stops
-    when the session ends instead of running beside every other test."""
-    items.sort(key=lambda item: "/tests/e2e/" in str(item.path))
+    when the session ends instead of running beside every other test. The browser test last of all: its
+    run registers a kiln-digits version, and the other digits runs count versions from 1."""
+    items.sort(key=lambda item: ("/tests/e2e/" in str(item.path), item.path.name == "test_browser.py"))
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 
 from infra.pipelines import shipped
 from infra.sync_dag import DAG_ID as SYNC_DAG
-from tasks.registry import PARAMS, STEP_NAMES, STEPS, param_schema, producers
+from tasks.config import load_config
+from tasks.registry import PARAMS, STEP_NAMES, STEPS, param_defaults, param_schema, producers
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -79,13 +80,27 @@ def test_tasks_and_dependencies_are_the_registrys(pipeline_dags):
         assert dag.get_task("resolve").upstream_task_ids == set()
 
 
-def test_params_are_the_registrys_with_the_config_fields_bounds(pipeline_dags):
-    for dag in pipeline_dags.values():
+def test_params_are_the_registrys_prefilled_with_the_pipelines_own_yaml(pipeline_dags):
+    for name, path in shipped().items():
+        dag = pipeline_dags[f"kiln_{name}"]
+        yaml_values = param_defaults(load_config(path, expand_env=False))
         assert set(dag.params.keys()) == set(PARAMS)
-        for name in PARAMS:
-            param = dag.params.get_param(name)
-            assert param.value is None, "empty keeps the YAML's value"
-            assert {**param.schema, "description": param.description} == param_schema(name)
+        for param_name in PARAMS:
+            param = dag.params.get_param(param_name)
+            assert param.value == yaml_values[param_name], f"{dag.dag_id}.{param_name}"
+            assert {**param.schema, "description": param.description} == param_schema(param_name)
+    digits = pipeline_dags["kiln_digits"].params
+    assert (digits["epochs"], digits["data_source"]) == (12, "${KILN_HOME}/data/digits.csv")
+    assert pipeline_dags["kiln_diabetes"].params["epochs"] == 60, "each DAG has its own YAML's values"
+
+
+def test_the_trigger_form_groups_the_params_by_the_step_that_declares_them(pipeline_dags):
+    params = pipeline_dags["kiln_digits"].params
+    sections = {name: params.get_param(name).schema["section"] for name in PARAMS}
+    assert sections["data_source"] == "Ingest" and sections["epochs"] == sections["learning_rate"] == "Train"
+    assert sections["thresholds"] == "Evaluate" and sections["variants"] == "Optimize"
+    assert sections["force_push_reason"] == "Push"
+    assert list(dict.fromkeys(sections.values())) == ["Ingest", "Train", "Evaluate", "Optimize", "Push"], "run order"
 
 
 def test_the_trigger_form_refuses_a_value_outside_the_fields_bounds(dagbag):
@@ -101,6 +116,10 @@ def test_the_trigger_form_refuses_a_value_outside_the_fields_bounds(dagbag):
         params["learning_rate"] = 1
     with pytest.raises(ParamValidationError, match="thresholds"):
         params["thresholds"] = {"accuracy": "high"}
+    with pytest.raises(ParamValidationError, match="variants"):
+        params["variants"] = ["int4"]
+    with pytest.raises(ParamValidationError, match="epochs: None is not of type 'integer'"):
+        params["epochs"] = None
 
 
 PROBE = textwrap.dedent("""

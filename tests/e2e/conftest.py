@@ -67,6 +67,17 @@ def supervised_processes(home: Path) -> list[psutil.Process]:
         return []
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's screenshots (recorded as `("screenshot", path)` user properties, which also go
+    to a JUnit XML report) are named in its failure report."""
+    outcome = yield
+    report = outcome.get_result()
+    shots = [value for name, value in item.user_properties if name == "screenshot"]
+    if report.failed and shots:
+        report.sections.append(("screenshots", "\n".join(shots)))
+
+
 @pytest.fixture(scope="session")
 def port_factory_session():
     from tests.servers import free_port

@@ -19,6 +19,8 @@ from tasks.registry import (
     STEP_NAMES,
     STEPS,
     apply_params,
+    changed_params,
+    param_defaults,
     param_schema,
     producers,
     step,
@@ -43,6 +45,12 @@ def config_field(path: str):
 def expected_bounds(field) -> dict[str, object]:
     return {keyword: getattr(constraint, attr) for constraint in field.metadata
             for attr, keyword in BOUND_KEYWORDS.items() if hasattr(constraint, attr)}
+
+
+def is_nullable(field) -> bool:
+    annotation = field.annotation
+    is_union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    return is_union and type(None) in typing.get_args(annotation)
 
 
 def expected_type(field) -> str:
@@ -121,13 +129,27 @@ def test_a_param_names_a_field_of_its_steps_section(param):
 
 
 @pytest.mark.parametrize("param", PARAMS)
-def test_param_schema_is_the_fields_nullable(param):
+def test_param_schema_is_the_fields_titled_and_in_its_steps_section(param):
     field = config_field(PARAMS[param])
     schema = param_schema(param)
-    assert schema["type"] == ["null", expected_type(field)]
-    assert schema["description"] == field.description
-    assert schema["section"] == step_of_param(param).name
+    kind = expected_type(field)
+    # Null only where the field is nullable, or for a list (the form's list widgets send null once emptied).
+    assert schema["type"] == ([kind, "null"] if is_nullable(field) or kind == "array" else kind)
+    assert schema["description"] == f"{field.description} (config field {PARAMS[param]})"
+    assert schema["section"] == step_of_param(param).name.capitalize()
+    assert schema["title"] and schema["title"][0].isupper()
     assert "default" not in schema
+
+
+def test_a_param_with_a_value_in_every_yaml_is_not_nullable():
+    assert param_schema("epochs")["type"] == "integer" and param_schema("data_source")["type"] == "string"
+    assert param_schema("budget")["type"] == ["number", "null"], "null: the task's default budget"
+    assert param_schema("force_push_reason")["type"] == ["string", "null"], "null: no forced push"
+
+
+def test_a_list_param_with_allowed_values_is_a_multi_select_of_them():
+    schema = param_schema("variants")
+    assert schema["examples"] == schema["items"]["enum"] and "int8" in schema["examples"]
 
 
 @pytest.mark.parametrize("param", PARAMS)
@@ -187,6 +209,50 @@ def test_an_invalid_value_names_the_field(config, param, value, field):
     with pytest.raises(ConfigError, match=field) as exc:
         apply_params(config, {param: value})
     assert "\n" not in str(exc.value)
+
+
+# --- the trigger form's values -------------------------------------------------------------------
+
+
+@pytest.fixture
+def raw_config(tmp_path, monkeypatch):
+    """A YAML with a ${VAR} in its data source, loaded as the DAG factory does (nothing expanded)."""
+    monkeypatch.setenv("KILN_DATA", str(tmp_path))
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent("""
+        pipeline: p
+        data: {source: "${KILN_DATA}/d.csv"}
+        task: {type: classification}
+        train: {epochs: 7}
+        evaluate: {thresholds: {accuracy: 0.9}, change_thresholds: {accuracy: {absolute: -0.01}}}
+        optimize: {variants: [int8]}
+    """))
+    return path, load_config(path, expand_env=False)
+
+
+def test_the_form_is_prefilled_with_the_yamls_values(raw_config):
+    _, config = raw_config
+    defaults = param_defaults(config)
+    assert set(defaults) == set(PARAMS)
+    assert defaults["data_source"] == "${KILN_DATA}/d.csv", "expanded when the run resolves, not at parse time"
+    assert (defaults["epochs"], defaults["batch_size"], defaults["variants"]) == (7, 64, ["int8"])
+    assert defaults["change_thresholds"] == {"accuracy": {"absolute": -0.01}}
+    assert defaults["budget"] is None and defaults["force_push_reason"] is None
+
+
+def test_a_param_equal_to_the_yamls_value_is_no_change(raw_config, tmp_path):
+    path, config = raw_config
+    unchanged = param_defaults(config)
+    assert changed_params(unchanged, config) == {}
+    assert changed_params({**unchanged, "epochs": 3}, config) == {"epochs": 3}
+    # The run then uses the YAML itself: its ${VARS} expanded, as before params were prefilled.
+    assert apply_params(load_config(path), changed_params(unchanged, config)).data.source == f"{tmp_path}/d.csv"
+
+
+def test_an_emptied_list_param_is_the_empty_list(raw_config):
+    _, config = raw_config
+    assert changed_params({"variants": None}, config) == {"variants": []}
+    assert changed_params({"budget": None, "force_push_reason": None}, config) == {}
 
 
 # --- step modules never import each other --------------------------------------------------------

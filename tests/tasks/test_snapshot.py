@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.artifacts.run import RunSnapshot
-from tasks.config import ConfigError
+from tasks.config import ConfigError, load_config
 from tasks.context import ServingEndpoints
 from tasks.snapshot import Deployment, resolve_run
 from tasks.step_runner import run_step
@@ -93,3 +93,17 @@ def test_env_variables_in_the_yaml_are_expanded_once_at_resolve(tmp_path, monkey
     monkeypatch.setenv("UNRELATED", "1")
     with pytest.raises(ConfigError, match="uses environment variable MY_DATA, which is not set"):
         resolve(config, tmp_path, run_id="again")
+
+
+def test_the_trigger_forms_prefilled_values_are_no_overrides(churn_csv, tmp_path, monkeypatch) -> None:
+    """The form sends every param, each prefilled with the YAML's value (${VARS} unexpanded): those are
+    not overrides, the run resolves the YAML as before; only what the user changed is one."""
+    from tasks.registry import param_defaults
+
+    monkeypatch.setenv("KILN_TEST_DATA", str(churn_csv.parent))
+    config = churn_pipeline(tmp_path, churn_csv, data={"source": f"${{KILN_TEST_DATA}}/{churn_csv.name}"})
+    form = param_defaults(load_config(config, expand_env=False))
+    assert form["data_source"].startswith("${KILN_TEST_DATA}/")
+    run = RunSnapshot.read(resolve(config, tmp_path, params={**form, "epochs": 2, "variants": None}))
+    assert run.properties.overrides == {"epochs": 2, "variants": []}
+    assert run.config().data.source == str(churn_csv) and run.config().optimize.variants == []
