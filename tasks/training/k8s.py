@@ -218,9 +218,13 @@ class KubernetesLauncher:
         require_object_storage(self.work_uri, spec)
         name = job_name(self.name_prefix)
         spec_uri = f"{self.work_uri.rstrip('/')}/{name}.spec.json"
-        with fsspec.open(spec_uri, "w") as fh:
-            fh.write(json.dumps(spec))
+        try:
+            with fsspec.open(spec_uri, "w") as fh:
+                fh.write(json.dumps(spec))
+        except (OSError, ValueError, ImportError) as exc:
+            raise TrainError(f"cannot write the worker spec to {spec_uri}: {str(exc).splitlines()[0]}") from None
         resumed_from_epoch = epochs_done(spec)  # > 0 when an earlier task try left a backup
+        self.client  # noqa: B018 - credentials first: without them there is nothing to create or delete
         job = _TFJob(self, name) if self.settings.operator == "tfjob" else _IndexedJob(self, name)
         deadline = time.monotonic() + timeout_seconds
         with sigterm_unwinds():

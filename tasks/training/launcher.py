@@ -112,7 +112,8 @@ def launcher_for(train: TrainConfig, ctx: StepContext, step: str) -> WorkerLaunc
 
         assert train.kubernetes is not None  # TrainConfig's validator
         return KubernetesLauncher(train.kubernetes, work_uri=ctx.output_uri(step, ".work"),
-                                  name_prefix=f"kiln-{ctx.pipeline}-{step}")
+                                  name_prefix=f"kiln-{ctx.pipeline}-{step}",
+                                  labels={"kiln.dev/pipeline": ctx.pipeline.strip("-_")[:63], "kiln.dev/step": step})
     return LocalProcessLauncher(ctx.work_dir(step))
 
 

@@ -207,3 +207,16 @@ def test_the_config_picks_the_launcher(tmp_path) -> None:
     assert isinstance(remote, KubernetesLauncher)
     assert remote.work_uri == "s3://bucket/artifacts/churn/manual__1/optimize/.work"
     assert remote.name_prefix == "kiln-churn-optimize"
+    assert remote.labels == {"kiln.dev/pipeline": "churn", "kiln.dev/step": "optimize"}
+
+
+def test_without_cluster_credentials_nothing_is_tried_and_one_line_says_so(monkeypatch, tmp_path, work_uri) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    launcher = KubernetesLauncher(KubernetesTraining(image="kiln:test"), work_uri=work_uri, name_prefix="kiln-x-train")
+    with pytest.raises(TrainError) as err:
+        launcher.run(spec_for(work_uri), 2, 30)
+    assert str(err.value).startswith("train.launcher kubernetes: no cluster credentials (in-cluster service "
+                                     "account or a kubeconfig): ")
+    assert "\n" not in str(err.value)
