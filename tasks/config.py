@@ -78,6 +78,61 @@ class TransformConfig(_Strict):
                                 description="most frequent values kept per categorical feature; others are OOV")
 
 
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"  # a Kubernetes resource quantity
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class WorkerResources(_Strict):
+    """Requests per training worker pod; limits are the same (a GPU can only be requested as a limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)  # `gpu` round-trips too
+
+    cpu: str | None = Field(None, pattern=QUANTITY, description="CPU per worker, e.g. '4' or '500m'")
+    memory: str | None = Field(None, pattern=QUANTITY, description="memory per worker, e.g. '16Gi'")
+    gpu: int = Field(0, ge=0, le=16, alias="nvidia.com/gpu",
+                     description="nvidia.com/gpu per worker (NCCL all-reduce when > 0)")
+
+
+class Toleration(_Strict):
+    key: str | None = Field(None, description="taint key; empty with operator Exists tolerates every taint")
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0, description="NoExecute only: how long the pod stays")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("a toleration with operator Exists has no value")
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("a toleration with operator Equal needs a key")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("toleration_seconds only applies to effect NoExecute")
+        return self
+
+
+class KubernetesTraining(_Strict):
+    """Where and how the worker group runs as pods when train.launcher is kubernetes."""
+
+    image: str = Field(min_length=1, description="image with kiln installed (the same code as the Airflow "
+                                                 "workers); its python runs tasks.training.worker")
+    namespace: str = Field("default", pattern=DNS_LABEL, description="namespace of the job and its pods")
+    operator: Literal["tfjob", "indexed-job"] = Field(
+        "tfjob", description="tfjob: a Kubeflow TFJob (the training operator sets TF_CONFIG); indexed-job: a "
+                             "batch/v1 Indexed Job plus a headless Service, for clusters without the operator")
+    resources: WorkerResources = WorkerResources()
+    node_selector: dict[str, str] = Field({}, description="node labels the worker pods must match")
+    tolerations: list[Toleration] = Field([], description="taints the worker pods tolerate, e.g. GPU nodes'")
+    service_account: str | None = Field(None, pattern=DNS_LABEL,
+                                        description="service account of the pods (object-storage access)")
+    env: dict[str, str] = Field({}, description="extra environment of the workers, e.g. AWS_ENDPOINT_URL")
+    env_from_secret: str | None = Field(None, pattern=DNS_LABEL,
+                                        description="a Secret whose keys become the workers' environment "
+                                                    "(object-storage credentials)")
+    port: int = Field(2222, ge=1, le=65535, description="the workers' gRPC port (MultiWorkerMirroredStrategy)")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
 class TrainConfig(_Strict):
     model: str = Field("mlp", min_length=1,
                        description="model body: mlp, cnn, path/to/file.py:function or package.module:function")
@@ -91,6 +146,17 @@ class TrainConfig(_Strict):
                                                                 "included")
     max_restarts: int = Field(2, ge=0, le=100, description="times the worker group is started again after a worker "
                                                            "dies; training resumes at the last finished epoch")
+    launcher: Literal["local", "kubernetes"] = Field(
+        "local", description="local: worker processes on this machine (loopback); kubernetes: worker pods "
+                             "(train.kubernetes), artifacts exchanged through object storage")
+    kubernetes: KubernetesTraining | None = Field(None, description="the pods' image, namespace, resources, "
+                                                                    "node selector and tolerations")
+
+    @model_validator(mode="after")
+    def _launcher_settings(self) -> TrainConfig:
+        if self.launcher == "kubernetes" and self.kubernetes is None:
+            raise ValueError("launcher kubernetes needs a train.kubernetes section (at least its image)")
+        return self
 
 
 class ChangeThreshold(_Strict):

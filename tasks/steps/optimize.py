@@ -43,7 +43,7 @@ from tasks.context import StepContext
 from tasks.features import LabelSpec, load_arrays
 from tasks.metrics import HEADLINE, classification_metrics, regression_metrics
 from tasks.models.assemble import PREDICTION, PROBABILITIES
-from tasks.training.launcher import run_workers
+from tasks.training.launcher import launcher_for
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, data: E
     }
     # A dead worker restarts the group like in train, but the fine-tunes start over: they are a few
     # epochs each, and a re-export overwrites a half-written one.
-    run_workers(spec, train.num_workers, train.worker_timeout_seconds, work, train.max_restarts)
+    launcher_for(train, ctx, "optimize").run(spec, train.num_workers, train.worker_timeout_seconds,
+                                             train.max_restarts)
     report = json.loads((work / "fine_tunes.json").read_text())
     return {job: report[job]["skipped"] if "skipped" in report.get(job, {}) else outputs[job] for job in jobs}
 

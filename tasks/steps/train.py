@@ -20,7 +20,7 @@ from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Mo
 from tasks.artifacts.transform import TransformGraph
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
-from tasks.training.launcher import read_metrics, run_workers
+from tasks.training.launcher import launcher_for, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
     out_uri = ctx.output_uri("train", "model")
     work_dir = ctx.work_dir("train")
     train = config.train
-    tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items() if k != "hparams"}
+    tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items()
+                         if k not in ("hparams", "kubernetes")}
                         | {f"train.hparams.{k}": v for k, v in train.hparams.items()})
     with Model.publish(out_uri) as out:
         spec = {
@@ -51,7 +52,8 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
             "scratch_dir": str(work_dir / "scratch"),
         }
         started = time.monotonic()
-        recovery = run_workers(spec, train.num_workers, train.worker_timeout_seconds, work_dir, train.max_restarts)
+        launcher = launcher_for(train, ctx, "train")
+        recovery = launcher.run(spec, train.num_workers, train.worker_timeout_seconds, train.max_restarts)
         train_seconds = round(time.monotonic() - started, 2)
         history = read_metrics(work_dir / METRICS_FILE)
         (out.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))

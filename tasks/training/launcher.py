@@ -10,6 +10,10 @@ code `CONTRACT_EXIT_CODE`) fails with a one-line `ModelContractError` at once: r
 Workers die with their launcher: they ask the kernel for SIGKILL when it dies (see the worker), and
 SIGTERM to the launcher's process unwinds `run_workers`, so the group is stopped before the signal
 takes its usual effect.
+
+Steps do not call `run_workers` directly but `launcher_for(config.train, ctx, step).run(...)`: a
+`WorkerLauncher` that is this module's `LocalProcessLauncher`, or with `train.launcher: kubernetes`
+the pods of `tasks.training.k8s.KubernetesLauncher` — same spec, same worker, same result.
 """
 
 from __future__ import annotations
@@ -26,11 +30,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import fsspec
 
 import tasks
 from infra.processes import free_ports, log_tail, stop_process_groups
 from tasks.models.contract import ModelContractError
+
+if TYPE_CHECKING:
+    from tasks.config import TrainConfig
+    from tasks.context import StepContext
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,37 @@ class WorkerDeath:
                           f"{_tail(self.log_path)}")
 
 
+class WorkerLauncher(Protocol):
+    """Runs the worker group of one spec to the end: `Recovery` on success, `TrainError` (or
+    `ModelContractError`) otherwise; nothing it started outlives the call."""
+
+    def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float,
+            max_restarts: int = 0) -> Recovery: ...
+
+
+@dataclass(frozen=True)
+class LocalProcessLauncher:
+    """N worker processes on this machine (`run_workers`); the spec and worker logs go to `work_dir`."""
+
+    work_dir: Path
+
+    def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float,
+            max_restarts: int = 0) -> Recovery:
+        return run_workers(spec, num_workers, timeout_seconds, self.work_dir, max_restarts)
+
+
+def launcher_for(train: TrainConfig, ctx: StepContext, step: str) -> WorkerLauncher:
+    """The launcher `train.launcher` names, for one step of one run."""
+    if train.launcher == "kubernetes":
+        from tasks.training.k8s import KubernetesLauncher
+
+        assert train.kubernetes is not None  # TrainConfig's validator
+        return KubernetesLauncher(train.kubernetes, work_uri=ctx.output_uri(step, ".work"),
+                                  name_prefix=f"kiln-{ctx.pipeline}-{step}",
+                                  labels={"kiln.dev/pipeline": ctx.pipeline.strip("-_")[:63], "kiln.dev/step": step})
+    return LocalProcessLauncher(ctx.work_dir(step))
+
+
 def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path,
                 max_restarts: int = 0) -> Recovery:
     """Start `num_workers` `tasks.training.worker` processes and wait for all; restart the group when a
@@ -85,7 +126,7 @@ def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, 
     spec_path.write_text(json.dumps(spec))
     deadline = time.monotonic() + timeout_seconds
     restarts, resumed_from_epoch = 0, epochs_done(spec)  # > 0 when an earlier task try left a backup
-    with _sigterm_unwinds():
+    with sigterm_unwinds():
         while True:
             death = _run_group(WorkerGroup(num_workers, work_dir, attempt=restarts + 1), spec_path, deadline,
                                timeout_seconds)
@@ -105,7 +146,7 @@ def epochs_done(spec: dict[str, Any]) -> int:
     the epoch up, so a kill between the two makes this one more than the backup holds (that epoch is
     then trained again, and its last record wins in `read_metrics`)."""
     path = spec.get("metrics_path")  # train mode only: a compress group has no epochs to resume
-    history = read_metrics(Path(path)) if path else []
+    history = read_metrics(path) if path else []
     return history[-1]["epoch"] if history else 0
 
 
@@ -192,7 +233,7 @@ class _Terminated(BaseException):
 
 
 @contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def sigterm_unwinds() -> Iterator[None]:
     """While workers run, SIGTERM raises instead of ending the process on the spot, so the `finally`
     that stops the group runs; afterwards the signal gets its previous effect (the default: exit;
     Airflow's task runner: the operator's on_kill). Python lets only the main thread set handlers;
@@ -220,12 +261,16 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Per-epoch records; a resumed run may repeat an epoch, the last record of an epoch wins."""
-    if not path.exists():
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Per-epoch records (a local path or any fsspec URL); a resumed run may repeat an epoch, the last
+    record of an epoch wins."""
+    try:
+        with fsspec.open(str(path), "r") as fh:
+            text = fh.read()
+    except FileNotFoundError:
         return []
     by_epoch = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             record = json.loads(line)
             by_epoch[record["epoch"]] = record

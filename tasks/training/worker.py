@@ -40,9 +40,13 @@ class WorkerSpecError(ValueError):
 
 
 def load_spec(path: str) -> dict[str, Any]:
+    """The spec at a local path or any fsspec URL (pods on Kubernetes read it from object storage)."""
+    import fsspec
+
     try:
-        spec = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        with fsspec.open(path, "r") as fh:
+            spec = json.loads(fh.read())
+    except (OSError, ValueError, ImportError) as exc:  # ValueError: bad JSON or an unknown protocol
         raise WorkerSpecError(f"cannot read worker spec {path}: {exc}") from None
     mode = spec.get("mode", "train")
     if mode not in SPEC_KEYS:
@@ -246,7 +250,7 @@ def die_with_launcher() -> None:
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="JSON file written by tasks.training.launcher")
+    parser.add_argument("--spec", required=True, help="JSON file (path or URL) written by the launcher")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
