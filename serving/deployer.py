@@ -14,16 +14,27 @@ the other models' entries. A version folder is copied to `<base>/<model>/.stagin
 `<base>/<model>/<version>/` (TF Serving only loads numeric folder names, so a half-copied folder is
 invisible). Changes are serialized by a lock file beside `models.config` (`lock()`): a pipeline's push
 and a serving sync may run at the same moment, and a reconcile is a read-modify-write of the server.
+
+The model base path and `models.config` may be fsspec URLs (`s3://bucket/models`: TF Serving reads S3 with
+its own file system, kiln-model-server through a local cache). Object storage has no rename, so a version
+is uploaded file by file straight to `<base>/<model>/<version>/` with `model.tflite` and then
+`saved_model.pb` last: TF Serving (and kiln-model-server) take a folder for a SavedModel only once
+`saved_model.pb` is there, and by then every other file is. Uploading to a non-numeric prefix and copying
+would buy nothing: S3's copies are per object too, the numeric folder would fill file by file all the
+same. Besides, the server loads only the versions `models.config` names (`specific`), and a version is
+named only after its upload finished. A version is removed in the reverse order (`saved_model.pb`
+first). `models.config` is replaced by one PUT, atomic on S3. The lock is then a file in the machine's
+temp folder: it serializes the deployers of one machine, not of several (see the README).
 """
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -35,10 +46,13 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.client import GrpcModelService, RestClient
 from serving.target import ServingTarget
+from tasks import storage
 
 log = logging.getLogger(__name__)
 
 STABLE, CANARY = "stable", "canary"
+# What makes a version folder loadable, uploaded last and removed first (see the module's docstring).
+COMPLETES_VERSION = ("model.tflite", "saved_model.pb")
 
 
 class DeployError(RuntimeError):
@@ -52,11 +66,11 @@ class ServedModel:
     labels: dict[str, int]
 
 
-def read_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
+def read_config(path: Path | str) -> model_server_config_pb2.ModelServerConfig:
     config = model_server_config_pb2.ModelServerConfig()
-    if path.exists():
+    if storage.exists(path):
         try:
-            text_format.Parse(path.read_text(), config)
+            text_format.Parse(storage.read_text(path), config)
         except text_format.ParseError as exc:
             raise DeployError(f"{path}: not a ModelServerConfig text proto: {exc}") from None
     else:
@@ -64,11 +78,8 @@ def read_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
     return config
 
 
-def write_config(path: Path, config: model_server_config_pb2.ModelServerConfig) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text_format.MessageToString(config))
-    os.replace(tmp, path)
+def write_config(path: Path | str, config: model_server_config_pb2.ModelServerConfig) -> None:
+    storage.write_text(path, text_format.MessageToString(config))  # a rename locally, one PUT on S3
 
 
 def empty_config() -> model_server_config_pb2.ModelServerConfig:
@@ -91,10 +102,24 @@ class ServingDeployer:
         self.target = target
         self.load_timeout = load_timeout
         self.models = model_service or GrpcModelService(target.grpc_address, timeout=load_timeout)
-        target.config_file.parent.mkdir(parents=True, exist_ok=True)
+        self.base = str(target.model_base_path)
+        if storage.is_local(target.config_file):
+            config_file = storage.local_path(target.config_file)
+            config_file.parent.mkdir(parents=True, exist_ok=True)
+            lock_file = f"{config_file}.lock"
+        else:  # no lock files on object storage: one on this machine, named after the config's URL
+            digest = hashlib.sha256(str(target.config_file).encode()).hexdigest()[:16]
+            (storage.cache_root() / "locks").mkdir(parents=True, exist_ok=True)
+            lock_file = str(storage.cache_root() / "locks" / f"models-config-{digest}.lock")
         # Reentrant: reconcile takes it again inside. Bounded: a deployer that hangs holding it costs the others
         # `lock_timeout` seconds and a filelock.Timeout naming the lock file, not a wait without end.
-        self._lock = FileLock(f"{target.config_file}.lock", timeout=lock_timeout)
+        self._lock = FileLock(lock_file, timeout=lock_timeout)
+
+    def version_dir(self, name: str, version: int) -> Path | str:
+        """`<base>/<name>/<version>`: a Path on a local base path, a URL on object storage."""
+        if storage.is_local(self.base):
+            return storage.local_path(self.base) / name / str(version)
+        return storage.join(self.base, name, str(version))
 
     def lock(self) -> AbstractContextManager[object]:
         """Hold while deciding and applying a change, so no other deployer changes the server meanwhile."""
@@ -127,7 +152,8 @@ class ServingDeployer:
             config.model_config_list.config.extend(kept)
             return config
         entry = self._entry(config, name) or config.model_config_list.config.add(name=name)
-        entry.base_path = str((self.target.model_base_path / name).resolve())
+        entry.base_path = (str((storage.local_path(self.base) / name).resolve()) if storage.is_local(self.base)
+                           else storage.join(self.base, name))
         entry.model_platform = "tensorflow"
         entry.model_version_policy.specific.ClearField("versions")
         entry.model_version_policy.specific.versions.extend(versions)
@@ -137,13 +163,16 @@ class ServingDeployer:
         return config
 
     # -- steps ---------------------------------------------------------------------------------
-    def stage_version(self, name: str, version: int, saved_model_dir: Path, extra_files: dict[str, Path]) -> Path:
-        """Copy a SavedModel (+ extras, e.g. model.tflite) to `<base>/<name>/<version>/` atomically.
+    def stage_version(self, name: str, version: int, saved_model_dir: Path,
+                      extra_files: dict[str, Path]) -> Path | str:
+        """Copy a local SavedModel (+ extras, e.g. model.tflite) to `<base>/<name>/<version>/` atomically.
 
         A retry that finds the same content in place is a no-op; different content under an existing
         version number is refused, because TF Serving never reloads an overwritten version folder.
         """
-        model_dir = self.target.model_base_path / name
+        if not storage.is_local(self.base):
+            return self._upload_version(name, version, saved_model_dir, extra_files)
+        model_dir = storage.local_path(self.base) / name
         model_dir.mkdir(parents=True, exist_ok=True)
         final = model_dir / str(version)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
@@ -161,8 +190,25 @@ class ServingDeployer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _upload_version(self, name: str, version: int, saved_model_dir: Path, extra_files: dict[str, Path]) -> str:
+        final = storage.join(self.base, name, str(version))
+        with tempfile.TemporaryDirectory(prefix=f"kiln-version-{version}-") as scratch:
+            staging = Path(scratch) / str(version)
+            shutil.copytree(saved_model_dir, staging)
+            for relative, source in extra_files.items():
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, staging / relative)
+            if self.is_staged(name, version):
+                if not _same_tree(staging, storage.localize(final)):
+                    raise DeployError(f"{final} already exists with different content; refusing to overwrite")
+                return final
+            storage.remove(final, first=COMPLETES_VERSION)  # the leftovers of an upload that died midway
+            storage.upload_dir(staging, final, last=COMPLETES_VERSION)
+        return final
+
     def is_staged(self, name: str, version: int) -> bool:
-        return (self.target.model_base_path / name / str(version) / "saved_model.pb").exists()
+        """The version folder is complete (its `saved_model.pb`, written or uploaded last, is there)."""
+        return storage.exists(storage.join(self.base, name, str(version), "saved_model.pb"))
 
     def reconcile(self, name: str, stable: int | None, canary: int | None = None,
                   keep: Iterable[int] = ()) -> ServedModel:
@@ -233,14 +279,14 @@ class ServingDeployer:
         with self.lock():
             if version in self.served(name).versions:
                 raise DeployError(f"{name} version {version} is served; reconcile it away instead")
-            shutil.rmtree(self.target.model_base_path / name / str(version), ignore_errors=True)
+            storage.remove(self.version_dir(name, version), first=COMPLETES_VERSION)
 
     def _collect_garbage(self, name: str, dropped: set[int]) -> None:
         """Delete the folders of versions the server just stopped serving (MLflow keeps every version's
         artifacts; a sync brings one back). Staged versions not yet pushed stay."""
         for version in dropped:
-            folder = self.target.model_base_path / name / str(version)
-            shutil.rmtree(folder, ignore_errors=True)
+            folder = self.version_dir(name, version)
+            storage.remove(folder, first=COMPLETES_VERSION)
             log.info("removed %s (no longer served)", folder)
 
     def _apply(self, config) -> None:

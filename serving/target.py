@@ -10,5 +10,5 @@ from pathlib import Path
 class ServingTarget:
     grpc_address: str  # host:port of the gRPC ModelService / PredictionService
     rest_url: str  # http://host:port of the REST API
-    model_base_path: Path  # models are served from <model_base_path>/<model name>/<version>/
-    config_file: Path  # the server's --model_config_file (ModelServerConfig text proto)
+    model_base_path: Path | str  # models are served from <model_base_path>/<model name>/<version>/ (a path or URL)
+    config_file: Path | str  # the server's --model_config_file (ModelServerConfig text proto; a path or URL)

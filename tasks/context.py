@@ -24,9 +24,13 @@ class ServingEndpoints(BaseModel):
 
     def target(self):  # -> serving.target.ServingTarget (imported lazily: tasks does not need serving)
         from serving.target import ServingTarget
+        from tasks.storage import is_local
+
+        def place(where: str) -> Path | str:  # object storage stays a URL
+            return Path(where.removeprefix("file://")) if is_local(where) else where
 
         return ServingTarget(grpc_address=self.grpc_address, rest_url=self.rest_url,
-                             model_base_path=Path(self.model_base_path), config_file=Path(self.config_file))
+                             model_base_path=place(self.model_base_path), config_file=place(self.config_file))
 
 
 class NotConfiguredError(RuntimeError):

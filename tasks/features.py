@@ -217,9 +217,13 @@ def label_values(tf: Any, parsed: dict[str, Any], label: LabelSpec) -> Any:
 
 def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec, batch_size: int,
             shuffle_seed: int | None, repeat: bool) -> Any:
-    """Batches of (served inputs, target) from TFRecord shards; sharded by data across workers."""
+    """Batches of (served inputs, target) from TFRecord shards (paths or URLs: object storage is read from a
+    local cache, TensorFlow has no S3 file system here); sharded by data across workers."""
     import tensorflow as tf
 
+    from tasks.storage import local_files
+
+    files = local_files(files)
     spec = parse_spec(features, label)
 
     def parse(records: Any) -> tuple[dict[str, Any], Any]:

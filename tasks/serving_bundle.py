@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import Model
-from tasks.artifacts.optimized import TFLITE_FILE, OptimizedModel
+from tasks.artifacts.model import SAVED_MODEL_DIR, Model
+from tasks.artifacts.optimized import SERVED_SAVED_MODEL, TFLITE_FILE, OptimizedModel
 from tasks.features import FeatureSpec, load_arrays
 from tasks.models.export import SIGNATURE
 
@@ -27,7 +27,9 @@ WARMUP_RECORDS = 8
 def write_version_folder(folder: Path, trained: Model, optimized: OptimizedModel, examples: Examples,
                          served_model_name: str) -> Path:
     """Fill `folder` (new) with the version's files; the same inputs give the same bytes (a retry is a no-op)."""
-    shutil.copytree(optimized.fine_tuned_saved_model or trained.saved_model, folder)
+    # Local copies (the artifacts may be on object storage): the folder is written locally, then published.
+    source = optimized.local(SERVED_SAVED_MODEL) if optimized.fine_tuned_saved_model else trained.local(SAVED_MODEL_DIR)
+    shutil.copytree(source, folder)
     features = trained.preprocessing.features
     inputs, _ = load_arrays(examples.split_files("eval"), features, trained.preprocessing.label,
                             limit=WARMUP_RECORDS)
@@ -35,7 +37,7 @@ def write_version_folder(folder: Path, trained: Model, optimized: OptimizedModel
     warmup.parent.mkdir(parents=True, exist_ok=True)
     write_warmup_requests(warmup, served_model_name, features, inputs)
     if optimized.tflite_path:
-        shutil.copy2(optimized.tflite_path, folder / TFLITE_FILE)
+        shutil.copy2(optimized.local(TFLITE_FILE), folder / TFLITE_FILE)
     return folder
 
 

@@ -37,6 +37,15 @@ def tiny_digits_csv(tmp_path_factory):
     return tiny
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on loopback for the session, a bucket `kiln` in it, and the AWS_* variables set."""
+    from tests.s3 import moto_s3
+
+    with moto_s3() as server:
+        yield server
+
+
 @pytest.fixture
 def model_server(tmp_path):
     """A kiln-model-server with an empty model config, as `kiln up` starts it; yields its target."""

@@ -73,10 +73,17 @@ def parse_text_proto_file(path: str, message_class):
     """Parse a text-format proto file, raising ConfigFileError with TF Serving's wording on failure."""
     full_name = message_class.DESCRIPTOR.full_name
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        if "://" in path and not path.startswith("file://"):  # e.g. s3://bucket/models.config (TF Serving's too)
+            import fsspec
+
+            fs, remote = fsspec.core.url_to_fs(path)
+            fs.invalidate_cache(remote)
+            text = fs.cat_file(remote).decode("utf-8")
+        else:
+            with open(path.removeprefix("file://"), encoding="utf-8") as handle:
+                text = handle.read()
     except OSError as exc:
-        raise ConfigFileError(f"Not found: {path}; {exc.strerror}") from exc
+        raise ConfigFileError(f"Not found: {path}; {exc.strerror or exc}") from exc
     try:
         return text_format.Parse(text, message_class())
     except text_format.ParseError as exc:

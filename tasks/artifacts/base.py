@@ -27,6 +27,11 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import fsspec
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tasks import storage
+from tasks.storage import is_local, local_path
+
+__all__ = ["ArtifactError", "ArtifactType", "MANIFEST", "Manifest", "Properties", "Staging", "is_local", "local_path"]
+
 MANIFEST = "kiln-artifact.json"
 
 
@@ -52,14 +57,6 @@ class Properties(BaseModel):
 P = TypeVar("P", bound=Properties)
 
 KINDS: dict[str, type[ArtifactType[Any]]] = {}
-
-
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def local_path(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))
 
 
 def fingerprint_dir(folder: Path) -> str:
@@ -100,6 +97,11 @@ class ArtifactType(Generic[P]):
         """A file inside the artifact (a local path, or a URL on object storage)."""
         return "/".join([self.uri.rstrip("/"), *parts])
 
+    def local(self, *parts: str) -> Path:
+        """A local path holding a file or folder of the artifact, for what reads only local files (TensorFlow,
+        `mlflow.log_artifact`): the path itself when the artifact is local, else a cached download."""
+        return storage.localize(self.path(*parts))
+
     @classmethod
     def read(cls, uri: str) -> Self:
         """The artifact at `uri`; fails in one line when it is missing or of another kind."""
@@ -138,6 +140,8 @@ def read_text_proto(path: str, message: Any) -> Any:
 
 def read_manifest(uri: str, kind: str | None = None) -> Manifest:
     fs, path = fsspec.core.url_to_fs(uri)
+    if not is_local(uri):
+        fs.invalidate_cache(path)  # another process may have published (or removed) it since this one listed
     try:
         with fs.open(f"{path}/{MANIFEST}") as fh:
             manifest = Manifest.model_validate(json.load(fh))
@@ -167,12 +171,15 @@ def _commit(staging: Path, uri: str, manifest: str) -> None:
         (staging / MANIFEST).write_text(manifest)
         _replace_dir(staging, local_path(uri))
         return
+    # No rename on object storage: the manifest is what makes the folder an artifact. An older artifact's
+    # manifest goes first (its other files after it), then the new files, then the new manifest: a reader
+    # sees the old artifact whole, nothing, or the new one whole; a publish that dies midway leaves files
+    # without a manifest, which readers ignore and the retry's publish removes.
     fs, path = fsspec.core.url_to_fs(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    fs.put(str(staging) + "/", path, recursive=True)
-    with fs.open(f"{path}/{MANIFEST}", "w") as fh:
-        fh.write(manifest)
+    storage.remove(uri, first=[MANIFEST])
+    storage.upload_dir(staging, uri)
+    fs.pipe_file(f"{path}/{MANIFEST}", manifest.encode())
+    fs.invalidate_cache(path)
 
 
 def _replace_dir(staging: Path, target: Path) -> None:

@@ -73,6 +73,8 @@ class Examples(ArtifactType[ExamplesProperties]):
         """Every `tf.train.Example` of a split, parsed as a proto (for statistics: no schema assumed)."""
         import tensorflow as tf
 
-        dataset = tf.data.TFRecordDataset(self.split_files(split), compression_type="GZIP")
+        from tasks.storage import local_files
+
+        dataset = tf.data.TFRecordDataset(local_files(self.split_files(split)), compression_type="GZIP")
         for record in dataset.as_numpy_iterator():
             yield tf.train.Example.FromString(record)

@@ -59,7 +59,9 @@ def load_serving_function(saved_model_dir: str | Path) -> Any:
     """The `serving_default` concrete function: call it as fn(**inputs) -> dict of tensors."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    from tasks.storage import localize
+
+    loaded = tf.saved_model.load(str(localize(saved_model_dir)))  # a URL: from the local cache
     fn = loaded.signatures[SIGNATURE]
     fn._kiln_keepalive = loaded  # the function dies with the loaded object otherwise
     return fn

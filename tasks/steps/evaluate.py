@@ -26,7 +26,7 @@ import numpy as np
 from tasks import plots, tracking
 from tasks.artifacts.evaluation import METRICS_FILE, Check, EvaluationProperties, ModelEvaluation
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import Model
+from tasks.artifacts.model import SAVED_MODEL_DIR, Model
 from tasks.config import ChangeThreshold, ConfigError, EvaluateConfig, PipelineConfig
 from tasks.context import StepContext
 from tasks.errors import BadInputError
@@ -71,7 +71,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
     trained = Model.read(model)
     data = Examples.read(examples)
     files = data.split_files("eval")
-    candidate = _score("candidate", Path(trained.saved_model), trained.preprocessing, files)
+    candidate = _score("candidate", trained.local(SAVED_MODEL_DIR), trained.preprocessing, files)
     champion, champion_problem = _champion(config, ctx, files)
     slices = _slices(config.evaluate, data, files, trained.preprocessing.label, candidate, champion)
     overall = _overall(candidate)

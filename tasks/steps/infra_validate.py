@@ -22,7 +22,7 @@ import numpy as np
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.infra_blessing import InfraBlessing, InfraBlessingProperties
 from tasks.artifacts.model import Model
-from tasks.artifacts.registered import RegisteredModel
+from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
@@ -40,7 +40,7 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
     settings = config.serving
     trained, data = Model.read(model), Examples.read(examples)
     registration = RegisteredModel.read(registered)
-    candidate = (Path(registration.version_folder), registration.properties.version)
+    candidate = (registration.local(VERSION_FOLDER), registration.properties.version)  # the sandbox reads it locally
     inputs, _ = load_arrays(data.split_files("eval"), trained.preprocessing.features, trained.preprocessing.label,
                             limit=settings.infra_examples)
     timeout = settings.infra_load_timeout_seconds

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks.artifacts.base import is_local
+from tasks import storage
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import Model
+from tasks.artifacts.model import SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import (
     REPORT_JSON,
     REPORT_MD,
@@ -52,6 +52,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
     import mlflow
 
     trained = Model.read(model)
+    saved_model = trained.local(SAVED_MODEL_DIR)  # TensorFlow reads local files only (tasks.storage)
     data = Examples.read(examples)
     label = trained.preprocessing.label
     features = trained.preprocessing.features
@@ -61,14 +62,15 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
     with OptimizedModel.publish(out_uri) as out:
         measure = _Measure(label, eval_inputs, targets, config.optimize.latency_runs)
         files: dict[str, bytes] = {}
-        baseline = measure.variant(BASELINE, lambda: tflite.convert(Path(trained.saved_model), "float32"), files)
+        baseline = measure.variant(BASELINE, lambda: tflite.convert(saved_model, "float32"), files)
         variants: list[VariantResult] = []
-        sources: dict[str, Path | str] = {"trained": Path(trained.saved_model)}
+        sources: dict[str, Path | str] = {"trained": saved_model}
         if baseline.skipped_reason:
             variants = [_skipped(v, label, f"the float32 baseline does not convert: {baseline.skipped_reason}")
                         for v in config.optimize.variants]
         else:
-            sources |= _fine_tune(config, ctx, trained, data, work, fine_tunes_needed(config.optimize.variants))
+            sources |= _fine_tune(config, ctx, trained, saved_model, data, work,
+                                  fine_tunes_needed(config.optimize.variants))
             representative = _representative(data, trained, config.optimize.representative_examples)
             for name in config.optimize.variants:
                 source, conversion = RECIPES[name]
@@ -85,7 +87,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
         out.properties = OptimizedProperties(
             metric_name=HEADLINE[label.task], budget=budget,
             budget_unit="accuracy points" if label.task == "classification" else "relative RMSE increase",
-            saved_model_bytes=_dir_bytes(Path(trained.saved_model)), baseline=baseline, variants=variants,
+            saved_model_bytes=_dir_bytes(saved_model), baseline=baseline, variants=variants,
             selected=selected.name, served_saved_model=served)
         _report(out.dir, out.properties)
         for name in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
@@ -95,7 +97,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
                             if getattr(r, key) is not None})
         mlflow.set_tag("kiln.optimized_variant", selected.name)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("optimize:\n%s", (Path(out_uri) / REPORT_MD).read_text() if is_local(out_uri) else selected.name)
+    log.info("optimize:\n%s", storage.read_text(f"{out_uri}/{REPORT_MD}"))
     return {"optimized": out_uri}
 
 
@@ -154,8 +156,8 @@ def _select(baseline: VariantResult, variants: list[VariantResult], budget: floa
     return min(eligible, key=lambda v: (v.gzip_bytes, v.name != BASELINE))
 
 
-def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, data: Examples, work: Path,
-               jobs: list[str]) -> dict[str, Path | str]:
+def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, saved_model: Path, data: Examples,
+               work: Path, jobs: list[str]) -> dict[str, Path | str]:
     """Fine-tuned SavedModels by name (or, for a fine-tune tfmot could not build, the reason)."""
     if not jobs:
         return {}
@@ -167,7 +169,7 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, data: E
         "num_train": data.properties.row_counts["train"], "num_eval": data.properties.row_counts["eval"],
         "preprocessing": trained.preprocessing.model_dump(mode="json"), "model": trained.properties.model,
         "hparams": trained.properties.hparams, "train": train.model_dump(mode="json"),
-        "initial_weights": str(Path(trained.saved_model) / "variables" / "variables"),
+        "initial_weights": str(saved_model / "variables" / "variables"),
         "fine_tunes": jobs, "fine_tune_epochs": opt.fine_tune_epochs,
         "learning_rate": opt.fine_tune_learning_rate or train.learning_rate / 10,
         "target_sparsity": opt.target_sparsity, "prune_skip": opt.prune_skip,

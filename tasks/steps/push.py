@@ -11,12 +11,11 @@ anything is written; a load that fails puts the alias and the server back as the
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from tasks import tracking
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.pushed import PushedModel, PushedProperties
-from tasks.artifacts.registered import RegisteredModel
+from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.model_registry import CHALLENGER, move_alias
@@ -41,7 +40,9 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, infra_blessin
     forced = None if ModelEvaluation.read(evaluation).properties.blessed else config.serving.force_push_reason
     if forced:
         client.set_model_version_tag(model_name, str(version), "kiln.forced_push_reason", forced)
-    version_dir = deployer.stage_version(name, version, Path(registration.version_folder), {})
+    # A local copy of the version folder (the artifact may be on object storage); the deployer uploads it when
+    # the model base path is on object storage too.
+    version_dir = deployer.stage_version(name, version, registration.local(VERSION_FOLDER), {})
     by = f"{ctx.dag_id} run {ctx.run_id}"
     why = f"forced: {forced}" if forced else "model- and infra-blessed"
     try:

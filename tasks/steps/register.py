@@ -22,11 +22,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tasks import tracking
+from tasks import storage, tracking
 from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import CURVES_FILE, Model
-from tasks.artifacts.optimized import REPORT_JSON, REPORT_MD, REPORT_PLOT, OptimizedModel
+from tasks.artifacts.model import CURVES_FILE, SAVED_MODEL_DIR, Model
+from tasks.artifacts.optimized import REPORT_JSON, REPORT_MD, REPORT_PLOT, TFLITE_FILE, OptimizedModel
 from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel, RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
@@ -93,7 +93,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     import mlflow
     import tf_keras as keras
 
-    saved_model = Path(trained.saved_model)
+    saved_model = trained.local(SAVED_MODEL_DIR)  # mlflow and tf_keras read local files (tasks.storage)
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features
     example = _example_inputs(features)
@@ -101,16 +101,16 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
                                        signature=_signature(saved_model, example), input_example=example)
     mlflow.log_artifacts(str(version_folder), artifact_path=SERVING_ARTIFACT_PATH)
     if optimized.tflite_path:
-        mlflow.log_artifact(optimized.tflite_path, artifact_path="tflite")
+        mlflow.log_artifact(str(optimized.local(TFLITE_FILE)), artifact_path="tflite")
     for report in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
-        mlflow.log_artifact(optimized.path(report), artifact_path="compression")
+        mlflow.log_artifact(str(optimized.local(report)), artifact_path="compression")
     mlflow.log_text(trained.preprocessing.model_dump_json(indent=1), f"{CONTRACT_ARTIFACT_PATH}/{CONTRACT_FILE}")
-    mlflow.log_artifact(schema.path(SCHEMA_FILE), artifact_path=SCHEMA_ARTIFACT_PATH)
-    mlflow.log_artifact(evaluated.path(METRICS_FILE), artifact_path="evaluation")
-    if Path(trained.path(CURVES_FILE)).exists():
-        mlflow.log_artifact(trained.path(CURVES_FILE), artifact_path="training")
+    mlflow.log_artifact(str(schema.local(SCHEMA_FILE)), artifact_path=SCHEMA_ARTIFACT_PATH)
+    mlflow.log_artifact(str(evaluated.local(METRICS_FILE)), artifact_path="evaluation")
+    if storage.exists(trained.path(CURVES_FILE)):
+        mlflow.log_artifact(str(trained.local(CURVES_FILE)), artifact_path="training")
     for plot in evaluated.properties.plots:
-        mlflow.log_artifact(evaluated.path(plot), artifact_path="evaluation")
+        mlflow.log_artifact(str(evaluated.local(plot)), artifact_path="evaluation")
     props = evaluated.properties
     metrics = {f"eval_{k}": v for k, v in props.metrics.items() if v == v}  # NaN is not a metric
     selected = optimized.properties.selected_result
@@ -140,7 +140,7 @@ def _finish_version(config: PipelineConfig, ctx: StepContext, version: Any, trai
     before it died, so the card lands in the version's own run, not in this try's."""
     client = tracking.client(ctx)
     props = evaluated.properties
-    slices = json.loads(Path(evaluated.path(METRICS_FILE)).read_text()).get("slices", [])
+    slices = json.loads(storage.read_text(evaluated.path(METRICS_FILE))).get("slices", [])
     lineage = {"DAG": ctx.dag_id, "DAG run": ctx.run_id,
                "MLflow parent run": version.tags.get("kiln.parent_run_id", ""),
                "MLflow register run": version.run_id, **ctx.lineage}

@@ -61,7 +61,9 @@ def _label_column(files: list[str], column: str, value_type: str) -> np.ndarray:
 
     dtype = {"float": tf.float32, "string": tf.string}.get(value_type, tf.int64)
     spec = {column: tf.io.FixedLenFeature([], dtype)}
-    data = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
+    from tasks.storage import local_files
+
+    data = tf.data.TFRecordDataset(local_files(files), compression_type="GZIP").batch(4096)
     chunks = [batch[column] for batch in data.map(lambda r: tf.io.parse_example(r, spec)).as_numpy_iterator()]
     values = np.concatenate(chunks) if chunks else np.zeros([0])
     return np.array([v.decode() for v in values], dtype=object) if value_type == "string" else values

@@ -1,0 +1,159 @@
+"""Local paths and fsspec URLs (`s3://`, `gs://`, `file://`, ...) alike, for everything that is not an artifact's
+own publish (`tasks.artifacts.base`).
+
+TensorFlow reads and writes `s3://` only with the tensorflow-io plugin, which kiln does not depend on, so the
+rule is: TensorFlow always works on local files. Remote files are downloaded to a local cache first
+(`localize`), and what TensorFlow wrote locally is uploaded afterwards (`upload_dir`, with the files that mark a
+folder complete uploaded last). A local path or `file://` URL is used in place: no copy.
+
+The cache (`<tmp>/kiln-cache/`) is keyed by the URL and its listing (names, sizes, ETags or mtimes), so a
+republished artifact or a replaced file is downloaded again, and two processes filling the same entry at once
+both end with a complete copy (each downloads to a private folder and renames it into place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+# What tells two versions of one remote file apart, by file system (S3: ETag; GCS: md5Hash/generation; local:
+# mtime). Whichever the listing has is part of the cache key.
+_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "updated")
+
+
+def is_local(uri: str | os.PathLike[str]) -> bool:
+    uri = str(uri)
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    return Path(str(uri).removeprefix("file://"))
+
+
+def join(uri: str | os.PathLike[str], *parts: str) -> str:
+    """`uri/part/...`: a local path or a URL, as given."""
+    return "/".join([str(uri).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def url_to_fs(uri: str | os.PathLike[str]) -> tuple[Any, str]:
+    return fsspec.core.url_to_fs(str(uri))
+
+
+def exists(uri: str | os.PathLike[str]) -> bool:
+    if is_local(uri):
+        return local_path(uri).exists()
+    fs, path = url_to_fs(uri)
+    fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
+def read_text(uri: str | os.PathLike[str]) -> str:
+    if is_local(uri):
+        return local_path(uri).read_text()
+    fs, path = url_to_fs(uri)
+    return fs.cat_file(path).decode()
+
+
+def write_text(uri: str | os.PathLike[str], text: str) -> None:
+    """Replace a file whole: a rename locally, one PUT on object storage (a reader sees the old or the new)."""
+    if is_local(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    fs, path = url_to_fs(uri)
+    fs.pipe_file(path, text.encode())
+
+
+def remove(uri: str | os.PathLike[str], first: Sequence[str] = ()) -> None:
+    """Delete a folder (missing: nothing to do). `first`: files inside it deleted before the rest, so a folder
+    that is complete only with them (a version's `saved_model.pb`) stops counting as complete at once."""
+    if is_local(uri):
+        shutil.rmtree(local_path(uri), ignore_errors=True)
+        return
+    fs, path = url_to_fs(uri)
+    fs.invalidate_cache(path)
+    for name in first:
+        if fs.exists(f"{path}/{name}"):
+            fs.rm_file(f"{path}/{name}")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def listing(uri: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """{relative path: info} of every file under a folder URL ({"": info} for a file); fresh, not cached."""
+    fs, path = url_to_fs(uri)
+    path = path.rstrip("/")
+    fs.invalidate_cache(path)
+    found = fs.find(path, detail=True)
+    if not found:
+        raise FileNotFoundError(str(uri))
+    if list(found) == [path] and found[path].get("type") == "file":
+        return {"": found[path]}
+    return {name[len(path) + 1:]: info for name, info in found.items() if name.startswith(path + "/")}
+
+
+def _fingerprint(uri: str, files: dict[str, dict[str, Any]]) -> str:
+    described = sorted((name, info.get("size"), next((str(info[k]) for k in _VERSION_KEYS if info.get(k)), ""))
+                       for name, info in files.items())
+    return hashlib.sha256(json.dumps([uri, described]).encode()).hexdigest()[:24]
+
+
+def cache_root() -> Path:
+    return Path(tempfile.gettempdir()) / "kiln-cache"
+
+
+def localize(uri: str | os.PathLike[str], cache: Path | None = None) -> Path:
+    """A local path holding the file or folder at `uri`: the path itself when local, else a cached download."""
+    if is_local(uri):
+        return local_path(uri)
+    uri = str(uri).rstrip("/")
+    files = listing(uri)
+    name = uri.rsplit("/", 1)[-1] or "root"
+    entry = (cache or cache_root()) / _fingerprint(uri, files)
+    if (entry / name).exists():
+        return entry / name
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        fs, path = url_to_fs(uri)
+        for relative in files:
+            target = scratch / name / relative if relative else scratch / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{path.rstrip('/')}/{relative}" if relative else path, str(target))
+        try:
+            os.replace(scratch, entry)
+        except OSError:  # another process filled the same entry meanwhile: the same content
+            if not (entry / name).exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return entry / name
+
+
+def local_files(files: Iterable[str]) -> list[str]:
+    """Local paths for files given as paths or URLs (what `tf.data` needs without tensorflow-io)."""
+    return [str(localize(f)) if not is_local(f) else str(local_path(f)) for f in files]
+
+
+def upload_dir(folder: Path, uri: str, last: Sequence[str] = ()) -> None:
+    """Put a local folder's files at the folder URL `uri`; the files named in `last` (relative paths) go after
+    all others, in that order, so a reader that waits for them never sees the folder half uploaded."""
+    fs, path = url_to_fs(uri)
+    path = path.rstrip("/")
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    ordered = [f for f in files if f not in last] + [f for f in last if f in files]
+    for relative in ordered:
+        fs.put_file(str(folder / relative), f"{path}/{relative}")
+    fs.invalidate_cache(path)
