@@ -136,7 +136,8 @@ class Stack:
                 "TF_USE_LEGACY_KERAS": "1",
                 "TF_CPP_MIN_LOG_LEVEL": "1",
                 "KILN_HOME": str(self.home),
-                "KILN_ARTIFACT_ROOT": str(self.home / "artifacts"),
+                # Object storage when the operator says so (s3://bucket/artifacts), else under KILN_HOME.
+                "KILN_ARTIFACT_ROOT": os.environ.get("KILN_ARTIFACT_ROOT") or str(self.home / "artifacts"),
                 "KILN_SERVING_GRPC": f"127.0.0.1:{self.ports.serving_grpc}",
                 "KILN_SERVING_REST": self.serving_rest_url,
                 "KILN_SERVING_MODELS": str(self.serving_models),
@@ -205,7 +206,8 @@ class Stack:
                     "mlflow", "server",
                     "--backend-store-uri", self.fleet.database_url("mlflow", "postgresql+psycopg2") if self.fleet else
                     f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                    "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                    "--artifacts-destination",
+                    os.environ.get("KILN_MLFLOW_ARTIFACTS") or str(mlflow_dir / "artifacts"),
                     "--host", "127.0.0.1", "--port", str(self.ports.mlflow), "--workers", "1",
                 ],
                 health_url=f"{self.mlflow_url}/health",
