@@ -4,6 +4,7 @@ restart logs in again; a trigger whose answer was lost creates one run, not two;
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -68,7 +69,10 @@ def test_a_run_is_followed_through_an_api_server_restart(fake, tmp_path, monkeyp
     assert fake.runs[run_id]["conf"] == {"epochs": 1}
     assert [(t.state, t.try_number) for t in seen] == [("queued", 1), ("running", 1), ("failed", 1),
                                                        ("up_for_retry", 1), ("running", 2), ("success", 2)]
-    assert waiting(lines) == [f"Airflow API at {fake.url} not answering (ConnectError), retrying for 120 s"]
+    # Refused while it is down, or cut off mid-request as it stops: either way, said once.
+    [said] = waiting(lines)
+    assert re.fullmatch(rf"Airflow API at {fake.url} not answering \((ConnectError|ReadError|RemoteProtocolError)\), "
+                        r"retrying for 120 s", said), said
     assert any(line.startswith(f"Airflow API at {fake.url} answering again after ") for line in lines)
     assert fake.asked["POST /auth/token"] == 2  # the restarted server rejected the old token: one new login
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import infra.cli as cli
 from infra.airflow_api import TaskState
+from tasks.config import PlacementConfig
 
 STATES = [state.value for state in TaskInstanceState]  # a state a new Airflow adds is tested too
 ODD = ["none_of_the_above", "[/]", "[bold]closing[/]", "up_for_retry[/]"]
@@ -79,8 +80,10 @@ def fake_run(tmp_path, monkeypatch):
     monkeypatch.setattr(infra.runner, "trigger_and_follow", follow)
     monkeypatch.setattr(infra.runner, "summarize", lambda client, stack, run_id, config: dict(outcome["summary"]))
     monkeypatch.setattr(infra.pipelines, "register", lambda *args: False)
-    monkeypatch.setattr(cli, "validated_config", lambda path, overrides, home: SimpleNamespace(pipeline="fake"))
-    monkeypatch.setattr(cli.Stack, "load", classmethod(lambda cls, home_path: SimpleNamespace(home=home)))
+    monkeypatch.setattr(cli, "validated_config", lambda path, overrides, home: SimpleNamespace(pipeline="fake",
+                                                                                            placement=PlacementConfig()))
+    monkeypatch.setattr(cli.Stack, "load", classmethod(lambda cls, home_path: SimpleNamespace(
+        home=home, executors=["LocalExecutor"], remap={})))
     return outcome
 
 
