@@ -157,3 +157,36 @@ def upload_dir(folder: Path, uri: str, last: Sequence[str] = ()) -> None:
     for relative in ordered:
         fs.put_file(str(folder / relative), f"{path}/{relative}")
     fs.invalidate_cache(path)
+
+
+def download_dir(uri: str, folder: Path) -> bool:
+    """Copy the files under the folder URL `uri` into `folder` (created; files there are overwritten, others
+    kept); False when there is nothing at `uri`. Unlike `localize`, no cache: for state that changes every
+    epoch (training backups) or that is copied once into a staging folder."""
+    try:
+        files = listing(uri)
+    except FileNotFoundError:
+        return False
+    fs, path = url_to_fs(uri)
+    for relative in files:
+        target = folder / relative if relative else folder
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{path.rstrip('/')}/{relative}" if relative else path, str(target))
+    return True
+
+
+def mirror_dir(folder: Path, uri: str, last: Sequence[str] = ()) -> None:
+    """Make the folder URL `uri` hold what `folder` holds: upload every file (`last` after the others), then
+    delete the remote files the folder no longer has. A reader that follows `last` (a checkpoint's index
+    file) finds what it names at every moment: new files arrive before it, old ones go after it."""
+    upload_dir(folder, uri, last)
+    keep = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    fs, path = url_to_fs(uri)
+    try:
+        remote = listing(uri)
+    except FileNotFoundError:  # an empty folder mirrored to nothing
+        return
+    for relative in remote:
+        if relative and relative not in keep:
+            fs.rm_file(f"{path.rstrip('/')}/{relative}")
+    fs.invalidate_cache(path.rstrip("/"))

@@ -43,7 +43,7 @@ from tasks.context import StepContext
 from tasks.features import LabelSpec, load_arrays
 from tasks.metrics import HEADLINE, classification_metrics, regression_metrics
 from tasks.models.assemble import PREDICTION, PROBABILITIES
-from tasks.training.launcher import launcher_for
+from tasks.training.launcher import TrainError, launcher_for, remote_work_uri
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
                             if getattr(r, key) is not None})
         mlflow.set_tag("kiln.optimized_variant", selected.name)
     shutil.rmtree(work, ignore_errors=True)
+    if remote := remote_work_uri(config.train, ctx, "optimize"):
+        storage.remove(remote)
     log.info("optimize:\n%s", storage.read_text(f"{out_uri}/{REPORT_MD}"))
     return {"optimized": out_uri}
 
@@ -161,27 +163,43 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, saved_m
     """Fine-tuned SavedModels by name (or, for a fine-tune tfmot could not build, the reason)."""
     if not jobs:
         return {}
-    outputs = {job: work / job for job in jobs}
     opt, train = config.optimize, config.train
+    # Local workers write into the work folder; pods (train.launcher: kubernetes) share only the artifact
+    # store: they read the trained weights from the Model and write to the step's work folder there.
+    remote = remote_work_uri(train, ctx, "optimize")
+    base = remote or str(work)
+    outputs = {job: storage.join(base, job) for job in jobs}
     spec = {
         "mode": "compress",
         "train_files": data.split_files("train"), "eval_files": data.split_files("eval"),
         "num_train": data.properties.row_counts["train"], "num_eval": data.properties.row_counts["eval"],
         "preprocessing": trained.preprocessing.model_dump(mode="json"), "model": trained.properties.model,
         "hparams": trained.properties.hparams, "train": train.model_dump(mode="json"),
-        "initial_weights": str(saved_model / "variables" / "variables"),
+        "initial_weights": (trained.path(SAVED_MODEL_DIR, "variables", "variables") if remote
+                            else str(saved_model / "variables" / "variables")),
         "fine_tunes": jobs, "fine_tune_epochs": opt.fine_tune_epochs,
         "learning_rate": opt.fine_tune_learning_rate or train.learning_rate / 10,
         "target_sparsity": opt.target_sparsity, "prune_skip": opt.prune_skip,
-        "outputs": {job: str(path) for job, path in outputs.items()},
-        "report_path": str(work / "fine_tunes.json"), "scratch_dir": str(work / "scratch"),
+        "outputs": outputs,
+        "report_path": storage.join(base, "fine_tunes.json"), "scratch_dir": storage.join(base, "scratch"),
     }
     # A dead worker restarts the group like in train, but the fine-tunes start over: they are a few
     # epochs each, and a re-export overwrites a half-written one.
     launcher_for(train, ctx, "optimize").run(spec, train.num_workers, train.worker_timeout_seconds,
                                              train.max_restarts)
-    report = json.loads((work / "fine_tunes.json").read_text())
-    return {job: report[job]["skipped"] if "skipped" in report.get(job, {}) else outputs[job] for job in jobs}
+    report = json.loads(storage.read_text(spec["report_path"]))
+    found: dict[str, Path | str] = {}
+    for job in jobs:
+        if "skipped" in report.get(job, {}):
+            found[job] = report[job]["skipped"]
+        elif remote:  # TensorFlow's converter reads local files: a copy in the local work folder
+            if not storage.exists(storage.join(outputs[job], "saved_model.pb")):
+                raise TrainError(f"the optimize workers finished but left no {job} SavedModel at {outputs[job]}")
+            storage.download_dir(outputs[job], work / job)
+            found[job] = work / job
+        else:
+            found[job] = Path(outputs[job])
+    return found
 
 
 def _representative(data: Examples, trained: Model, count: int) -> Any:

@@ -2,7 +2,9 @@
 
 Backups and metrics live in a work folder that survives a retry, so a retried task resumes at the
 last finished epoch (BackupAndRestore); within a try, the launcher restarts the worker group when a
-worker dies (`train.max_restarts`), and it resumes the same way. The Model's properties carry the served features and label:
+worker dies (`train.max_restarts`), and it resumes the same way. Local workers write into the Model's
+staging folder and a local work folder; pods (`train.launcher: kubernetes`) share only the artifact
+store, so they get URLs in the step's work folder there, and the step reads their results back. The Model's properties carry the served features and label:
 the contract every later step and every client relies on.
 """
 
@@ -12,15 +14,16 @@ import json
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from tasks import plots, tracking
+from tasks import plots, storage, tracking
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
 from tasks.artifacts.transform import TransformGraph
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
-from tasks.training.launcher import launcher_for, read_metrics
+from tasks.training.launcher import TrainError, launcher_for, read_metrics, remote_work_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
     out_uri = ctx.output_uri("train", "model")
     work_dir = ctx.work_dir("train")
     train = config.train
+    remote = remote_work_uri(train, ctx, "train")  # None: the workers write local paths
     tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items()
                          if k not in ("hparams", "kubernetes")}
                         | {f"train.hparams.{k}": v for k, v in train.hparams.items()})
@@ -46,16 +50,20 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
             "model": train.model,
             "hparams": train.hparams,
             "train": train.model_dump(mode="json"),
-            "saved_model_dir": str(out.dir / SAVED_MODEL_DIR),
-            "metrics_path": str(work_dir / METRICS_FILE),
-            "backup_dir": str(work_dir / "backup"),
-            "scratch_dir": str(work_dir / "scratch"),
+            **(_worker_paths(remote) if remote else {
+                "saved_model_dir": str(out.dir / SAVED_MODEL_DIR),
+                "metrics_path": str(work_dir / METRICS_FILE),
+                "backup_dir": str(work_dir / "backup"),
+                "scratch_dir": str(work_dir / "scratch"),
+            }),
         }
         started = time.monotonic()
         launcher = launcher_for(train, ctx, "train")
         recovery = launcher.run(spec, train.num_workers, train.worker_timeout_seconds, train.max_restarts)
         train_seconds = round(time.monotonic() - started, 2)
-        history = read_metrics(work_dir / METRICS_FILE)
+        if remote:
+            _download_saved_model(spec["saved_model_dir"], out.dir / SAVED_MODEL_DIR)
+        history = read_metrics(spec["metrics_path"])
         (out.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
         final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
         for record in history:
@@ -72,9 +80,25 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
             restarts=recovery.restarts, resumed_from_epoch=recovery.resumed_from_epoch,
         )
     shutil.rmtree(work_dir, ignore_errors=True)
+    if remote:
+        storage.remove(remote)
     log.info("train: %d epochs on %d worker(s) in %.1fs (%d restart(s)), final %s -> %s", train.epochs,
              train.num_workers, train_seconds, recovery.restarts, _brief(final), out_uri)
     return {"model": out_uri}
+
+
+def _worker_paths(work_uri: str) -> dict[str, str]:
+    return {"saved_model_dir": storage.join(work_uri, SAVED_MODEL_DIR),
+            "metrics_path": storage.join(work_uri, METRICS_FILE),
+            "backup_dir": storage.join(work_uri, "backup"),
+            "scratch_dir": storage.join(work_uri, "scratch")}  # the workers use a local folder of their own
+
+
+def _download_saved_model(uri: str, folder: Path) -> None:
+    """The chief uploads `saved_model.pb` last: without it the upload did not finish."""
+    if not storage.exists(storage.join(uri, "saved_model.pb")):
+        raise TrainError(f"the train workers finished but left no SavedModel at {uri}")
+    storage.download_dir(uri, folder)
 
 
 def _brief(metrics: dict[str, Any]) -> str:

@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import fsspec
-
 import tasks
 from infra.processes import free_ports, log_tail, stop_process_groups
+from tasks import storage
 from tasks.models.contract import ModelContractError
 
 if TYPE_CHECKING:
@@ -115,6 +114,15 @@ def launcher_for(train: TrainConfig, ctx: StepContext, step: str) -> WorkerLaunc
                                   name_prefix=f"kiln-{ctx.pipeline}-{step}",
                                   labels={"kiln.dev/pipeline": ctx.pipeline.strip("-_")[:63], "kiln.dev/step": step})
     return LocalProcessLauncher(ctx.work_dir(step))
+
+
+def remote_work_uri(train: TrainConfig, ctx: StepContext, step: str) -> str | None:
+    """Where the workers of one step write when they share only the artifact store with it: the step's
+    work folder on object storage, for `train.launcher: kubernetes` on a remote artifact root. None
+    otherwise: the local launcher's workers get local paths, exactly as always (and the Kubernetes
+    launcher refuses a local artifact root in one line)."""
+    uri = ctx.output_uri(step, ".work")
+    return uri if train.launcher == "kubernetes" and not storage.is_local(uri) else None
 
 
 def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path,
@@ -265,8 +273,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Per-epoch records (a local path or any fsspec URL); a resumed run may repeat an epoch, the last
     record of an epoch wins."""
     try:
-        with fsspec.open(str(path), "r") as fh:
-            text = fh.read()
+        text = storage.read_text(path)  # not fsspec.open: on object storage a cached listing may be stale
     except FileNotFoundError:
         return []
     by_epoch = {}
