@@ -30,6 +30,7 @@ from infra.stack import Stack
 from tasks.model_registry import MODEL_CARD
 from tasks.tracking import RUN_ID_TAG
 from tests.e2e.conftest import KILN
+from tests.servers import wait_for as wait_until
 
 pytestmark = pytest.mark.slow
 DIGITS_YAML = Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"
@@ -40,13 +41,7 @@ HEARTBEATS = {"airflow-scheduler": ("scheduler", "latest_scheduler_heartbeat"),
 
 
 def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s")
+    return wait_until(condition, timeout, interval=0.1, message=what)
 
 
 def _running_task(stack: Stack, dag_id: str, task_id: str) -> str | None:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +15,7 @@ import pytest
 
 from infra.processes import free_port
 from infra.supervision import Program, Supervisor
+from tests.servers import wait_for as wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,7 @@ def python(code: str, *args: str) -> list[str]:
 
 
 def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout}s")
+    return wait_until(condition, timeout, interval=0.1, message=what)
 
 
 def answer(port: int) -> int | None:

@@ -23,6 +23,7 @@ from tasks.artifacts.model import METRICS_FILE, Model
 from tasks.artifacts.transform import TransformGraph
 from tasks.step_runner import run_step, run_steps
 from tasks.training.launcher import WORKERS_FILE, TrainError, read_metrics, run_workers
+from tests.servers import wait_for as wait_until
 from tests.tasks.conftest import REPO, digits_pipeline, resolve, step_folder
 
 # Small batches make an epoch ~0.5 s on two CPU workers: long enough to kill a worker in the middle.
@@ -58,14 +59,8 @@ def _spec(inputs: dict[str, str], work: Path, model: str = "cnn", **train: Any) 
             "backup_dir": str(work / "backup"), "scratch_dir": str(work / "scratch")}
 
 
-def _wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
+def _wait_for(condition, timeout: float, what: str):
+    return wait_until(condition, timeout, interval=0.1, message=what)
 
 
 def _epochs(work: Path) -> int:
