@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from infra.processes import free_port
+from tests.fake_http import serve
 
 PASSWORD = "fake-admin-password"
 
@@ -43,27 +44,8 @@ class FakeAirflow:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeAirflow:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                fake._handle(self, "POST")
-
-            def do_PATCH(self) -> None:
-                fake._handle(self, "PATCH")
-
-            def do_PUT(self) -> None:
-                fake._handle(self, "PUT")
-
         self.key = secrets.token_hex(8)  # a new process signs with a new key
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = serve(self._handle, self.port)
         return self
 
     def stop(self) -> None:

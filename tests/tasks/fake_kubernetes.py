@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fake_http import serve
+
 PROGRESS = [
     "2026-01-01 INFO kiln-train: worker 0/2: 3 epochs x 4 steps, global batch 128, 1,234 parameters",
     "2026-01-01 INFO kiln-train: worker 0 epoch 1/3 loss=0.9000 accuracy=0.6000 (0.5s)",
@@ -62,26 +64,7 @@ class FakeKubernetes:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> FakeKubernetes:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                fake._handle(self, "POST")
-
-            def do_PATCH(self) -> None:
-                fake._handle(self, "PATCH")
-
-            def do_DELETE(self) -> None:
-                fake._handle(self, "DELETE")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
+        self._server = serve(self._handle)
         return self
 
     def stop(self) -> None:
