@@ -19,7 +19,7 @@ from tasks.artifacts.statistics import ExampleStatistics
 from tasks.columns import CsvRows, parse_value, profile_csv
 from tasks.config import PipelineConfig, load_config
 from tasks.context import StepContext
-from tasks.model_registry import CHAMPION
+from tasks.model_registry import CHAMPION, aliases
 from tasks.snapshot import Deployment, with_span
 from tasks.steps.ingest import column_types
 
@@ -34,7 +34,9 @@ def check_drift(config_path: str, deployment: Deployment, run_id: str) -> dict[s
     ctx = StepContext(artifact_root=deployment.artifact_root, pipeline=config.pipeline, run_id=run_id,
                       tracking_uri=deployment.tracking_uri_for(config))
     mlflow_client = tracking.client(ctx)
-    champion = _champion(mlflow_client, config.registered_model_name)
+    champion_version = aliases(mlflow_client, config.registered_model_name).get(CHAMPION)
+    champion = None if champion_version is None else \
+        mlflow_client.get_model_version(config.registered_model_name, str(champion_version))
     found: dict[str, Any] = {"baseline": "", "champion_version": None}
     if champion is None:
         found["note"] = f"no champion of {config.registered_model_name} yet: nothing to compare the span with"
@@ -57,15 +59,6 @@ def check_drift(config_path: str, deployment: Deployment, run_id: str) -> dict[s
     _track(mlflow_client, config, ctx, report, text)
     return {"report": uri, "drifted": report.drifted, "drifted_features": report.drifted_features,
             "span": report.span, "champion_version": report.champion_version}
-
-
-def _champion(mlflow_client: Any, model_name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return mlflow_client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:  # no such model or alias yet
-        return None
 
 
 def _columns(config: PipelineConfig) -> dict[str, list[Any]]:
