@@ -69,6 +69,11 @@ def step_placement(placement: PlacementConfig, step: str, remap: dict[str, str] 
     return placed
 
 
+def placements(placement: PlacementConfig, remap: dict[str, str] | None = None) -> dict[str, StepPlacement]:
+    """Every step's placement, in run order."""
+    return {step: step_placement(placement, step, remap) for step in STEP_NAMES}
+
+
 def executor_remap(env: dict[str, str] | None = None) -> dict[str, str]:
     value = (os.environ if env is None else env).get(REMAP_VARIABLE, "")
     return dict(item.split("=", 1) for item in value.split(",") if "=" in item)
@@ -76,14 +81,14 @@ def executor_remap(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def executors_used(config: PipelineConfig, remap: dict[str, str] | None = None) -> set[str]:
     """The executors the pipeline's tasks need (unplaced tasks use the stack's default executor)."""
-    return {p.executor for step in STEP_NAMES if (p := step_placement(config.placement, step, remap)).executor}
+    return {p.executor for p in placements(config.placement, remap).values() if p.executor}
 
 
 def check_executors(config: PipelineConfig, configured: list[str], remap: dict[str, str] | None = None) -> None:
     """Refuse, before anything runs, a pipeline that needs an executor the running Airflow lacks."""
     missing = sorted(executors_used(config, remap) - set(configured))
     if missing:
-        steps = [s for s in STEP_NAMES if step_placement(config.placement, s, remap).executor in missing]
+        steps = [s for s, p in placements(config.placement, remap).items() if p.executor in missing]
         raise PlacementError(f"pipeline {config.pipeline}: {', '.join(missing)} (for {', '.join(steps)}) is not "
                              f"configured in the running Airflow (executors: {', '.join(configured)}); start the "
                              f"stack with `kiln up --profile ...` or change placement")

@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 
 from infra.fleet_services import FleetServiceError, FleetServices
-from infra.placement import REMAP_VARIABLE, load_profile, step_placement
+from infra.placement import REMAP_VARIABLE, load_profile, placements
 from infra.processes import log_tail, port_is_free
 from infra.supervision import Program, Supervisor, SupervisorError
+from tasks.config import PlacementConfig, StepPlacement
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = "stack.json"
@@ -87,14 +88,14 @@ class Stack:
         return None if self.profile == "local" else FleetServices.of(self.home)
 
     @property
+    def placements(self) -> dict[str, StepPlacement]:
+        """Where the profile puts each step on this stack (Kubernetes remapped without a cluster)."""
+        return placements(PlacementConfig(profile=self.profile), self.remap)
+
+    @property
     def celery_queues(self) -> list[str]:
         """The queues the profile's CeleryExecutor steps use (and Airflow's default queue)."""
-        from tasks.config import PlacementConfig
-        from tasks.registry import STEP_NAMES
-
-        placement = PlacementConfig(profile=self.profile)
-        queues = {p.queue or "default" for step in STEP_NAMES
-                  if (p := step_placement(placement, step, self.remap)).executor == "CeleryExecutor"}
+        queues = {p.queue or "default" for p in self.placements.values() if p.executor == "CeleryExecutor"}
         return sorted(queues | {"default"})
 
     # -- layout --------------------------------------------------------------------------------
@@ -339,14 +340,10 @@ class Stack:
     def _pools(self) -> list[tuple[str, int, str]]:
         """The pools the profile's steps name, `gpu` sized to this machine's GPUs (at least one slot, so
         a profile's training runs here on the CPU when there is none)."""
-        from tasks.config import PlacementConfig
-        from tasks.registry import STEP_NAMES
-
-        placement = PlacementConfig(profile=self.profile)
-        names = sorted({p.pool for s in STEP_NAMES if (p := step_placement(placement, s, self.remap)).pool})
+        names = sorted({p.pool for p in self.placements.values() if p.pool})
         gpus = _gpu_count()
-        return [(name, max(1, gpus), f"{gpus} GPU(s) found by nvidia-smi" if name == "gpu" else "kiln profile pool")
-                if name == "gpu" else (name, 4, "kiln profile pool") for name in names]
+        return [(name, max(1, gpus), f"{gpus} GPU(s) found by nvidia-smi") if name == "gpu"
+                else (name, 4, "kiln profile pool") for name in names]
 
     def _migrate_airflow_db(self, env: dict[str, str]) -> None:
         self._airflow(env, ["db", "migrate"], "airflow db migrate")
