@@ -40,6 +40,29 @@ class Prediction:
         return list(self.outputs)
 
 
+@dataclass(frozen=True)
+class VersionStatus:
+    """One entry of GetModelStatus: a version's state and the status of its last transition."""
+
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
+    error_code: int = 0  # tensorflow.error.Code; 0 is OK
+    error_message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """A load that ended in an error (START -> LOADING -> END with a non-OK status); an unloaded version
+        is END with an OK status."""
+        return self.state == "END" and self.error_code != 0
+
+    @property
+    def error(self) -> str:
+        from tensorflow.core.protobuf import error_codes_pb2  # GetModelStatus has loaded it already
+
+        codes = error_codes_pb2.Code
+        name = codes.Name(self.error_code) if self.error_code in codes.values() else str(self.error_code)
+        return f"{name}: {self.error_message}" if self.error_message else name
+
+
 def version_path(model: str, version: int | None = None, label: str | None = None) -> str:
     if version is not None and label is not None:
         raise ValueError("pass a version or a label, not both")
@@ -173,8 +196,8 @@ class GrpcModelService(_GrpcClient):
 
         super().__init__(address, timeout, model_service_pb2_grpc.ModelServiceStub)
 
-    def version_states(self, model: str) -> dict[int, str]:
-        """version -> state name (AVAILABLE, END, ...); {} when the server knows no version."""
+    def version_statuses(self, model: str) -> dict[int, VersionStatus]:
+        """version -> its state and status as GetModelStatus reports them; {} when the server knows no version."""
         import grpc
         from tensorflow_serving.apis import get_model_status_pb2
 
@@ -187,7 +210,12 @@ class GrpcModelService(_GrpcClient):
                 return {}
             raise ServingClientError(f"GetModelStatus({model}) at {self.address}: {exc.details()}") from None
         states = get_model_status_pb2.ModelVersionStatus.State
-        return {s.version: states.Name(s.state) for s in response.model_version_status}
+        return {s.version: VersionStatus(states.Name(s.state), s.status.error_code, s.status.error_message)
+                for s in response.model_version_status}
+
+    def version_states(self, model: str) -> dict[int, str]:
+        """version -> state name (AVAILABLE, END, ...); {} when the server knows no version."""
+        return {version: status.state for version, status in self.version_statuses(model).items()}
 
     def reload_config(self, config: Any) -> None:
         """Send a ModelServerConfig; TF Serving blocks until added models are AVAILABLE."""
@@ -203,14 +231,21 @@ class GrpcModelService(_GrpcClient):
             raise ServingClientError(f"reload config at {self.address}: {response.status.error_message}")
 
     def wait_available(self, model: str, version: int, timeout: float = 120.0) -> None:
+        """Wait until `version` is AVAILABLE; raise when its load failed or the time is up.
+
+        END alone is not a failure: the server's status history keeps a version it unloaded as END with an
+        OK status (a folder that was removed, then staged again, reads END until the server's next file
+        system poll loads it). Only END with an error status is a load that failed.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            state = self.version_states(model).get(version)
-            if state == "AVAILABLE":
+            status = self.version_statuses(model).get(version)
+            if status is not None and status.state == "AVAILABLE":
                 return
-            if state == "END":
-                raise ServingClientError(f"{model} version {version} failed to load (state END)")
+            if status is not None and status.failed:
+                raise ServingClientError(f"{model} version {version} failed to load: {status.error}")
             if time.monotonic() > deadline:
+                state = status.state if status else "unknown to the server"
                 raise ServingClientError(f"{model} version {version} not AVAILABLE at {self.address} after "
                                          f"{timeout:.0f}s (state {state})")
             time.sleep(0.2)

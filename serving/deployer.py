@@ -44,9 +44,9 @@ from filelock import FileLock
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import storage
 from serving.client import GrpcModelService, RestClient
 from serving.target import ServingTarget
-from tasks import storage
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ class ServingDeployer:
             lock_file = f"{config_file}.lock"
         else:  # no lock files on object storage: one on this machine, named after the config's URL
             digest = hashlib.sha256(str(target.config_file).encode()).hexdigest()[:16]
-            (storage.cache_root() / "locks").mkdir(parents=True, exist_ok=True)
-            lock_file = str(storage.cache_root() / "locks" / f"models-config-{digest}.lock")
+            locks = Path(tempfile.gettempdir()) / "kiln-locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            lock_file = str(locks / f"models-config-{digest}.lock")
         # Reentrant: reconcile takes it again inside. Bounded: a deployer that hangs holding it costs the others
         # `lock_timeout` seconds and a filelock.Timeout naming the lock file, not a wait without end.
         self._lock = FileLock(lock_file, timeout=lock_timeout)

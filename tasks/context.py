@@ -23,8 +23,8 @@ class ServingEndpoints(BaseModel):
     config_file: str
 
     def target(self):  # -> serving.target.ServingTarget (imported lazily: tasks does not need serving)
+        from common.storage import is_local
         from serving.target import ServingTarget
-        from tasks.storage import is_local
 
         def place(where: str) -> Path | str:  # object storage stays a URL
             return Path(where.removeprefix("file://")) if is_local(where) else where

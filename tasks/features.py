@@ -221,7 +221,7 @@ def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec,
     local cache, TensorFlow has no S3 file system here); sharded by data across workers."""
     import tensorflow as tf
 
-    from tasks.storage import local_files
+    from common.storage import local_files
 
     files = local_files(files)
     spec = parse_spec(features, label)

@@ -8,6 +8,7 @@ server) inherit the variables.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from tests.servers import free_port
 
 @dataclass(frozen=True)
 class S3:
+    """One bucket on the test S3 server."""
+
     endpoint: str
     bucket: str
 
@@ -33,9 +36,21 @@ class S3:
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+
+    def new_bucket(self, purpose: str) -> S3:
+        """A bucket no other test writes to: `kiln-<purpose>-<random>`."""
+        import boto3
+
+        bucket = f"kiln-{purpose}-{uuid.uuid4().hex[:8]}"[:63].lower().replace("_", "-")
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        return S3(self.endpoint, bucket)
+
+
 @contextmanager
-def moto_s3(bucket: str = "kiln") -> Iterator[S3]:
-    import boto3
+def moto_s3() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
@@ -51,8 +66,7 @@ def moto_s3(bucket: str = "kiln") -> Iterator[S3]:
         env.delenv("AWS_PROFILE", raising=False)
         _forget_s3_clients()
         try:
-            boto3.client("s3").create_bucket(Bucket=bucket)
-            yield S3(endpoint, bucket)
+            yield S3Server(endpoint)
         finally:
             _forget_s3_clients()
             server.stop()

@@ -1,25 +1,26 @@
 """Which version folders of a model exist, are settled and are aspired: TF Serving's FileSystemStoragePathSource
 with its servable_version_policy (ModelVersionPolicy latest / all / specific).
 
-Half-written version folders are never reported (see `VersionDiscovery`). A base path may be an fsspec URL
+Half-written version folders are never loaded (see `VersionDiscovery`), but, as in TF Serving, which aspires
+every numeric folder, a loaded version stays while its folder is there, complete or not (`Scan.present`): a
+version being uploaded again, or being removed file by file, is not unloaded midway. A base path may be an fsspec URL
 (`s3://bucket/models/<model>`, as TF Serving reads S3 with its own file system): version folders are then
 listed there and each settled one is downloaded to a local cache, from which it is loaded (`RemoteVersions`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tensorflow_serving.config import model_server_config_pb2
 
+from common import download_cache
 from serving.model_server.servable import has_model_file
 
 log = logging.getLogger("kiln.model_server")
@@ -27,6 +28,15 @@ log = logging.getLogger("kiln.model_server")
 VERSION_DIR = re.compile(r"[0-9]+")
 INT64_MAX = 2**63 - 1
 SETTLE_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one look at a base path found."""
+
+    found: dict[int, str] | None  # loadable versions -> local folder; None: the base path is missing
+    settling: bool = False  # some folder is still changing: look again soon
+    present: frozenset[int] = frozenset()  # every numeric version folder there, loadable or not
 
 
 class VersionDiscovery:
@@ -44,21 +54,22 @@ class VersionDiscovery:
         self._seen: dict[str, tuple[tuple, float]] = {}
         self._remote = RemoteVersions(prefer_tflite, cache_dir)
 
-    def scan(self, base_path: str) -> tuple[dict[int, str] | None, bool]:
-        """Return ({version: folder} or None if base_path is missing, whether some folder is still settling)."""
+    def scan(self, base_path: str) -> Scan:
         if "://" in base_path and not base_path.startswith("file://"):
             return self._remote.scan(base_path)
         base_path = base_path.removeprefix("file://")
         try:
             names = os.listdir(base_path)
         except OSError:
-            return None, False
+            return Scan(None)
         found: dict[int, str] = {}
+        present: set[int] = set()
         unsettled = False
         for name in sorted(names):
             path = os.path.join(base_path, name)
             if not VERSION_DIR.fullmatch(name) or int(name) > INT64_MAX or not os.path.isdir(path):
                 continue
+            present.add(int(name))
             if not has_model_file(path, self._prefer_tflite):
                 continue
             if not self._settled(path):
@@ -73,7 +84,7 @@ class VersionDiscovery:
         prefix = os.path.join(base_path, "")
         for gone in [p for p in self._seen if p.startswith(prefix) and os.path.basename(p) not in names]:
             del self._seen[gone]
-        return found, unsettled
+        return Scan(found, unsettled, frozenset(present))
 
     def _settled(self, path: str) -> bool:
         now = time.time()
@@ -96,26 +107,25 @@ class VersionDiscovery:
         return now - previous[1] >= SETTLE_SECONDS or now - newest > SETTLE_SECONDS
 
 
-_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "updated")
-
-
 class RemoteVersions:
     """Version folders under an fsspec URL, served from local copies.
 
     The same guards as on a local disk: a numeric name, the model file (`saved_model.pb`, or `model.tflite`
     with --prefer_tflite_model; kiln's deployer uploads them last) and a listing (names, sizes, ETags)
-    unchanged across two scans at least SETTLE_SECONDS apart. A settled version is downloaded once into
-    `<cache>/<hash of the URL>-<hash of the listing>/` (a private folder renamed into place), so a re-uploaded
-    version is a new copy and a half-downloaded one is never loaded. Copies of versions that are gone stay in
-    the cache until the server's temp folder is cleaned.
+    unchanged across two scans at least SETTLE_SECONDS apart. A settled version is downloaded once into the
+    download cache (`common.download_cache`: an entry per URL and listing, filled privately and renamed into
+    place), so a re-uploaded version is a new copy and a half-downloaded one is never loaded. The server holds
+    the entries of the versions it finds; once a version is gone from the base path its entry is let go, and
+    the cache's bound (size and age) removes it in time.
     """
 
     def __init__(self, prefer_tflite: bool, cache_dir: str | None = None):
         self._prefer_tflite = prefer_tflite
-        self._cache = cache_dir or os.path.join(tempfile.gettempdir(), "kiln-model-server-cache")
+        self._cache = Path(cache_dir) if cache_dir else None
         self._seen: dict[str, tuple[str, float]] = {}
+        self._held: dict[str, Path] = {}  # version URL -> the cache entry it is served from
 
-    def scan(self, base_path: str) -> tuple[dict[int, str] | None, bool]:
+    def scan(self, base_path: str) -> Scan:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(base_path)
@@ -125,9 +135,9 @@ class RemoteVersions:
             files = fs.find(root, detail=True)
         except OSError as exc:
             log.error("Listing %s failed: %s", base_path, exc)
-            return None, False
+            return Scan(None)
         if not files and not fs.exists(root):
-            return None, False
+            return Scan(None)
         by_version: dict[str, dict[str, Any]] = {}
         for name, info in files.items():
             relative = name[len(root) + 1:] if name.startswith(root + "/") else ""
@@ -142,9 +152,7 @@ class RemoteVersions:
             if not any(n in listing for n in names):
                 continue
             url = f"{base_path.rstrip('/')}/{version}"
-            described = sorted((n, i.get("size"), next((str(i[k]) for k in _VERSION_KEYS if i.get(k)), ""))
-                               for n, i in listing.items())
-            digest = hashlib.sha256(json.dumps([url, described]).encode()).hexdigest()[:24]
+            digest = download_cache.entry_key(url, listing)
             previous = self._seen.get(url)
             if previous is None or previous[0] != digest:
                 self._seen[url] = (digest, now)
@@ -154,40 +162,31 @@ class RemoteVersions:
                 unsettled = True
                 continue
             try:
-                found[int(version)] = self._download(fs, f"{root}/{version}", listing, digest)
+                found[int(version)] = str(self._download(fs, f"{root}/{version}", url, listing))
             except OSError as exc:
                 log.error("Downloading %s failed: %s", url, exc)
                 unsettled = True
-        for gone in [u for u in self._seen if u.startswith(base_path.rstrip("/") + "/")
-                     and u.rsplit("/", 1)[-1] not in by_version]:
+        prefix = base_path.rstrip("/") + "/"
+        for gone in [u for u in self._seen if u.startswith(prefix) and u.rsplit("/", 1)[-1] not in by_version]:
             del self._seen[gone]
-        return found, unsettled
+        for gone in [u for u in self._held if u.startswith(prefix) and u.rsplit("/", 1)[-1] not in by_version]:
+            download_cache.release(self._held.pop(gone))
+        return Scan(found, unsettled, frozenset(int(v) for v in by_version))
 
-    def _download(self, fs: Any, remote: str, listing: dict[str, Any], digest: str) -> str:
-        target = os.path.join(self._cache, digest)
-        if os.path.isdir(target):
-            return target
-        os.makedirs(self._cache, exist_ok=True)
-        scratch = tempfile.mkdtemp(prefix=f".{digest}.", dir=self._cache)
-        try:
-            for inside in listing:
-                local = os.path.join(scratch, *inside.split("/"))
-                os.makedirs(os.path.dirname(local), exist_ok=True)
-                fs.get_file(f"{remote}/{inside}", local)
-            try:
-                os.replace(scratch, target)
-            except OSError:  # another process of the group downloaded it meanwhile
-                if not os.path.isdir(target):
-                    raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        log.info("Downloaded %s to %s", remote, target)
-        return target
+    def _download(self, fs: Any, remote: str, url: str, listing: dict[str, Any]) -> Path:
+        entry = download_cache.fetch(url, listing, lambda inside, target: fs.get_file(f"{remote}/{inside}",
+                                                                                      str(target)), self._cache)
+        previous = self._held.get(url)
+        if previous is not None and previous != entry:  # the version was re-uploaded: the old copy is let go
+            download_cache.release(previous)
+        self._held[url] = entry
+        return entry
 
 
-def aspired_versions(policy: model_server_config_pb2.ModelConfig, found: dict[int, str]) -> dict[int, str]:
+def aspired_versions(policy: model_server_config_pb2.ModelConfig, found: dict[int, str],
+                     warn: bool = True) -> dict[int, str]:
     """The found versions the model's ModelVersionPolicy aspires: the latest N (1 by default), all, or the
-    specific ones (warning about those not on disk)."""
+    specific ones (warning about those not on disk, unless `warn` is off)."""
     version_policy = policy.model_version_policy
     kind = version_policy.WhichOneof("policy_choice")
     if kind == "all":
@@ -195,7 +194,7 @@ def aspired_versions(policy: model_server_config_pb2.ModelConfig, found: dict[in
     if kind == "specific":
         wanted = set(version_policy.specific.versions)
         missing = wanted - set(found)
-        if missing:
+        if missing and warn:
             log.warning(
                 "Version(s) %s of servable %s not found under %s",
                 sorted(missing),

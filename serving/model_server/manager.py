@@ -225,19 +225,23 @@ class ModelManager:
     def _reconcile(self, name: str, model) -> tuple[dict[int, str], bool]:
         """Load new aspired versions, then unload un-aspired ones (availability preserving)."""
         unsettled = False
+        # Loaded versions whose folder is still there, complete or not, stay loaded (see `discovery`).
+        still_there: set[int] = set()
         if model is None:
             aspired: dict[int, str] = {}
         else:
-            found, unsettled = self._discovery.scan(model.base_path)
-            if found is None:
+            scan = self._discovery.scan(model.base_path)
+            if scan.found is None:
                 log.error("Could not find base path %s for servable %s", model.base_path, name)
                 return {}, False
-            if not found and not unsettled:
+            unsettled = scan.settling
+            if not scan.found and not unsettled:
                 log.warning(
                     "No versions of servable %s found under base path %s. Did you forget to name your leaf "
                     "directory as a number (eg. '/1/')?", name, model.base_path,
                 )  # fmt: skip
-            aspired = aspired_versions(model, found)
+            aspired = aspired_versions(model, scan.found)
+            still_there = set(aspired_versions(model, dict.fromkeys(scan.present, ""), warn=False))
         with self._state_lock:
             record = self._models.setdefault(name, ModelRecord())
             record.failed &= set(aspired)
@@ -247,7 +251,7 @@ class ModelManager:
                 break
             self._loader.load(record, name, version, aspired[version], self._publish)
         with self._state_lock:
-            to_unload = versions_to_unload(record, aspired)
+            to_unload = [v for v in versions_to_unload(record, aspired) if v not in still_there]
             for version in to_unload:
                 record.versions[version].state = State.UNLOADING
             self._publish()

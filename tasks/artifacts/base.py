@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import fsspec
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tasks import storage
-from tasks.storage import is_local, local_path
+from common import storage
+from common.storage import is_local, local_path
 
 __all__ = ["ArtifactError", "ArtifactType", "MANIFEST", "Manifest", "Properties", "Staging", "is_local", "local_path"]
 

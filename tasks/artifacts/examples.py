@@ -73,7 +73,7 @@ class Examples(ArtifactType[ExamplesProperties]):
         """Every `tf.train.Example` of a split, parsed as a proto (for statistics: no schema assumed)."""
         import tensorflow as tf
 
-        from tasks.storage import local_files
+        from common.storage import local_files
 
         dataset = tf.data.TFRecordDataset(local_files(self.split_files(split)), compression_type="GZIP")
         for record in dataset.as_numpy_iterator():

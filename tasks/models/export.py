@@ -59,7 +59,7 @@ def load_serving_function(saved_model_dir: str | Path) -> Any:
     """The `serving_default` concrete function: call it as fn(**inputs) -> dict of tensors."""
     import tensorflow as tf
 
-    from tasks.storage import localize
+    from common.storage import localize
 
     loaded = tf.saved_model.load(str(localize(saved_model_dir)))  # a URL: from the local cache
     fn = loaded.signatures[SIGNATURE]

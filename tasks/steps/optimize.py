@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks import storage
+from common import storage
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import (
@@ -52,7 +52,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
     import mlflow
 
     trained = Model.read(model)
-    saved_model = trained.local(SAVED_MODEL_DIR)  # TensorFlow reads local files only (tasks.storage)
+    saved_model = trained.local(SAVED_MODEL_DIR)  # TensorFlow reads local files only (common.storage)
     data = Examples.read(examples)
     label = trained.preprocessing.label
     features = trained.preprocessing.features

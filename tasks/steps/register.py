@@ -22,7 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tasks import storage, tracking
+from common import storage
+from tasks import tracking
 from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, SAVED_MODEL_DIR, Model
@@ -93,7 +94,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     import mlflow
     import tf_keras as keras
 
-    saved_model = trained.local(SAVED_MODEL_DIR)  # mlflow and tf_keras read local files (tasks.storage)
+    saved_model = trained.local(SAVED_MODEL_DIR)  # mlflow and tf_keras read local files (common.storage)
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features
     example = _example_inputs(features)

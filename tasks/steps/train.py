@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import plots, storage, tracking
+from common import storage
+from tasks import plots, tracking
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
 from tasks.artifacts.transform import TransformGraph

@@ -61,7 +61,7 @@ def _label_column(files: list[str], column: str, value_type: str) -> np.ndarray:
 
     dtype = {"float": tf.float32, "string": tf.string}.get(value_type, tf.int64)
     spec = {column: tf.io.FixedLenFeature([], dtype)}
-    from tasks.storage import local_files
+    from common.storage import local_files
 
     data = tf.data.TFRecordDataset(local_files(files), compression_type="GZIP").batch(4096)
     chunks = [batch[column] for batch in data.map(lambda r: tf.io.parse_example(r, spec)).as_numpy_iterator()]

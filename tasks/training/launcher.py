@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import tasks
+from common import storage
 from infra.processes import free_ports, log_tail, stop_process_groups
-from tasks import storage
 from tasks.models.contract import ModelContractError
 
 if TYPE_CHECKING:

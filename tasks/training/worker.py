@@ -6,7 +6,7 @@ first; everything else follows in its scope.
 
 The spec's output paths are local paths (the local launcher: written in place, as ever) or URLs on object
 storage (pods, which share nothing else; TensorFlow here cannot write `s3://`). For a URL the worker writes
-locally and uploads with `tasks.storage`: a SavedModel to a local scratch folder, then uploaded with
+locally and uploads with `common.storage`: a SavedModel to a local scratch folder, then uploaded with
 `saved_model.pb` last; the chief's metrics appended to a local file that is uploaded whole after each epoch
 (so the launcher and the step read progress and resumed epochs from the URL); the compress report with one
 PUT; `initial_weights` read from the local cache. `BackupAndRestore` needs a file system TensorFlow can
@@ -33,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from tasks import storage  # noqa: E402
+from common import storage  # noqa: E402
 from tasks.training.launcher import CONTRACT_EXIT_CODE, LAUNCHER_PID_ENV, PROGRESS_MARK  # noqa: E402
 
 log = logging.getLogger("kiln.train_worker")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.client import GrpcModelService, RestClient
+from serving.client import GrpcModelService, RestClient, ServingClientError, VersionStatus
 from serving.deployer import DeployError, ServingDeployer, read_config
+from tests.servers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +129,56 @@ def test_a_deployer_waits_for_anothers_lock_for_a_bounded_time(tmp_path):
         with pytest.raises(Timeout, match=r"models\.config\.lock"), deployer.lock():
             pass
     assert 0.5 <= time.monotonic() - started < 3
+
+
+class ScriptedStatuses(GrpcModelService):
+    """GetModelStatus answers from a script (one answer per call, the last one repeated); no server."""
+
+    def __init__(self, *answers: dict[int, VersionStatus]):
+        super().__init__("127.0.0.1:1", timeout=1)
+        self.answers = list(answers)
+
+    def version_statuses(self, model: str) -> dict[int, VersionStatus]:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_waiting_for_a_version_tells_an_unloaded_one_from_a_failed_load():
+    """GetModelStatus keeps an unloaded version as END with an OK status: a version staged again after it
+    was unloaded reads END until the server's next poll loads it. That is not a failed load (issue 24)."""
+    unloaded, loading = VersionStatus("END"), VersionStatus("LOADING")
+    with ScriptedStatuses({1: unloaded}, {1: unloaded}, {1: loading}, {1: VersionStatus("AVAILABLE")}) as models:
+        models.wait_available("digits", 1, timeout=10)
+        assert models.answers == [{1: VersionStatus("AVAILABLE")}], "it waited through END and LOADING"
+
+    failed = VersionStatus("END", error_code=3, error_message="Failed to parse warmup record")
+    with ScriptedStatuses({1: loading}, {1: failed}) as models, \
+            pytest.raises(ServingClientError, match="digits version 1 failed to load: INVALID_ARGUMENT: "
+                                                    "Failed to parse warmup record"):
+        models.wait_available("digits", 1, timeout=10)
+
+    with ScriptedStatuses({1: unloaded}) as models, \
+            pytest.raises(ServingClientError, match=r"not AVAILABLE .* after 0s \(state END\)"):
+        models.wait_available("digits", 1, timeout=0.3)
+
+
+def test_a_version_unloaded_from_s3_and_staged_again_is_served_again(s3_model_server, saved_models):
+    """The race behind issue 24: the server unloads a version whose folder went away (its status: END, OK),
+    the folder is uploaded again, and the deployer asks for it before the server's next poll has settled the
+    new listing (on S3 a listing must be seen unchanged twice). The deployer waits for the load instead of
+    taking END for a failure."""
+    from common import storage
+    from serving.deployer import COMPLETES_VERSION
+
+    deployer = ServingDeployer(s3_model_server, load_timeout=60)
+    deployer.stage_version("digits", 1, saved_models[1], {})
+    deployer.stage_version("digits", 2, saved_models[2], {})  # staged, never served: the base path stays
+    assert deployer.reconcile("digits", stable=1).labels == {"stable": 1}
+    storage.remove(deployer.version_dir("digits", 1), first=COMPLETES_VERSION)
+    wait_for(lambda: deployer.models.version_states("digits").get(1) == "END", timeout=30,
+             message="the server to unload the removed version")
+
+    deployer.stage_version("digits", 1, saved_models[1], {})
+    served = deployer.reconcile("digits", stable=1)
+    assert served.labels == {"stable": 1} and served.versions == (1,)
+    assert deployer.models.version_states("digits") == {1: "AVAILABLE"}
+    assert probabilities(s3_model_server, label="stable").shape == (10,)

@@ -4,47 +4,20 @@ full collection (a pause of the whole heap TensorFlow built) runs on the request
 from __future__ import annotations
 
 import gc
-import os
-import time
 
 import pytest
-from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server.heap import freeze_heap
 from serving.model_server.manager import ManagerOptions, ModelManager
-from serving.model_server.servable import Servable
 from tests.servers import wait_for
+from tests.serving.fakes import FakeServable, config_for, write_version
 
 
 @pytest.fixture(autouse=True)
 def _unfreeze_after_each_test():
     yield
     gc.unfreeze()
-
-
-class FakeServable(Servable):
-    runtime = "TF1"
-    signatures: dict = {}
-    signature_defs: dict = {}
-
-    def __init__(self, path: str):
-        self.path = path
-
-
-def write_version(base, version: int) -> None:
-    folder = base / str(version)
-    folder.mkdir(parents=True)
-    (folder / "saved_model.pb").write_bytes(b"")
-    old = time.time() - 5  # already stable: discovery waits for files that stopped changing
-    os.utime(folder / "saved_model.pb", (old, old))
-
-
-def config_for(base) -> model_server_config_pb2.ModelServerConfig:
-    return text_format.Parse(
-        f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "tensorflow" }} }}',
-        model_server_config_pb2.ModelServerConfig(),
-    )
 
 
 def test_freeze_heap_moves_live_objects_out_of_collections():

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from common import download_cache, storage
 from serving.deployer import DeployError, ServingDeployer, read_config, write_config
 from serving.model_server.discovery import SETTLE_SECONDS, VersionDiscovery
 from serving.target import ServingTarget
-from tasks import storage
 
 
 class NothingServed:
@@ -70,12 +70,17 @@ def test_model_server_discovers_settled_versions_on_s3_from_a_local_cache(s3, tm
     storage.write_text(f"{base}/.staging-3/saved_model.pb", "not numeric")
     discovery = VersionDiscovery(prefer_tflite=False, cache_dir=str(tmp_path / "cache"))
 
-    found, unsettled = discovery.scan(base)
-    assert found == {} and unsettled, "first sight: settling"
+    scan = discovery.scan(base)
+    assert scan.found == {} and scan.settling, "first sight: settling"
+    assert scan.present == {1, 2}, "numeric folders, loadable or not"
     time.sleep(SETTLE_SECONDS + 0.05)
-    found, unsettled = discovery.scan(base)
-    assert list(found) == [1] and not unsettled
-    local = Path(found[1])
+    scan = discovery.scan(base)
+    assert list(scan.found) == [1] and not scan.settling
+    local = Path(scan.found[1])
     assert local.is_relative_to(tmp_path / "cache")
     assert (local / "variables" / "variables.index").read_text() == "one"
-    assert discovery.scan(s3.url("no-such-folder")) == (None, False)
+    assert local in download_cache._holds.held(), "held while it may be served"
+    storage.remove(f"{base}/1", first=["saved_model.pb"])
+    assert 1 not in discovery.scan(base).present
+    assert local not in download_cache._holds.held(), "let go once gone: the cache's bound may remove it"
+    assert discovery.scan(s3.url("no-such-folder")).found is None

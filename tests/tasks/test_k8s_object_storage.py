@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tasks import storage
+from common import storage
 from tasks.artifacts.model import METRICS_FILE, SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.snapshot import Deployment, resolve_run
@@ -40,10 +40,10 @@ ON_KUBERNETES = {"launcher": "kubernetes", "kubernetes": {"image": "kiln:test"}}
 
 
 @pytest.fixture(scope="module")
-def s3_inputs(s3, tiny_digits_csv: Path, mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def s3_inputs(module_s3, tiny_digits_csv: Path, mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Examples and transform of the tiny digits set on S3 (each test trains its own way)."""
     root = tmp_path_factory.mktemp("k8s-s3-inputs")
-    deployment = Deployment(artifact_root=s3.url("k8s-inputs"), tracking_uri=mlflow_store)
+    deployment = Deployment(artifact_root=module_s3.url("k8s-inputs"), tracking_uri=mlflow_store)
     run = resolve_run(str(digits_pipeline(root, tiny_digits_csv)), {}, deployment, "manual__k8s-inputs")
     out = run_steps(run, ["ingest", "validate", "transform"])
     return {"examples": out["examples"], "transform": out["transform"]}

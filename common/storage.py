@@ -6,18 +6,14 @@ rule is: TensorFlow always works on local files. Remote files are downloaded to 
 (`localize`), and what TensorFlow wrote locally is uploaded afterwards (`upload_dir`, with the files that mark a
 folder complete uploaded last). A local path or `file://` URL is used in place: no copy.
 
-The cache (`<tmp>/kiln-cache/`) is keyed by the URL and its listing (names, sizes, ETags or mtimes), so a
-republished artifact or a replaced file is downloaded again, and two processes filling the same entry at once
-both end with a complete copy (each downloads to a private folder and renames it into place).
+The cache is `common.download_cache`: keyed by the URL and its listing (names, sizes, ETags or mtimes), so a
+republished artifact or a replaced file is downloaded again; bounded in size and age.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,9 +21,7 @@ from typing import Any
 
 import fsspec
 
-# What tells two versions of one remote file apart, by file system (S3: ETag; GCS: md5Hash/generation; local:
-# mtime). Whichever the listing has is part of the cache key.
-_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "updated")
+from common import download_cache
 
 
 def is_local(uri: str | os.PathLike[str]) -> bool:
@@ -104,42 +98,23 @@ def listing(uri: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return {name[len(path) + 1:]: info for name, info in found.items() if name.startswith(path + "/")}
 
 
-def _fingerprint(uri: str, files: dict[str, dict[str, Any]]) -> str:
-    described = sorted((name, info.get("size"), next((str(info[k]) for k in _VERSION_KEYS if info.get(k)), ""))
-                       for name, info in files.items())
-    return hashlib.sha256(json.dumps([uri, described]).encode()).hexdigest()[:24]
-
-
-def cache_root() -> Path:
-    return Path(tempfile.gettempdir()) / "kiln-cache"
-
-
-def localize(uri: str | os.PathLike[str], cache: Path | None = None) -> Path:
-    """A local path holding the file or folder at `uri`: the path itself when local, else a cached download."""
+def localize(uri: str | os.PathLike[str]) -> Path:
+    """A local path holding the file or folder at `uri`: the path itself when local, else a cached download
+    (held by this process until it exits, so the cache's pruning never removes it from under its reader)."""
     if is_local(uri):
         return local_path(uri)
     uri = str(uri).rstrip("/")
     files = listing(uri)
     name = uri.rsplit("/", 1)[-1] or "root"
-    entry = (cache or cache_root()) / _fingerprint(uri, files)
-    if (entry / name).exists():
-        return entry / name
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    try:
-        fs, path = url_to_fs(uri)
-        for relative in files:
-            target = scratch / name / relative if relative else scratch / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{path.rstrip('/')}/{relative}" if relative else path, str(target))
-        try:
-            os.replace(scratch, entry)
-        except OSError:  # another process filled the same entry meanwhile: the same content
-            if not (entry / name).exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return entry / name
+    fs, path = url_to_fs(uri)
+    path = path.rstrip("/")
+    in_entry = {f"{name}/{relative}" if relative else name: info for relative, info in files.items()}
+
+    def download(relative_in_entry: str, target: Path) -> None:
+        relative = relative_in_entry[len(name) + 1:]
+        fs.get_file(f"{path}/{relative}" if relative else path, str(target))
+
+    return download_cache.fetch(uri, in_entry, download) / name
 
 
 def local_files(files: Iterable[str]) -> list[str]:
