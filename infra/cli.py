@@ -284,10 +284,17 @@ def _optimize_line(optimize: dict[str, Any], metric: str) -> str:
     if baseline["skipped_reason"]:
         return f"no TFLite: {baseline['skipped_reason']}"
     chosen = next((v for v in optimize["variants"] if v["name"] == optimize["selected"]), baseline)
-    ratio = baseline["gzip_bytes"] / chosen["gzip_bytes"]
-    return (f"{chosen['name']}: {metric} {chosen['metric']:.4f} (float32 {baseline['metric']:.4f}), "
-            f"{chosen['gzip_bytes']:,} B gzip, {ratio:.1f}x smaller; budget {optimize['budget']:g} "
-            f"{optimize['budget_unit']}")
+    return (f"selected {chosen['name']}: {metric} {chosen['metric']:.4f} (float32 TFLite {baseline['metric']:.4f}); "
+            f"budget {optimize['budget']:g} {optimize['budget_unit']}")
+
+
+def _shipped_line(summary: dict[str, Any]) -> str:
+    """What serves: the version folder evaluate blessed and push shipped, against the trained SavedModel."""
+    shipped = summary["shipped"]
+    ratio = shipped["trained_saved_model_bytes"] / shipped["bytes"]
+    return (f"{shipped['variant']} as {shipped['format']}: {shipped['bytes']:,} B ({shipped['gzip_bytes']:,} B "
+            f"gzip), {ratio:.1f}x smaller than the trained SavedModel ({shipped['trained_saved_model_bytes']:,} B); "
+            f"sha256 {shipped['sha256'][:12]}")
 
 
 def _print_variants(optimize: dict[str, Any]) -> None:
@@ -340,9 +347,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                       f"({summary['scheduling_overhead_percent']} %) with no task running"),
         ("tasks", ", ".join(f"{k} {v:.1f}s" for k, v in summary["task_seconds"].items())),
         ("train", _train_line(summary["train"])),
-        (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())),
+        (f"eval ({summary['task']})", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+         + " (as shipped)"),
+        ("trained float model", ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics_trained"].items())
+         + " (context, not gated)"),
         ("blessing", verdict),
         ("optimize", lite),
+        ("shipped", _shipped_line(summary)),
         ("infra validation", _infra_line(summary.get("infra_blessing"))),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
@@ -403,6 +414,22 @@ def steps() -> None:
         table.add_row(spec.name, spec.description, ", ".join(spec.inputs), ", ".join(spec.outputs),
                       ", ".join(spec.params))
     out.print(table)
+
+
+@app.command()
+def digest(
+    folder: Annotated[Path, typer.Argument(help="a model version folder (what TF Serving loads as one version)")],
+) -> None:
+    """The folder's content digest, as evaluate records it and push and verify check it (sha256 over every file's
+    relative path, a NUL byte and its own sha256, in path order)."""
+    from common.digest import folder_digest
+
+    if not folder.is_dir():
+        raise fail(f"{folder}: not a folder")
+    try:
+        print(folder_digest(folder))
+    except OSError as exc:
+        raise fail(f"{folder}: {exc.strerror or exc}") from None
 
 
 @app.command()

@@ -45,6 +45,8 @@ def lineage(tracking_uri: str, model: str, version: int) -> dict[str, Any]:
         "version": version,
         "aliases": sorted(alias for alias, v in registered.aliases.items() if int(v) == version),
         "blessed": tags.get(BLESSED_TAG) == "true",
+        "artifact_sha256": tags.get("kiln.artifact_sha256"),  # the served folder's digest, as evaluate blessed it
+        "served_format": tags.get("kiln.served_format"),
         "failed_check": tags.get("kiln.failed_check"),
         "forced_push_reason": tags.get("kiln.forced_push_reason"),
         "dag_id": tags.get("kiln.dag_id"),

@@ -177,7 +177,12 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     trained = Model.read(output("train", "model"))
     summary["train"] = {"restarts": trained.properties.restarts,
                         "resumed_from_epoch": trained.properties.resumed_from_epoch}
-    summary["metrics"] = evaluation.metrics
+    summary["metrics"] = evaluation.metrics  # the shipped artifact's: what the blessing checks
+    summary["metrics_trained"] = evaluation.metrics_trained  # the trained float model's, for context
+    shipped = optimized.shipped
+    summary["shipped"] = {"variant": shipped.variant, "format": shipped.format, "sha256": evaluation.artifact_sha256,
+                          "bytes": shipped.bytes, "gzip_bytes": shipped.gzip_bytes,
+                          "trained_saved_model_bytes": optimized.saved_model_bytes}
     summary["blessing"] = {"blessed": evaluation.blessed, "checks": [c.model_dump() for c in evaluation.checks],
                            "champion_version": evaluation.champion_version,
                            "champion_metrics": evaluation.champion_metrics}

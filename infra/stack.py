@@ -225,6 +225,8 @@ class Stack:
                     # the versions and labels last applied: a crash never loses which version is stable.
                     f"--model_config_file={self.serving_config}",
                     "--file_system_poll_wait_seconds=1",
+                    # A version's format follows its folder: model.tflite (the compressed model) or a SavedModel.
+                    "--prefer_tflite_model=true",
                     # A version that cannot load fails its push at once (TF Serving retries 5 x 60 s).
                     "--max_num_load_retries=0",
                     # A restart reloads the labels the deployer last wrote, before versions load.

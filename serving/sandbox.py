@@ -35,7 +35,8 @@ def sandbox_server(binary: str, start_timeout: float = 120) -> Iterator[ServingT
     grpc_port, rest_port = free_ports(2)
     log_path = folder / "server.log"
     command = [binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={config}",
-               "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"]
+               "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0",
+               "--prefer_tflite_model=true"]  # as every kiln server: a TFLite folder is validated as TFLite
     command[0] = _executable(binary)
     try:
         with log_path.open("wb") as log:

@@ -216,6 +216,9 @@ class RegistryConfig(_Strict):
 class ServingConfig(_Strict):
     model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
                                    description="served model name (default: the pipeline name)")
+    format: Literal["auto", "saved_model", "tflite"] = Field(
+        "auto", description="what ships: auto (the selected variant's TFLite file, or the trained SavedModel when "
+                            "no variant was selected over the float baseline), saved_model or tflite")
     verify_examples: int = Field(32, ge=1, le=1000, description="eval rows replayed against the server")
     tolerance: float = Field(1e-4, gt=0, description="max |served - in-process| output difference")
     max_p99_ms: float | None = Field(

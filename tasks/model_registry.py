@@ -24,7 +24,7 @@ CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
 HISTORY_TAG = "kiln.alias_history"
 BLESSED_TAG = "blessed"  # on each model version: true or false
 HISTORY_LIMIT = 200
-SERVING_ARTIFACT_PATH = "tf_serving"  # the exact SavedModel TF Serving runs
+SERVING_ARTIFACT_PATH = "tf_serving"  # the exact version folder TF Serving runs
 CONTRACT_ARTIFACT_PATH = "contract"  # preprocessing.json: the served features and the label
 CONTRACT_FILE = "preprocessing.json"
 MODEL_CARD = "model_card.md"
@@ -130,7 +130,7 @@ def describe(client: Any, model: str, description: str) -> None:
 @dataclass(frozen=True)
 class DownloadedVersion:
     version: int
-    saved_model: Path
+    version_folder: Path  # its tf_serving/: the folder the server loads (a SavedModel or a model.tflite)
     contract: Path | None  # preprocessing.json, when the version was registered by kiln
 
 
@@ -142,18 +142,18 @@ def quiet_downloads() -> None:
 
 
 def download_version(client: Any, model: str, version: int, folder: Path) -> DownloadedVersion:
-    """The version's SavedModel (and contract) from its MLflow run's artifacts."""
+    """The version's folder as served (and its contract) from its MLflow run's artifacts."""
     import mlflow
 
     quiet_downloads()
     run_id = client.get_model_version(model, str(version)).run_id
-    saved_model = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SERVING_ARTIFACT_PATH,
-                                                           dst_path=str(folder), tracking_uri=client.tracking_uri))
+    version_folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SERVING_ARTIFACT_PATH,
+                                                              dst_path=str(folder), tracking_uri=client.tracking_uri))
     try:
         contract_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_ARTIFACT_PATH,
                                                            dst_path=str(folder), tracking_uri=client.tracking_uri)
         contract: Path | None = Path(contract_dir) / CONTRACT_FILE
     except Exception:  # noqa: BLE001 - a version registered before kiln logged contracts has none
         contract = None
-    return DownloadedVersion(version=version, saved_model=saved_model,
+    return DownloadedVersion(version=version, version_folder=version_folder,
                              contract=contract if contract and contract.exists() else None)

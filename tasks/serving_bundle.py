@@ -1,11 +1,12 @@
-"""The folder TF Serving loads as one version, written once by register and shipped as is.
+"""The folder TF Serving loads as one version, written once by optimize and shipped as is.
 
-It holds the SavedModel optimize chose to serve (the trained one, or the fine-tuned one its TFLite file
-came from), the selected variant's `model.tflite` (for `--prefer_tflite_model` and edge use) and warmup
-requests built from eval rows (`assets.extra/tf_serving_warmup_requests`), so the server replays real
-traffic before it reports AVAILABLE: a model that cannot answer them never gets a label. Register logs
-it to MLflow as the version's `tf_serving/`; the InfraValidator's sandbox, push and a serving sync all
-load these same bytes, so what was validated is what serves, whoever puts it there.
+It holds the model that ships in the format it is served in: the selected variant's `model.tflite` (served
+with --prefer_tflite_model) or a SavedModel (the trained one, or the fine-tuned one a variant was made from),
+never both, so a server's format follows the folder. Beside it, warmup requests built from eval rows
+(`assets.extra/tf_serving_warmup_requests`), so the server replays real traffic before it reports AVAILABLE: a
+model that cannot answer them never gets a label. Evaluate scores this folder, register logs it to MLflow as the
+version's `tf_serving/`, and the InfraValidator's sandbox, push and a serving sync all load these same bytes
+(one digest, `common.digest`), so what was blessed and validated is what serves, whoever puts it there.
 """
 
 from __future__ import annotations
@@ -14,30 +15,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import SAVED_MODEL_DIR, Model
-from tasks.artifacts.optimized import SERVED_SAVED_MODEL, TFLITE_FILE, OptimizedModel
-from tasks.features import FeatureSpec, load_arrays
+from tasks.artifacts.optimized import TFLITE_FILE
+from tasks.features import FeatureSpec
 from tasks.models.export import SIGNATURE
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 WARMUP_RECORDS = 8
 
 
-def write_version_folder(folder: Path, trained: Model, optimized: OptimizedModel, examples: Examples,
-                         served_model_name: str) -> Path:
-    """Fill `folder` (new) with the version's files; the same inputs give the same bytes (a retry is a no-op)."""
-    # Local copies (the artifacts may be on object storage): the folder is written locally, then published.
-    source = optimized.local(SERVED_SAVED_MODEL) if optimized.fine_tuned_saved_model else trained.local(SAVED_MODEL_DIR)
-    shutil.copytree(source, folder)
-    features = trained.preprocessing.features
-    inputs, _ = load_arrays(examples.split_files("eval"), features, trained.preprocessing.label,
-                            limit=WARMUP_RECORDS)
+def write_version_folder(folder: Path, model_name: str, features: list[FeatureSpec], warmup_inputs: dict[str, Any],
+                         tflite_model: bytes | None = None, saved_model: Path | None = None) -> Path:
+    """Fill `folder` (new) with `tflite_model` or a copy of `saved_model`, and warmup requests; the same inputs
+    give the same bytes (a retry publishes the same digest)."""
+    if (tflite_model is None) == (saved_model is None):
+        raise ValueError("a version folder holds a TFLite model or a SavedModel, exactly one")
+    if saved_model is not None:
+        shutil.copytree(saved_model, folder)
+    else:
+        folder.mkdir(parents=True)
+        (folder / TFLITE_FILE).write_bytes(tflite_model)
     warmup = folder / WARMUP_FILE
     warmup.parent.mkdir(parents=True, exist_ok=True)
-    write_warmup_requests(warmup, served_model_name, features, inputs)
-    if optimized.tflite_path:
-        shutil.copy2(optimized.local(TFLITE_FILE), folder / TFLITE_FILE)
+    write_warmup_requests(warmup, model_name, features, warmup_inputs)
     return folder
 
 

@@ -124,5 +124,5 @@ def _materialize(client: Any, registered_model: str, served_model: str, version:
         except (MlflowException, OSError) as exc:
             raise SyncError(f"{registered_model} v{version}: its tf_serving/ artifact could not be downloaded "
                             f"({str(exc).splitlines()[0]})") from exc
-        deployer.stage_version(served_model, version, downloaded.saved_model, {})
+        deployer.stage_version(served_model, version, downloaded.version_folder, {})
     log.info("sync: %s v%s materialized from MLflow into the model base path", registered_model, version)

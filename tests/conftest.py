@@ -71,14 +71,15 @@ def module_s3(s3_server, request):
 
 @pytest.fixture
 def model_server(tmp_path):
-    """A kiln-model-server with an empty model config, as `kiln up` starts it; yields its target."""
+    """A kiln-model-server with an empty model config and the flags `kiln up` starts it with (a version's format
+    follows its folder: --prefer_tflite_model); yields its target."""
     from serving.target import ServingTarget
 
     config = tmp_path / "serving" / "models.config"
     config.parent.mkdir(parents=True)
     config.write_text("model_config_list {\n}\n")
     server = start_server(tmp_path, f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-                          "--max_num_load_retries=0")
+                          "--max_num_load_retries=0", "--prefer_tflite_model=true")
     try:
         yield ServingTarget(grpc_address=server.grpc_target, rest_url=server.rest_url,
                             model_base_path=tmp_path / "serving" / "models", config_file=config)
@@ -96,7 +97,7 @@ def s3_model_server(s3, tmp_path):
     config = s3.url("serving", "models.config")
     storage.write_text(config, "model_config_list {\n}\n")
     server = start_server(tmp_path, f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-                          "--max_num_load_retries=0")
+                          "--max_num_load_retries=0", "--prefer_tflite_model=true")
     try:
         yield ServingTarget(grpc_address=server.grpc_target, rest_url=server.rest_url,
                             model_base_path=s3.url("serving", "models"), config_file=config)

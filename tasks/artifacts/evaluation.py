@@ -1,5 +1,6 @@
-"""`ModelEvaluation`: the candidate's metrics on the eval split, the champion's on the same examples,
-every threshold check with its value and why it passed or failed, and the blessing.
+"""`ModelEvaluation`: the metrics of the artifact that ships on the eval split (and, for context, the trained
+float model's), the champion's as served on the same examples, every threshold check with its value and why it
+passed or failed, the blessing, and the digest of the version folder it blesses.
 
 Layout: `metrics.json` (everything: per-class numbers, the confusion matrix, every slice's metrics for
 both models) and plots: `confusion_matrix.png` or `residuals.png`, and `slices.png` when sliced.
@@ -24,8 +25,12 @@ class Check(Properties):
 
 class EvaluationProperties(Properties):
     task: str
-    metrics: dict[str, float]  # the candidate's overall metrics by name (accuracy, auc, rmse, ...)
+    metrics: dict[str, float]  # the shipped artifact's overall metrics by name (accuracy, auc, rmse, ...): gated
+    metrics_trained: dict[str, float] = {}  # the trained float model's, on the same rows: context, never gated
     num_examples: int
+    artifact_sha256: str = ""  # the digest of the version folder that was scored (common.digest)
+    shipped_variant: str = ""  # optimize's selection: "baseline" or a variant name
+    shipped_format: str = ""  # saved_model or tflite
     champion_version: int | None = None
     champion_metrics: dict[str, float] | None = None
     checks: list[Check]

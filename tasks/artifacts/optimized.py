@@ -1,22 +1,34 @@
 """`OptimizedModel`: every compressed variant of the model, measured against its float32 TFLite
-baseline, and the one selected to ship.
+baseline, the one selected, and the version folder that ships it: the one artifact evaluate scores,
+register logs, push ships and the server loads (TFX's Trainer rewriter output, blessed by the Evaluator).
 
-Layout: `model.tflite` (the selected variant's file; rides in the served version folder),
-`variants/<name>.tflite` (every variant built), `served_saved_model/` (when the selection was fine-tuned:
-the stripped pruned, QAT or pruning-preserving QAT SavedModel it was converted from, which TF Serving then
-serves, so the SavedModel and the TFLite file are the same model), `report.json`, `report.md` and
+Layout: `version/` (the version folder, see `ShippedArtifact`), `model.tflite` (the selected variant's
+file), `variants/<name>.tflite` (every variant built), `report.json`, `report.md` and
 `size_vs_metric.png`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from tasks.artifacts.base import ArtifactType, Properties
 
 TFLITE_FILE = "model.tflite"
-SERVED_SAVED_MODEL = "served_saved_model"
+VERSION_FOLDER = "version"
 REPORT_JSON, REPORT_MD, REPORT_PLOT = "report.json", "report.md", "size_vs_metric.png"
+ServedFormat = Literal["saved_model", "tflite"]
+
+
+class ShippedArtifact(Properties):
+    """The version folder that ships: `model.tflite` (served by TF Serving with --prefer_tflite_model) or a
+    SavedModel, with its warmup requests; never both, so the format follows the folder."""
+
+    variant: str  # "baseline" or a variant name
+    format: ServedFormat
+    source: str  # the model it was made from: trained, pruned, qat or pruned_qat
+    sha256: str  # common.digest.folder_digest of the folder
+    bytes: int  # every file of the folder
+    gzip_bytes: int  # each file gzip-compressed, summed
 
 
 class VariantResult(Properties):
@@ -42,6 +54,7 @@ class OptimizedProperties(Properties):
     variants: list[VariantResult]
     selected: str  # "baseline" or a variant name
     served_saved_model: str  # the selection's source: trained, pruned, qat or pruned_qat
+    shipped: ShippedArtifact
 
     @property
     def selected_result(self) -> VariantResult:
@@ -64,8 +77,11 @@ class OptimizedProperties(Properties):
                          f"{cell(result.gzip_bytes, ',')} | {cell(result.latency_ms_p50, '.3f')} | "
                          f"{cell(result.latency_ms_p99, '.3f')} | {cell(result.sparsity, '.1%')} | "
                          f"{'yes' if result.within_budget else 'no'} |")
+        shipped = self.shipped
         lines.append(f"\nBudget: {self.budget:g} {self.budget_unit} against the float32 baseline; selected "
-                     f"{self.selected} (served SavedModel: {self.served_saved_model}).")
+                     f"{self.selected} (made from the {self.served_saved_model} model). Ships as "
+                     f"{shipped.format}: {shipped.bytes:,} bytes ({shipped.gzip_bytes:,} gzip), sha256 "
+                     f"{shipped.sha256[:12]}.")
         return "\n".join(lines) + "\n"
 
 
@@ -79,6 +95,5 @@ class OptimizedModel(ArtifactType[OptimizedProperties]):
         return self.path(TFLITE_FILE) if self.properties.selected_result.bytes else None
 
     @property
-    def fine_tuned_saved_model(self) -> str | None:
-        """The SavedModel to serve when the selection was fine-tuned (None: serve the trained one)."""
-        return self.path(SERVED_SAVED_MODEL) if self.properties.served_saved_model != "trained" else None
+    def version_folder(self) -> str:
+        return self.path(VERSION_FOLDER)

@@ -14,7 +14,8 @@ class PushedProperties(Properties):
     rest_url: str
     grpc_address: str
     forced_reason: str | None = None  # pushed although not blessed, and why
-    saved_model: str  # the SavedModel that was shipped (verify compares the server with it)
+    artifact_sha256: str  # the digest of the folder shipped: evaluate's (verify checks the server's against it)
+    artifact_format: str  # saved_model or tflite
 
 
 class PushedModel(ArtifactType[PushedProperties]):

@@ -1,11 +1,10 @@
-"""`RegisteredModel`: the MLflow model version this run registered, and the version folder TF Serving will
-load (`tf_serving/`, the same files as the version's `tf_serving/` in MLflow)."""
+"""`RegisteredModel`: the MLflow model version this run registered; its `tf_serving/` artifact is optimize's
+version folder, the one evaluate blessed (its digest is `artifact_sha256`, also the version's
+`kiln.artifact_sha256` tag)."""
 
 from __future__ import annotations
 
 from tasks.artifacts.base import ArtifactType, Properties
-
-VERSION_FOLDER = "tf_serving"
 
 
 class RegisteredProperties(Properties):
@@ -15,12 +14,9 @@ class RegisteredProperties(Properties):
     model_uri: str
     serving_artifact_uri: str
     blessed: bool
+    artifact_sha256: str = ""
 
 
 class RegisteredModel(ArtifactType[RegisteredProperties]):
     KIND = "RegisteredModel"
     Properties = RegisteredProperties
-
-    @property
-    def version_folder(self) -> str:
-        return self.path(VERSION_FOLDER)

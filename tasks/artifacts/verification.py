@@ -1,4 +1,5 @@
-"""`ServingVerification`: the served version answered like the evaluated model and was promoted."""
+"""`ServingVerification`: the served version is the folder evaluate blessed (same digest), answered like it,
+and was promoted."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class VerificationProperties(Properties):
     max_relative_diff: float  # |served - in-process| / max(1, |in-process|), over every numeric output
     batch_latency_ms: float
     mlflow_aliases: dict[str, int]
+    artifact_sha256: str = ""  # recomputed from the server's version folder
 
 
 class ServingVerification(ArtifactType[VerificationProperties]):

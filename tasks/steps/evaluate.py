@@ -1,5 +1,11 @@
-"""Evaluate: TFX's Evaluator — the candidate and the current `@champion` on the same eval examples,
-overall and sliced, against value and change thresholds; bless only a model that passes them all.
+"""Evaluate: TFX's Evaluator — the candidate as it ships and the current `@champion` as it is served, on the same
+eval examples, overall and sliced, against value and change thresholds; bless only a model that passes them all.
+
+The candidate is optimize's version folder, run in-process the way the server runs it (`tasks.served_artifact`:
+its `model.tflite` in LiteRT, or its SavedModel), and its digest is recorded: register tags the MLflow version
+with it, push refuses any other folder, verify recomputes it from the server's. The champion is its registered
+`tf_serving/` folder, run the same way, so a TFLite champion is compared like for like. The trained float
+model's metrics are reported beside them as context (`metrics_trained`), never gated.
 
 Metrics: classification accuracy, macro precision/recall/f1, per-class precision/recall, AUC when
 binary; regression RMSE, MAE, R². Slices (`evaluate.slices`, TFMA-style feature keys; numeric columns
@@ -23,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from common.digest import folder_digest
 from tasks import plots, tracking
 from tasks.artifacts.evaluation import METRICS_FILE, Check, EvaluationProperties, ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import SAVED_MODEL_DIR, Model
+from tasks.artifacts.optimized import VERSION_FOLDER, OptimizedModel
 from tasks.config import ChangeThreshold, ConfigError, EvaluateConfig, PipelineConfig
 from tasks.context import StepContext
 from tasks.errors import BadInputError
@@ -34,7 +42,7 @@ from tasks.features import FeatureSpec, LabelSpec, Preprocessing, load_arrays
 from tasks.metrics import HEADLINE, HIGHER, TASK_METRICS, classification_metrics, passes, regression_metrics
 from tasks.model_registry import CHAMPION, aliases, download_version
 from tasks.models.assemble import PREDICTION, PROBABILITIES
-from tasks.models.export import predict
+from tasks.served_artifact import predict_served, served_format
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +73,20 @@ class Scored:
         return classification_metrics(targets, probabilities, self.label.classes or [])
 
 
-def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> dict[str, str]:
+def run(config: PipelineConfig, ctx: StepContext, optimized: str, model: str, examples: str) -> dict[str, str]:
     import mlflow
 
-    trained = Model.read(model)
-    data = Examples.read(examples)
+    shipping, trained, data = OptimizedModel.read(optimized), Model.read(model), Examples.read(examples)
+    folder = shipping.local(VERSION_FOLDER)
+    sha256 = folder_digest(folder)
+    shipped = shipping.properties.shipped
+    if sha256 != shipped.sha256:  # changed after optimize published it: the blessing would bless other bytes
+        raise EvaluationError(f"{shipping.version_folder}: digest {sha256[:12]} is not the {shipped.sha256[:12]} "
+                              f"optimize recorded; the version folder was changed")
     files = data.split_files("eval")
-    candidate = _score("candidate", trained.local(SAVED_MODEL_DIR), trained.preprocessing, files)
+    eval_set = _EvalSet.load(files, trained.preprocessing)
+    candidate = eval_set.score(f"candidate ({shipped.variant}, {shipped.format})", folder)
+    float_model = eval_set.score("trained float model", trained.local(SAVED_MODEL_DIR))
     champion, champion_problem = _champion(config, ctx, files)
     slices = _slices(config.evaluate, data, files, trained.preprocessing.label, candidate, champion)
     overall = _overall(candidate)
@@ -86,41 +101,62 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
     out_uri = ctx.output_uri("evaluate", "evaluation")
     details = candidate.metrics()
     with ModelEvaluation.publish(out_uri) as out:
-        report = {"candidate": details, "champion": {"name": champion.name, "metrics": champion.metrics()}
-                  if champion else None, "slices": slices, "checks": [c.model_dump() for c in checks]}
+        report = {"candidate": details, "trained": float_model.metrics(),
+                  "champion": {"name": champion.name, "metrics": champion.metrics()} if champion else None,
+                  "slices": slices, "checks": [c.model_dump() for c in checks]}
         (out.dir / METRICS_FILE).write_text(json.dumps(report, indent=1, default=_json_number))
         plotted = _plots(candidate, details, slices, champion, out.dir)
         out.properties = EvaluationProperties(
-            task=candidate.label.task, metrics=overall, num_examples=len(candidate.targets),
-            champion_version=champion.version if champion else None,
+            task=candidate.label.task, metrics=overall, metrics_trained=_overall(float_model),
+            num_examples=len(candidate.targets), artifact_sha256=sha256, shipped_variant=shipped.variant,
+            shipped_format=shipped.format, champion_version=champion.version if champion else None,
             champion_metrics=champion_overall, checks=checks, blessed=blessed, plots=plotted)
         mlflow.log_metrics({f"eval_{k}": v for k, v in overall.items() if not math.isnan(v)}
+                           | {f"trained_eval_{k}": v for k, v in out.properties.metrics_trained.items()
+                              if not math.isnan(v)}
                            | {"eval_examples": len(candidate.targets)})
         if champion_overall:
             mlflow.log_metrics({f"champion_{k}": v for k, v in champion_overall.items() if not math.isnan(v)})
         for plot in plotted:
             mlflow.log_artifact(str(out.dir / plot))
         mlflow.log_dict(report["checks"], "blessing.json")
-        mlflow.set_tag("kiln.blessed", str(blessed).lower())
+        mlflow.set_tags({"kiln.blessed": str(blessed).lower(), "kiln.artifact_sha256": sha256,
+                         "kiln.served_format": shipped.format})
     log.info("evaluate: %s", _table(candidate.label.task, overall, champion, champion_overall, slices))
+    log.info("evaluate: the trained float model, for context: %s",
+             ", ".join(f"{k} {v:.4f}" for k, v in out.properties.metrics_trained.items()))
     for check in checks:
         log.info("evaluate: %-6s %s", "PASS" if check.passed else "FAIL", check.reason)
-    log.info("evaluate: %s", "blessed" if blessed else f"NOT blessed: {next(c.reason for c in checks if not c.passed)}")
+    log.info("evaluate: %s %s (sha256 %s)", "blessed" if blessed else
+             f"NOT blessed ({next(c.reason for c in checks if not c.passed)}):", shipped.format, sha256)
     return {"evaluation": out_uri}
 
 
-def _score(name: str, saved_model: Path, preprocessing: Preprocessing, files: list[str],
-           version: int | None = None) -> Scored:
-    inputs, targets = load_arrays(files, preprocessing.features, preprocessing.label)
-    if preprocessing.label.task == "classification" and len(targets) and int(targets.min()) < 0:
-        unknown = int((targets < 0).sum())
-        raise EvaluationError(f"{unknown} eval examples have a label outside the classes "
-                              f"{(preprocessing.label.classes or [])[:10]} of the {name}")
-    return Scored(name, preprocessing.label, targets, predict(saved_model, inputs), version)
+@dataclass
+class _EvalSet:
+    """The eval split's inputs and targets, loaded once and scored by every model of the same contract."""
+
+    preprocessing: Preprocessing
+    inputs: dict[str, Any]
+    targets: Any
+
+    @classmethod
+    def load(cls, files: list[str], preprocessing: Preprocessing) -> _EvalSet:
+        inputs, targets = load_arrays(files, preprocessing.features, preprocessing.label)
+        return cls(preprocessing, inputs, targets)
+
+    def score(self, name: str, folder: Path, version: int | None = None) -> Scored:
+        label = self.preprocessing.label
+        if label.task == "classification" and len(self.targets) and int(self.targets.min()) < 0:
+            unknown = int((self.targets < 0).sum())
+            raise EvaluationError(f"{unknown} eval examples have a label outside the classes "
+                                  f"{(label.classes or [])[:10]} of the {name}")
+        return Scored(name, label, self.targets, predict_served(folder, self.inputs), version)
 
 
 def _champion(config: PipelineConfig, ctx: StepContext, files: list[str]) -> tuple[Scored | None, str | None]:
-    """(the champion scored on the same examples, or why it could not be) — (None, None) on the first run."""
+    """(the champion as it is served, scored on the same examples, or why it could not be) — (None, None) on the
+    first run."""
     client = tracking.client(ctx)
     version = aliases(client, config.registered_model_name).get(CHAMPION)
     if version is None:
@@ -130,8 +166,10 @@ def _champion(config: PipelineConfig, ctx: StepContext, files: list[str]) -> tup
         if downloaded.contract is None:
             return None, f"champion v{version} was registered without kiln's contract (preprocessing.json)"
         preprocessing = Preprocessing.model_validate_json(downloaded.contract.read_text())
+        served = served_format(downloaded.version_folder)
         try:
-            return _score(f"champion v{version}", downloaded.saved_model, preprocessing, files, version), None
+            return _EvalSet.load(files, preprocessing).score(f"champion v{version} ({served})",
+                                                            downloaded.version_folder, version), None
         except (BadInputError, ValueError, KeyError) as exc:  # e.g. a column the champion needs is gone
             return None, f"champion v{version} could not be scored on this eval split: {exc}"
 

@@ -7,7 +7,8 @@ Infra-blessed when it loaded in time, every request was answered, and its p99 (R
 gated on this blessing. The sandbox is `serving.sandbox_binary` (kiln-model-server by default; the real
 `tensorflow_model_server` takes the same flags), or a running TF Serving kept for validation
 (`serving.sandbox`: a staging instance), where the candidate is loaded under its own name and unloaded
-afterwards. Either way it loads register's version folder: the bytes push ships.
+afterwards. Either way it loads optimize's version folder, the one evaluate blessed: the bytes push ships (the
+sandbox runs with --prefer_tflite_model, as every kiln server does, so a TFLite folder is served as TFLite).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.infra_blessing import InfraBlessing, InfraBlessingProperties
 from tasks.artifacts.model import Model
-from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel
+from tasks.artifacts.optimized import VERSION_FOLDER, OptimizedModel
+from tasks.artifacts.registered import RegisteredModel
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 SANDBOX_MODEL_SUFFIX = "-infra-validation"  # the candidate's name on a configured, shared sandbox server
 
 
-def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, model: str,
+def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, optimized: str, model: str,
         examples: str) -> dict[str, str]:
     del evaluation  # a gate: read by the step runner
     from serving.sandbox import SandboxError, sandbox_server
@@ -40,7 +42,8 @@ def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: s
     settings = config.serving
     trained, data = Model.read(model), Examples.read(examples)
     registration = RegisteredModel.read(registered)
-    candidate = (registration.local(VERSION_FOLDER), registration.properties.version)  # the sandbox reads it locally
+    # The sandbox reads a local copy (the artifact may be on object storage).
+    candidate = (OptimizedModel.read(optimized).local(VERSION_FOLDER), registration.properties.version)
     inputs, _ = load_arrays(data.split_files("eval"), trained.preprocessing.features, trained.preprocessing.label,
                             limit=settings.infra_examples)
     timeout = settings.infra_load_timeout_seconds

@@ -1,5 +1,6 @@
 """Optimize: prune and quantize the trained model the way the tfmot guides do, measure every variant
-honestly, and ship the smallest one that stays within the accuracy budget.
+honestly, select the smallest one that stays within the accuracy budget, and write the version folder that
+ships it (TFX's Trainer rewriter: the one artifact evaluate blesses and push ships).
 
 The baseline is the float32 TFLite conversion of the trained model (not the SavedModel). Variants
 (`optimize.variants`): post-training dynamic-range, float16 and full-integer int8 (calibrated on train
@@ -10,6 +11,12 @@ batch-1 latency p50/p99 and the sparsity of its weights read from the file. The 
 smallest (gzip) variant whose metric is within `optimize.budget` of the baseline. A variant that cannot
 be built (a layer tfmot does not support) or converted (string lookups need Select TF ops) is skipped
 with the reason recorded.
+
+What ships (`serving.format`): `auto` serves the selected variant's `model.tflite` (TF Serving with
+--prefer_tflite_model) and the trained SavedModel when nothing was selected over the float baseline (no
+variants, a budget of 0, or none within it); `tflite` always ships a TFLite file (the float32 one at least),
+and refuses, in one line, a model that does not convert; `saved_model` ships the SavedModel the selection was
+made from (the trained one, or the pruned / QAT fine-tune), never a TFLite file.
 """
 
 from __future__ import annotations
@@ -23,29 +30,36 @@ from typing import Any
 
 import numpy as np
 
-from common import storage
+from common import digest, storage
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import (
     REPORT_JSON,
     REPORT_MD,
     REPORT_PLOT,
-    SERVED_SAVED_MODEL,
     TFLITE_FILE,
+    VERSION_FOLDER,
     OptimizedModel,
     OptimizedProperties,
+    ShippedArtifact,
     VariantResult,
 )
 from tasks.compression import tflite
 from tasks.compression.variants import BASELINE, RECIPES, fine_tunes_needed
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
+from tasks.errors import BadInputError
 from tasks.features import LabelSpec, load_arrays
 from tasks.metrics import HEADLINE, classification_metrics, regression_metrics
 from tasks.models.assemble import PREDICTION, PROBABILITIES
+from tasks.serving_bundle import WARMUP_RECORDS, write_version_folder
 from tasks.training.launcher import TrainError, launcher_for, remote_work_uri
 
 log = logging.getLogger(__name__)
+
+
+class ServingFormatError(BadInputError):
+    """The model cannot ship in the format `serving.format` asks for."""
 
 
 def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> dict[str, str]:
@@ -82,13 +96,16 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
         budget = config.optimize_budget
         baseline, *variants = (_with_budget(r, baseline, label, budget) for r in [baseline, *variants])
         selected = _select(baseline, variants, budget)
-        served = RECIPES[selected.name][0]  # serve the model the selected file was converted from
-        _write_files(out.dir, files, selected.name, served, sources)
+        source = RECIPES[selected.name][0]  # the model the selected file was converted from
+        _write_files(out.dir, files, selected.name)
+        warmup_inputs = {name: values[:WARMUP_RECORDS] for name, values in eval_inputs.items()}
+        shipped = _ship(config, out.dir / VERSION_FOLDER, selected, baseline, source, files, sources, warmup_inputs,
+                        features)
         out.properties = OptimizedProperties(
             metric_name=HEADLINE[label.task], budget=budget,
             budget_unit="accuracy points" if label.task == "classification" else "relative RMSE increase",
             saved_model_bytes=_dir_bytes(saved_model), baseline=baseline, variants=variants,
-            selected=selected.name, served_saved_model=served)
+            selected=selected.name, served_saved_model=source, shipped=shipped)
         _report(out.dir, out.properties)
         for name in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
             mlflow.log_artifact(str(out.dir / name))
@@ -96,6 +113,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> 
                             for key in ("metric", "gzip_bytes", "latency_ms_p50", "sparsity")
                             if getattr(r, key) is not None})
         mlflow.set_tag("kiln.optimized_variant", selected.name)
+        mlflow.set_tags({"kiln.served_format": shipped.format, "kiln.artifact_sha256": shipped.sha256})
     shutil.rmtree(work, ignore_errors=True)
     if remote := remote_work_uri(config.train, ctx, "optimize"):
         storage.remove(remote)
@@ -214,15 +232,35 @@ def _representative(data: Examples, trained: Model, count: int) -> Any:
     return examples
 
 
-def _write_files(folder: Path, files: dict[str, bytes], selected: str, served: str,
-                 sources: dict[str, Path | str]) -> None:
+def _write_files(folder: Path, files: dict[str, bytes], selected: str) -> None:
     (folder / "variants").mkdir()
     for name, model in files.items():
         (folder / "variants" / f"{name}.tflite").write_bytes(model)
     if selected in files:
         (folder / TFLITE_FILE).write_bytes(files[selected])
-    if served != "trained":
-        shutil.copytree(sources[served], folder / SERVED_SAVED_MODEL)
+
+
+def _ship(config: PipelineConfig, folder: Path, selected: VariantResult, baseline: VariantResult, source: str,
+          files: dict[str, bytes], sources: dict[str, Path | str], warmup_inputs: dict[str, Any],
+          features: Any) -> ShippedArtifact:
+    """Write the version folder `serving.format` asks for (see the module's docstring); its description."""
+    wanted = config.serving.format
+    if wanted == "auto":
+        wanted = "saved_model" if selected.name == BASELINE else "tflite"
+    if wanted == "tflite":
+        if selected.name not in files:
+            raise ServingFormatError(f"serving.format tflite: the model does not convert to TFLite "
+                                     f"({baseline.skipped_reason}); use serving.format saved_model or auto")
+        write_version_folder(folder, config.served_model_name, features, warmup_inputs, tflite_model=files[selected.name])
+    else:
+        write_version_folder(folder, config.served_model_name, features, warmup_inputs,
+                             saved_model=Path(sources[source]))
+    gzip_bytes = sum(len(gzip.compress(path.read_bytes(), 9)) for _, path in digest.folder_files(folder))
+    shipped = ShippedArtifact(variant=selected.name, format=wanted, source=source, sha256=digest.folder_digest(folder),
+                              bytes=digest.folder_bytes(folder), gzip_bytes=gzip_bytes)
+    log.info("optimize: ships %s as %s (%s bytes, sha256 %s)", shipped.variant, shipped.format, f"{shipped.bytes:,}",
+             shipped.sha256)
+    return shipped
 
 
 def _report(folder: Path, props: OptimizedProperties) -> None:

@@ -2,9 +2,10 @@
 
 The tf_keras model is logged with `mlflow.tensorflow.log_model` (loads back as Keras or pyfunc with
 TF_USE_LEGACY_KERAS=1) with a signature of the served features and an input example; beside it: the
-exact version folder TF Serving will load (`tf_serving/`: the SavedModel optimize chose, its TFLite
-file and warmup requests, see `tasks.serving_bundle`; also kept in this step's artifact, from where the
-InfraValidator and push ship it), the selected TFLite file (`tflite/`), every compression variant (`compression/`), kiln's contract
+exact version folder TF Serving will load (`tf_serving/`: optimize's version folder, the TFLite file or the
+SavedModel that ships with its warmup requests, see `tasks.serving_bundle`; the version is tagged with the
+digest evaluate recorded for it, `kiln.artifact_sha256`, and the folder is checked against it before it is
+logged), the selected TFLite file (`tflite/`), every compression variant (`compression/`), kiln's contract
 (`contract/preprocessing.json`: served features and label, what a later evaluate needs to score this
 version as champion), the schema (`schema/schema.pbtxt`), the evaluation (`evaluation/`: metrics,
 checks, plots) and a model card (`model_card.md`). Version tags link it to its DAG run, data and
@@ -23,15 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from common import storage
+from common.digest import folder_digest
 from tasks import tracking
 from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, SAVED_MODEL_DIR, Model
-from tasks.artifacts.optimized import REPORT_JSON, REPORT_MD, REPORT_PLOT, TFLITE_FILE, OptimizedModel
-from tasks.artifacts.registered import VERSION_FOLDER, RegisteredModel, RegisteredProperties
+from tasks.artifacts.optimized import (
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PLOT,
+    TFLITE_FILE,
+    VERSION_FOLDER,
+    OptimizedModel,
+)
+from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
+from tasks.errors import BadInputError
 from tasks.failpoints import failpoint
 from tasks.features import FeatureSpec
 from tasks.model_card import model_card
@@ -43,11 +53,15 @@ from tasks.model_registry import (
     SERVING_ARTIFACT_PATH,
 )
 from tasks.models.export import load_serving_function
-from tasks.serving_bundle import write_version_folder
 
 log = logging.getLogger(__name__)
 
 SCHEMA_ARTIFACT_PATH = "schema"
+DIGEST_TAG = "kiln.artifact_sha256"
+
+
+class NotWhatWasEvaluated(BadInputError):
+    """The version folder to register is not the one evaluate scored (its digest differs)."""
 
 
 def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, optimized: str, schema: str,
@@ -57,9 +71,11 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, o
     client = tracking.client(ctx)
     trained, optimized_model, data = Model.read(model), OptimizedModel.read(optimized), Examples.read(examples)
     out_uri = ctx.output_uri("register", "registered")
+    folder = optimized_model.local(VERSION_FOLDER)
+    if folder_digest(folder) != evaluated.properties.artifact_sha256:
+        raise NotWhatWasEvaluated(f"{optimized_model.version_folder}: its digest is not the "
+                                  f"{evaluated.properties.artifact_sha256[:12]} evaluate blessed; not registered")
     with RegisteredModel.publish(out_uri) as out:
-        folder = write_version_folder(out.dir / VERSION_FOLDER, trained, optimized_model, data,
-                                      config.served_model_name)
         version = find_version(client, name, ctx.run_id)
         if version is not None:
             log.info("register: reusing %s version %s already registered for %s", name, version.version,
@@ -76,7 +92,7 @@ def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, o
             model_name=name, version=int(version.version), mlflow_run_id=version.run_id,
             model_uri=f"models:/{name}/{version.version}",
             serving_artifact_uri=f"runs:/{version.run_id}/{SERVING_ARTIFACT_PATH}",
-            blessed=blessed)
+            blessed=blessed, artifact_sha256=evaluated.properties.artifact_sha256)
     log.info("register: %s version %s (%s, run %s)", name, version.version,
              "blessed" if blessed else "not blessed", version.run_id)
     return {"registered": out_uri}
@@ -114,6 +130,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
         mlflow.log_artifact(str(evaluated.local(plot)), artifact_path="evaluation")
     props = evaluated.properties
     metrics = {f"eval_{k}": v for k, v in props.metrics.items() if v == v}  # NaN is not a metric
+    metrics |= {f"trained_eval_{k}": v for k, v in props.metrics_trained.items() if v == v}
     selected = optimized.properties.selected_result
     metrics |= {f"tflite_{key}": float(value) for key, value in selected.model_dump().items()
                 if key in ("metric", "bytes", "gzip_bytes", "latency_ms_p50", "sparsity") and value is not None}
@@ -126,6 +143,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
             "kiln.data_source": examples_props.source, "kiln.data_fingerprint": examples_props.source_sha256,
             "kiln.schema": f"{SCHEMA_ARTIFACT_PATH}/{SCHEMA_FILE}", "kiln.schema_origin": schema.properties.origin,
             "kiln.optimized_variant": selected.name, "kiln.served_saved_model": optimized.properties.served_saved_model,
+            DIGEST_TAG: props.artifact_sha256, "kiln.served_format": props.shipped_format,
             BLESSED_TAG: str(props.blessed).lower(), **{k: v for k, v in ctx.lineage.items() if v},
             **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
     if not props.blessed:

@@ -1,5 +1,7 @@
-"""Verify: replay eval rows against the pushed version over REST — JSON objects by feature name, as a
-client sends them — compare the answers with the shipped SavedModel run in-process, then promote.
+"""Verify: the server's version folder must be the one evaluate blessed (its digest, recomputed from the model
+base path), and eval rows replayed against the pushed version over REST — JSON objects by feature name, as a
+client sends them — must get the answers of that folder run in-process (`tasks.served_artifact`: TFLite in
+LiteRT or the SavedModel, as the server runs it); then promote.
 
 Promotion is the registry's first: `champion` moves to the version in MLflow (the old champion becomes
 `previous-champion`, the rollback target; each move is appended to the registered model's alias
@@ -14,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from common import storage
+from common.digest import folder_digest
 from tasks import tracking
+from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
 from tasks.artifacts.pushed import PushedModel
@@ -23,37 +28,48 @@ from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
 from tasks.model_registry import CHALLENGER, describe, move_alias, promote
-from tasks.models.export import CLASS, CLASS_ID, predict
+from tasks.models.export import CLASS, CLASS_ID
+from tasks.served_artifact import predict_served
 from tasks.serving_sync import move_and_sync, sync
 
 log = logging.getLogger(__name__)
 
 class VerificationError(RuntimeError):
-    """The served model does not answer like the SavedModel that was shipped to it."""
+    """The served version is not the blessed folder, or does not answer like it."""
 
 
-def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examples: str) -> dict[str, str]:
+def run(config: PipelineConfig, ctx: StepContext, pushed: str, evaluation: str, model: str,
+        examples: str) -> dict[str, str]:
     from serving.client import RestClient
     from serving.deployer import ServingDeployer
 
     pushed_props = PushedModel.read(pushed).properties
+    blessed_sha256 = ModelEvaluation.read(evaluation).properties.artifact_sha256
     name, version = pushed_props.serving_model_name, pushed_props.version
     trained = Model.read(model)
     inputs, _ = load_arrays(Examples.read(examples).split_files("eval"), trained.preprocessing.features,
                             trained.preprocessing.label, limit=config.serving.verify_examples)
-    expected = predict(pushed_props.saved_model, inputs)  # what was shipped: the pruned model, when selected
     target = ctx.require_serving()
-    with RestClient(target.rest_url) as client:
-        served = client.predict(name, json_instances(inputs), version=version)
-    max_diff, mismatch = compare(served.rows(list(expected)), expected)
     deployer = ServingDeployer(target)
     client, model_name, by = tracking.client(ctx), config.registered_model_name, f"{ctx.dag_id} run {ctx.run_id}"
-    if mismatch or max_diff > config.serving.tolerance:
-        why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
+
+    def withdraw(why: str) -> VerificationError:
         move_alias(client, model_name, CHALLENGER, None, f"v{version} failed verify: {why}", by)
         sync(client, model_name, name, deployer)
-        raise VerificationError(f"{name} version {version} answers differently from the shipped model ({why}); "
-                                f"withdrawn from serving")
+        return VerificationError(f"{name} version {version} {why}; withdrawn from serving")
+
+    served_folder = storage.localize(deployer.version_dir(name, version))  # what the server loaded
+    served_sha256 = folder_digest(served_folder)
+    if served_sha256 != blessed_sha256:
+        raise withdraw(f"is not the blessed artifact: its folder on the server has digest {served_sha256[:12]}, "
+                       f"evaluate blessed {blessed_sha256[:12]}")
+    expected = predict_served(served_folder, inputs)
+    with RestClient(target.rest_url) as rest:
+        served = rest.predict(name, json_instances(inputs), version=version)
+    max_diff, mismatch = compare(served.rows(list(expected)), expected)
+    if mismatch or max_diff > config.serving.tolerance:
+        why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
+        raise withdraw(f"answers differently from the shipped model ({why})")
     why = f"forced: {pushed_props.forced_reason}" if pushed_props.forced_reason else "blessed and verified"
     _, synced = move_and_sync(client, model_name, name, deployer, lambda: promote(client, model_name, version, why, by),
                               f"promotion of v{version} failed on the server", by)
@@ -64,9 +80,10 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, model: str, examp
         out.properties = VerificationProperties(
             serving_model_name=name, served_version=version, versions=list(served_model.versions),
             labels=served_model.labels, examples=len(served.outputs), max_relative_diff=max_diff,
-            batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=synced.aliases)
-    log.info("verify: %s v%s matches in-process (max relative diff %.2e on %d rows); stable -> v%s; MLflow %s",
-             name, version, max_diff, len(served.outputs), version, synced.aliases)
+            batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=synced.aliases, artifact_sha256=served_sha256)
+    log.info("verify: %s v%s is the blessed folder (sha256 %s) and matches it in-process (max relative diff %.2e "
+             "on %d rows); stable -> v%s; MLflow %s", name, version, served_sha256, max_diff, len(served.outputs),
+             version, synced.aliases)
     return {"verification": out_uri}
 
 

@@ -46,7 +46,10 @@ FAILED = {"run_id": "kiln__x[/]", "state": "failed", "failed_task": "train", "er
 SUCCEEDED = {
     "run_id": "kiln__20260101T000000Z__[/]", "state": "success", "task": "classification", "wall_seconds": 10.0,
     "scheduling_overhead_seconds": 1.0, "scheduling_overhead_percent": 10.0, "task_seconds": {"train": 9.0},
-    "task_states": {"train": "success"}, "metrics": {"accuracy": 0.9}, "train": {"restarts": 1, "resumed_from_epoch": 2},
+    "task_states": {"train": "success"}, "metrics": {"accuracy": 0.9}, "metrics_trained": {"accuracy": 0.91},
+    "shipped": {"variant": "int8[/]", "format": "tflite", "sha256": "ab" * 32, "bytes": 45, "gzip_bytes": 25,
+                "trained_saved_model_bytes": 450},
+    "train": {"restarts": 1, "resumed_from_epoch": 2},
     "blessing": {"blessed": True, "checks": [{"name": "accuracy [/]", "value": 0.9, "threshold": 0.8, "passed": True}],
                  "champion_version": None, "champion_metrics": None},
     "optimize": {"baseline": {"name": "float32 [/]", "metric_name": "accuracy", "metric": 0.9, "bytes": 100,

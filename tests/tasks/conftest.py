@@ -70,6 +70,11 @@ def resolve(config: Path, root: Path, tracking_uri: str | None = None, serving: 
     return resolve_run(str(config), params or {}, deployment, run_id or default_run_id(root))
 
 
+def evaluate_inputs(trained: dict[str, Any]) -> dict[str, str]:
+    """What evaluate reads of a trained (and shipped) fixture."""
+    return {key: trained[key] for key in ("optimized", "model", "examples")}
+
+
 def default_run_id(root: Path) -> str:
     return f"manual__{root.name}"
 
@@ -96,7 +101,11 @@ def house_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _trained(root: Path, config: Path, tracking_uri: str) -> dict[str, Any]:
     run = resolve(config, root, tracking_uri, run_id="session-run")
-    return {"config": config, **run_steps(run, UNTIL_TRAIN)}
+    trained = {"config": config, **run_steps(run, UNTIL_TRAIN)}
+    # The version folder that ships with no compression (optimize.variants: []): the trained SavedModel, what
+    # evaluate scores in tests that are not about compression.
+    shipping = resolve(config, root, tracking_uri, params={"variants": []}, run_id="session-run-shipped")
+    return {**trained, **run_steps(shipping, ["optimize"], available=trained)}
 
 
 @pytest.fixture(scope="session")

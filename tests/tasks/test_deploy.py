@@ -1,5 +1,5 @@
 """Push and verify against a live kiln-model-server, through TF Serving's protocol only: every task's
-model serves raw features by name, a served answer that differs from the evaluated model is withdrawn."""
+model serves raw features by name; the gate decisions on the shipped artifact are in test_shipped_artifact.py."""
 
 from __future__ import annotations
 
@@ -11,19 +11,18 @@ import httpx
 import pytest
 
 from serving.client import RestClient, ServingClientError
-from serving.deployer import read_config
+from tasks.artifacts.optimized import VERSION_FOLDER, OptimizedModel
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.verification import ServingVerification
 from tasks.context import ServingEndpoints
 from tasks.step_runner import run_step, run_steps
-from tasks.steps.verify import VerificationError
 from tests.data import first_row
 from tests.servers import start_server
-from tests.tasks.conftest import UNTIL_TRAIN, digits_pipeline, resolve
+from tests.tasks.conftest import resolve
 
 pytestmark = pytest.mark.slow
-DEPLOY = ["evaluate", "optimize", "register", "infra_validate", "push", "verify"]
+DEPLOY = ["optimize", "evaluate", "register", "infra_validate", "push", "verify"]
 
 
 def endpoints(target) -> ServingEndpoints:
@@ -46,8 +45,11 @@ def test_digits_is_served_by_label_with_the_digit_as_its_class(trained_digits, t
     verified = ServingVerification.read(out["verification"]).properties
     assert verified.labels == {"stable": 1} and verified.mlflow_aliases == {"champion": 1}
     assert verified.max_relative_diff <= 1e-4 and verified.examples == 32
-    version_dir = Path(PushedModel.read(out["pushed"]).properties.version_dir)
-    assert (version_dir / "model.tflite").exists(), "for --prefer_tflite_model and edge use"
+    pushed = PushedModel.read(out["pushed"]).properties
+    version_dir = Path(pushed.version_dir)
+    model_file = {"tflite": "model.tflite", "saved_model": "saved_model.pb"}
+    assert [p.name for p in version_dir.iterdir() if p.name in model_file.values()] == \
+        [model_file[pushed.artifact_format]], "one model file: the server's format follows the folder"
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
     row = first_row(tiny_digits_csv)
     pixels = [float(row[f"pixel_{i}"]) for i in range(64)]
@@ -83,32 +85,6 @@ def test_regression_serves_one_prediction_per_row(trained_house, tmp_path, mlflo
     assert answer.rows(["prediction"]) == [{"prediction": value}]
 
 
-def test_a_candidate_that_answers_unlike_the_shipped_model_is_withdrawn(trained_digits, tiny_digits_csv, tmp_path,
-                                                                       mlflow_store, model_server) -> None:
-    from tasks.artifacts.model import Model
-
-    _, first = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
-    other = run_steps(resolve(digits_pipeline(tmp_path / "other", tiny_digits_csv, train={"epochs": 1}),
-                              tmp_path / "other", mlflow_store), UNTIL_TRAIN)
-    # A second DAG run pushes version 2 as canary; what the server loaded then differs from what was shipped
-    # (here: the push record names another model, as a corrupt copy or a wrong folder would).
-    second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
-                     params={"thresholds": {}, "change_thresholds": {}, "variants": []}, run_id="manual__second")
-    pushed = run_steps(second, ["evaluate", "optimize", "register", "infra_validate", "push"],
-                       available=trained_digits)["pushed"]
-    record = PushedModel.read(pushed).properties
-    assert record.labels == {"stable": 1, "canary": 2}
-    tampered = str(tmp_path / "tampered")
-    with PushedModel.publish(tampered) as out:
-        out.properties = record.model_copy(update={"saved_model": Model.read(other["model"]).saved_model})
-    with pytest.raises(VerificationError, match=r"version 2 answers differently from the shipped model .*withdrawn"):
-        run_step("verify", second, inputs={"pushed": tampered, "model": trained_digits["model"],
-                                           "examples": trained_digits["examples"]})
-    entry = read_config(model_server.config_file).model_config_list.config[0]
-    assert dict(entry.version_labels) == {"stable": 1} and list(entry.model_version_policy.specific.versions) == [1]
-    assert ServingVerification.read(first["verification"]).properties.served_version == 1
-
-
 def test_an_unblessed_model_is_registered_but_not_pushed_and_serving_is_untouched(
         trained_digits, tmp_path, mlflow_store, model_server) -> None:
     from tasks.step_runner import StepSkipped
@@ -117,11 +93,11 @@ def test_an_unblessed_model_is_registered_but_not_pushed_and_serving_is_untouche
     before = model_server.config_file.read_text()
     second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, endpoints(model_server),
                      params={"thresholds": {"accuracy": 1.0}, "variants": []}, run_id="manual__second")
-    out = run_steps(second, ["evaluate", "optimize", "register"], available=trained_digits)
+    out = run_steps(second, ["optimize", "evaluate", "register"], available=trained_digits)
     assert RegisteredModel.read(out["registered"]).properties.blessed is False
     with pytest.raises(StepSkipped, match=r"^not promoted: eval accuracy 0\.\d{4} does not meet"):
-        run_step("infra_validate", second, inputs={k: out[k] for k in ("evaluation", "registered", "model",
-                                                                      "examples")})
+        run_step("infra_validate", second, inputs={k: out[k] for k in ("evaluation", "registered", "optimized",
+                                                                      "model", "examples")})
     assert model_server.config_file.read_text() == before
     assert not (model_server.model_base_path / "digits" / "2").exists()
 
@@ -162,34 +138,12 @@ def test_lineage_walks_from_a_served_version_to_the_dag_run_data_and_schema(trai
     assert found["model_card"].endswith("/model_card.md")
 
 
-def test_a_server_preferring_tflite_answers_like_the_saved_model(trained_digits, tmp_path, mlflow_store,
-                                                                model_server, tiny_digits_csv) -> None:
-
-    _deploy(trained_digits, tmp_path, mlflow_store, model_server, variants=["int8"])
-    rows = [[float(v) for v in line.split(",")[:-1]] for line in tiny_digits_csv.read_text().splitlines()[1:41]]
-    lite = start_server(tmp_path, f"--model_config_file={model_server.config_file}", "--prefer_tflite_model=true",
-                        "--allow_version_labels_for_unavailable_models=true")
-    try:
-        with RestClient(model_server.rest_url) as saved, RestClient(lite.rest_url) as tflite:
-            expected = saved.predict("digits", [{"pixels": r} for r in rows], label="stable").outputs
-            answered = tflite.predict("digits", [{"pixels": r} for r in rows], label="stable").outputs
-    finally:
-        lite.stop()
-    import numpy as np
-
-    want = np.array([row["probabilities"] for row in expected])
-    got = np.array([row["probabilities"] for row in answered])
-    assert 0 < np.max(np.abs(want - got)) < 0.1, "the int8 file answered (not the SavedModel), off by rounding only"
-    agree = np.mean([a["class"] == b["class"] for a, b in zip(expected, answered, strict=True)])
-    assert agree >= 0.95
-
-
 def _until_infra(trained: dict, root: Path, tracking: str, server, **params) -> tuple[str, dict[str, str]]:
     config = root / "pipeline.yaml"
     config.write_text(trained["config"].read_text() + f"registry: {{model_name: m-{uuid.uuid4().hex[:8]}}}\n")
     run = resolve(config, root, tracking, endpoints(server), params={"thresholds": {}, "change_thresholds": {},
                                                                      "variants": [], **params})
-    return run, run_steps(run, ["evaluate", "optimize", "register"], available=trained)
+    return run, run_steps(run, ["optimize", "evaluate", "register"], available=trained)
 
 
 def test_a_candidate_that_does_not_load_in_the_sandbox_is_not_infra_blessed_nor_pushed(
@@ -200,14 +154,14 @@ def test_a_candidate_that_does_not_load_in_the_sandbox_is_not_infra_blessed_nor_
     from tasks.step_runner import StepSkipped
 
     run, out = _until_infra(trained_digits, tmp_path, mlflow_store, model_server)
-    registered = RegisteredModel.read(out["registered"])
+    optimized = OptimizedModel.read(out["optimized"])
     corrupt = str(tmp_path / "corrupt")
-    with RegisteredModel.publish(corrupt) as published:  # the same version, its weights corrupted
-        shutil.copytree(registered.version_folder, published.dir / "tf_serving")
-        for variables in (published.dir / "tf_serving" / "variables").glob("variables.data*"):
+    with OptimizedModel.publish(corrupt) as published:  # the same version folder, its weights corrupted
+        shutil.copytree(optimized.version_folder, published.dir / VERSION_FOLDER)
+        for variables in (published.dir / VERSION_FOLDER / "variables").glob("variables.data*"):
             variables.write_bytes(b"corrupt")
-        published.properties = registered.properties
-    inputs = {"evaluation": out["evaluation"], "registered": corrupt}
+        published.properties = optimized.properties
+    inputs = {"evaluation": out["evaluation"], "registered": out["registered"], "optimized": corrupt}
     blessing_uri = run_step("infra_validate", run, inputs={**inputs, "model": out["model"],
                                                            "examples": out["examples"]})["infra_blessing"]
     blessing = InfraBlessing.read(blessing_uri).properties
@@ -226,7 +180,7 @@ def test_a_candidate_too_slow_in_the_sandbox_is_not_infra_blessed(trained_digits
     config.write_text((tmp_path / "pipeline.yaml").read_text() + "serving: {max_p99_ms: 0.001, infra_examples: 5}\n")
     slow = resolve(config, tmp_path, mlflow_store, endpoints(model_server), params={"variants": []}, run_id="slow")
     blessing = InfraBlessing.read(run_step("infra_validate", slow, inputs={
-        k: out[k] for k in ("evaluation", "registered", "model", "examples")})["infra_blessing"]).properties
+        k: out[k] for k in ("evaluation", "registered", "optimized", "model", "examples")})["infra_blessing"]).properties
     assert blessing.blessed is False and "exceeds serving.max_p99_ms 0.001" in blessing.reason
     assert blessing.load_seconds > 0 and blessing.requests == 10 and blessing.errors == 0
     assert 0 < blessing.rest_p50_ms <= blessing.rest_p99_ms and 0 < blessing.grpc_p50_ms <= blessing.grpc_p99_ms
@@ -245,10 +199,11 @@ def test_a_server_that_is_down_fails_the_push_and_nothing_changes(trained_digits
                             model_base_path=str(model_server.model_base_path), config_file=str(model_server.config_file))
     second = resolve(tmp_path / "pipeline.yaml", tmp_path, mlflow_store, dead,
                      params={"thresholds": {}, "change_thresholds": {}, "variants": []}, run_id="manual__down")
-    staged = run_steps(second, ["evaluate", "optimize", "register", "infra_validate"], available=trained_digits)
+    staged = run_steps(second, ["optimize", "evaluate", "register", "infra_validate"], available=trained_digits)
     config_before = model_server.config_file.read_text()
     with pytest.raises(ServingClientError, match="GetModelStatus"):
-        run_step("push", second, inputs={k: staged[k] for k in ("evaluation", "infra_blessing", "registered")})
+        run_step("push", second, inputs={k: staged[k] for k in ("evaluation", "infra_blessing", "registered",
+                                                                "optimized")})
     assert not (model_server.model_base_path / "digits" / "2").exists(), "nothing written on disk"
     assert model_server.config_file.read_text() == config_before
     assert aliases(MlflowClient(mlflow_store), name) == {"champion": 1}, "MLflow as before push"
@@ -295,7 +250,7 @@ def test_a_configured_sandbox_server_validates_the_candidate_and_is_left_as_it_w
         staged = resolve(config, tmp_path, mlflow_store, endpoints(model_server), params={"variants": []},
                          run_id="staging")
         blessing = InfraBlessing.read(run_step("infra_validate", staged, inputs={
-            k: out[k] for k in ("evaluation", "registered", "model", "examples")})["infra_blessing"]).properties
+            k: out[k] for k in ("evaluation", "registered", "optimized", "model", "examples")})["infra_blessing"]).properties
         with RestClient(sandbox.rest_url) as rest:
             states = {s["state"] for s in rest.status("digits-infra-validation")}
     finally:

@@ -24,7 +24,7 @@ from tests.servers import free_port, wait_for
 from tests.tasks.conftest import UNTIL_TRAIN, digits_pipeline
 
 pytestmark = pytest.mark.slow
-DEPLOY = ["evaluate", "optimize", "register", "infra_validate", "push", "verify"]
+DEPLOY = ["optimize", "evaluate", "register", "infra_validate", "push", "verify"]
 
 PROPS = TransformProperties(num_examples=1, served_features=["x"], feature_kinds={"x": "numeric"})
 

@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tasks.artifacts.examples import Examples
+from common.digest import folder_bytes, folder_digest
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.compression import tflite
-from tasks.features import load_arrays
-from tasks.models.export import predict
 from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import UNTIL_TRAIN, house_pipeline, resolve
 
@@ -71,18 +68,42 @@ def test_the_smallest_variant_within_the_budget_is_selected_and_shipped(digits_v
     assert Path(digits_variants.tflite_path).read_bytes() == \
         Path(digits_variants.path("variants", f"{props.selected}.tflite")).read_bytes()
     source = {"pruned": "pruned", "pruned_int8": "pruned", "pruned_qat_int8": "pruned_qat", "qat_int8": "qat"}
-    assert props.served_saved_model == source.get(props.selected, "trained")
-    if props.served_saved_model != "trained":
-        assert Path(digits_variants.fine_tuned_saved_model, "saved_model.pb").exists()
+    assert props.served_saved_model == props.shipped.source == source.get(props.selected, "trained")
+    # serving.format auto: a selected variant ships as its TFLite file, alone with its warmup requests.
+    shipped = Path(digits_variants.version_folder)
+    assert props.selected != "baseline" and props.shipped.format == "tflite"
+    assert sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*") if p.is_file()) == \
+        ["assets.extra/tf_serving_warmup_requests", "model.tflite"]
+    assert (shipped / "model.tflite").read_bytes() == Path(digits_variants.tflite_path).read_bytes()
+    assert props.shipped.sha256 == folder_digest(shipped) and props.shipped.bytes == folder_bytes(shipped)
     report = json.loads(Path(digits_variants.path("report.json")).read_text())
     assert report["selected"] == props.selected and len(report["variants"]) == 7
     assert "(selected)" in Path(digits_variants.path("report.md")).read_text()
     assert Path(digits_variants.path("size_vs_metric.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_budget_of_zero_keeps_the_float_model(trained_digits, tmp_path, mlflow_store) -> None:
-    props = _optimize(trained_digits, tmp_path, mlflow_store, "budget: 0, variants: [dynamic_range, int8]").properties
+def test_a_budget_of_zero_ships_the_trained_saved_model(trained_digits, tmp_path, mlflow_store) -> None:
+    optimized = _optimize(trained_digits, tmp_path, mlflow_store, "budget: 0, variants: [dynamic_range, int8]")
+    props = optimized.properties
     assert props.selected == "baseline" and props.served_saved_model == "trained"
+    assert (props.shipped.variant, props.shipped.format) == ("baseline", "saved_model")
+    shipped = Path(optimized.version_folder)
+    trained = Path(Model.read(trained_digits["model"]).saved_model)
+    assert (shipped / "saved_model.pb").read_bytes() == (trained / "saved_model.pb").read_bytes()
+    assert not (shipped / "model.tflite").exists()
+
+
+def test_serving_format_tflite_ships_the_float32_file_when_nothing_is_selected(trained_digits, tmp_path,
+                                                                              mlflow_store) -> None:
+    config = tmp_path / "pipeline.yaml"
+    tmp_path.mkdir(exist_ok=True)
+    config.write_text(trained_digits["config"].read_text() + FAST % "variants: []" + "serving: {format: tflite}\n")
+    uri = run_step("optimize", resolve(config, tmp_path, mlflow_store),
+                   inputs={"model": trained_digits["model"], "examples": trained_digits["examples"]})["optimized"]
+    optimized = OptimizedModel.read(uri)
+    assert (optimized.properties.shipped.variant, optimized.properties.shipped.format) == ("baseline", "tflite")
+    assert Path(optimized.version_folder, "model.tflite").read_bytes() == \
+        Path(optimized.path("variants", "baseline.tflite")).read_bytes()
 
 
 @pytest.mark.parametrize("integer_io", [False, True])
@@ -147,14 +168,3 @@ def test_a_layer_tfmot_cannot_wrap_skips_its_variants_with_the_reason(house_csv,
     assert by_name["dynamic_range"].skipped_reason is None, "post-training variants need no tfmot"
     for name in ("qat_int8", "pruned"):
         assert by_name[name].skipped_reason.startswith("the model cannot be cloned for tfmot"), by_name[name]
-
-
-def test_the_selected_tflite_answers_like_its_saved_model(digits_variants, trained_digits) -> None:
-    trained = Model.read(trained_digits["model"])
-    inputs, _ = load_arrays(Examples.read(trained_digits["examples"]).split_files("eval"),
-                            trained.preprocessing.features, trained.preprocessing.label)
-    served = digits_variants.fine_tuned_saved_model or trained.saved_model
-    saved = predict(served, inputs)["probabilities"]
-    lite = tflite.Runner(Path(digits_variants.tflite_path).read_bytes())(inputs)["probabilities"]
-    assert np.mean(saved.argmax(axis=1) == lite.argmax(axis=1)) >= 0.9, "a weak model (3 epochs, 400 rows)"
-    assert np.max(np.abs(saved - lite)) < 0.25, "int8 rounding, not another model"

@@ -24,7 +24,7 @@ from tasks.model_registry import (
 )
 from tasks.snapshot import resolve_run
 from tasks.step_runner import run_step, run_steps
-from tests.tasks.conftest import resolve
+from tests.tasks.conftest import evaluate_inputs, resolve
 
 INPUTS = ("model", "evaluation", "optimized", "schema", "examples")
 
@@ -36,7 +36,7 @@ def _registered(trained, tmp_path, mlflow_store, thresholds):
     config.write_text(trained["config"].read_text() + f"registry: {{model_name: {name}}}\n"
                       f"description: Digits for the register tests.\n")
     run = resolve(config, tmp_path, mlflow_store, params={"thresholds": thresholds})
-    outputs = run_steps(run, ["evaluate", "optimize", "register"], available=trained)
+    outputs = run_steps(run, ["optimize", "evaluate", "register"], available=trained)
     return name, run, outputs
 
 
@@ -134,4 +134,4 @@ def test_tracking_needs_a_uri_in_the_run_snapshot(trained_digits, tmp_path) -> N
 
     run = resolve_run(str(trained_digits["config"]), {}, Deployment(artifact_root=str(tmp_path)), "no-tracking")
     with pytest.raises(NotConfiguredError, match="no MLflow tracking URI"):
-        run_step("evaluate", run, inputs={"model": trained_digits["model"], "examples": trained_digits["examples"]})
+        run_step("evaluate", run, inputs=evaluate_inputs(trained_digits))

@@ -12,7 +12,7 @@ from tasks.config import ConfigError, load_config
 from tasks.context import ServingEndpoints
 from tasks.snapshot import Deployment, resolve_run
 from tasks.step_runner import run_step
-from tests.tasks.conftest import churn_pipeline, resolve, write_pipeline
+from tests.tasks.conftest import churn_pipeline, evaluate_inputs, resolve, write_pipeline
 
 SERVING = ServingEndpoints(rest_url="http://127.0.0.1:1", grpc_address="127.0.0.1:2", model_base_path="/m",
                            config_file="/m/models.config")
@@ -73,7 +73,7 @@ def test_steps_read_the_snapshot_not_the_environment(trained_churn, tmp_path, ml
     for name in ("MLFLOW_TRACKING_URI", "KILN_HOME", "KILN_ARTIFACT_ROOT", "KILN_SERVING_REST"):
         monkeypatch.setenv(name, "/nonexistent-should-not-be-read")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'wrong.db'}")
-    out = run_step("evaluate", run, inputs={"model": trained_churn["model"], "examples": trained_churn["examples"]})
+    out = run_step("evaluate", run, inputs=evaluate_inputs(trained_churn))
     assert out["evaluation"].startswith(str(tmp_path / "artifacts"))
     runs = MlflowClient(mlflow_store).search_runs(
         [MlflowClient(mlflow_store).get_experiment_by_name("kiln").experiment_id],
