@@ -20,9 +20,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from common.processes import free_port
 from infra.cli import DEFAULT_CONFIG, run_and_summarize, validated_config
 from infra.demo_data import write_digits_csv
-from infra.processes import free_port
 from infra.stack import Stack, StackPorts
 
 TOTAL_TARGET_S = 240

@@ -66,7 +66,7 @@ from serving_report import (  # noqa: E402
     MLFLOW,
 )
 
-from infra.processes import free_port  # noqa: E402
+from common.processes import free_port  # noqa: E402
 
 MODEL_NAME = "digits"
 NESTED_MODEL = "digits_nested"

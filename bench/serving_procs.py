@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from infra.processes import log_tail, stop_process_group
+from common.processes import log_tail, stop_process_group
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent

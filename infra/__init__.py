@@ -1,5 +1,5 @@
-"""How kiln runs: the `kiln` CLI, the embedded stack, the Airflow client and local process plumbing.
+"""How kiln runs: the `kiln` CLI, the embedded stack, the Airflow client and the fleet's configuration.
 
-Operator tooling only; the pipeline library lives in `tasks/`. Modules here may import `tasks`, never
-the other way round, except `infra.processes`, which the training launcher shares.
+Operator tooling only; the pipeline library lives in `tasks/`. Modules here may import `tasks`, `serving` and
+`common`, never the other way round (import-linter's layers contract in pyproject.toml).
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from infra.processes import group_members, recorded_groups
+from common.processes import group_members, recorded_groups
 
 
 def reap(groups: list[int], timeout: float = 10) -> int:

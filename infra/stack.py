@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from common.processes import log_tail, port_is_free
 from infra.fleet_services import FleetServiceError, FleetServices
 from infra.placement import REMAP_VARIABLE, load_profile, placements
-from infra.processes import log_tail, port_is_free
 from infra.supervision import Program, Supervisor, SupervisorError
 from tasks.config import PlacementConfig, StepPlacement
 

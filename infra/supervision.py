@@ -25,7 +25,7 @@ from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from infra.processes import (
+from common.processes import (
     become_subreaper,
     group_members,
     log_tail,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.processes import free_ports, log_tail, stop_process_group
+from common.processes import free_ports, log_tail, stop_process_group
 from serving.target import ServingTarget
 
 READINESS_PROBE = "/v1/models/kiln-readiness-probe"  # any unknown model: a JSON 404 means the REST API is up

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tasks.artifacts.anomalies import ExampleAnomalies
 from tasks.artifacts.base import ArtifactType
@@ -29,6 +29,7 @@ from tasks.artifacts.schema import Schema
 from tasks.artifacts.statistics import ExampleStatistics
 from tasks.artifacts.transform import TransformGraph
 from tasks.artifacts.verification import ServingVerification
+from tasks.config import ConfigError, PipelineConfig, StepName
 
 Role = Literal["setup", "step", "teardown"]
 
@@ -117,6 +118,8 @@ STEPS: tuple[StepSpec, ...] = (
 )
 
 STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)
+if get_args(StepName) != STEP_NAMES:  # the config validates placement.steps against StepName
+    raise RuntimeError(f"tasks.config.StepName {get_args(StepName)} is not the registry's steps {STEP_NAMES}")
 PARAMS: dict[str, str] = {param: path for spec in STEPS for param, path in spec.params.items()}
 
 
@@ -140,8 +143,6 @@ def param_schema(param: str) -> dict[str, Any]:
     Null is allowed only where the field itself is nullable (e.g. optimize.budget), and for list params,
     whose form widgets send null once emptied: there null is the empty list (`changed_params`).
     """
-    from tasks.config import PipelineConfig
-
     section, field_name = PARAMS[param].split(".")
     section_model = PipelineConfig.model_fields[section].annotation
     full = section_model.model_json_schema()
@@ -164,7 +165,7 @@ def param_schema(param: str) -> dict[str, Any]:
     return schema
 
 
-def param_defaults(config: Any) -> dict[str, Any]:
+def param_defaults(config: PipelineConfig) -> dict[str, Any]:
     """Each DAG param's value in a pipeline's config (JSON-ready): the trigger form's prefilled values."""
     dumped = config.model_dump(mode="json", exclude_none=True)
     values = {}
@@ -174,7 +175,7 @@ def param_defaults(config: Any) -> dict[str, Any]:
     return values
 
 
-def changed_params(params: dict[str, Any], config: Any) -> dict[str, Any]:
+def changed_params(params: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
     """The trigger's params that change the YAML's config (loaded without expanding ${VARS}, as the DAG's
     defaults are): a param equal to the YAML's value is dropped, so the run uses the YAML itself (its
     ${VARS} expanded at run time, nothing recorded as an override). An emptied list param (null) is []."""
@@ -204,10 +205,8 @@ def step_of_param(param: str) -> StepSpec:
     return next(spec for spec in STEPS if param in spec.params)
 
 
-def apply_params(config: Any, params: dict[str, Any]) -> Any:
+def apply_params(config: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
     """The config with DAG params / `kiln run --param` values applied (`None` keeps the YAML's value)."""
-    from tasks.config import ConfigError
-
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise ConfigError(f"unknown parameter {unknown[0]!r}; allowed: {', '.join(PARAMS)}")

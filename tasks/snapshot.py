@@ -25,6 +25,11 @@ from tasks.spans import is_spanned, span_file
 
 log = logging.getLogger(__name__)
 
+
+def run_config(snapshot: RunSnapshot) -> PipelineConfig:
+    """The run's config as it was resolved (overrides applied, paths into the snapshot)."""
+    return PipelineConfig.model_validate(snapshot.properties.config)
+
 _SERVING_FIELDS = ("rest_url", "grpc_address", "model_base_path", "config_file")
 
 

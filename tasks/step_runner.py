@@ -21,6 +21,7 @@ from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.run import RunSnapshot
 from tasks.errors import BadInputError, one_line
 from tasks.registry import StepSpec, step
+from tasks.snapshot import run_config
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str
     spec = step(name)
     inputs = dict(inputs or {})
     snapshot = RunSnapshot.read(run_uri)
-    config = snapshot.config()
+    config = run_config(snapshot)
     ctx = snapshot.context(try_number)
     _check_inputs(spec, inputs)
     function = spec.load()
@@ -95,7 +96,7 @@ def links(name: str, run_uri: str, outputs: dict[str, str]) -> dict[str, str]:
 
     try:
         snapshot = RunSnapshot.read(run_uri)
-        return step_links(name, step(name).tracked, snapshot.config(), snapshot.context(), outputs)
+        return step_links(name, step(name).tracked, run_config(snapshot), snapshot.context(), outputs)
     except Exception as exc:  # noqa: BLE001 - a link is a convenience: it must not fail the step
         log.warning("no links for %s: %s", name, exc)
         return {}

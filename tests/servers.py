@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.processes import free_port
+from common.processes import free_port
 
 SERVER_BIN = str(Path(sys.executable).parent / "kiln-model-server")
 __all__ = ["SERVER_BIN", "RunningServer", "free_port", "start_server", "wait_for"]

@@ -6,15 +6,25 @@ spent) and ServableStateMonitor (unloaded and failed versions stay in the histor
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tensorflow_serving.apis import get_model_status_pb2
 
 from serving.codec import ServingError
-from serving.model_server.servable import Servable, error_code_number, serving_error_from_tf
+from serving.model_server.saved_model_servable import SavedModelServable
+from serving.model_server.servable import (
+    SAVED_MODEL_FILES,
+    SERVE_TAG,
+    TFLITE_FILE,
+    Servable,
+    error_code_number,
+    serving_error_from_tf,
+)
+from serving.model_server.tflite_servable import TFLiteServable
 
 log = logging.getLogger("kiln.model_server")
 
@@ -146,3 +156,17 @@ class VersionLoader:
                     return True
                 self._wake.wait(remaining)
         return False
+
+
+def load_servable(
+    version_dir: str, prefer_tflite: bool = False, tags: Sequence[str] = (SERVE_TAG,)
+) -> Servable:
+    if prefer_tflite and os.path.isfile(os.path.join(version_dir, TFLITE_FILE)):
+        return TFLiteServable(version_dir)
+    if not any(os.path.isfile(os.path.join(version_dir, name)) for name in SAVED_MODEL_FILES):
+        raise ServingError(
+            "NOT_FOUND",
+            f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {version_dir}. "
+            "Check that the directory exists and that you have the right permissions for accessing it.",
+        )
+    return SavedModelServable(version_dir, tags)

@@ -126,9 +126,9 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.model_server.core import ServingCore
     from serving.model_server.grpc_server import GrpcServer
     from serving.model_server.heap import freeze_heap
+    from serving.model_server.loading import load_servable
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
-    from serving.model_server.servable import load_servable
     from serving.model_server.warmup import run_warmup
 
     metrics = ServerMetrics()

@@ -1,5 +1,5 @@
 """One loaded model version: a SavedModel run through a TF1 Session (`saved_model_servable`), or a
-`model.tflite` run through LiteRT (`tflite_servable`).
+`model.tflite` run through LiteRT (`tflite_servable`); `loading.load_servable` picks one.
 
 Both expose the same small surface: `signatures` (keys and dtypes, computed once at load so the request path
 never introspects), `signature_defs` (the MetaGraph's SignatureDefs, for metadata) and `run()`.
@@ -96,21 +96,3 @@ def read_meta_graph(version_dir: str, tags: set[str]) -> meta_graph_pb2.MetaGrap
 def has_model_file(version_dir: str, prefer_tflite: bool) -> bool:
     names = SAVED_MODEL_FILES + ((TFLITE_FILE,) if prefer_tflite else ())
     return any(os.path.isfile(os.path.join(version_dir, name)) for name in names)
-
-
-def load_servable(
-    version_dir: str, prefer_tflite: bool = False, tags: Sequence[str] = (SERVE_TAG,)
-) -> Servable:
-    if prefer_tflite and os.path.isfile(os.path.join(version_dir, TFLITE_FILE)):
-        from serving.model_server.tflite_servable import TFLiteServable
-
-        return TFLiteServable(version_dir)
-    if not any(os.path.isfile(os.path.join(version_dir, name)) for name in SAVED_MODEL_FILES):
-        raise ServingError(
-            "NOT_FOUND",
-            f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {version_dir}. "
-            "Check that the directory exists and that you have the right permissions for accessing it.",
-        )
-    from serving.model_server.saved_model_servable import SavedModelServable
-
-    return SavedModelServable(version_dir, tags)

@@ -32,11 +32,6 @@ class RunSnapshot(ArtifactType[RunProperties]):
     KIND = "RunSnapshot"
     Properties = RunProperties
 
-    def config(self):  # -> tasks.config.PipelineConfig
-        from tasks.config import PipelineConfig
-
-        return PipelineConfig.model_validate(self.properties.config)
-
     def context(self, try_number: int = 1) -> StepContext:
         props = self.properties
         lineage = {"kiln.config_path": props.config_path, "kiln.config_sha256": props.config_sha256,

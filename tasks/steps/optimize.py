@@ -53,7 +53,8 @@ from tasks.features import LabelSpec, load_arrays
 from tasks.metrics import HEADLINE, classification_metrics, regression_metrics
 from tasks.models.assemble import PREDICTION, PROBABILITIES
 from tasks.serving_bundle import WARMUP_RECORDS, write_version_folder
-from tasks.training.launcher import TrainError, launcher_for, remote_work_uri
+from tasks.training.launch import launcher_for, remote_work_uri
+from tasks.training.launcher import TrainError
 
 log = logging.getLogger(__name__)
 

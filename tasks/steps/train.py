@@ -24,7 +24,8 @@ from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Mo
 from tasks.artifacts.transform import TransformGraph
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
-from tasks.training.launcher import TrainError, launcher_for, read_metrics, remote_work_uri
+from tasks.training.launch import launcher_for, remote_work_uri
+from tasks.training.launcher import TrainError, read_metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Workers die with their launcher: they ask the kernel for SIGKILL when it dies (s
 SIGTERM to the launcher's process unwinds `run_workers`, so the group is stopped before the signal
 takes its usual effect.
 
-Steps do not call `run_workers` directly but `launcher_for(config.train, ctx, step).run(...)`: a
+Steps do not call `run_workers` directly but `launch.launcher_for(config.train, ctx, step).run(...)`: a
 `WorkerLauncher` that is this module's `LocalProcessLauncher`, or with `train.launcher: kubernetes`
 the pods of `tasks.training.k8s.KubernetesLauncher` — same spec, same worker, same result.
 """
@@ -34,12 +34,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import tasks
 from common import storage
-from infra.processes import free_ports, log_tail, stop_process_groups
+from common.processes import free_ports, log_tail, stop_process_groups
 from tasks.models.contract import ModelContractError
 
 if TYPE_CHECKING:
-    from tasks.config import TrainConfig
-    from tasks.context import StepContext
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +101,6 @@ class LocalProcessLauncher:
     def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float,
             max_restarts: int = 0) -> Recovery:
         return run_workers(spec, num_workers, timeout_seconds, self.work_dir, max_restarts)
-
-
-def launcher_for(train: TrainConfig, ctx: StepContext, step: str) -> WorkerLauncher:
-    """The launcher `train.launcher` names, for one step of one run."""
-    if train.launcher == "kubernetes":
-        from tasks.training.k8s import KubernetesLauncher
-
-        assert train.kubernetes is not None  # TrainConfig's validator
-        return KubernetesLauncher(train.kubernetes, work_uri=ctx.output_uri(step, ".work"),
-                                  name_prefix=f"kiln-{ctx.pipeline}-{step}",
-                                  labels={"kiln.dev/pipeline": ctx.pipeline.strip("-_")[:63], "kiln.dev/step": step})
-    return LocalProcessLauncher(ctx.work_dir(step))
-
-
-def remote_work_uri(train: TrainConfig, ctx: StepContext, step: str) -> str | None:
-    """Where the workers of one step write when they share only the artifact store with it: the step's
-    work folder on object storage, for `train.launcher: kubernetes` on a remote artifact root. None
-    otherwise: the local launcher's workers get local paths, exactly as always (and the Kubernetes
-    launcher refuses a local artifact root in one line)."""
-    uri = ctx.output_uri(step, ".work")
-    return uri if train.launcher == "kubernetes" and not storage.is_local(uri) else None
 
 
 def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path,

@@ -116,6 +116,7 @@ def test_a_person_triggers_digits_from_the_form_and_sees_it_succeed(
     from playwright.sync_api import expect, sync_playwright
 
     from tasks.artifacts.run import RunSnapshot
+    from tasks.snapshot import run_config
 
     yaml = load_config(DIGITS_YAML, expand_env=False)
     with sync_playwright() as playwright:
@@ -188,6 +189,6 @@ def test_a_person_triggers_digits_from_the_form_and_sees_it_succeed(
     resolved = RunSnapshot.read(snapshot.json()["value"])
     assert resolved.properties.overrides == {"data_source": str(tiny_digits_csv), "epochs": 2, "variants": []}, \
         "what the person changed, and nothing the form merely showed"
-    config = resolved.config()
+    config = run_config(resolved)
     assert (config.train.epochs, config.data.source, config.optimize.variants) == (2, str(tiny_digits_csv), [])
     assert config.train.learning_rate == yaml.train.learning_rate

@@ -16,7 +16,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from infra.processes import free_port
+from common.processes import free_port
 from tests.fake_http import serve
 
 PASSWORD = "fake-admin-password"

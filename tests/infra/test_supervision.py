@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.processes import free_port
+from common.processes import free_port
 from infra.supervision import Program, Supervisor
 from tests.servers import wait_for as wait_until
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.processes import free_port
+from common.processes import free_port
 from infra.runner import _or_unavailable, registry_aliases, served_state
 from serving.client import RestClient, ServingClientError, ServingUnavailable
 

@@ -153,7 +153,7 @@ def test_class_lists_keep_their_order_and_type(tmp_path, classes, values):
 
 def test_placement_of_an_unknown_step_is_refused_listing_the_steps(tmp_path):
     message = config_error(minimal_with(tmp_path, "placement: {steps: {trian: {queue: gpu}}}\n"))
-    assert "unknown steps ['trian']" in message
+    assert "placement.steps.trian.[key]" in message
     assert all(repr(step) in message for step in STEP_NAMES)
 
 

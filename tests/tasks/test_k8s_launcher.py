@@ -19,7 +19,8 @@ from tasks.config import KubernetesTraining, TrainConfig
 from tasks.context import StepContext
 from tasks.models.contract import ModelContractError
 from tasks.training.k8s import JOB_LABEL, KubernetesLauncher
-from tasks.training.launcher import LocalProcessLauncher, TrainError, launcher_for
+from tasks.training.launch import launcher_for
+from tasks.training.launcher import LocalProcessLauncher, TrainError
 from tests.tasks.fake_kubernetes import DONE, PROGRESS, FakeKubernetes
 
 POLL = 0.02

@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks import tracking
+from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.registered import RegisteredModel
 from tasks.model_registry import (
     CHALLENGER,
@@ -22,7 +23,7 @@ from tasks.model_registry import (
     move_alias,
     promote,
 )
-from tasks.snapshot import resolve_run
+from tasks.snapshot import resolve_run, run_config
 from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import evaluate_inputs, resolve
 
@@ -65,8 +66,15 @@ def test_a_blessed_version_carries_its_story_and_a_retry_reuses_it(trained_digit
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     assert card.startswith(f"# {name} v1") and "Digits for the register tests." in card and "**Blessed: yes.**" in card
 
+    # tf_serving/ is optimize's version folder, the one evaluate blessed: one model file, its format tagged.
     served_files = {a.path for a in client.list_artifacts(version.run_id, "tf_serving")}
-    assert {"tf_serving/saved_model.pb", "tf_serving/model.tflite", "tf_serving/assets.extra"} <= served_files
+    shipped = OptimizedModel.read(outputs["optimized"]).properties.shipped
+    model_file = {"tflite": "tf_serving/model.tflite", "saved_model": "tf_serving/saved_model.pb"}[shipped.format]
+    assert model_file in served_files and "tf_serving/assets.extra" in served_files
+    other = {"tf_serving/model.tflite", "tf_serving/saved_model.pb"} - {model_file}
+    assert not other & served_files, "never both: the server's format follows the folder"
+    assert tags["kiln.artifact_sha256"] == shipped.sha256 == first.artifact_sha256
+    assert tags["kiln.served_format"] == shipped.format
 
     retried = RegisteredModel.read(run_step("register", run, try_number=2,
                                             inputs={k: outputs[k] for k in INPUTS})["registered"])
@@ -115,7 +123,7 @@ def test_one_parent_run_per_dag_run_and_pipeline_with_one_child_per_step(trained
     from tasks.artifacts.run import RunSnapshot
 
     run = RunSnapshot.read(resolve(trained_digits["config"], tmp_path, mlflow_store))
-    config, ctx = run.config(), run.context()
+    config, ctx = run_config(run), run.context()
     with tracking.step_run(config, ctx, "evaluate") as first:
         pass
     with tracking.step_run(config, ctx, "evaluate") as again:

@@ -10,7 +10,7 @@ import pytest
 from tasks.artifacts.run import RunSnapshot
 from tasks.config import ConfigError, load_config
 from tasks.context import ServingEndpoints
-from tasks.snapshot import Deployment, resolve_run
+from tasks.snapshot import Deployment, resolve_run, run_config
 from tasks.step_runner import run_step
 from tests.tasks.conftest import churn_pipeline, evaluate_inputs, resolve, write_pipeline
 
@@ -26,7 +26,7 @@ def test_the_snapshot_carries_the_model_module_the_schema_and_the_params(churn_c
     config = churn_pipeline(tmp_path, churn_csv, data={"schema_path": "churn.schema.pbtxt"},
                             train={"model": "models/body.py:build"})
     run = RunSnapshot.read(resolve(config, tmp_path, "sqlite:////tmp/x.db", SERVING, params={"epochs": 7}))
-    resolved = run.config()
+    resolved = run_config(run)
     assert resolved.train.epochs == 7 and run.properties.overrides == {"epochs": 7}
     assert resolved.train.model == f"{run.uri}/user_model/body.py:build"
     assert Path(run.uri, "user_model", "body.py").read_text().startswith("def build")
@@ -89,7 +89,7 @@ def test_env_variables_in_the_yaml_are_expanded_once_at_resolve(tmp_path, monkey
     config = write_pipeline(tmp_path, "p", Path("${MY_DATA}/d.csv"), {"type": "regression"})
     run = RunSnapshot.read(resolve(config, tmp_path))
     monkeypatch.delenv("MY_DATA")
-    assert run.config().data.source == str(data / "d.csv")
+    assert run_config(run).data.source == str(data / "d.csv")
     monkeypatch.setenv("UNRELATED", "1")
     with pytest.raises(ConfigError, match="uses environment variable MY_DATA, which is not set"):
         resolve(config, tmp_path, run_id="again")
@@ -106,4 +106,4 @@ def test_the_trigger_forms_prefilled_values_are_no_overrides(churn_csv, tmp_path
     assert form["data_source"].startswith("${KILN_TEST_DATA}/")
     run = RunSnapshot.read(resolve(config, tmp_path, params={**form, "epochs": 2, "variants": None}))
     assert run.properties.overrides == {"epochs": 2, "variants": []}
-    assert run.config().data.source == str(churn_csv) and run.config().optimize.variants == []
+    assert run_config(run).data.source == str(churn_csv) and run_config(run).optimize.variants == []

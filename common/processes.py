@@ -1,5 +1,5 @@
-"""Local process plumbing shared by the stack, the training launcher, tests and benchmarks:
-loopback ports, stopping whole process groups, and log tails for one-line errors."""
+"""Local process plumbing shared by the stack, the training launcher, the InfraValidator's sandbox, tests and
+benchmarks: loopback ports, stopping whole process groups, and log tails for one-line errors."""
 
 from __future__ import annotations
 
