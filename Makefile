@@ -13,7 +13,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # This machine's pip config lists local mirror folders that may not exist; drop those warnings.
 QUIET_PIP := grep -v "^WARNING: Location '" || true
 
-.PHONY: demo test lint bench bench-serving bench-compression up down status clean
+.PHONY: demo test lint bench bench-serving bench-compression bench-shipped up down status clean
 
 $(STAMP): pyproject.toml
 	@echo "==> installing kiln and its pinned stack into $(VENV) (first time: a few minutes)"
@@ -37,6 +37,9 @@ bench: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving_bench.py
+
+bench-shipped: $(STAMP)
+	$(BIN)/python bench/shipped.py
 
 bench-compression: $(STAMP)
 	$(BIN)/python bench/compression.py
