@@ -41,7 +41,8 @@ class StepSpec:
     description: str
     inputs: dict[str, type[ArtifactType[Any]]] = field(default_factory=dict)
     outputs: dict[str, type[ArtifactType[Any]]] = field(default_factory=dict)
-    config_section: str | None = None
+    # The config sections the step reads (its params are fields of them); the runner gives it only these.
+    config_sections: tuple[str, ...] = ()
     params: dict[str, str] = field(default_factory=dict)  # DAG param -> dotted config field
     tracked: bool = False  # runs inside its own MLflow child run
     timeout_minutes: int | None = None
@@ -60,19 +61,19 @@ STEPS: tuple[StepSpec, ...] = (
              "Resolve the pipeline YAML and the trigger's params into the run snapshot",
              outputs={"run": RunSnapshot}, role="setup"),
     StepSpec("ingest", "tasks.steps.ingest:run", "CSV -> TFRecord examples, split train/eval by hash",
-             outputs={"examples": Examples}, config_section="data", params={"data_source": "data.source"},
+             outputs={"examples": Examples}, config_sections=("data",), params={"data_source": "data.source"},
              tracked=True),
     StepSpec("validate", "tasks.steps.validate:run",
              "Statistics, schema (curated or inferred) and anomalies; anomalies stop the run",
              inputs={"examples": Examples},
              outputs={"statistics": ExampleStatistics, "schema": Schema, "anomalies": ExampleAnomalies},
-             config_section="data"),
+             config_sections=("data",)),
     StepSpec("transform", "tasks.steps.transform:run", "Adapt the preprocessing layers on the train split",
              inputs={"examples": Examples, "schema": Schema}, outputs={"transform": TransformGraph},
-             config_section="transform"),
+             config_sections=("transform",)),
     StepSpec("train", "tasks.steps.train:run", "Train the model on N workers (MultiWorkerMirroredStrategy)",
              inputs={"examples": Examples, "transform": TransformGraph}, outputs={"model": Model},
-             config_section="train",
+             config_sections=("train",),
              params={"epochs": "train.epochs", "batch_size": "train.batch_size",
                      "learning_rate": "train.learning_rate", "num_workers": "train.num_workers"},
              tracked=True, timeout_minutes=30),
@@ -80,7 +81,7 @@ STEPS: tuple[StepSpec, ...] = (
              "Prune and quantize (tfmot, TFLite), measure every variant, select one within the budget and write "
              "the version folder that ships",
              inputs={"model": Model, "examples": Examples}, outputs={"optimized": OptimizedModel},
-             config_section="optimize",
+             config_sections=("optimize", "train", "serving"),
              params={"target_sparsity": "optimize.target_sparsity", "variants": "optimize.variants",
                      "budget": "optimize.budget", "fine_tune_epochs": "optimize.fine_tune_epochs",
                      "serving_format": "serving.format"},
@@ -88,31 +89,31 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("evaluate", "tasks.steps.evaluate:run",
              "The artifact that ships and the champion as served, on the eval split, overall and sliced; bless or not",
              inputs={"optimized": OptimizedModel, "model": Model, "examples": Examples},
-             outputs={"evaluation": ModelEvaluation}, config_section="evaluate",
+             outputs={"evaluation": ModelEvaluation}, config_sections=("evaluate",),
              params={"thresholds": "evaluate.thresholds", "change_thresholds": "evaluate.change_thresholds"},
              tracked=True),
     StepSpec("register", "tasks.steps.register:run",
              "Register an MLflow model version with the version folder that ships and its model card",
              inputs={"model": Model, "evaluation": ModelEvaluation, "optimized": OptimizedModel, "schema": Schema,
                      "examples": Examples},
-             outputs={"registered": RegisteredModel}, config_section="registry", tracked=True),
+             outputs={"registered": RegisteredModel}, config_sections=("registry",), tracked=True),
     StepSpec("infra_validate", "tasks.steps.infra_validate:run",
              "Load the version folder in a sandbox model server, send it real requests, time them (InfraValidator)",
              inputs={"evaluation": ModelEvaluation, "registered": RegisteredModel, "optimized": OptimizedModel,
                      "model": Model, "examples": Examples},
-             outputs={"infra_blessing": InfraBlessing}, config_section="serving", gates=("evaluation",)),
+             outputs={"infra_blessing": InfraBlessing}, config_sections=("serving",), gates=("evaluation",)),
     StepSpec("push", "tasks.steps.push:run",
              "Challenger in MLflow, loaded on TF Serving as canary; only the blessed folder (same digest), "
              "model- and infra-blessed (or forced)",
              inputs={"evaluation": ModelEvaluation, "infra_blessing": InfraBlessing, "registered": RegisteredModel,
                      "optimized": OptimizedModel},
-             outputs={"pushed": PushedModel}, config_section="serving",
+             outputs={"pushed": PushedModel}, config_sections=("serving",),
              params={"force_push_reason": "serving.force_push_reason"}, gates=("evaluation", "infra_blessing")),
     StepSpec("verify", "tasks.steps.verify:run",
              "Replay eval rows on the canary and check the served folder's digest, then promote: champion in "
              "MLflow, stable on the server",
              inputs={"pushed": PushedModel, "evaluation": ModelEvaluation, "model": Model, "examples": Examples},
-             outputs={"verification": ServingVerification}, config_section="serving"),
+             outputs={"verification": ServingVerification}, config_sections=("serving",)),
     StepSpec("finish_tracking", "tasks.tracking:finish_run", "Close the MLflow parent run as FINISHED or FAILED",
              role="teardown"),
 )

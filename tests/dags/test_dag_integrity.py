@@ -100,7 +100,8 @@ def test_the_trigger_form_groups_the_params_by_the_step_that_declares_them(pipel
     assert sections["data_source"] == "Ingest" and sections["epochs"] == sections["learning_rate"] == "Train"
     assert sections["thresholds"] == "Evaluate" and sections["variants"] == "Optimize"
     assert sections["force_push_reason"] == "Push"
-    assert list(dict.fromkeys(sections.values())) == ["Ingest", "Train", "Evaluate", "Optimize", "Push"], "run order"
+    assert sections["serving_format"] == "Optimize", "declared by the step that writes the version folder"
+    assert list(dict.fromkeys(sections.values())) == ["Ingest", "Train", "Optimize", "Evaluate", "Push"], "run order"
 
 
 def test_the_trigger_form_refuses_a_value_outside_the_fields_bounds(dagbag):
