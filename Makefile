@@ -1,10 +1,17 @@
 # kiln: `make demo` runs the pipeline on the embedded stack; `make test` runs every test.
 # Both create .venv on first use and refresh it whenever pyproject.toml changes.
+# `make lock` remakes requirements.lock from pyproject.toml (README: Dependencies).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
+# `make lock` runs uv from its own venv, so .venv holds only what the lock pins.
+UV_VERSION := 0.13.8
+LOCK_TOOLS := .lock-tools
+UV := $(LOCK_TOOLS)/bin/uv
+UV_STAMP := $(LOCK_TOOLS)/.uv-$(UV_VERSION)
 BIN := $(CURDIR)/$(VENV)/bin
 # tfmot and multi-worker training need Keras 2 (tf_keras) in every process.
 export TF_USE_LEGACY_KERAS := 1
@@ -13,7 +20,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # This machine's pip config lists local mirror folders that may not exist; drop those warnings.
 QUIET_PIP := grep -v "^WARNING: Location '" || true
 
-.PHONY: demo test lint bench bench-serving bench-compression bench-shipped up down status clean
+.PHONY: demo test lint lock bench bench-serving bench-compression bench-shipped up down status clean
 
 $(STAMP): pyproject.toml
 	@echo "==> installing kiln and its pinned stack into $(VENV) (first time: a few minutes)"
@@ -21,6 +28,16 @@ $(STAMP): pyproject.toml
 	@$(PIP) install -U pip 2>&1 | { $(QUIET_PIP); }
 	@$(PIP) install -e '.[dev]' 2>&1 | { $(QUIET_PIP); }
 	@touch $@
+
+$(UV_STAMP):
+	@rm -rf $(LOCK_TOOLS)
+	@$(PYTHON) -m venv $(LOCK_TOOLS)
+	@$(LOCK_TOOLS)/bin/pip --disable-pip-version-check -q install uv==$(UV_VERSION) 2>&1 | { $(QUIET_PIP); }
+	@touch $@
+
+# Keeps every pin pyproject.toml still allows; `make lock UPGRADE=1` moves each to its newest allowed release.
+lock: $(UV_STAMP)
+	$(PYTHON) tools/lockfile.py compile --uv $(UV) $(if $(UPGRADE),--upgrade)
 
 demo: $(STAMP)
 	$(BIN)/kiln demo
@@ -54,4 +71,4 @@ status: $(STAMP)
 	$(BIN)/kiln status
 
 clean:
-	rm -rf $(VENV) .kiln
+	rm -rf $(VENV) $(LOCK_TOOLS) .kiln
