@@ -1,6 +1,6 @@
 # kiln: `make demo` runs the pipeline on the embedded stack; `make test` runs every test.
-# Both create .venv on first use and refresh it whenever pyproject.toml changes.
-# `make lock` remakes requirements.lock from pyproject.toml (README: Dependencies).
+# Both create .venv on first use, installing exactly requirements.lock, and refresh it when the lock (or
+# pyproject.toml) changes. `make lock` remakes the lock from pyproject.toml (README: Dependencies).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -22,11 +22,19 @@ QUIET_PIP := grep -v "^WARNING: Location '" || true
 
 .PHONY: demo test lint lock bench bench-serving bench-compression bench-shipped up down status clean
 
-$(STAMP): pyproject.toml
-	@echo "==> installing kiln and its pinned stack into $(VENV) (first time: a few minutes)"
+# pyproject.toml too: kiln's own metadata (entry points, scripts) is installed from it.
+$(STAMP): $(LOCK) pyproject.toml
+	@$(PYTHON) tools/lockfile.py check
+	@echo "==> installing kiln and its locked stack into $(VENV) (first time: a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(PIP) install -U pip 2>&1 | { $(QUIET_PIP); }
-	@$(PIP) install -e '.[dev]' 2>&1 | { $(QUIET_PIP); }
+# The locked pip first, on its own: the venv's bundled pip must not replace itself mid-install.
+	@$(BIN)/python tools/lockfile.py requirement pip \
+		| $(PIP) install --require-hashes --no-deps -r /dev/stdin 2>&1 | { $(QUIET_PIP); }
+	@$(PIP) install --require-hashes -r $(LOCK) 2>&1 | { $(QUIET_PIP); }
+# What an earlier lock pinned and this one does not.
+	@$(BIN)/python tools/lockfile.py extraneous | xargs -r $(PIP) uninstall -y 2>&1 | { $(QUIET_PIP); }
+# setuptools is locked too; with build isolation pip would fetch whatever release is newest.
+	@$(PIP) install --no-deps --no-build-isolation -e . 2>&1 | { $(QUIET_PIP); }
 	@touch $@
 
 $(UV_STAMP):
