@@ -1,15 +1,15 @@
 """requirements.lock: made from pyproject.toml by uv (`make lock`), checked against it before every install.
 
-The lock pins, with hashes, everything `make demo` and `make test` install for CPython 3.11 on Linux x86_64:
-the project's dependencies, its dev extra, the build backend (kiln is installed editable without build
-isolation, so setuptools comes from the lock too) and pip itself. Its header records a digest of those
-requirement lists as pyproject.toml states them. `check` compares that digest with pyproject.toml as it is now,
-using the standard library only, so `make` runs it with the bare interpreter before .venv exists.
+The lock pins, with hashes, everything `make demo` and `make test` install for CPython 3.11 on Linux
+x86_64: the project's dependencies, its dev extra, the build backend (kiln is installed editable without
+build isolation, so setuptools comes from the lock too) and pip itself. Its header records a digest of those
+requirement lists as pyproject.toml states them. `check` compares that digest with pyproject.toml as it is
+now, using the standard library only, so `make` runs it with the bare interpreter before .venv exists.
 
-    python tools/lockfile.py check                   # one line and exit 1 when pyproject.toml changed since
+    python tools/lockfile.py check               # exit 1, in one line, if the requirements changed
     python tools/lockfile.py compile --uv PATH [--upgrade]
-    python tools/lockfile.py requirement NAME        # one package's locked line, hashes included
-    python tools/lockfile.py extraneous              # installed here but not locked (for make to remove)
+    python tools/lockfile.py requirement NAME    # one package's locked entry, hashes included
+    python tools/lockfile.py extraneous          # installed here but not locked (for make to remove)
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ LOCK = ROOT / "requirements.lock"
 # since an unpinned `pip install -U pip` is one more release that could change a fresh install overnight.
 TOOLING = ("pip",)
 # The lock is resolved for this target whatever machine runs `make lock`. manylinux_2_28 (glibc 2.28) is a
-# floor most Linux x86_64 machines meet; the hashes cover every file of each pinned version, so pip still picks
-# the best wheel for the machine it runs on.
+# floor most Linux x86_64 machines meet; the hashes cover every file of each pinned version, so pip still
+# picks the best wheel for the machine it runs on.
 TARGET_PYTHON = "3.11"
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
 DIGEST_LINE = "# pyproject.toml requirements sha256: "
@@ -48,7 +48,7 @@ def normalized_name(name: str) -> str:
 
 
 def locked_requirements(pyproject: Path = PYPROJECT) -> dict[str, list[str]]:
-    """Every requirement list of pyproject.toml that the lock is made from, by where it comes from."""
+    """Every requirement list the lock is made from, by where it comes from: pyproject.toml's, and pip."""
     data = tomllib.loads(pyproject.read_text())
     project = data["project"]
     return {
@@ -100,7 +100,9 @@ class Pin:
     entry: str  # the requirement as the lock writes it, hashes included
 
 
-_PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*\\?$")
+_PIN = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*\\?$"
+)
 
 
 def pins(lock_text: str) -> list[Pin]:
@@ -168,15 +170,16 @@ def extraneous(lock_text: str) -> list[str]:
     marker that is false here), the project itself aside: what a refreshed .venv should no longer have."""
     from importlib import metadata
 
-    locked = {pin.name for pin in pins(lock_text) if _applies(pin)}
+    locked = {pin.name for pin in pins(lock_text) if applies(pin)}
     installed = {normalized_name(dist.metadata["Name"]) for dist in metadata.distributions()}
     return sorted(installed - locked - {PROJECT_NAME})
 
 
-def _applies(pin: Pin) -> bool:
+def applies(pin: Pin) -> bool:
+    """Whether pip installs this pin here: it has no marker, or its marker holds for this interpreter."""
     if pin.marker is None:
         return True
-    # Only `extraneous` gets here, run by .venv's python, where packaging is installed (the lock pins it).
+    # Only code run by .venv's python gets here (`extraneous`, the tests), and the lock pins packaging.
     from packaging.markers import Marker
 
     return Marker(pin.marker).evaluate()
