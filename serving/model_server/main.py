@@ -270,8 +270,9 @@ def _rest_server(options, core, prometheus_path):
         options.rest_api_enable_cors_support,
     )
     # proxy_headers off: TF Serving does not rewrite the client address from X-Forwarded-* headers either.
+    # ws off: TF Serving's REST API has no websockets, and an upgrade must not reach the coalescing transport.
     config = uvicorn.Config(
-        app, loop="uvloop", http=CoalescingHttpToolsProtocol, lifespan="off", access_log=False,
+        app, loop="uvloop", http=CoalescingHttpToolsProtocol, ws="none", lifespan="off", access_log=False,
         log_level="warning", server_header=False, date_header=False, timeout_keep_alive=30, proxy_headers=False,
     )  # fmt: skip
     return uvicorn.Server(config), threads

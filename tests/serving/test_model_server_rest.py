@@ -63,6 +63,15 @@ def test_paths_outside_v1_get_the_html_404_page(rest):
     assert b"404 Not Found" in response.content
 
 
+def test_a_websocket_upgrade_is_an_ordinary_request(rest):
+    """TF Serving's REST API has no websockets: the upgrade is not accepted (no 101), the request is answered
+    like any other."""
+    response = rest.get("/v1/models/half_plus_two", headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert response.status_code == 200 and response.json()["model_version_status"]
+
+
 def test_query_string_is_part_of_the_model_name(rest):
     response = rest.get("/v1/models/half_plus_two?x=1")
     assert (response.status_code, error_of(response)) == (
