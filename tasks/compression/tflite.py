@@ -35,7 +35,7 @@ def convert(saved_model: Path, conversion: str, representative: Callable[[], Ite
     if conversion == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if conversion == "int8":
-        converter.representative_dataset = representative
+        converter.representative_dataset = _calibration_examples(representative)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if integer_io and conversion in ("int8", "quantized"):
         converter.inference_input_type = tf.int8
@@ -44,6 +44,21 @@ def convert(saved_model: Path, conversion: str, representative: Callable[[], Ite
         return converter.convert()
     except Exception as exc:  # the converter raises a zoo of types; one line is what the record needs
         raise ConversionSkipped(f"TFLite conversion ({conversion}) failed: {unsupported_ops(str(exc))}") from None
+
+
+def _calibration_examples(representative: Callable[[], Iterator[dict[str, Any]]] | None) -> Any:
+    """`representative` with string inputs as fixed-width bytes arrays. The calibrator reads an object
+    array of bytes (what tf.data gives) as values in no vocabulary: every example would calibrate as out of
+    vocabulary, and the int8 ranges of the layers after a lookup would come out far too narrow."""
+    if representative is None:
+        return None
+
+    def examples() -> Iterator[dict[str, Any]]:
+        for example in representative():
+            yield {name: np.asarray(values).astype(np.bytes_) if np.asarray(values).dtype == object else values
+                   for name, values in example.items()}
+
+    return examples
 
 
 def unsupported_ops(message: str) -> str:
