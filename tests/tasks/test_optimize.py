@@ -19,6 +19,7 @@ from tasks.features import load_arrays
 from tasks.models.export import predict
 from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import UNTIL_TRAIN, house_pipeline, resolve
+from tests.tasks.test_tflite import CUSTOM_BODIES
 
 FAST = "optimize: {latency_runs: 20, representative_examples: 50, %s}\n"
 
@@ -192,3 +193,19 @@ def test_a_layer_tfmot_cannot_wrap_skips_its_variants_with_the_reason(house_csv,
     assert by_name["dynamic_range"].skipped_reason is None, "post-training variants need no tfmot"
     for name in ("qat_int8", "pruned"):
         assert by_name[name].skipped_reason.startswith("the model cannot be cloned for tfmot"), by_name[name]
+
+
+def test_a_custom_layer_outside_the_builtins_skips_every_variant_with_the_layer_named(house_csv, tmp_path,
+                                                                                    mlflow_store) -> None:
+    (tmp_path / "bodies.py").write_text(CUSTOM_BODIES)
+    trained = {"config": house_pipeline(tmp_path, house_csv, train={"epochs": 1, "model": f"{tmp_path / 'bodies.py'}:fft"})}
+    trained |= run_steps(resolve(trained["config"], tmp_path, mlflow_store, run_id="fft"), UNTIL_TRAIN)
+    optimized = _optimize(trained, tmp_path / "opt", mlflow_store, "variants: [dynamic_range, pruned]")
+    props = optimized.properties
+    why = "layer 'fft_block' uses ops outside the TFLite builtins (Complex, FFT); they need Select TF ops"
+    assert props.baseline.skipped_reason.startswith(f"TFLite conversion (float32) failed: {why}")
+    assert "\n" not in props.baseline.skipped_reason
+    for variant in props.variants:
+        assert variant.skipped_reason.startswith("the float32 baseline does not convert") and why in variant.skipped_reason
+    assert props.selected == "baseline" and optimized.tflite_path is None
+    assert props.shipped.format == "saved_model", "serving.format auto ships what converts: the SavedModel"

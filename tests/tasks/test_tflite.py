@@ -1,7 +1,7 @@
 """TFLite conversion with the builtins only (no Select TF ops, LiteRT without a Flex delegate): the
 preprocessing of every feature kind, and a model mixing them all, converts in each post-training mode and
 answers as its SavedModel does; tfmot's pruned and quantization-aware copies keep the preprocessing and
-convert too."""
+convert too; a custom layer outside the builtins is named in the skip reason."""
 
 from __future__ import annotations
 
@@ -155,3 +155,60 @@ def test_tfmot_copies_keep_the_preprocessing_and_convert(mixed, tmp_path) -> Non
         exact = conversion == "float32"
         _assert_answers_alike(saved_model, tflite.convert(saved_model, conversion), inputs if exact else typical,
                               1e-5 if exact else 0.05, exact)
+
+
+CUSTOM_BODIES = '''
+import tensorflow as tf
+import tf_keras as keras
+
+
+class Spectrum(keras.layers.Layer):
+    """|FFT| of the features: TFLite's only builtin FFT is RFFT2D, so Complex and FFT need Select TF ops."""
+
+    def call(self, x):
+        return tf.abs(tf.signal.fft(tf.complex(x, tf.zeros_like(x))))
+
+
+class RunningProduct(keras.layers.Layer):
+    def call(self, x):
+        return tf.math.cumprod(x, axis=-1)
+
+
+def fft(inputs, hparams):
+    return keras.layers.Dense(4, name="after")(Spectrum(name="fft_block")(inputs))
+
+
+def two(inputs, hparams):
+    x = RunningProduct(name="running_product")(Spectrum(name="fft_block")(inputs))
+    return keras.layers.Dense(4, name="after")(x)
+'''
+
+
+@pytest.mark.parametrize("function, why", [
+    ("fft", "layer 'fft_block' uses ops outside the TFLite builtins (Complex, FFT)"),
+    ("two", "layers 'fft_block' (Complex, FFT), 'running_product' (Cumprod) use ops outside the TFLite builtins"),
+])
+def test_a_custom_layer_outside_the_builtins_is_named(tmp_path, function, why) -> None:
+    body = tmp_path / "body.py"
+    body.write_text(CUSTOM_BODIES)
+    preprocessing = Preprocessing(features=[KINDS["normalized"][0], KINDS["string"][0]], label=LABEL)
+    model = build_model(preprocessing, f"{body}:{function}", {})
+    saved_model = export_saved_model(model, preprocessing, tmp_path / "saved")
+    with pytest.raises(tflite.ConversionSkipped) as skipped:
+        tflite.convert(saved_model, "float32")
+    assert str(skipped.value) == f"TFLite conversion (float32) failed: {why}; they need Select TF ops, which " \
+                                 f"LiteRT's interpreter here does not include"
+
+
+def test_another_converter_error_is_its_first_line_with_the_layer_the_converter_placed_it_in() -> None:
+    from types import SimpleNamespace as Fake  # the shape of ConverterError.errors: op, message, call sites
+
+    error = Fake(operator=Fake(name="tfl.one_hot"),
+                 error_message="'tfl.one_hot' op operand #2 must be tensor of 32-bit float\nsee current operation",
+                 location=Fake(call=[Fake(name="kiln_model/age_one_hot/Cast@__inference_serve_41"),
+                                     Fake(name="StatefulPartitionedCall")]))
+    converter_error = Exception("Could not translate MLIR to FlatBuffer.<unknown>:0: error: loc(callsite(...")
+    converter_error.errors = [error]
+    assert tflite.why_not_converted(converter_error) == \
+        "layer 'age_one_hot': 'tfl.one_hot' op operand #2 must be tensor of 32-bit float"
+    assert tflite.why_not_converted(ValueError("no representative data\nmore")) == "no representative data"
