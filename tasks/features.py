@@ -6,8 +6,8 @@ A served feature is what a client sends by name and what the model's first layer
 |-----------|----------------------------------------|-----------------------|----------------------------|
 | numeric   | a FLOAT or (non-categorical) INT column | float32 `[batch]`     | Normalization, NaN -> mean; or Discretization |
 | vector    | a `transform.feature_groups` group      | float32 `[batch, k]`  | Normalization per element, NaN -> mean |
-| string    | a BYTES column                          | string `[batch]`      | StringLookup with OOV, one-hot |
-| integer   | an INT column with `is_categorical`     | int64 `[batch]`       | IntegerLookup with OOV, one-hot |
+| string    | a BYTES column                          | string `[batch]`      | one-hot over the vocabulary, OOV at 0 |
+| integer   | an INT column with `is_categorical`     | int64 `[batch]`       | one-hot over the vocabulary, OOV at 0 |
 | boolean   | an INT column with `bool_domain`        | bool `[batch]`        | 0/1 |
 
 Missing values: a numeric value is NaN (a client may send `NaN`), a string is "" (out of

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.features import MISSING_INT, FeatureSpec, LabelSpec, Preprocessing
+from tasks.features import FeatureSpec, LabelSpec, Preprocessing
 from tasks.models.contract import build_body
 
 PROBABILITIES = "probabilities"
@@ -28,8 +28,12 @@ def build_model(preprocessing: Preprocessing, model_ref: str, hparams: dict[str,
 
 
 def _preprocess(feature: FeatureSpec, tensor: Any) -> Any:
+    """The feature's preprocessing layers, every one of them covered by the TFLite builtins (see
+    tasks.models.one_hot for why lookups and one-hots are not Keras' own layers)."""
     import tensorflow as tf
     import tf_keras as keras
+
+    from tasks.models.one_hot import IndexOneHot, VocabularyOneHot
 
     layers = keras.layers
     name = feature.name
@@ -38,19 +42,17 @@ def _preprocess(feature: FeatureSpec, tensor: Any) -> Any:
     if feature.kind in ("numeric", "vector"):
         if feature.bin_boundaries is not None:
             buckets = layers.Discretization(bin_boundaries=feature.bin_boundaries, name=f"{name}_buckets")(tensor)
-            return layers.CategoryEncoding(num_tokens=len(feature.bin_boundaries) + 1, output_mode="one_hot",
-                                           name=f"{name}_one_hot")(buckets)
+            return IndexOneHot(len(feature.bin_boundaries) + 1, name=f"{name}_one_hot")(buckets)
         # A constant feature is centred, not divided by ~0 (TFT's scale_to_z_score does the same).
         variance = [v if v > 0 else 1.0 for v in feature.variance or []]
         scaled = layers.Normalization(mean=feature.mean, variance=variance, name=f"{name}_normalize")(tensor)
         # Missing (NaN) -> 0, the train mean in standardised units.
         return tf.where(tf.math.is_nan(scaled), tf.zeros_like(scaled), scaled)
     if feature.kind == "string":
-        return layers.StringLookup(vocabulary=[str(v) for v in feature.vocabulary or []], num_oov_indices=1,
-                                   output_mode="one_hot", name=f"{name}_lookup")(tensor)
+        return VocabularyOneHot([str(v) for v in feature.vocabulary or []], name=f"{name}_lookup")(tensor)
     if feature.kind == "integer":
-        return layers.IntegerLookup(vocabulary=[int(v) for v in feature.vocabulary or []], num_oov_indices=1,
-                                    oov_token=MISSING_INT, output_mode="one_hot", name=f"{name}_lookup")(tensor)
+        # A missing value (MISSING_INT) is in no vocabulary transform makes: it lands out of vocabulary.
+        return VocabularyOneHot([int(v) for v in feature.vocabulary or []], name=f"{name}_lookup")(tensor)
     return tf.cast(tensor, tf.float32)  # boolean
 
 

@@ -9,8 +9,8 @@ combined. The fine-tunes run in the multi-worker launcher that trains. Every var
 LiteRT's interpreter, one thread: the task's headline metric on the eval split, bytes, gzip bytes,
 batch-1 latency p50/p99 and the sparsity of its weights read from the file. The selection is the
 smallest (gzip) variant whose metric is within `optimize.budget` of the baseline. A variant that cannot
-be built (a layer tfmot does not support) or converted (string lookups need Select TF ops) is skipped
-with the reason recorded.
+be built (a layer tfmot does not support) or converted (a custom layer whose ops are outside the TFLite
+builtins: the reason names it) is skipped with the reason recorded.
 
 What ships (`serving.format`): `auto` serves the selected variant's `model.tflite` (TF Serving with
 --prefer_tflite_model) and the trained SavedModel when nothing was selected over the float baseline (no

@@ -110,6 +110,8 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     import mlflow
     import tf_keras as keras
 
+    import tasks.models.one_hot  # noqa: F401  registers kiln's layers: the model loads with them, not stand-ins
+
     saved_model = trained.local(SAVED_MODEL_DIR)  # mlflow and tf_keras read local files (common.storage)
     keras_model = keras.models.load_model(str(saved_model))
     features = trained.preprocessing.features

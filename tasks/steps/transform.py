@@ -5,7 +5,8 @@ Numeric features get Normalization's mean and variance (NaN-aware), or Discretiz
 boundaries when `transform.discretize` asks; categorical ones a StringLookup/IntegerLookup vocabulary
 (the schema's domain when it lists one, else the most frequent train values, adapted by the Keras
 layer itself); the label its classes (classification) or mean and deviation (regression). The apply
-phase lives inside the model, which rebuilds the Keras layers from this state.
+phase lives inside the model, which rebuilds its preprocessing layers from this state
+(tasks.models.assemble).
 """
 
 from __future__ import annotations

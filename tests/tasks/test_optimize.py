@@ -7,14 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.digest import folder_bytes, folder_digest
+from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.compression import tflite
+from tasks.features import load_arrays
+from tasks.models.export import predict
 from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import UNTIL_TRAIN, house_pipeline, resolve
+from tests.tasks.test_tflite import CUSTOM_BODIES
 
 FAST = "optimize: {latency_runs: 20, representative_examples: 50, %s}\n"
 
@@ -109,10 +114,7 @@ def test_serving_format_tflite_ships_the_float32_file_when_nothing_is_selected(t
 @pytest.mark.parametrize("integer_io", [False, True])
 def test_each_post_training_mode_converts_and_runs_for_a_regression(house_csv, tmp_path, mlflow_store,
                                                                     integer_io) -> None:
-    numeric = tmp_path / "numeric.csv"  # without the string column: the TFLite builtins cover the model
-    numeric.write_text("".join(",".join(f for i, f in enumerate(line.split(",")) if i != 2) + "\n"
-                               for line in house_csv.read_text().splitlines()))
-    trained = {"config": house_pipeline(tmp_path, numeric, train={"epochs": 5})}
+    trained = {"config": house_pipeline(tmp_path, house_csv, train={"epochs": 5})}  # a string column too
     trained |= run_steps(resolve(trained["config"], tmp_path, mlflow_store, run_id="numeric"), UNTIL_TRAIN)
     settings = f"variants: [dynamic_range, float16, int8], integer_io: {str(integer_io).lower()}"
     props = _optimize(trained, tmp_path / "opt", mlflow_store, settings).properties
@@ -122,13 +124,39 @@ def test_each_post_training_mode_converts_and_runs_for_a_regression(house_csv, t
         assert abs(result.metric - props.baseline.metric) / props.baseline.metric < 0.1, result
 
 
-def test_string_lookups_skip_every_variant_with_the_reason(trained_churn, tmp_path, mlflow_store) -> None:
-    optimized = _optimize(trained_churn, tmp_path, mlflow_store, "variants: [int8, pruned]")
-    props = optimized.properties
-    assert "ops outside the TFLite builtins" in props.baseline.skipped_reason
-    assert all(v.skipped_reason.startswith("the float32 baseline does not convert") for v in props.variants)
-    assert props.selected == "baseline" and optimized.tflite_path is None
-    assert "\n" not in props.baseline.skipped_reason
+@pytest.fixture(scope="module")
+def churn_variants(trained_churn, tmp_path_factory, mlflow_store) -> OptimizedModel:
+    """Every variant of the churn model: string lookups (one with missing values), a boolean and numbers."""
+    return _optimize(trained_churn, tmp_path_factory.mktemp("churn-variants"), mlflow_store, "fine_tune_epochs: 2")
+
+
+def test_a_model_with_string_lookups_builds_every_variant(churn_variants) -> None:
+    props = churn_variants.properties
+    assert [v.name for v in props.variants] == ["dynamic_range", "float16", "int8", "qat_int8", "pruned",
+                                                "pruned_int8", "pruned_qat_int8"]
+    for result in [props.baseline, *props.variants]:
+        assert result.skipped_reason is None, (result.name, result.skipped_reason)
+        assert 0.5 < result.metric <= 1 and 0 < result.gzip_bytes <= result.bytes
+        assert Path(churn_variants.path("variants", f"{result.name}.tflite")).stat().st_size == result.bytes
+    by_name = {v.name: v for v in props.variants}
+    for name in ("dynamic_range", "float16"):  # int8 and pruning may cost a point of this small model's accuracy
+        assert by_name[name].within_budget, by_name[name]
+    # serving.format auto: the selected variant ships, as a TFLite file.
+    assert props.selected != "baseline" and props.shipped.format == "tflite"
+    assert Path(churn_variants.version_folder, "model.tflite").read_bytes() == \
+        Path(churn_variants.path("variants", f"{props.selected}.tflite")).read_bytes()
+
+
+def test_the_string_model_in_litert_answers_like_its_saved_model(churn_variants, trained_churn) -> None:
+    trained = Model.read(trained_churn["model"])
+    inputs, _ = load_arrays(Examples.read(trained_churn["examples"]).split_files("eval"),
+                            trained.preprocessing.features, trained.preprocessing.label)
+    assert inputs["plan"].dtype == object and inputs["paperless"].dtype == bool
+    saved = predict(trained.saved_model, inputs)
+    lite = tflite.Runner(Path(churn_variants.path("variants", "baseline.tflite")).read_bytes())(inputs)
+    assert np.array_equal(saved["class_id"], lite["class_id"])
+    assert np.allclose(saved["probabilities"], lite["probabilities"], atol=1e-5)
+    assert list(lite["class"]) == list(saved["class"])
 
 
 UNSUPPORTED_BODY = '''
@@ -157,14 +185,27 @@ def build(inputs, hparams):
 
 
 def test_a_layer_tfmot_cannot_wrap_skips_its_variants_with_the_reason(house_csv, tmp_path, mlflow_store) -> None:
-    numeric = tmp_path / "numeric.csv"
-    numeric.write_text("".join(",".join(f for i, f in enumerate(line.split(",")) if i != 2) + "\n"
-                               for line in house_csv.read_text().splitlines()))
     (tmp_path / "body.py").write_text(UNSUPPORTED_BODY)
-    trained = {"config": house_pipeline(tmp_path, numeric, train={"epochs": 2, "model": f"{tmp_path / 'body.py'}:build"})}
+    trained = {"config": house_pipeline(tmp_path, house_csv, train={"epochs": 2, "model": f"{tmp_path / 'body.py'}:build"})}
     trained |= run_steps(resolve(trained["config"], tmp_path, mlflow_store, run_id="custom"), UNTIL_TRAIN)
     props = _optimize(trained, tmp_path / "opt", mlflow_store, "variants: [dynamic_range, qat_int8, pruned]").properties
     by_name = {v.name: v for v in props.variants}
     assert by_name["dynamic_range"].skipped_reason is None, "post-training variants need no tfmot"
     for name in ("qat_int8", "pruned"):
         assert by_name[name].skipped_reason.startswith("the model cannot be cloned for tfmot"), by_name[name]
+
+
+def test_a_custom_layer_outside_the_builtins_skips_every_variant_with_the_layer_named(house_csv, tmp_path,
+                                                                                    mlflow_store) -> None:
+    (tmp_path / "bodies.py").write_text(CUSTOM_BODIES)
+    trained = {"config": house_pipeline(tmp_path, house_csv, train={"epochs": 1, "model": f"{tmp_path / 'bodies.py'}:fft"})}
+    trained |= run_steps(resolve(trained["config"], tmp_path, mlflow_store, run_id="fft"), UNTIL_TRAIN)
+    optimized = _optimize(trained, tmp_path / "opt", mlflow_store, "variants: [dynamic_range, pruned]")
+    props = optimized.properties
+    why = "layer 'fft_block' uses ops outside the TFLite builtins (Complex, FFT); they need Select TF ops"
+    assert props.baseline.skipped_reason.startswith(f"TFLite conversion (float32) failed: {why}")
+    assert "\n" not in props.baseline.skipped_reason
+    for variant in props.variants:
+        assert variant.skipped_reason.startswith("the float32 baseline does not convert") and why in variant.skipped_reason
+    assert props.selected == "baseline" and optimized.tflite_path is None
+    assert props.shipped.format == "saved_model", "serving.format auto ships what converts: the SavedModel"
