@@ -42,21 +42,24 @@ def _run(trained: dict, root: Path, tracking: str, server=None, name: str | None
                    params={"thresholds": {}, "change_thresholds": {}, **params})
 
 
+@pytest.mark.parametrize(("pipeline", "variant"), [("digits", "dynamic_range"), ("churn", "int8")])
 def test_the_shipped_tflite_file_is_what_evaluate_scores_and_what_the_server_answers_with(
-        trained_digits, tmp_path, mlflow_store, model_server) -> None:
-    """End to end on the digits: a TFLite variant ships, the server (with --prefer_tflite_model, as every kiln
-    server) answers the eval rows with exactly evaluate's metric, and one digest runs from evaluate to the server."""
+        pipeline, variant, request, tmp_path, mlflow_store, model_server) -> None:
+    """End to end, on images and on a tabular set with string features: a TFLite variant ships, the server (with
+    --prefer_tflite_model, as every kiln server) answers every eval row with exactly evaluate's metric, and one
+    digest runs from evaluate to the server."""
     from mlflow import MlflowClient
 
     from tasks.artifacts.examples import Examples
     from tasks.artifacts.model import Model
     from tasks.features import json_instances, load_arrays
 
-    run = _run(trained_digits, tmp_path, mlflow_store, model_server, variants=["dynamic_range"], budget=100)
-    out = run_steps(run, [*UNTIL_PUSH, "verify"], available=trained_digits)
+    trained = request.getfixturevalue(f"trained_{pipeline}")
+    run = _run(trained, tmp_path, mlflow_store, model_server, variants=[variant], budget=100)
+    out = run_steps(run, [*UNTIL_PUSH, "verify"], available=trained)
     shipped = OptimizedModel.read(out["optimized"]).properties.shipped
     evaluation = ModelEvaluation.read(out["evaluation"]).properties
-    assert (shipped.variant, shipped.format) == ("dynamic_range", "tflite")
+    assert (shipped.variant, shipped.format) == (variant, "tflite")
     assert evaluation.shipped_format == "tflite" and evaluation.artifact_sha256 == shipped.sha256
     assert set(evaluation.metrics_trained) == set(evaluation.metrics), "the float model's, beside it"
 
@@ -68,11 +71,11 @@ def test_the_shipped_tflite_file_is_what_evaluate_scores_and_what_the_server_ans
     version = MlflowClient(mlflow_store).get_model_version(_registered_name(tmp_path), str(pushed.version))
     assert version.tags["kiln.artifact_sha256"] == shipped.sha256 and version.tags["kiln.served_format"] == "tflite"
 
-    preprocessing = Model.read(trained_digits["model"]).preprocessing
-    inputs, targets = load_arrays(Examples.read(trained_digits["examples"]).split_files("eval"),
+    preprocessing = Model.read(trained["model"]).preprocessing
+    inputs, targets = load_arrays(Examples.read(trained["examples"]).split_files("eval"),
                                   preprocessing.features, preprocessing.label)
     with RestClient(model_server.rest_url) as client:
-        answers = client.predict("digits", json_instances(inputs), label="stable").outputs
+        answers = client.predict(pipeline, json_instances(inputs), label="stable").outputs
     served_accuracy = float(np.mean([a["class_id"] for a in answers] == targets))
     assert served_accuracy == evaluation.metrics["accuracy"], "REST answers give exactly evaluate's metric"
 
