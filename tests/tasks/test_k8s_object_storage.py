@@ -30,7 +30,7 @@ from tasks.artifacts.model import METRICS_FILE, SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.snapshot import Deployment, resolve_run
 from tasks.step_runner import run_step, run_steps
-from tasks.training import k8s
+from tasks.training import launch
 from tasks.training.k8s import SPEC_PATH_KEYS, is_remote, require_object_storage
 from tasks.training.launcher import WORKERS_FILE, Recovery, TrainError, read_metrics, run_workers
 from tests.tasks.conftest import digits_pipeline
@@ -191,12 +191,12 @@ def test_a_worker_killed_after_an_epoch_resumes_from_the_backup_on_s3(
 def test_the_kubernetes_launcher_accepts_a_real_train_steps_spec_on_s3(
         s3, s3_inputs, monkeypatch, tiny_digits_csv, tmp_path, mlflow_store) -> None:
     fake = FakeKubernetes().start()
-    real = k8s.KubernetesLauncher
+    real = launch.KubernetesLauncher
 
     def launcher(*args, **kwargs):
         return dataclasses.replace(real(*args, **kwargs), api_client=fake.client(), poll_seconds=0.02)
 
-    monkeypatch.setattr(k8s, "KubernetesLauncher", launcher)
+    monkeypatch.setattr(launch, "KubernetesLauncher", launcher)  # where launcher_for looks it up
     run, root = s3_run(s3, tmp_path, tiny_digits_csv, mlflow_store)
     try:
         with pytest.raises(TrainError) as err:  # the fake's pods run nothing, so no SavedModel comes back
