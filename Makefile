@@ -13,7 +13,8 @@ LOCK_TOOLS := .lock-tools
 UV := $(LOCK_TOOLS)/bin/uv
 UV_STAMP := $(LOCK_TOOLS)/.uv-$(UV_VERSION)
 BIN := $(CURDIR)/$(VENV)/bin
-# tfmot and multi-worker training need Keras 2 (tf_keras) in every process.
+# tfmot and multi-worker training need Keras 2 (tf_keras) in every process. kiln's own processes get it from
+# common/__init__.py; this is for the shell tools run from here (mlflow, python -c) that do not import kiln first.
 export TF_USE_LEGACY_KERAS := 1
 export PATH := $(BIN):$(PATH)
 PIP := $(BIN)/pip --disable-pip-version-check -q

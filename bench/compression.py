@@ -25,7 +25,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import common  # noqa: F401 - TF_USE_LEGACY_KERAS before the steps load TensorFlow
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent

@@ -222,7 +222,6 @@ def run_grpc(job: dict) -> list[dict]:
 
 
 def run_inprocess(job: dict) -> list[dict]:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-import tasks  # noqa: F401 - sets TF_USE_LEGACY_KERAS before anything imports TensorFlow
+import common  # noqa: F401 - sets TF_USE_LEGACY_KERAS before anything imports TensorFlow
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_CONFIG = REPO / "pipelines" / "digits.yaml"

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from common import LEGACY_KERAS_ENV
 from common.processes import log_tail, stop_process_group
 
 HOST = "127.0.0.1"
@@ -27,8 +28,7 @@ class BenchError(RuntimeError):
 
 
 def server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["TF_USE_LEGACY_KERAS"] = "1"
+    env = {**os.environ, **LEGACY_KERAS_ENV}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH.
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])

@@ -9,13 +9,9 @@ gets `kiln_monitor_<pipeline>`, its drift monitor (`infra/monitor_dag.py`).
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from infra.dag_factory import kiln_home, pipeline_dags  # noqa: E402
-from infra.monitor_dag import monitor_dags  # noqa: E402
-from infra.pipelines import discover  # noqa: E402
+from infra.dag_factory import kiln_home, pipeline_dags
+from infra.monitor_dag import monitor_dags
+from infra.pipelines import discover
 
 _paths = discover(kiln_home())
 globals().update(pipeline_dags(_paths))

@@ -4,12 +4,8 @@ of every pipeline say (champion -> stable, challenger -> canary, previous-champi
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from infra.dag_factory import kiln_home  # noqa: E402
-from infra.pipelines import discover  # noqa: E402
-from infra.sync_dag import DAG_ID, serving_sync_dag  # noqa: E402
+from infra.dag_factory import kiln_home
+from infra.pipelines import discover
+from infra.sync_dag import DAG_ID, serving_sync_dag
 
 globals()[DAG_ID] = serving_sync_dag(discover(kiln_home()))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from common import LEGACY_KERAS_ENV
 from common.processes import log_tail, port_is_free
 from infra.fleet_services import FleetServiceError, FleetServices
 from infra.placement import REMAP_VARIABLE, load_profile, placements
@@ -134,7 +135,7 @@ class Stack:
         env.update(
             {
                 "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
-                "TF_USE_LEGACY_KERAS": "1",
+                **LEGACY_KERAS_ENV,
                 "TF_CPP_MIN_LOG_LEVEL": "1",
                 "KILN_HOME": str(self.home),
                 # Object storage when the operator says so (s3://bucket/artifacts), else under KILN_HOME.

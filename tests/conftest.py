@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+import common  # noqa: F401 - TF_USE_LEGACY_KERAS before any test loads TensorFlow
 from tests.servers import free_port, start_server
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

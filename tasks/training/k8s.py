@@ -36,6 +36,7 @@ from typing import Any
 
 import fsspec
 
+from common import LEGACY_KERAS_ENV
 from tasks.config import KubernetesTraining
 from tasks.models.contract import ModelContractError
 from tasks.training.launcher import (
@@ -95,7 +96,7 @@ def _container(settings: KubernetesTraining, command: list[str]) -> dict[str, An
     limits: dict[str, Any] = {"memory": res.memory} if res.memory else {}
     if res.gpu:  # extended resources: requests must equal limits
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(res.gpu)
-    env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1", **settings.env}
+    env = {**LEGACY_KERAS_ENV, "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONUNBUFFERED": "1", **settings.env}
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.image,

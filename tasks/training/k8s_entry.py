@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from common import LEGACY_KERAS_ENV
+
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None,
     except ValueError as exc:
         print(f"k8s_entry: {exc}", file=sys.stderr, flush=True)
         return 2
-    env = dict(os.environ, TF_CONFIG=json.dumps(config), TF_USE_LEGACY_KERAS="1")
+    env = {**os.environ, "TF_CONFIG": json.dumps(config), **LEGACY_KERAS_ENV}
     command = worker_command(args.spec)
     execve(command[0], command, env)
     return 0  # only reached with a stand-in execve (tests)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import tasks
-from common import storage
+from common import LEGACY_KERAS_ENV, storage
 from common.processes import free_ports, log_tail, stop_process_groups
 from tasks.models.contract import ModelContractError
 
@@ -206,7 +206,7 @@ class WorkerGroup:
 def _worker_env(tf_config: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ)  # CUDA_VISIBLE_DEVICES and the like pass through untouched
     env["TF_CONFIG"] = json.dumps(tf_config)
-    env["TF_USE_LEGACY_KERAS"] = "1"
+    env.update(LEGACY_KERAS_ENV)
     env[LAUNCHER_PID_ENV] = str(os.getpid())
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     package_root = str(Path(tasks.__file__).resolve().parent.parent)

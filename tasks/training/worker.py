@@ -31,10 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from common import storage  # noqa: E402
-from tasks.training.launcher import CONTRACT_EXIT_CODE, LAUNCHER_PID_ENV, PROGRESS_MARK  # noqa: E402
+from common import storage
+from tasks.training.launcher import CONTRACT_EXIT_CODE, LAUNCHER_PID_ENV, PROGRESS_MARK
 
 log = logging.getLogger("kiln.train_worker")
 

@@ -7,19 +7,16 @@ input/output checks and the run snapshot too.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
-from tasks.context import ServingEndpoints  # noqa: E402
-from tasks.snapshot import Deployment, resolve_run  # noqa: E402
-from tasks.step_runner import run_steps  # noqa: E402
-from tests.data import write_churn_csv, write_house_csv  # noqa: E402
+from tasks.context import ServingEndpoints
+from tasks.snapshot import Deployment, resolve_run
+from tasks.step_runner import run_steps
+from tests.data import write_churn_csv, write_house_csv
 
 REPO = Path(__file__).resolve().parents[2]
 CURATED_DIGITS_SCHEMA = REPO / "pipelines" / "digits.schema.pbtxt"

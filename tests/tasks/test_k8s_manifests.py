@@ -200,6 +200,7 @@ def test_tf_config_names_every_worker_by_its_pod_hostname_under_the_service() ->
 
 def test_the_entry_point_sets_tf_config_from_the_completion_index_and_execs_the_worker(monkeypatch) -> None:
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS")  # the worker gets it from the entry point, not by inheritance
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     execs = []
     code = k8s_entry.main(["--spec", SPEC_URI, "--job", "j", "--workers", "3", "--service", "s", "--port", "2345"],
