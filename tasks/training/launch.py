@@ -6,7 +6,7 @@ from __future__ import annotations
 from common import storage
 from tasks.config import TrainConfig
 from tasks.context import StepContext
-from tasks.training.k8s import KubernetesLauncher
+from tasks.training.k8s_launcher import KubernetesLauncher
 from tasks.training.launcher import LocalProcessLauncher, WorkerLauncher
 
 

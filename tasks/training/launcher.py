@@ -13,7 +13,7 @@ takes its usual effect.
 
 Steps do not call `run_workers` directly but `launch.launcher_for(config.train, ctx, step).run(...)`: a
 `WorkerLauncher` that is this module's `LocalProcessLauncher`, or with `train.launcher: kubernetes`
-the pods of `tasks.training.k8s.KubernetesLauncher` — same spec, same worker, same result.
+the pods of `tasks.training.k8s_launcher.KubernetesLauncher` — same spec, same worker, same result.
 """
 
 from __future__ import annotations

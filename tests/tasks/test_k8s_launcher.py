@@ -18,7 +18,8 @@ import pytest
 from tasks.config import KubernetesTraining, TrainConfig
 from tasks.context import StepContext
 from tasks.models.contract import ModelContractError
-from tasks.training.k8s import JOB_LABEL, KubernetesLauncher
+from tasks.training.k8s_launcher import KubernetesLauncher
+from tasks.training.k8s_manifests import JOB_LABEL
 from tasks.training.launch import launcher_for
 from tasks.training.launcher import LocalProcessLauncher, TrainError
 from tests.tasks.fake_kubernetes import DONE, PROGRESS, FakeKubernetes
@@ -65,7 +66,7 @@ def fake(fakes) -> FakeKubernetes:
 
 
 def relayed(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "tasks.training.k8s" and r.levelno == logging.INFO
+    return [r.getMessage() for r in caplog.records if r.name == "tasks.training.k8s_launcher" and r.levelno == logging.INFO
             and not r.getMessage().startswith("train:")]
 
 

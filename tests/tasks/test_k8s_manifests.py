@@ -16,15 +16,9 @@ import pytest
 
 from tasks.config import ConfigError, KubernetesTraining, TrainConfig, validate_config
 from tasks.training import k8s_entry
-from tasks.training.k8s import (
-    CONTAINER,
-    JOB_LABEL,
-    TrainError,
-    job_name,
-    render_indexed_job,
-    render_tfjob,
-    require_object_storage,
-)
+from tasks.training.k8s_launcher import require_object_storage
+from tasks.training.k8s_manifests import CONTAINER, JOB_LABEL, job_name, render_indexed_job, render_tfjob
+from tasks.training.launcher import TrainError
 
 KUBERNETES_VERSION = "1.37.0"
 SPEC_URI = "s3://kiln/artifacts/churn/run1/train/.work/kiln-churn-train-abc123.spec.json"

@@ -31,7 +31,7 @@ from tasks.artifacts.optimized import OptimizedModel
 from tasks.snapshot import Deployment, resolve_run
 from tasks.step_runner import run_step, run_steps
 from tasks.training import launch
-from tasks.training.k8s import SPEC_PATH_KEYS, is_remote, require_object_storage
+from tasks.training.k8s_launcher import SPEC_PATH_KEYS, is_remote, require_object_storage
 from tasks.training.launcher import WORKERS_FILE, Recovery, TrainError, read_metrics, run_workers
 from tests.tasks.conftest import digits_pipeline
 from tests.tasks.fake_kubernetes import FakeKubernetes
