@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 VariantName = Literal["dynamic_range", "float16", "int8", "qat_int8", "pruned", "pruned_int8", "pruned_qat_int8"]
 BASELINE = "baseline"
@@ -33,10 +33,11 @@ RECIPES: dict[str, tuple[str, str]] = {
     "pruned_qat_int8": ("pruned_qat", "quantized"),
 }
 
-FINE_TUNED = ("pruned", "qat", "pruned_qat")
+FineTuneName = Literal["pruned", "qat", "pruned_qat"]  # the fine-tuned models the training workers make
+FINE_TUNED: tuple[FineTuneName, ...] = get_args(FineTuneName)
 
 
-def fine_tunes_needed(variants: list[str]) -> list[str]:
+def fine_tunes_needed(variants: list[str]) -> list[FineTuneName]:
     """Which fine-tuned models the chosen variants need (pruned_qat needs pruned first)."""
     sources = {RECIPES[v][0] for v in variants}
     if "pruned_qat" in sources:

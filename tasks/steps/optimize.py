@@ -55,6 +55,7 @@ from tasks.models.assemble import PREDICTION, PROBABILITIES
 from tasks.serving_bundle import WARMUP_RECORDS, write_version_folder
 from tasks.training.launch import launcher_for, remote_work_uri
 from tasks.training.launcher import TrainError
+from tasks.training.spec import CompressSpec
 
 log = logging.getLogger(__name__)
 
@@ -188,25 +189,24 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, saved_m
     remote = remote_work_uri(train, ctx, "optimize")
     base = remote or str(work)
     outputs = {job: storage.join(base, job) for job in jobs}
-    spec = {
-        "mode": "compress",
-        "train_files": data.split_files("train"), "eval_files": data.split_files("eval"),
-        "num_train": data.properties.row_counts["train"], "num_eval": data.properties.row_counts["eval"],
-        "preprocessing": trained.preprocessing.model_dump(mode="json"), "model": trained.properties.model,
-        "hparams": trained.properties.hparams, "train": train.model_dump(mode="json"),
-        "initial_weights": (trained.path(SAVED_MODEL_DIR, "variables", "variables") if remote
-                            else str(saved_model / "variables" / "variables")),
-        "fine_tunes": jobs, "fine_tune_epochs": opt.fine_tune_epochs,
-        "learning_rate": opt.fine_tune_learning_rate or train.learning_rate / 10,
-        "target_sparsity": opt.target_sparsity, "prune_skip": opt.prune_skip,
-        "outputs": outputs,
-        "report_path": storage.join(base, "fine_tunes.json"), "scratch_dir": storage.join(base, "scratch"),
-    }
+    spec = CompressSpec(
+        train_files=data.split_files("train"), eval_files=data.split_files("eval"),
+        num_train=data.properties.row_counts["train"], num_eval=data.properties.row_counts["eval"],
+        preprocessing=trained.preprocessing, model=trained.properties.model,
+        hparams=trained.properties.hparams, train=train,
+        initial_weights=(trained.path(SAVED_MODEL_DIR, "variables", "variables") if remote
+                         else str(saved_model / "variables" / "variables")),
+        fine_tunes=jobs, fine_tune_epochs=opt.fine_tune_epochs,
+        learning_rate=opt.fine_tune_learning_rate or train.learning_rate / 10,
+        target_sparsity=opt.target_sparsity, prune_skip=opt.prune_skip,
+        outputs=outputs,
+        report_path=storage.join(base, "fine_tunes.json"), scratch_dir=storage.join(base, "scratch"),
+    )
     # A dead worker restarts the group like in train, but the fine-tunes start over: they are a few
     # epochs each, and a re-export overwrites a half-written one.
     launcher_for(train, ctx, "optimize").run(spec, train.num_workers, train.worker_timeout_seconds,
                                              train.max_restarts)
-    report = json.loads(storage.read_text(spec["report_path"]))
+    report = json.loads(storage.read_text(spec.report_path))
     found: dict[str, Path | str] = {}
     for job in jobs:
         if "skipped" in report.get(job, {}):

@@ -26,6 +26,7 @@ from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.training.launch import launcher_for, remote_work_uri
 from tasks.training.launcher import TrainError, read_metrics
+from tasks.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +44,29 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str)
                          if k not in ("hparams", "kubernetes")}
                         | {f"train.hparams.{k}": v for k, v in train.hparams.items()})
     with Model.publish(out_uri) as out:
-        spec = {
-            "train_files": data.split_files("train"),
-            "eval_files": data.split_files("eval"),
-            "num_train": data.properties.row_counts["train"],
-            "num_eval": data.properties.row_counts["eval"],
-            "preprocessing": preprocessing.model_dump(mode="json"),
-            "model": train.model,
-            "hparams": train.hparams,
-            "train": train.model_dump(mode="json"),
+        spec = TrainSpec(
+            train_files=data.split_files("train"),
+            eval_files=data.split_files("eval"),
+            num_train=data.properties.row_counts["train"],
+            num_eval=data.properties.row_counts["eval"],
+            preprocessing=preprocessing,
+            model=train.model,
+            hparams=train.hparams,
+            train=train,
             **(_worker_paths(remote) if remote else {
                 "saved_model_dir": str(out.dir / SAVED_MODEL_DIR),
                 "metrics_path": str(work_dir / METRICS_FILE),
                 "backup_dir": str(work_dir / "backup"),
                 "scratch_dir": str(work_dir / "scratch"),
             }),
-        }
+        )
         started = time.monotonic()
         launcher = launcher_for(train, ctx, "train")
         recovery = launcher.run(spec, train.num_workers, train.worker_timeout_seconds, train.max_restarts)
         train_seconds = round(time.monotonic() - started, 2)
         if remote:
-            _download_saved_model(spec["saved_model_dir"], out.dir / SAVED_MODEL_DIR)
-        history = read_metrics(spec["metrics_path"])
+            _download_saved_model(spec.saved_model_dir, out.dir / SAVED_MODEL_DIR)
+        history = read_metrics(spec.metrics_path)
         (out.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
         final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
         for record in history:

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
-
 from tasks.config import KubernetesTraining
 from tasks.models.contract import ModelContractError
 from tasks.training.k8s_manifests import (
@@ -45,29 +43,25 @@ from tasks.training.launcher import (
     epochs_done,
     sigterm_unwinds,
 )
+from tasks.training.spec import WorkerSpec, write_spec
 
 log = logging.getLogger(__name__)
 
 INDEX_KEYS = ("training.kubeflow.org/replica-index", "batch.kubernetes.io/job-completion-index")
-SPEC_PATH_KEYS = ("train_files", "eval_files", "saved_model_dir", "metrics_path", "backup_dir", "scratch_dir",
-                  "initial_weights", "outputs", "report_path")
 
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def require_object_storage(work_uri: str, spec: dict[str, Any]) -> None:
+def require_object_storage(work_uri: str, spec: WorkerSpec) -> None:
     """Pods share nothing with this machine: the work folder and every path in the spec must be URLs."""
     if not is_remote(work_uri):
         raise TrainError(f"train.launcher kubernetes needs an artifact root on object storage (s3://..., gs://...): "
                          f"pods cannot read {work_uri}")
-    for key in SPEC_PATH_KEYS:
-        value = spec.get(key)
-        paths = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
-        local = next((p for p in paths if p is not None and not is_remote(str(p))), None)
-        if local is not None:
-            raise TrainError(f"train.launcher kubernetes: the worker spec's {key} is a local path ({local}); "
+    for field_name, path in spec.paths():
+        if not is_remote(path):
+            raise TrainError(f"train.launcher kubernetes: the worker spec's {field_name} is a local path ({path}); "
                              f"pods can only read and write object storage")
 
 
@@ -88,14 +82,13 @@ class KubernetesLauncher:
     poll_seconds: float = 2.0
     labels: dict[str, str] = field(default_factory=dict)
 
-    def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float,
+    def run(self, spec: WorkerSpec, num_workers: int, timeout_seconds: float,
             max_restarts: int = 0) -> Recovery:
         require_object_storage(self.work_uri, spec)
         name = job_name(self.name_prefix)
         spec_uri = f"{self.work_uri.rstrip('/')}/{name}.spec.json"
         try:
-            with fsspec.open(spec_uri, "w") as fh:
-                fh.write(json.dumps(spec))
+            write_spec(spec, spec_uri)
         except (OSError, ValueError, ImportError) as exc:
             raise TrainError(f"cannot write the worker spec to {spec_uri}: {str(exc).splitlines()[0]}") from None
         resumed_from_epoch = epochs_done(spec)  # > 0 when an earlier task try left a backup

@@ -13,7 +13,8 @@ takes its usual effect.
 
 Steps do not call `run_workers` directly but `launch.launcher_for(config.train, ctx, step).run(...)`: a
 `WorkerLauncher` that is this module's `LocalProcessLauncher`, or with `train.launcher: kubernetes`
-the pods of `tasks.training.k8s_launcher.KubernetesLauncher` — same spec, same worker, same result.
+the pods of `tasks.training.k8s_launcher.KubernetesLauncher` — same spec (`tasks.training.spec`), same
+worker, same result.
 """
 
 from __future__ import annotations
@@ -30,15 +31,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import tasks
 from common import LEGACY_KERAS_ENV, storage
 from common.processes import free_ports, log_tail, stop_process_groups
 from tasks.models.contract import ModelContractError
-
-if TYPE_CHECKING:
-    pass
+from tasks.training.spec import TrainSpec, WorkerSpec, write_spec
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class WorkerLauncher(Protocol):
     """Runs the worker group of one spec to the end: `Recovery` on success, `TrainError` (or
     `ModelContractError`) otherwise; nothing it started outlives the call."""
 
-    def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float,
+    def run(self, spec: WorkerSpec, num_workers: int, timeout_seconds: float,
             max_restarts: int = 0) -> Recovery: ...
 
 
@@ -98,18 +97,18 @@ class LocalProcessLauncher:
 
     work_dir: Path
 
-    def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float,
+    def run(self, spec: WorkerSpec, num_workers: int, timeout_seconds: float,
             max_restarts: int = 0) -> Recovery:
         return run_workers(spec, num_workers, timeout_seconds, self.work_dir, max_restarts)
 
 
-def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, work_dir: Path,
+def run_workers(spec: WorkerSpec, num_workers: int, timeout_seconds: float, work_dir: Path,
                 max_restarts: int = 0) -> Recovery:
     """Start `num_workers` `tasks.training.worker` processes and wait for all; restart the group when a
     worker dies, at most `max_restarts` times; raise otherwise. One deadline covers every attempt."""
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    write_spec(spec, str(spec_path))
     deadline = time.monotonic() + timeout_seconds
     restarts, resumed_from_epoch = 0, epochs_done(spec)  # > 0 when an earlier task try left a backup
     with sigterm_unwinds():
@@ -124,15 +123,16 @@ def run_workers(spec: dict[str, Any], num_workers: int, timeout_seconds: float, 
             resumed_from_epoch = epochs_done(spec)
             log.info("train worker %d of %d %s; restart %d of %d on fresh ports, %s", death.index, num_workers,
                      death.how, restarts, max_restarts,
-                     f"resuming after epoch {resumed_from_epoch}" if "metrics_path" in spec else "starting over")
+                     f"resuming after epoch {resumed_from_epoch}" if isinstance(spec, TrainSpec) else "starting over")
 
 
-def epochs_done(spec: dict[str, Any]) -> int:
+def epochs_done(spec: WorkerSpec) -> int:
     """Epochs the chief recorded as finished. It writes an epoch's line before BackupAndRestore backs
     the epoch up, so a kill between the two makes this one more than the backup holds (that epoch is
     then trained again, and its last record wins in `read_metrics`)."""
-    path = spec.get("metrics_path")  # train mode only: a compress group has no epochs to resume
-    history = read_metrics(path) if path else []
+    if not isinstance(spec, TrainSpec):  # a compress group has no epochs to resume
+        return 0
+    history = read_metrics(spec.metrics_path)
     return history[-1]["epoch"] if history else 0
 
 

@@ -32,39 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from common import storage
+from tasks.features import Preprocessing
 from tasks.training.launcher import CONTRACT_EXIT_CODE, LAUNCHER_PID_ENV, PROGRESS_MARK
+from tasks.training.spec import CompressSpec, TrainSpec, WorkerSpec, WorkerSpecError, read_spec
 
 log = logging.getLogger("kiln.train_worker")
-
-COMMON_KEYS = ("train_files", "eval_files", "num_train", "num_eval", "preprocessing", "model", "hparams", "train",
-               "scratch_dir")
-SPEC_KEYS = {  # by mode: train a model from scratch, or fine-tune a trained one into compressed variants
-    "train": (*COMMON_KEYS, "saved_model_dir", "metrics_path", "backup_dir"),
-    "compress": (*COMMON_KEYS, "initial_weights", "fine_tunes", "fine_tune_epochs", "learning_rate",
-                 "target_sparsity", "prune_skip", "outputs", "report_path"),
-}
-
-
-class WorkerSpecError(ValueError):
-    """The spec file the launcher wrote is unusable."""
-
-
-def load_spec(path: str) -> dict[str, Any]:
-    """The spec at a local path or any fsspec URL (pods on Kubernetes read it from object storage)."""
-    import fsspec
-
-    try:
-        with fsspec.open(path, "r") as fh:
-            spec = json.loads(fh.read())
-    except (OSError, ValueError, ImportError) as exc:  # ValueError: bad JSON or an unknown protocol
-        raise WorkerSpecError(f"cannot read worker spec {path}: {exc}") from None
-    mode = spec.get("mode", "train")
-    if mode not in SPEC_KEYS:
-        raise WorkerSpecError(f"worker spec {path}: unknown mode {mode!r}")
-    missing = [k for k in SPEC_KEYS[mode] if k not in spec]
-    if missing:
-        raise WorkerSpecError(f"worker spec {path} lacks {', '.join(missing)}")
-    return spec
 
 
 def make_strategy() -> Any:
@@ -90,8 +62,7 @@ def make_strategy() -> Any:
 class WorkerRun:
     """What a worker of either mode derives from the spec and the strategy's cluster."""
 
-    config: Any  # tasks.config.TrainConfig
-    preprocessing: Any  # tasks.features.Preprocessing
+    preprocessing: Preprocessing
     num_workers: int
     task_id: int
     global_batch: int
@@ -102,17 +73,13 @@ class WorkerRun:
         return self.task_id == 0
 
     @classmethod
-    def of(cls, strategy: Any, spec: dict[str, Any]) -> WorkerRun:
-        from tasks.config import TrainConfig
-        from tasks.features import Preprocessing
-
-        config = TrainConfig.model_validate(spec["train"])
+    def of(cls, strategy: Any, spec: WorkerSpec) -> WorkerRun:
         cluster = strategy.cluster_resolver.cluster_spec()
         num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
-        global_batch = config.batch_size * num_workers
-        return cls(config=config, preprocessing=Preprocessing.model_validate(spec["preprocessing"]),
-                   num_workers=num_workers, task_id=strategy.cluster_resolver.task_id or 0,
-                   global_batch=global_batch, steps_per_epoch=max(1, math.ceil(spec["num_train"] / global_batch)))
+        global_batch = spec.train.batch_size * num_workers
+        return cls(preprocessing=spec.preprocessing, num_workers=num_workers,
+                   task_id=strategy.cluster_resolver.task_id or 0, global_batch=global_batch,
+                   steps_per_epoch=max(1, math.ceil(spec.num_train / global_batch)))
 
     def export(self, model: Any, chief_target: str, scratch: Path, scratch_name: str) -> None:
         """Every worker must take part in saving (it runs collectives); only the chief's copy is kept: in
@@ -174,7 +141,7 @@ def local_checkpoint(prefix: str) -> str:
     return str(storage.localize(folder) / name)
 
 
-def train(spec: dict[str, Any]) -> None:
+def train(spec: TrainSpec) -> None:
     strategy = make_strategy()  # first: TF_CONFIG is read and collectives are set up here
 
     import tf_keras as keras
@@ -183,35 +150,35 @@ def train(spec: dict[str, Any]) -> None:
     from tasks.models.assemble import build_model, compile_model
 
     run = WorkerRun.of(strategy, spec)
-    config, preprocessing, task_id = run.config, run.preprocessing, run.task_id
+    config, preprocessing, task_id = spec.train, run.preprocessing, run.task_id
     num_workers, global_batch, steps_per_epoch = run.num_workers, run.global_batch, run.steps_per_epoch
     keras.utils.set_random_seed(config.seed)
 
-    validation_steps = max(1, math.ceil(spec["num_eval"] / global_batch))
+    validation_steps = max(1, math.ceil(spec.num_eval / global_batch))
     features, label = preprocessing.features, preprocessing.label
-    train_data = dataset(spec["train_files"], features, label, global_batch, shuffle_seed=config.seed, repeat=True)
-    eval_data = dataset(spec["eval_files"], features, label, global_batch, shuffle_seed=None, repeat=True)
+    train_data = dataset(spec.train_files, features, label, global_batch, shuffle_seed=config.seed, repeat=True)
+    eval_data = dataset(spec.eval_files, features, label, global_batch, shuffle_seed=None, repeat=True)
 
     with strategy.scope():
-        model = build_model(preprocessing, spec["model"], spec["hparams"])
+        model = build_model(preprocessing, spec.model, spec.hparams)
         compile_model(model, label, config.learning_rate)
 
-    with Scratch(spec["scratch_dir"]) as scratch:
+    with Scratch(spec.scratch_dir) as scratch:
         # Callbacks run in list order: an epoch's metrics line is written before its backup, so a worker
         # killed in between repeats the epoch (read_metrics keeps its last record) instead of losing its line.
-        metrics = MetricsFile(spec["metrics_path"], scratch.path) if run.is_chief else None
+        metrics = MetricsFile(spec.metrics_path, scratch.path) if run.is_chief else None
         callbacks = [epoch_metrics(metrics, config.epochs, task_id),
-                     *backup_callbacks(spec["backup_dir"], scratch.path, run.is_chief)]
+                     *backup_callbacks(spec.backup_dir, scratch.path, run.is_chief)]
         log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d, %s parameters", PROGRESS_MARK, task_id,
                  num_workers, config.epochs, steps_per_epoch, global_batch, f"{model.count_params():,}")
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_data,
                   validation_steps=validation_steps, callbacks=callbacks, verbose=0)
 
-        run.export(model, spec["saved_model_dir"], scratch.path, f"worker-{task_id}")
+        run.export(model, spec.saved_model_dir, scratch.path, f"worker-{task_id}")
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
 
 
-def compress(spec: dict[str, Any]) -> None:
+def compress(spec: CompressSpec) -> None:
     """Fine-tune the trained model into the pruned, QAT and pruning-preserving QAT models it is asked for.
 
     Each fine-tune starts from the trained weights (pruned-QAT from the pruned model) and is exported
@@ -223,42 +190,42 @@ def compress(spec: dict[str, Any]) -> None:
     from tasks.models.assemble import build_model
 
     run = WorkerRun.of(strategy, spec)
-    config, preprocessing, task_id, global_batch = run.config, run.preprocessing, run.task_id, run.global_batch
-    data = dataset(spec["train_files"], preprocessing.features, preprocessing.label, global_batch,
-                   shuffle_seed=config.seed, repeat=True)
+    preprocessing, task_id, global_batch = run.preprocessing, run.task_id, run.global_batch
+    data = dataset(spec.train_files, preprocessing.features, preprocessing.label, global_batch,
+                   shuffle_seed=spec.train.seed, repeat=True)
     with strategy.scope():
-        trained = build_model(preprocessing, spec["model"], spec["hparams"])
-    trained.load_weights(local_checkpoint(spec["initial_weights"])).expect_partial()
-    with Scratch(spec["scratch_dir"]) as scratch:
+        trained = build_model(preprocessing, spec.model, spec.hparams)
+    trained.load_weights(local_checkpoint(spec.initial_weights)).expect_partial()
+    with Scratch(spec.scratch_dir) as scratch:
         report = fine_tune(spec, run, strategy, trained, data, scratch.path)
     if run.is_chief:
-        storage.write_text(spec["report_path"], json.dumps(report))
+        storage.write_text(spec.report_path, json.dumps(report))
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
 
 
-def fine_tune(spec: dict[str, Any], run: WorkerRun, strategy: Any, trained: Any, data: Any,
+def fine_tune(spec: CompressSpec, run: WorkerRun, strategy: Any, trained: Any, data: Any,
               scratch: Path) -> dict[str, Any]:
     """The fine-tunes of `compress`, each exported to its output; the report by fine-tune."""
     from tasks.compression import tuning
     from tasks.models.assemble import compile_model
 
     preprocessing, task_id, steps_per_epoch = run.preprocessing, run.task_id, run.steps_per_epoch
-    epochs = spec["fine_tune_epochs"]
+    epochs = spec.fine_tune_epochs
     report: dict[str, Any] = {}
     stripped = None
-    for job in spec["fine_tunes"]:
+    for job in spec.fine_tunes:
         started = time.monotonic()
         try:
             with strategy.scope():
                 if job == "pruned":
-                    model = tuning.prune(trained, spec["target_sparsity"], epochs * steps_per_epoch,
-                                         spec["prune_skip"])
+                    model = tuning.prune(trained, spec.target_sparsity, epochs * steps_per_epoch,
+                                         spec.prune_skip)
                 elif stripped is None and job == "pruned_qat":
                     raise tuning.VariantUnsupported(f"needs the pruned model: {report['pruned']['skipped']}")
                 else:
                     model = tuning.quantize_aware(stripped if job == "pruned_qat" else trained,
                                                   preserve_sparsity=job == "pruned_qat")
-                compile_model(model, preprocessing.label, spec["learning_rate"])
+                compile_model(model, preprocessing.label, spec.learning_rate)
             callbacks = tuning.pruning_callbacks() if job == "pruned" else []
             log.info("%s worker %d fine-tunes %s: %d epochs x %d steps", PROGRESS_MARK, task_id, job, epochs,
                      steps_per_epoch)
@@ -269,7 +236,7 @@ def fine_tune(spec: dict[str, Any], run: WorkerRun, strategy: Any, trained: Any,
             report[job] = {"skipped": str(exc)}
             log.info("%s worker %d: %s skipped: %s", PROGRESS_MARK, task_id, job, exc)
             continue
-        run.export(model, spec["outputs"][job], scratch, f"{job}-{task_id}")
+        run.export(model, spec.outputs[job], scratch, f"{job}-{task_id}")
         report[job] = {"seconds": round(time.monotonic() - started, 2)}
     return report
 
@@ -343,14 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        spec = load_spec(args.spec)
+        spec = read_spec(args.spec)
     except WorkerSpecError as exc:
         print(f"train_worker: {exc}", file=sys.stderr)
         return 2
     from tasks.models.contract import ModelContractError
 
     try:
-        compress(spec) if spec.get("mode") == "compress" else train(spec)
+        compress(spec) if isinstance(spec, CompressSpec) else train(spec)
     except ModelContractError as exc:
         print(f"train_worker: {exc}", file=sys.stderr, flush=True)
         return CONTRACT_EXIT_CODE

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks.config import TrainConfig
 from tasks.context import ServingEndpoints
+from tasks.features import FeatureSpec, LabelSpec, Preprocessing
 from tasks.snapshot import Deployment, resolve_run
 from tasks.step_runner import run_steps
+from tasks.training.spec import CompressSpec, TrainSpec, WorkerSpec
 from tests.data import write_churn_csv, write_house_csv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +73,28 @@ def resolve(config: Path, root: Path, tracking_uri: str | None = None, serving: 
 def evaluate_inputs(trained: dict[str, Any]) -> dict[str, str]:
     """What evaluate reads of a trained (and shipped) fixture."""
     return {key: trained[key] for key in ("optimized", "model", "examples")}
+
+
+def worker_spec(base: str | Path, mode: str = "train", **fields: Any) -> WorkerSpec:
+    """A worker spec of `mode` for a one-feature regression, every path under `base` (a folder or a URL);
+    `fields` replace the spec's own."""
+    base = str(base).rstrip("/")
+    shared: dict[str, Any] = {
+        "train_files": [f"{base}/examples/train-0.gz"], "eval_files": [f"{base}/examples/eval-0.gz"],
+        "num_train": 100, "num_eval": 20, "model": "mlp", "hparams": {}, "train": TrainConfig(),
+        "preprocessing": Preprocessing(
+            features=[FeatureSpec(name="x", kind="numeric", columns=["x"], column_types=["float"], mean=[0.0],
+                                  variance=[1.0])],
+            label=LabelSpec(column="y", value_type="float", task="regression")),
+        "scratch_dir": f"{base}/scratch"}
+    if mode == "train":
+        return TrainSpec(**{**shared, "saved_model_dir": f"{base}/saved_model", "metrics_path": f"{base}/metrics.jsonl",
+                            "backup_dir": f"{base}/backup", **fields})
+    return CompressSpec(**{**shared, "initial_weights": f"{base}/model/saved_model/variables/variables",
+                           "fine_tunes": ["pruned", "qat"], "fine_tune_epochs": 1, "learning_rate": 0.001,
+                           "target_sparsity": 0.5, "prune_skip": [],
+                           "outputs": {"pruned": f"{base}/pruned", "qat": f"{base}/qat"},
+                           "report_path": f"{base}/fine_tunes.json", **fields})
 
 
 def default_run_id(root: Path) -> str:

@@ -5,14 +5,12 @@ No cluster exists here; nothing in this file has run against a real one."""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 import uuid
 
-import fsspec
 import pytest
 
 from tasks.config import KubernetesTraining, TrainConfig
@@ -22,6 +20,8 @@ from tasks.training.k8s_launcher import KubernetesLauncher
 from tasks.training.k8s_manifests import JOB_LABEL
 from tasks.training.launch import launcher_for
 from tasks.training.launcher import LocalProcessLauncher, TrainError
+from tasks.training.spec import TrainSpec, read_spec
+from tests.tasks.conftest import worker_spec
 from tests.tasks.fake_kubernetes import DONE, PROGRESS, FakeKubernetes
 
 POLL = 0.02
@@ -32,11 +32,8 @@ def work_uri() -> str:
     return f"memory://kiln-test/{uuid.uuid4().hex}/train/.work"  # object storage as far as the launcher knows
 
 
-def spec_for(work_uri: str) -> dict:
-    base = work_uri.rsplit("/", 1)[0]
-    return {"mode": "train", "train_files": [f"{base}/examples/train-0.gz"], "eval_files": [f"{base}/examples/eval-0.gz"],
-            "saved_model_dir": f"{base}/model/saved_model", "metrics_path": f"{work_uri}/metrics.jsonl",
-            "backup_dir": f"{work_uri}/backup", "scratch_dir": f"{work_uri}/scratch"}
+def spec_for(work_uri: str) -> TrainSpec:
+    return worker_spec(work_uri)
 
 
 def run(fake: FakeKubernetes, work_uri: str, operator: str = "tfjob", timeout: float = 30, workers: int = 2,
@@ -87,8 +84,7 @@ def test_a_tfjob_is_submitted_polled_relayed_and_deleted(fake, work_uri, caplog)
     assert (method, path) == ("POST", "/apis/kubeflow.org/v1/namespaces/default/tfjobs")
     spec_uri = created["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"][-1]
     assert spec_uri == f"{work_uri}/{name}.spec.json"
-    with fsspec.open(spec_uri, "r") as fh:
-        assert json.load(fh) == spec_for(work_uri), "the pods read the spec the step built"
+    assert read_spec(spec_uri) == spec_for(work_uri), "the pods read the spec the step built"
     assert len(fake.asked("GET", f"/tfjobs/{name}")) == fake.finish_at, "polled until Succeeded, then stopped"
     listed = [q for _, path, q in fake.asked("GET", "/pods") if path.endswith("/pods")]
     assert len(listed) > fake.finish_at and {q["labelSelector"][0] for q in listed} == {f"{JOB_LABEL}={name}"}

@@ -19,6 +19,7 @@ from tasks.training import k8s_entry
 from tasks.training.k8s_launcher import require_object_storage
 from tasks.training.k8s_manifests import CONTAINER, JOB_LABEL, job_name, render_indexed_job, render_tfjob
 from tasks.training.launcher import TrainError
+from tests.tasks.conftest import worker_spec
 
 KUBERNETES_VERSION = "1.37.0"
 SPEC_URI = "s3://kiln/artifacts/churn/run1/train/.work/kiln-churn-train-abc123.spec.json"
@@ -228,21 +229,36 @@ def test_the_entry_point_refuses_a_pod_without_a_usable_index(monkeypatch, capsy
 
 def test_a_local_artifact_root_is_refused_in_one_line() -> None:
     with pytest.raises(TrainError) as err:
-        require_object_storage("/home/me/kiln/artifacts/churn/r1/train/.work", {})
+        require_object_storage("/home/me/kiln/artifacts/churn/r1/train/.work", worker_spec("s3://b/work"))
     assert str(err.value) == ("train.launcher kubernetes needs an artifact root on object storage (s3://..., "
                               "gs://...): pods cannot read /home/me/kiln/artifacts/churn/r1/train/.work")
     with pytest.raises(TrainError, match="needs an artifact root on object storage"):
-        require_object_storage("file:///tmp/artifacts", {})
+        require_object_storage("file:///tmp/artifacts", worker_spec("s3://b/work"))
 
 
-def test_a_local_path_in_the_spec_is_refused_by_name() -> None:
-    spec = {"train_files": ["s3://b/train-0.tfrecord.gz"], "saved_model_dir": "/tmp/staging/saved_model",
-            "outputs": {"pruned": "s3://b/pruned"}}
+def test_a_spec_of_urls_only_is_accepted() -> None:
+    for mode in ("train", "compress"):
+        require_object_storage("s3://b/work", worker_spec("s3://b/work", mode))
+
+
+@pytest.mark.parametrize(("mode", "field", "local"), [
+    ("train", "train_files", ["/data/train-0.gz"]),
+    ("train", "saved_model_dir", "/tmp/staging/saved_model"),
+    ("train", "metrics_path", "file:///tmp/metrics.jsonl"),
+    ("train", "backup_dir", "/tmp/backup"),
+    ("compress", "initial_weights", "/tmp/model/variables/variables"),
+    ("compress", "report_path", "/tmp/fine_tunes.json"),
+])
+def test_a_local_path_in_the_spec_is_refused_by_name(mode: str, field: str, local: str | list[str]) -> None:
     with pytest.raises(TrainError) as err:
-        require_object_storage("s3://b/work", spec)
-    assert "\n" not in str(err.value) and "saved_model_dir is a local path (/tmp/staging/saved_model)" in str(err.value)
-    spec["saved_model_dir"] = "s3://b/model"
-    spec["outputs"]["qat"] = "/tmp/qat"
+        require_object_storage("s3://b/work", worker_spec("s3://b/work", mode, **{field: local}))
+    shown = local[0] if isinstance(local, list) else local
+    assert str(err.value) == (f"train.launcher kubernetes: the worker spec's {field} is a local path ({shown}); pods "
+                              f"can only read and write object storage")
+
+
+def test_a_local_output_folder_is_refused_by_name() -> None:
+    spec = worker_spec("s3://b/work", "compress", outputs={"pruned": "s3://b/pruned", "qat": "/tmp/qat"})
     with pytest.raises(TrainError, match=r"outputs is a local path \(/tmp/qat\)"):
         require_object_storage("s3://b/work", spec)
 

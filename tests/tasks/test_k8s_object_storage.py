@@ -31,8 +31,9 @@ from tasks.artifacts.optimized import OptimizedModel
 from tasks.snapshot import Deployment, resolve_run
 from tasks.step_runner import run_step, run_steps
 from tasks.training import launch
-from tasks.training.k8s_launcher import SPEC_PATH_KEYS, is_remote, require_object_storage
+from tasks.training.k8s_launcher import is_remote, require_object_storage
 from tasks.training.launcher import WORKERS_FILE, Recovery, TrainError, read_metrics, run_workers
+from tasks.training.spec import WorkerSpec, read_spec
 from tests.tasks.conftest import digits_pipeline
 from tests.tasks.fake_kubernetes import FakeKubernetes
 
@@ -73,11 +74,12 @@ class PodsHere:
     s3: Any
     work_uri: str
     logs: Path
-    specs: list[dict[str, Any]] = field(default_factory=list)
+    specs: list[WorkerSpec] = field(default_factory=list)
     landed: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
-    def run(self, spec: dict[str, Any], num_workers: int, timeout_seconds: float, max_restarts: int = 0) -> Recovery:
+    def run(self, spec: WorkerSpec, num_workers: int, timeout_seconds: float,
+            max_restarts: int = 0) -> Recovery:
         require_object_storage(self.work_uri, spec)
         self.specs.append(spec)
         recovery = run_workers(spec, num_workers, timeout_seconds, self.logs, max_restarts)
@@ -103,11 +105,9 @@ def pods_here(s3, monkeypatch, tmp_path) -> dict[str, PodsHere]:
     return launched
 
 
-def assert_all_remote(spec: dict[str, Any]) -> None:
-    for key in SPEC_PATH_KEYS:
-        value = spec.get(key)
-        paths = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
-        assert all(is_remote(str(p)) for p in paths if p is not None), f"{key}: {value}"
+def assert_all_remote(spec: WorkerSpec) -> None:
+    for name, path in spec.paths():
+        assert is_remote(path), f"{name}: {path}"
 
 
 def test_train_and_optimize_workers_write_through_s3_and_the_steps_read_it_back(
@@ -123,7 +123,7 @@ def test_train_and_optimize_workers_write_through_s3_and_the_steps_read_it_back(
     [spec] = pods.specs
     assert_all_remote(spec)
     work = pods.work_uri
-    assert work.startswith(root) and spec["saved_model_dir"] == f"{work}/{SAVED_MODEL_DIR}"
+    assert work.startswith(root) and spec.saved_model_dir == f"{work}/{SAVED_MODEL_DIR}"
     assert {"saved_model/saved_model.pb", METRICS_FILE, "backup/chief/checkpoint"} <= set(pods.landed)
     assert not any(key.startswith("scratch/") for key in pods.landed), "scratch stays on the workers' disks"
     assert s3_keys(s3, work) == [], "the step removes its work folder once the Model is published"
@@ -142,7 +142,7 @@ def test_train_and_optimize_workers_write_through_s3_and_the_steps_read_it_back(
     opt = pods_here["optimize"]
     [spec] = opt.specs
     assert_all_remote(spec)
-    assert spec["initial_weights"] == model.path(SAVED_MODEL_DIR, "variables", "variables")
+    assert spec.initial_weights == model.path(SAVED_MODEL_DIR, "variables", "variables")
     assert {"pruned/saved_model.pb", "fine_tunes.json"} <= set(opt.landed)
     assert set(json.loads(opt.files["fine_tunes.json"])) == {"pruned"}
     [pruned] = optimized.properties.variants
@@ -196,7 +196,7 @@ def test_the_kubernetes_launcher_accepts_a_real_train_steps_spec_on_s3(
     def launcher(*args, **kwargs):
         return dataclasses.replace(real(*args, **kwargs), api_client=fake.client(), poll_seconds=0.02)
 
-    monkeypatch.setattr(launch, "KubernetesLauncher", launcher)  # where launcher_for looks it up
+    monkeypatch.setattr(launch, "KubernetesLauncher", launcher)
     run, root = s3_run(s3, tmp_path, tiny_digits_csv, mlflow_store)
     try:
         with pytest.raises(TrainError) as err:  # the fake's pods run nothing, so no SavedModel comes back
@@ -208,7 +208,7 @@ def test_the_kubernetes_launcher_accepts_a_real_train_steps_spec_on_s3(
     spec_uri = created["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"][-1]
     work = f"{root}/digits/manual__{tmp_path.name}/train/.work"
     assert spec_uri == f"{work}/{created['metadata']['name']}.spec.json"
-    spec = json.loads(storage.read_text(spec_uri))
+    spec = read_spec(spec_uri)
     assert_all_remote(spec)
-    assert spec["saved_model_dir"] == f"{work}/saved_model" and spec["backup_dir"] == f"{work}/backup"
+    assert spec.saved_model_dir == f"{work}/saved_model" and spec.backup_dir == f"{work}/backup"
     assert str(err.value).splitlines()[0] == f"the train workers finished but left no SavedModel at {work}/saved_model"

@@ -21,8 +21,10 @@ import pytest
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import METRICS_FILE, Model
 from tasks.artifacts.transform import TransformGraph
+from tasks.config import TrainConfig
 from tasks.step_runner import run_step, run_steps
 from tasks.training.launcher import WORKERS_FILE, TrainError, read_metrics, run_workers
+from tasks.training.spec import TrainSpec
 from tests.servers import wait_for as wait_until
 from tests.tasks.conftest import REPO, digits_pipeline, resolve, step_folder
 
@@ -47,16 +49,16 @@ def digits_inputs(tiny_digits_csv: Path, mlflow_store: str, tmp_path_factory: py
     return {"examples": out["examples"], "transform": out["transform"]}
 
 
-def _spec(inputs: dict[str, str], work: Path, model: str = "cnn", **train: Any) -> dict[str, Any]:
-    """A train-mode worker spec, as the train step writes it."""
+def _spec(inputs: dict[str, str], work: Path, model: str = "cnn", **train: Any) -> TrainSpec:
+    """A train-mode worker spec, as the train step builds it."""
     data = Examples.read(inputs["examples"])
-    train = {"model": model, "hparams": {"image_shape": [8, 8, 1]}, **train}
-    return {"train_files": data.split_files("train"), "eval_files": data.split_files("eval"),
-            "num_train": data.properties.row_counts["train"], "num_eval": data.properties.row_counts["eval"],
-            "preprocessing": TransformGraph.read(inputs["transform"]).preprocessing().model_dump(mode="json"),
-            "model": model, "hparams": train["hparams"], "train": train,
-            "saved_model_dir": str(work / "saved_model"), "metrics_path": str(work / METRICS_FILE),
-            "backup_dir": str(work / "backup"), "scratch_dir": str(work / "scratch")}
+    config = TrainConfig(model=model, hparams={"image_shape": [8, 8, 1]}, **train)
+    return TrainSpec(train_files=data.split_files("train"), eval_files=data.split_files("eval"),
+                     num_train=data.properties.row_counts["train"], num_eval=data.properties.row_counts["eval"],
+                     preprocessing=TransformGraph.read(inputs["transform"]).preprocessing(),
+                     model=model, hparams=config.hparams, train=config,
+                     saved_model_dir=str(work / "saved_model"), metrics_path=str(work / METRICS_FILE),
+                     backup_dir=str(work / "backup"), scratch_dir=str(work / "scratch"))
 
 
 def _wait_for(condition, timeout: float, what: str):
@@ -144,10 +146,11 @@ def test_a_worker_that_keeps_dying_fails_once_the_restarts_are_spent(digits_inpu
 
 
 LAUNCHER = """
-import json, sys
+import sys
 from pathlib import Path
 from tasks.training.launcher import run_workers
-run_workers(json.loads(sys.argv[1]), num_workers=2, timeout_seconds=300, work_dir=Path(sys.argv[2]))
+from tasks.training.spec import TrainSpec
+run_workers(TrainSpec.model_validate_json(sys.argv[1]), num_workers=2, timeout_seconds=300, work_dir=Path(sys.argv[2]))
 """
 
 
@@ -156,7 +159,7 @@ run_workers(json.loads(sys.argv[1]), num_workers=2, timeout_seconds=300, work_di
 def test_workers_die_with_the_process_that_launched_them(digits_inputs, tmp_path, sig) -> None:
     spec = _spec(digits_inputs, tmp_path, epochs=100, **SLOW_EPOCHS)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    launcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LAUNCHER), json.dumps(spec), str(tmp_path)],
+    launcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LAUNCHER), spec.model_dump_json(), str(tmp_path)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _epochs(tmp_path), 120, "the first epoch")  # both workers are deep in TensorFlow
