@@ -1,8 +1,8 @@
 """kiln pipelines, an Airflow DAG file: one DAG `kiln_<pipeline>` per pipeline YAML.
 
 The shipped `pipelines/*.yaml` and those `kiln run` was given (pointers under $KILN_HOME/pipelines/).
-Each DAG: resolve -> ingest -> validate -> transform -> train -> evaluate ‖ optimize -> register ->
-push -> verify, and a teardown that closes the MLflow parent run; the step list lives in
+Each DAG: resolve -> ingest -> validate -> transform -> train -> optimize -> evaluate -> register ->
+infra_validate -> push -> verify -> promote, and a teardown that closes the MLflow parent run; the step list lives in
 `tasks/registry.py`, the wiring in `infra/dag_factory.py`. A pipeline whose data comes in spans also
 gets `kiln_monitor_<pipeline>`, its drift monitor (`infra/monitor_dag.py`).
 """

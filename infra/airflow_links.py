@@ -41,11 +41,11 @@ class ServedModelLink(_KilnLink):
 
 def links_for(spec: Any) -> tuple[BaseOperatorLink, ...]:
     """The buttons a step's task gets: only those whose URL it can produce (see tasks.links)."""
-    served = {"pushed", "verification"} & set(spec.outputs)
+    served = {"pushed", "verification", "promotion"} & set(spec.outputs)
     chosen: list[BaseOperatorLink] = []
     if spec.tracked:
         chosen.append(MlflowRunLink())
-    if "registered" in spec.outputs or "pushed" in spec.outputs:
+    if {"registered", "pushed", "promotion"} & set(spec.outputs):
         chosen.append(ModelVersionLink())
     if served:
         chosen.append(ServedModelLink())

@@ -34,6 +34,7 @@ from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.infra_blessing import InfraBlessing
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
+from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.verification import ServingVerification
 from tasks.config import PipelineConfig
@@ -190,15 +191,19 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     if summary["task_states"].get("infra_validate") == "success":
         infra = InfraBlessing.read(output("infra_validate", "infra_blessing")).properties
         summary["infra_blessing"] = infra.model_dump()
-    # Promoted = verify ran; an unblessed model's push and verify are skipped, and the run still succeeds.
-    summary["promoted"] = summary["task_states"].get("verify") == "success"
-    if not summary["promoted"]:
-        summary["not_promoted"] = evaluation.first_failure or (infra.first_failure if infra else None) or \
-            "push was skipped"
-    else:
+    states = summary["task_states"]
+    if states.get("verify") == "success":
         verified = ServingVerification.read(output("verify", "verification")).properties
         summary["verification"] = {"version": verified.served_version, "examples": verified.examples,
                                    "max_relative_diff": verified.max_relative_diff}
+    # Promoted = promote ran. An unblessed model's push, verify and promote are skipped; the run still succeeds.
+    summary["promoted"] = states.get("promote") == "success"
+    if summary["promoted"]:
+        promoted = Promotion.read(output("promote", "promotion")).properties
+        summary["promotion"] = {"version": promoted.version, "why": promoted.why, "by": promoted.by}
+    else:
+        summary["not_promoted"] = evaluation.first_failure or (infra.first_failure if infra else None) or \
+            "push was skipped"
     summary["optimize"] = {"baseline": optimized.baseline.model_dump(), "variants": [v.model_dump() for v in
                                                                                   optimized.variants],
                            "selected": optimized.selected, "budget": optimized.budget,

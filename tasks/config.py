@@ -266,7 +266,7 @@ class StepPlacement(_Strict):
 # The pipeline's steps, in run order: the names `placement.steps` may use. The step registry
 # (tasks/registry.py) declares one spec per name, in this order; its tests check that the two agree.
 StepName = Literal["resolve", "ingest", "validate", "transform", "train", "optimize", "evaluate", "register",
-                   "infra_validate", "push", "verify", "finish_tracking"]
+                   "infra_validate", "push", "verify", "promote", "finish_tracking"]
 
 
 class PlacementConfig(_Strict):

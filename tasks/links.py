@@ -7,6 +7,7 @@ has no UI) and TF Serving's REST status route.
 from __future__ import annotations
 
 from tasks import tracking
+from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
 from tasks.config import PipelineConfig
@@ -48,10 +49,13 @@ def step_links(step: str, tracked: bool, config: PipelineConfig, ctx: StepContex
     if ui and "registered" in outputs:
         registered = RegisteredModel.read(outputs["registered"]).properties
         links[MODEL_VERSION] = model_version_url(ui, registered.model_name, registered.version)
-    for name in ("pushed", "verification"):
+    for name in ("pushed", "verification", "promotion"):
         if name in outputs and ctx.serving is not None:
             links[SERVED_MODEL] = served_status_url(ctx.serving.rest_url, config.served_model_name)
     if ui and "pushed" in outputs:
         version = PushedModel.read(outputs["pushed"]).properties.version
+        links[MODEL_VERSION] = model_version_url(ui, config.registered_model_name, version)
+    if ui and "promotion" in outputs:
+        version = Promotion.read(outputs["promotion"]).properties.version
         links[MODEL_VERSION] = model_version_url(ui, config.registered_model_name, version)
     return links

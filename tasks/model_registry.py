@@ -2,7 +2,7 @@
 an audit history on the registered model, and the files a version carries for later steps.
 
 Aliases are the desired serving state (`tasks.serving_sync` makes the server follow them):
-`challenger` (model- and infra-blessed, served as `canary` until verified), `champion` (served as
+`challenger` (model- and infra-blessed, served as `canary` until promoted), `champion` (served as
 `stable`), `previous-champion` (kept loaded: the rollback target). The history is a JSON list in the registered model's tag `kiln.alias_history`
 (MLflow keeps registered-model tags up to 100,000 characters; the newest `HISTORY_LIMIT` moves stay).
 MLflow has no compare-and-set, so two writers at the same moment could drop one entry; kiln's writers

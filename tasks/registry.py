@@ -22,6 +22,7 @@ from tasks.artifacts.examples import Examples
 from tasks.artifacts.infra_blessing import InfraBlessing
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
+from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.run import RunSnapshot
@@ -110,10 +111,12 @@ STEPS: tuple[StepSpec, ...] = (
              outputs={"pushed": PushedModel}, config_sections=("serving",),
              params={"force_push_reason": "serving.force_push_reason"}, gates=("evaluation", "infra_blessing")),
     StepSpec("verify", "tasks.steps.verify:run",
-             "Replay eval rows on the canary and check the served folder's digest, then promote: champion in "
-             "MLflow, stable on the server",
+             "Replay eval rows on the canary and check the served folder's digest; a mismatch withdraws the canary",
              inputs={"pushed": PushedModel, "evaluation": ModelEvaluation, "model": Model, "examples": Examples},
              outputs={"verification": ServingVerification}, config_sections=("serving",)),
+    StepSpec("promote", "tasks.steps.promote:run", "Champion in MLflow, stable on the server: the verified canary",
+             inputs={"pushed": PushedModel, "verification": ServingVerification},
+             outputs={"promotion": Promotion}, config_sections=("serving",)),
     StepSpec("finish_tracking", "tasks.tracking:finish_run", "Close the MLflow parent run as FINISHED or FAILED",
              role="teardown"),
 )

@@ -4,7 +4,7 @@
 a label (the rollback target); every other version is unloaded and its folder removed. A version the
 model base path does not hold (collected earlier, or a fresh server) is materialized from its MLflow
 `tf_serving/` artifact: the exact folder register logged. Whoever changes the aliases — a DAG run's
-push and verify, `kiln promote` / `kiln rollback`, someone in the MLflow UI — then syncs (the
+push, verify and promote, `kiln promote` / `kiln rollback`, someone in the MLflow UI — then syncs (the
 `kiln_serving_sync` DAG does every few minutes), and the server does what the registry says. A sync
 holds the deployer's lock from reading the aliases to the server's last change, so two syncs never
 apply an older alias reading over a newer one.
@@ -26,6 +26,7 @@ from tasks.model_registry import (
     aliases,
     download_version,
     is_registered,
+    move_alias,
     restore,
 )
 
@@ -113,6 +114,15 @@ def move_and_sync(client: Any, registered_model: str, served_model: str, deploye
     except Exception:
         restore(client, registered_model, before, undo_why, by)
         raise
+
+
+def withdraw(client: Any, registered_model: str, served_model: str, deployer: Any, version: int, why: str,
+             by: str) -> SyncResult:
+    """Take a canary off the server: `challenger` is removed (with `why` in the alias history), then a sync
+    unloads it. Champion and stable are not touched."""
+    if aliases(client, registered_model).get(CHALLENGER) == version:
+        move_alias(client, registered_model, CHALLENGER, None, why, by)
+    return sync(client, registered_model, served_model, deployer)
 
 
 def _materialize(client: Any, registered_model: str, served_model: str, version: int, deployer: Any) -> None:

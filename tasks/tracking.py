@@ -120,7 +120,7 @@ def finish_run(config: PipelineConfig, ctx: StepContext, outputs: dict[str, str]
     FINISHED when the model was promoted, or evaluated, registered and rightly not pushed; else FAILED."""
     from tasks.artifacts.evaluation import ModelEvaluation
 
-    promoted = "verification" in outputs
+    promoted = "promotion" in outputs
     not_blessed = ("evaluation" in outputs and "registered" in outputs
                    and not ModelEvaluation.read(outputs["evaluation"]).properties.blessed
                    and not config.serving.force_push_reason)

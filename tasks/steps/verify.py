@@ -1,12 +1,10 @@
 """Verify: the server's version folder must be the one evaluate blessed (its digest, recomputed from the model
 base path), and eval rows replayed against the pushed version over REST — JSON objects by feature name, as a
 client sends them — must get the answers of that folder run in-process (`tasks.served_artifact`: TFLite in
-LiteRT or the SavedModel, as the server runs it); then promote.
+LiteRT or the SavedModel, as the server runs it).
 
-Promotion is the registry's first: `champion` moves to the version in MLflow (the old champion becomes
-`previous-champion`, the rollback target; each move is appended to the registered model's alias
-history), then a serving sync moves `stable` on the server. A mismatch drops `challenger` and syncs
-(the canary is withdrawn, stable untouched) and fails the run; a sync that fails puts the aliases back.
+A mismatch withdraws the canary (`challenger` is dropped with the reason in the alias history, then a sync
+unloads it; stable untouched) and fails the run. A verified canary stays `challenger` for promote.
 """
 
 from __future__ import annotations
@@ -27,10 +25,9 @@ from tasks.artifacts.verification import ServingVerification, VerificationProper
 from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
-from tasks.model_registry import CHALLENGER, describe, move_alias, promote
 from tasks.models.export import CLASS, CLASS_ID
 from tasks.served_artifact import predict_served
-from tasks.serving_sync import move_and_sync, sync
+from tasks.serving_sync import withdraw
 
 log = logging.getLogger(__name__)
 
@@ -53,37 +50,30 @@ def run(config: PipelineConfig, ctx: StepContext, pushed: str, evaluation: str, 
     deployer = ServingDeployer(target)
     client, model_name, by = tracking.client(ctx), config.registered_model_name, f"{ctx.dag_id} run {ctx.run_id}"
 
-    def withdraw(why: str) -> VerificationError:
-        move_alias(client, model_name, CHALLENGER, None, f"v{version} failed verify: {why}", by)
-        sync(client, model_name, name, deployer)
+    def withdrawn(why: str) -> VerificationError:
+        withdraw(client, model_name, name, deployer, version, f"v{version} failed verify: {why}", by)
         return VerificationError(f"{name} version {version} {why}; withdrawn from serving")
 
     served_folder = storage.localize(deployer.version_dir(name, version))  # what the server loaded
     served_sha256 = folder_digest(served_folder)
     if served_sha256 != blessed_sha256:
-        raise withdraw(f"is not the blessed artifact: its folder on the server has digest {served_sha256[:12]}, "
-                       f"evaluate blessed {blessed_sha256[:12]}")
+        raise withdrawn(f"is not the blessed artifact: its folder on the server has digest {served_sha256[:12]}, "
+                         f"evaluate blessed {blessed_sha256[:12]}")
     expected = predict_served(served_folder, inputs)
     with RestClient(target.rest_url) as rest:
         served = rest.predict(name, json_instances(inputs), version=version)
     max_diff, mismatch = compare(served.rows(list(expected)), expected)
     if mismatch or max_diff > config.serving.tolerance:
         why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
-        raise withdraw(f"answers differently from the shipped model ({why})")
-    why = f"forced: {pushed_props.forced_reason}" if pushed_props.forced_reason else "blessed and verified"
-    _, synced = move_and_sync(client, model_name, name, deployer, lambda: promote(client, model_name, version, why, by),
-                              f"promotion of v{version} failed on the server", by)
-    served_model = synced.after
-    describe(client, model_name, _description(config, version, why))
+        raise withdrawn(f"answers differently from the shipped model ({why})")
     out_uri = ctx.output_uri("verify", "verification")
     with ServingVerification.publish(out_uri) as out:
         out.properties = VerificationProperties(
-            serving_model_name=name, served_version=version, versions=list(served_model.versions),
-            labels=served_model.labels, examples=len(served.outputs), max_relative_diff=max_diff,
-            batch_latency_ms=round(served.latency_ms, 2), mlflow_aliases=synced.aliases, artifact_sha256=served_sha256)
+            serving_model_name=name, served_version=version, versions=list(pushed_props.versions),
+            labels=pushed_props.labels, examples=len(served.outputs), max_relative_diff=max_diff,
+            batch_latency_ms=round(served.latency_ms, 2), artifact_sha256=served_sha256)
     log.info("verify: %s v%s is the blessed folder (sha256 %s) and matches it in-process (max relative diff %.2e "
-             "on %d rows); stable -> v%s; MLflow %s", name, version, served_sha256, max_diff, len(served.outputs),
-             version, synced.aliases)
+             "on %d rows)", name, version, served_sha256, max_diff, len(served.outputs))
     return {"verification": out_uri}
 
 
@@ -104,7 +94,3 @@ def compare(served: list[dict[str, Any]], expected: dict[str, Any]) -> tuple[flo
         max_diff = max(max_diff, float(np.max(np.abs(got_array - want_array) / scale)) if got_array.size else 0.0)
     return max_diff, None
 
-
-def _description(config: PipelineConfig, version: int, why: str) -> str:
-    what = config.description or f"kiln pipeline {config.pipeline} ({config.task.type})"
-    return f"{what} Champion: v{version} ({why}), served as {config.served_model_name}@stable."

@@ -58,10 +58,15 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
         "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
     assert airflow.task_links("kiln_digits", summary["run_id"], "verify") == {
         "Served model status": f"{kiln.rest_url}/v1/models/digits"}
+    assert airflow.task_links("kiln_digits", summary["run_id"], "promote") == {
+        "Served model status": f"{kiln.rest_url}/v1/models/digits",
+        "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
     assert airflow.task_links("kiln_digits", summary["run_id"], "push") == {
         "Served model status": f"{kiln.rest_url}/v1/models/digits",
         "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
     assert summary["infra_blessing"]["blessed"] and summary["infra_blessing"]["errors"] == 0
+    assert summary["promotion"] == {"version": 1, "why": "blessed and verified",
+                                    "by": f"kiln_digits run {summary['run_id']}"}
 
     # A worse retrain: registered, not blessed, not served; the first version stays stable and champion.
     worse = kiln("run", "--json", str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),
@@ -70,7 +75,7 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     assert worse.returncode == 0, worse.stderr[-4000:]
     second = json.loads(worse.stdout)
     assert second["state"] == "success" and second["promoted"] is False
-    assert second["task_states"]["push"] == second["task_states"]["verify"] == "skipped"
+    assert {second["task_states"][t] for t in ("push", "verify", "promote")} == {"skipped"}
     assert second["task_states"]["infra_validate"] == "skipped", "a model that is not blessed is not even loaded"
     failed = [c for c in second["blessing"]["checks"] if not c["passed"]]
     assert failed[0]["name"] == "accuracy vs champion" and second["blessing"]["champion_version"] == 1

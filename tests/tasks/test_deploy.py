@@ -1,4 +1,4 @@
-"""Push and verify against a live kiln-model-server, through TF Serving's protocol only: every task's
+"""Push, verify and promote against a live kiln-model-server, through TF Serving's protocol only: every task's
 model serves raw features by name; the gate decisions on the shipped artifact are in test_shipped_artifact.py."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from serving.client import RestClient, ServingClientError
 from tasks.artifacts.optimized import VERSION_FOLDER, OptimizedModel
+from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.verification import ServingVerification
@@ -22,7 +23,7 @@ from tests.servers import start_server
 from tests.tasks.conftest import resolve
 
 pytestmark = pytest.mark.slow
-DEPLOY = ["optimize", "evaluate", "register", "infra_validate", "push", "verify"]
+DEPLOY = ["optimize", "evaluate", "register", "infra_validate", "push", "verify", "promote"]
 
 
 def endpoints(target) -> ServingEndpoints:
@@ -43,8 +44,11 @@ def test_digits_is_served_by_label_with_the_digit_as_its_class(trained_digits, t
                                                               model_server, tiny_digits_csv) -> None:
     _, out = _deploy(trained_digits, tmp_path, mlflow_store, model_server)
     verified = ServingVerification.read(out["verification"]).properties
-    assert verified.labels == {"stable": 1} and verified.mlflow_aliases == {"champion": 1}
+    assert verified.labels == {"canary": 1}, "verified as canary"
     assert verified.max_relative_diff <= 1e-4 and verified.examples == 32
+    promoted = Promotion.read(out["promotion"]).properties
+    assert promoted.labels == {"stable": 1} and promoted.mlflow_aliases == {"champion": 1}
+    assert promoted.why == "blessed and verified"
     pushed = PushedModel.read(out["pushed"]).properties
     version_dir = Path(pushed.version_dir)
     model_file = {"tflite": "model.tflite", "saved_model": "saved_model.pb"}
@@ -225,8 +229,8 @@ def test_a_deploy_a_promote_and_a_rollback_lose_no_request_on_stable(trained_dig
     serving = PipelineServing.of(load_config(tmp_path / "pipeline.yaml"),
                                  Deployment(str(tmp_path), mlflow_store, endpoints(model_server)))
     with SteadyLoad(model_server.rest_url, model_server.grpc_address, "digits", {"pixels": pixels}) as load:
-        verified = run_steps(second, DEPLOY, available=trained_digits)["verification"]
-        assert ServingVerification.read(verified).properties.labels == {"stable": 2}
+        promoted = run_steps(second, DEPLOY, available=trained_digits)["promotion"]
+        assert Promotion.read(promoted).properties.labels == {"stable": 2}
         assert promote_version(serving, 1, "back to the first", "test").sync.after.labels == {"stable": 1}
         assert rollback_champion(serving, None, "test").sync.after.labels == {"stable": 2}
     assert load.requests > 100 and load.errors == [], load.errors[:3]

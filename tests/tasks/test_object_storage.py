@@ -1,7 +1,7 @@
 """Object storage end to end against moto's S3 server on loopback: publish is all-or-nothing (manifest last);
 the steps write their artifacts to `s3://` and read each other's back; MLflow's artifact store is on S3 (a
 tracking server with `--artifacts-destination s3://...`); push ships to an `s3://` model base path with
-`models.config` on S3 too, which kiln-model-server loads from; verify and a serving sync work from there."""
+`models.config` on S3 too, which kiln-model-server loads from; verify, promote and a serving sync work from there."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.servers import free_port, wait_for
 from tests.tasks.conftest import UNTIL_TRAIN, digits_pipeline
 
 pytestmark = pytest.mark.slow
-DEPLOY = ["optimize", "evaluate", "register", "infra_validate", "push", "verify"]
+DEPLOY = ["optimize", "evaluate", "register", "infra_validate", "push", "verify", "promote"]
 
 PROPS = TransformProperties(num_examples=1, served_features=["x"], feature_kinds={"x": "numeric"})
 
@@ -148,6 +148,7 @@ def test_push_to_an_s3_model_base_path_is_served_verified_and_synced_from_mlflow
 
     from serving.client import RestClient
     from serving.deployer import ServingDeployer, read_config
+    from tasks.artifacts.promotion import Promotion
     from tasks.artifacts.pushed import PushedModel
     from tasks.artifacts.verification import ServingVerification
     from tasks.context import ServingEndpoints
@@ -175,7 +176,8 @@ def test_push_to_an_s3_model_base_path_is_served_verified_and_synced_from_mlflow
     entry = read_config(target.config_file).model_config_list.config[0]
     assert entry.base_path == f"{target.model_base_path}/digits" and dict(entry.version_labels) == {"stable": 1}
     verified = ServingVerification.read(out["verification"]).properties
-    assert verified.labels == {"stable": 1} and verified.max_relative_diff <= 1e-4
+    assert verified.labels == {"canary": 1} and verified.max_relative_diff <= 1e-4
+    assert Promotion.read(out["promotion"]).properties.labels == {"stable": 1}
     row = first_row(tiny_digits_csv)
     with RestClient(target.rest_url) as client:
         [answer] = client.predict("digits", [{"pixels": [float(row[f"pixel_{i}"]) for i in range(64)]}],

@@ -56,7 +56,7 @@ def test_the_shipped_tflite_file_is_what_evaluate_scores_and_what_the_server_ans
 
     trained = request.getfixturevalue(f"trained_{pipeline}")
     run = _run(trained, tmp_path, mlflow_store, model_server, variants=[variant], budget=100)
-    out = run_steps(run, [*UNTIL_PUSH, "verify"], available=trained)
+    out = run_steps(run, [*UNTIL_PUSH, "verify", "promote"], available=trained)
     shipped = OptimizedModel.read(out["optimized"]).properties.shipped
     evaluation = ModelEvaluation.read(out["evaluation"]).properties
     assert (shipped.variant, shipped.format) == (variant, "tflite")
@@ -185,7 +185,7 @@ def test_a_canary_that_answers_unlike_its_folder_is_withdrawn(trained_digits, tm
 def test_serving_format_saved_model_ships_no_tflite_file(trained_digits, tmp_path, mlflow_store, model_server) -> None:
     run = _run(trained_digits, tmp_path, mlflow_store, model_server, variants=["dynamic_range"], budget=100,
                serving_format="saved_model")
-    out = run_steps(run, [*UNTIL_PUSH, "verify"], available=trained_digits)
+    out = run_steps(run, [*UNTIL_PUSH, "verify", "promote"], available=trained_digits)
     optimized = OptimizedModel.read(out["optimized"]).properties
     assert optimized.selected == "dynamic_range" and optimized.shipped.format == "saved_model"
     served = Path(PushedModel.read(out["pushed"]).properties.version_dir)
