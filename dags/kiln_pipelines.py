@@ -2,7 +2,8 @@
 
 The shipped `pipelines/*.yaml` and those `kiln run` was given (pointers under $KILN_HOME/pipelines/).
 Each DAG: resolve -> ingest -> validate -> transform -> train -> optimize -> evaluate -> register ->
-infra_validate -> push -> verify -> promote, and a teardown that closes the MLflow parent run; the step list lives in
+infra_validate -> push -> verify -> approve (a person's, when the run asks for one) -> promote, and a
+teardown that closes the MLflow parent run; the step list lives in
 `tasks/registry.py`, the wiring in `infra/dag_factory.py`. A pipeline whose data comes in spans also
 gets `kiln_monitor_<pipeline>`, its drift monitor (`infra/monitor_dag.py`).
 """

@@ -6,7 +6,8 @@ with the YAML's values) and its placement (executor, queue, pool, pod override f
 `placement` over its profile, `infra.placement`) all come from `tasks.registry` and the YAML.
 The first task resolves the run snapshot (the only code that reads the deployment's environment);
 every other task calls `tasks.step_runner.run_step`, which imports the step only when it runs, so
-parsing stays fast. Only DAG files import this module.
+parsing stays fast. A step of role `approval` is a Human-in-the-loop task (`infra.approval`). Only DAG
+files import this module.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from infra.airflow_links import XCOM_KEY as LINKS_XCOM
 from infra.airflow_links import links_for
+from infra.approval import PipelineApproval
 from infra.pipelines import CONFIG_MARK, config_fingerprint
 from infra.placement import executor_remap, pod_override, step_placement
 from infra.schedules import pipeline_schedule
@@ -32,6 +34,7 @@ from tasks.registry import PARAMS, STEPS, StepSpec, param_defaults, param_schema
 log = logging.getLogger(__name__)
 
 DEFAULT_ARGS = {"owner": "kiln", "retries": 1, "retry_delay": timedelta(seconds=5)}
+SETUP = next(spec for spec in STEPS if spec.role == "setup")
 
 
 def pipeline_dags(paths: dict[str, Path]) -> dict[str, DAG]:
@@ -70,10 +73,19 @@ def pipeline_dag(config_path: Path) -> DAG:
                                                _placed(config, spec))()
             elif spec.role == "step":
                 inputs = {name: outputs[name] for name in spec.inputs}
-                steps[spec.name] = _step_task(spec, _placed(config, spec))(run=outputs["run"], inputs=inputs)
+                # Airflow wants ALL_SUCCESS right after a setup task, and a step with an optional input must run
+                # past that input's skipped step: such a step reads the run from resolve's XCom instead.
+                run = {} if spec.optional_inputs else {"run": outputs["run"]}
+                steps[spec.name] = _step_task(spec, _placed(config, spec))(inputs=inputs, **run)
                 steps[spec.name].operator.operator_extra_links = links_for(spec)
                 for name in spec.outputs:
                     outputs[name] = steps[spec.name][name]
+            elif spec.role == "approval":
+                inputs = {name: outputs[name] for name in spec.inputs}
+                approval = PipelineApproval(spec=spec, run=outputs["run"], inputs=inputs, **_placed(config, spec))
+                steps[spec.name] = approval.output
+                for name in spec.outputs:
+                    outputs[name] = approval.output[name]
         last = [s for s in STEPS if s.role == "step"][-1]
         for spec in STEPS:
             if spec.role == "teardown":
@@ -98,6 +110,10 @@ def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
         args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
     if spec.timeout_minutes:
         args["execution_timeout"] = timedelta(minutes=spec.timeout_minutes)
+    if spec.optional_inputs:
+        # It runs past the skipped step of an optional input (promote past an approval not asked for), and is
+        # skipped when all the steps it reads from are (promote after a push that was not blessed).
+        args["trigger_rule"] = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
     return args
 
 
@@ -122,10 +138,11 @@ def _resolve_task(spec: StepSpec, config_path: Path, placement: dict[str, Any], 
 
 
 def _step_task(spec: StepSpec, placed: dict[str, Any]) -> Any:
-    def execute(run: str, inputs: dict[str, str]) -> dict[str, str]:
+    def execute(inputs: dict[str, str], run: str | None = None) -> dict[str, str]:
         from tasks.step_runner import StepRejected, StepSkipped, links, run_step
 
         ti = get_current_context()["ti"]
+        run = run or ti.xcom_pull(task_ids=SETUP.name)
         try:
             outputs = run_step(spec.name, run, ti.try_number, inputs)
         except StepRejected as exc:

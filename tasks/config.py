@@ -240,6 +240,13 @@ class ServingConfig(_Strict):
     force_push_reason: str | None = Field(
         None, min_length=3, description="push even if the model is not blessed, and record why (a trigger "
                                         "param only, never in the YAML)")
+    promotion: Literal["auto", "approval"] = Field(
+        "auto", description="auto: a verified canary becomes champion at once; approval: the run waits until a "
+                            "person approves it (Airflow UI, REST API, `kiln approve`), and a rejection or a "
+                            "timeout withdraws the canary")
+    promotion_timeout_minutes: float = Field(
+        1440, gt=0, le=43200, description="how long an approval waits for an answer (fractions allowed); then the "
+                                          "canary is withdrawn and the timeout counted on the registered model")
 
 
 Executor = Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"]
@@ -266,7 +273,7 @@ class StepPlacement(_Strict):
 # The pipeline's steps, in run order: the names `placement.steps` may use. The step registry
 # (tasks/registry.py) declares one spec per name, in this order; its tests check that the two agree.
 StepName = Literal["resolve", "ingest", "validate", "transform", "train", "optimize", "evaluate", "register",
-                   "infra_validate", "push", "verify", "promote", "finish_tracking"]
+                   "infra_validate", "push", "verify", "approve", "promote", "finish_tracking"]
 
 
 class PlacementConfig(_Strict):

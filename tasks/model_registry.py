@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
 HISTORY_TAG = "kiln.alias_history"
+APPROVAL_TIMEOUTS_TAG = "kiln.approval_timeouts"  # how many approvals of this model went unanswered
 BLESSED_TAG = "blessed"  # on each model version: true or false
 HISTORY_LIMIT = 200
 SERVING_ARTIFACT_PATH = "tf_serving"  # the exact version folder TF Serving runs
@@ -110,6 +111,18 @@ def restore(client: Any, model: str, before: dict[str, int], why: str, by: str) 
     for alias in (CHAMPION, PREVIOUS, CHALLENGER):
         move_alias(client, model, alias, before.get(alias), why, by)
     return aliases(client, model)
+
+
+def approval_timeouts(client: Any, model: str) -> int:
+    return int(client.get_registered_model(model).tags.get(APPROVAL_TIMEOUTS_TAG, "0"))
+
+
+def count_approval_timeout(client: Any, model: str) -> int:
+    """One more approval of `model` timed out; the new count (a registered-model tag: it shows on the model's
+    page in the MLflow UI)."""
+    count = approval_timeouts(client, model) + 1
+    client.set_registered_model_tag(model, APPROVAL_TIMEOUTS_TAG, str(count))
+    return count
 
 
 def is_registered(client: Any, model: str) -> bool:

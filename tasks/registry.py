@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from tasks.artifacts.anomalies import ExampleAnomalies
+from tasks.artifacts.approval import ApprovalDecision
 from tasks.artifacts.base import ArtifactType
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
@@ -32,7 +33,9 @@ from tasks.artifacts.transform import TransformGraph
 from tasks.artifacts.verification import ServingVerification
 from tasks.config import ConfigError, PipelineConfig, StepName
 
-Role = Literal["setup", "step", "teardown"]
+# setup: resolves the run; step: a function of its inputs; approval: a person's answer, which the DAG waits for
+# (its `question` runs before the wait, its executor records the answer); teardown: runs whatever happened upstream.
+Role = Literal["setup", "step", "approval", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,17 @@ class StepSpec:
     params: dict[str, str] = field(default_factory=dict)  # DAG param -> dotted config field
     tracked: bool = False  # runs inside its own MLflow child run
     timeout_minutes: int | None = None
-    role: Role = "step"  # setup: resolves the run; teardown: runs whatever happened upstream
+    role: Role = "step"
     # Inputs that bless (a ModelEvaluation, an InfraBlessing): the step runs only when all of them do. A
     # forced push (serving.force_push_reason) overrides the model's blessing, never the infra blessing.
     gates: tuple[str, ...] = ()
+    # Inputs whose step may rightly not run (promote's approval when promotion is auto): the step then gets None.
+    # It still does not run when every step it reads from was skipped (promote after a push that was not blessed).
+    optional_inputs: tuple[str, ...] = ()
+    question: str | None = None  # an approval's "module:function": what a person is asked, or None: nobody
 
-    def load(self) -> Callable[..., Any]:
-        module, _, function = self.executor.partition(":")
+    def load(self, function_path: str | None = None) -> Callable[..., Any]:
+        module, _, function = (function_path or self.executor).partition(":")
         return getattr(importlib.import_module(module), function)
 
 
@@ -114,9 +121,18 @@ STEPS: tuple[StepSpec, ...] = (
              "Replay eval rows on the canary and check the served folder's digest; a mismatch withdraws the canary",
              inputs={"pushed": PushedModel, "evaluation": ModelEvaluation, "model": Model, "examples": Examples},
              outputs={"verification": ServingVerification}, config_sections=("serving",)),
-    StepSpec("promote", "tasks.steps.promote:run", "Champion in MLflow, stable on the server: the verified canary",
-             inputs={"pushed": PushedModel, "verification": ServingVerification},
-             outputs={"promotion": Promotion}, config_sections=("serving",)),
+    StepSpec("approve", "tasks.steps.approve:run",
+             "With serving.promotion: approval, a person approves the verified canary or rejects it (a rejection "
+             "or a timeout withdraws it); skipped when promotion is auto",
+             inputs={"evaluation": ModelEvaluation, "optimized": OptimizedModel, "pushed": PushedModel,
+                     "verification": ServingVerification},
+             outputs={"approval": ApprovalDecision}, config_sections=("serving",),
+             params={"promotion": "serving.promotion", "promotion_timeout_minutes": "serving.promotion_timeout_minutes"},
+             role="approval", question="tasks.steps.approve:question"),
+    StepSpec("promote", "tasks.steps.promote:run",
+             "Champion in MLflow, stable on the server: the verified canary (approved, when the run asks for it)",
+             inputs={"pushed": PushedModel, "verification": ServingVerification, "approval": ApprovalDecision},
+             outputs={"promotion": Promotion}, config_sections=("serving",), optional_inputs=("approval",)),
     StepSpec("finish_tracking", "tasks.tracking:finish_run", "Close the MLflow parent run as FINISHED or FAILED",
              role="teardown"),
 )

@@ -4,7 +4,7 @@
 a label (the rollback target); every other version is unloaded and its folder removed. A version the
 model base path does not hold (collected earlier, or a fresh server) is materialized from its MLflow
 `tf_serving/` artifact: the exact folder register logged. Whoever changes the aliases — a DAG run's
-push, verify and promote, `kiln promote` / `kiln rollback`, someone in the MLflow UI — then syncs (the
+push, verify, approve and promote, `kiln promote` / `kiln rollback`, someone in the MLflow UI — then syncs (the
 `kiln_serving_sync` DAG does every few minutes), and the server does what the registry says. A sync
 holds the deployer's lock from reading the aliases to the server's last change, so two syncs never
 apply an older alias reading over a newer one.

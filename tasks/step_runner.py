@@ -63,6 +63,19 @@ def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str
     return outputs
 
 
+def ask(name: str, run_uri: str, inputs: dict[str, str]) -> Any:
+    """An approval step's question (subject, Markdown body, how long to wait for an answer); StepSkipped when
+    the run promotes without asking anyone (serving.promotion: auto)."""
+    spec = step(name)
+    snapshot = RunSnapshot.read(run_uri)
+    config = run_config(snapshot)
+    _check_inputs(spec, inputs)
+    asked = spec.load(spec.question)(config, snapshot.context(), **inputs)
+    if asked is None:
+        raise StepSkipped(f"promotion: {config.serving.promotion}; nobody is asked")
+    return asked
+
+
 def _check_gate(spec: StepSpec, config: Any, blessing_uri: str) -> None:
     """A gated step runs when its blessing input blesses; a model blessing may be forced with a reason."""
     kind = read_manifest(blessing_uri).kind
@@ -80,6 +93,8 @@ def _check_inputs(spec: StepSpec, inputs: dict[str, str]) -> None:
     if set(inputs) != set(spec.inputs):
         raise StepContractError(f"{spec.name} takes inputs {sorted(spec.inputs)}, got {sorted(inputs)}")
     for input_name, kind in spec.inputs.items():
+        if inputs[input_name] is None and input_name in spec.optional_inputs:
+            continue
         read_manifest(inputs[input_name], kind.KIND)
 
 
@@ -106,7 +121,9 @@ def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str,
               try_number: int = 1) -> dict[str, str]:
     """Run pipeline steps in registry order in this process (tests, benchmarks: TFX's local runner).
 
-    `available` holds outputs of earlier steps (name -> URI); returns them plus every new output.
+    `available` holds outputs of earlier steps (name -> URI); returns them plus every new output. An approval
+    is a person's answer: nobody is here to give it, so the steps after it get none (promote then refuses to
+    promote a run that asks for one).
     """
     from tasks.registry import STEPS
 
@@ -114,6 +131,6 @@ def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str,
     for spec in STEPS:
         if spec.role != "step" or (names is not None and spec.name not in names):
             continue
-        inputs = {name: outputs[name] for name in spec.inputs}
+        inputs = {name: outputs.get(name) if name in spec.optional_inputs else outputs[name] for name in spec.inputs}
         outputs.update(run_step(spec.name, run_uri, try_number, inputs))
     return outputs

@@ -117,17 +117,23 @@ def log_params(params: dict[str, Any]) -> None:
 
 def finish_run(config: PipelineConfig, ctx: StepContext, outputs: dict[str, str]) -> dict[str, str]:
     """Close the parent run (the DAG's teardown task), from the outputs the steps left behind:
-    FINISHED when the model was promoted, or evaluated, registered and rightly not pushed; else FAILED."""
+    FINISHED when the model was promoted, evaluated, registered and rightly not pushed, or verified and
+    then not approved (rejected, or the approval timed out); else FAILED."""
+    from tasks.artifacts.approval import ApprovalDecision
     from tasks.artifacts.evaluation import ModelEvaluation
 
     promoted = "promotion" in outputs
     not_blessed = ("evaluation" in outputs and "registered" in outputs
                    and not ModelEvaluation.read(outputs["evaluation"]).properties.blessed
                    and not config.serving.force_push_reason)
+    decision = ApprovalDecision.read(outputs["approval"]).properties.decision if "approval" in outputs else None
     mlflow_client = client(ctx)
     run_id = parent_run(config, ctx)
     mlflow_client.set_tag(run_id, "kiln.promoted", str(promoted).lower())
-    mlflow_client.set_terminated(run_id, status="FINISHED" if promoted or not_blessed else "FAILED")
+    if decision is not None:
+        mlflow_client.set_tag(run_id, "kiln.approval", decision)
+    not_approved = decision in ("rejected", "timed_out")
+    mlflow_client.set_terminated(run_id, status="FINISHED" if promoted or not_blessed or not_approved else "FAILED")
     return {}
 
 

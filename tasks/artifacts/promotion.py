@@ -14,6 +14,7 @@ class PromotionProperties(Properties):
     mlflow_aliases: dict[str, int]
     why: str  # as written to the alias history
     by: str
+    approved_by: str | None = None  # the approver, when the run asked for an approval
 
 
 class Promotion(ArtifactType[PromotionProperties]):

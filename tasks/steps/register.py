@@ -146,6 +146,7 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
             "kiln.schema": f"{SCHEMA_ARTIFACT_PATH}/{SCHEMA_FILE}", "kiln.schema_origin": schema.properties.origin,
             "kiln.optimized_variant": selected.name, "kiln.served_saved_model": optimized.properties.served_saved_model,
             DIGEST_TAG: props.artifact_sha256, "kiln.served_format": props.shipped_format,
+            "kiln.shipped_bytes": str(optimized.properties.shipped.bytes),  # the approval's size comparison
             BLESSED_TAG: str(props.blessed).lower(), **{k: v for k, v in ctx.lineage.items() if v},
             **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
     if not props.blessed:

@@ -4,7 +4,8 @@ client sends them — must get the answers of that folder run in-process (`tasks
 LiteRT or the SavedModel, as the server runs it).
 
 A mismatch withdraws the canary (`challenger` is dropped with the reason in the alias history, then a sync
-unloads it; stable untouched) and fails the run. A verified canary stays `challenger` for promote.
+unloads it; stable untouched) and fails the run. A verified canary stays `challenger` for promote (after an
+approval, when the run asks for one).
 """
 
 from __future__ import annotations

@@ -70,6 +70,9 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
             "variants": ["dynamic_range", "pruned"]}
     outcome = run_dag(tmp_path, env, conf)
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
+    # promotion: auto never waits (dag.test would wait for an answer for as long as it runs): nobody is asked,
+    # and the grid shows the approval skipped, promote run.
+    assert outcome["tasks"].pop("approve") == "skipped" and "promotion: auto; nobody is asked" in outcome["output"]
     assert set(outcome["tasks"].values()) == {"success"}
     assert parent_run_statuses(env) == ["FINISHED"]
 
@@ -100,7 +103,7 @@ def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succee
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
     tasks = outcome["tasks"]
     assert tasks["evaluate"] == tasks["register"] == tasks["finish_tracking"] == "success"
-    assert {tasks[t] for t in ("push", "verify", "promote")} == {"skipped"}, "not promoted: in the grid"
+    assert {tasks[t] for t in ("push", "verify", "approve", "promote")} == {"skipped"}, "not promoted: in the grid"
     assert "not promoted: eval accuracy" in outcome["output"]
     assert parent_run_statuses(env) == ["FINISHED"]
 
@@ -123,7 +126,8 @@ def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tin
     assert outcome["state"] == "failed"
     assert outcome["tasks"]["resolve"] == outcome["tasks"]["ingest"] == "success"
     assert outcome["tasks"]["validate"] == "failed"
-    assert {outcome["tasks"][t] for t in ("transform", "train", "register", "push", "promote")} == {"upstream_failed"}
+    assert {outcome["tasks"][t] for t in ("transform", "train", "register", "push", "approve", "promote")} == \
+        {"upstream_failed"}
     assert outcome["tasks"]["finish_tracking"] == "success"
     assert parent_run_statuses(env) == ["FAILED"]
     assert "column 'pixel_5' is required by the schema but missing from the data" in outcome["output"]

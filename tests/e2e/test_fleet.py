@@ -89,7 +89,7 @@ def test_a_hybrid_pipeline_runs_on_celery_and_local_executors_with_airflow_on_po
         if wanted.queue:
             assert queue == wanted.queue, f"{task_id} ran on queue {queue}, the profile says {wanted.queue}"
     assert {t for t, (e, q) in ran.items() if e == "CeleryExecutor" and q == "onprem"} >= {
-        "ingest", "validate", "transform", "infra_validate", "push", "verify", "promote"}
+        "ingest", "validate", "transform", "infra_validate", "push", "verify", "approve", "promote"}
     assert ran["train"][0] == "LocalExecutor", "Kubernetes training remapped to the LocalExecutor (--no-cluster)"
 
     import psycopg2

@@ -55,7 +55,7 @@ def test_an_executor_the_stack_lacks_is_refused_in_one_line() -> None:
     with pytest.raises(PlacementError) as refused:
         check_executors(hybrid, ["LocalExecutor"], {"KubernetesExecutor": "LocalExecutor"})
     assert str(refused.value).startswith("pipeline p: CeleryExecutor (for ingest, validate, transform, "
-                                         "infra_validate, push, verify, promote) is not configured in the running "
+                                         "infra_validate, push, verify, approve, promote) is not configured in the running "
                                          "Airflow")
     with pytest.raises(PlacementError, match="KubernetesExecutor .* is not configured"):
         check_executors(hybrid, ["LocalExecutor", "CeleryExecutor"])

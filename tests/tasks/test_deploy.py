@@ -48,7 +48,7 @@ def test_digits_is_served_by_label_with_the_digit_as_its_class(trained_digits, t
     assert verified.max_relative_diff <= 1e-4 and verified.examples == 32
     promoted = Promotion.read(out["promotion"]).properties
     assert promoted.labels == {"stable": 1} and promoted.mlflow_aliases == {"champion": 1}
-    assert promoted.why == "blessed and verified"
+    assert promoted.why == "blessed and verified" and promoted.approved_by is None, "promotion: auto"
     pushed = PushedModel.read(out["pushed"]).properties
     version_dir = Path(pushed.version_dir)
     model_file = {"tflite": "model.tflite", "saved_model": "saved_model.pb"}

@@ -58,6 +58,8 @@ def expected_type(field) -> str:
     annotation = field.annotation
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is typing.Literal:  # choices: the type of its values
+        annotation = type(typing.get_args(annotation)[0])
     return JSON_TYPES[typing.get_origin(annotation) or annotation]
 
 
@@ -90,6 +92,18 @@ def test_inputs_are_outputs_of_earlier_steps(spec):
     for name, kind in spec.inputs.items():
         assert name in earlier, f"{spec.name} reads {name!r}, which no earlier step writes"
         assert earlier[name] is kind, f"{spec.name} reads {name!r} as {kind.__name__}, written as {earlier[name]}"
+
+
+def test_optional_inputs_are_inputs_and_only_an_approval_may_not_run():
+    for spec in STEPS:
+        assert set(spec.optional_inputs) <= set(spec.inputs), spec.name
+        assert all(producers()[name].role == "approval" for name in spec.optional_inputs), spec.name
+
+
+def test_an_approval_asks_a_question_and_records_the_answer():
+    [approval] = [spec for spec in STEPS if spec.role == "approval"]
+    assert callable(approval.load(approval.question)) and callable(approval.load())
+    assert [spec.question is None for spec in STEPS].count(False) == 1, "only an approval asks"
 
 
 def test_producers_map_each_output_to_its_step():
@@ -147,6 +161,7 @@ def test_a_param_with_a_value_in_every_yaml_is_not_nullable():
     assert param_schema("epochs")["type"] == "integer" and param_schema("data_source")["type"] == "string"
     assert param_schema("budget")["type"] == ["number", "null"], "null: the task's default budget"
     assert param_schema("force_push_reason")["type"] == ["string", "null"], "null: no forced push"
+    assert param_schema("promotion")["enum"] == ["auto", "approval"] and param_schema("promotion")["type"] == "string"
 
 
 def test_a_list_param_with_allowed_values_is_a_multi_select_of_them():
@@ -240,6 +255,7 @@ def test_the_form_is_prefilled_with_the_yamls_values(raw_config):
     assert (defaults["epochs"], defaults["batch_size"], defaults["variants"]) == (7, 64, ["int8"])
     assert defaults["change_thresholds"] == {"accuracy": {"absolute": -0.01}}
     assert defaults["budget"] is None and defaults["force_push_reason"] is None
+    assert (defaults["promotion"], defaults["promotion_timeout_minutes"]) == ("auto", 1440)
 
 
 def test_a_param_equal_to_the_yamls_value_is_no_change(raw_config, tmp_path):

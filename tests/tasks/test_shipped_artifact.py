@@ -70,6 +70,7 @@ def test_the_shipped_tflite_file_is_what_evaluate_scores_and_what_the_server_ans
     assert ServingVerification.read(out["verification"]).properties.artifact_sha256 == shipped.sha256
     version = MlflowClient(mlflow_store).get_model_version(_registered_name(tmp_path), str(pushed.version))
     assert version.tags["kiln.artifact_sha256"] == shipped.sha256 and version.tags["kiln.served_format"] == "tflite"
+    assert version.tags["kiln.shipped_bytes"] == str(shipped.bytes), "what an approval compares the champion's size with"
 
     preprocessing = Model.read(trained["model"]).preprocessing
     inputs, targets = load_arrays(Examples.read(trained["examples"]).split_files("eval"),
