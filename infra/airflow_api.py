@@ -293,6 +293,45 @@ class AirflowClient:
         return [e if isinstance(e, dict) else {"event": str(e)} for e in body.get("content", [])]
 
 
+    def hitl_detail(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any] | None:
+        """The Human-in-the-loop request of a task instance and its answer (`response_received`,
+        `chosen_options`, `responded_by_user`, ...), or None: the task has asked nothing (yet)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+        response, _ = self._request("GET", f"/api/v2{path}")
+        if response.status_code == 404:
+            return None
+        return self._json("GET", path, response)
+
+    def waiting_for_input(self, dag_id: str, task_id: str) -> list[dict[str, Any]]:
+        """The task's unanswered Human-in-the-loop requests in every run of the DAG, newest first."""
+        body = self._call("GET", f"/dags/{dag_id}/dagRuns/~/hitlDetails",
+                          params={"task_id": task_id, "response_received": False, "order_by": "-created_at"})
+        return body["hitl_details"]
+
+    def answer_hitl(self, dag_id: str, run_id: str, task_id: str, chosen: str,
+                    params_input: dict[str, Any]) -> dict[str, Any]:
+        """Answer a task's Human-in-the-loop request. AlreadyAnswered when it was answered before (HTTP 409) —
+        unless this call's own earlier attempt was the answer and only its reply was lost."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+        response, attempts = self._request("PATCH", f"/api/v2{path}",
+                                           json={"chosen_options": [chosen], "params_input": params_input})
+        if response.status_code == 409:
+            detail = self.hitl_detail(dag_id, run_id, task_id) or {}
+            if attempts > 1 and detail.get("chosen_options") == [chosen] and \
+                    detail.get("params_input") == params_input:
+                return detail
+            raise AlreadyAnswered(detail)
+        return self._json("PATCH", path, response)
+
+
+class AlreadyAnswered(AirflowApiError):
+    """A Human-in-the-loop request is answered once; `detail` holds that answer."""
+
+    def __init__(self, detail: dict[str, Any]):
+        super().__init__("already answered")
+        self.detail = detail
+
+
 def seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None

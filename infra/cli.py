@@ -1,5 +1,5 @@
 """The `kiln` command: pipelines from a CSV (init), runs on the embedded stack (up/run/status/down), demos,
-and serving by the registry (promote/rollback/sync)."""
+serving by the registry (promote/rollback/sync) and a run's approval (approve/reject)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infra.airflow_api import AirflowApiError, TaskState
+from infra.cli_approval import register as register_approval_commands
 from infra.cli_data import data_app
 from infra.cli_serving import register as register_serving_commands
 from infra.console import AsJson, Home, err, fail, out
@@ -51,7 +52,7 @@ def _stack(home: Path | None, airflow_port: int | None, mlflow_port: int | None,
 
 
 def _say(line: str) -> None:
-    err.print(f"  {line}", highlight=False, markup=False)
+    err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)  # URLs and commands stay copyable
 
 
 @app.command()
@@ -279,6 +280,15 @@ def _infra_line(infra: dict[str, Any] | None) -> str:
                                               if infra.get("rest_p99_ms") is not None else "")
 
 
+def _approval_line(approval: dict[str, Any]) -> str:
+    when = approval["at"].replace("T", " ")
+    if approval["decision"] == "timed_out":
+        return f"timed out at {when}: nobody answered (approvals of this model timed out: " \
+               f"{approval['approval_timeouts']})"
+    said = f": {approval['comment']}" if approval["comment"] else ""
+    return f"{approval['decision']} by {approval['by']} at {when}{said}"
+
+
 def _optimize_line(optimize: dict[str, Any], metric: str) -> str:
     baseline = optimize["baseline"]
     if baseline["skipped_reason"]:
@@ -355,6 +365,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("optimize", lite),
         ("shipped", _shipped_line(summary)),
         ("infra validation", _infra_line(summary.get("infra_blessing"))),
+        *([("approval", _approval_line(summary["approval"]))] if summary.get("approval") else []),
         ("MLflow model", f"{mlflow['model_name']} v{mlflow['version']} "
                          f"({'blessed' if mlflow['blessed'] else 'not blessed'}), aliases {mlflow['aliases']}"),
         ("served", f"{serving['model_name']} versions {serving['versions']}, labels {serving['labels']}"
@@ -580,6 +591,7 @@ def _safe(value: Any) -> Any:
 
 
 register_serving_commands(app)
+register_approval_commands(app)
 app.add_typer(data_app, name="data")
 
 

@@ -30,6 +30,7 @@ from infra.airflow_api import (
 )
 from infra.pipelines import CONFIG_MARK, config_fingerprint
 from infra.stack import Stack
+from tasks.artifacts.approval import ApprovalDecision, ApprovalProperties
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.infra_blessing import InfraBlessing
 from tasks.artifacts.model import Model
@@ -43,6 +44,7 @@ from tasks.models.assemble import PREDICTION, PROBABILITIES
 from tasks.models.export import CLASS, output_names
 from tasks.registry import STEP_NAMES
 
+AWAITING_INPUT = "awaiting_input"  # Airflow 3.3's state of a Human-in-the-loop task waiting for its answer
 # TensorFlow's C++ start-up chatter, which says nothing about why a task failed.
 NOISE = re.compile(r"^([IWE]\d{4} |WARNING: All log messages before absl)")
 PARSE_TIMEOUT = 120
@@ -106,8 +108,16 @@ def trigger_and_follow(
     report(f"{dag_id} is parsed from the current {config_path.name} (waited {time.monotonic() - started:.1f}s)")
     client.unpause(dag_id)
     run_id = client.trigger(dag_id, {k: v for k, v in params.items() if v is not None})
+
+    def on_change(ti: TaskState) -> None:
+        on_task(ti)
+        if ti.state == AWAITING_INPUT:
+            report(awaiting_line(config.pipeline, run_id, ti.task_id, stack.airflow_url))
+
+    if config.serving.promotion == "approval":  # the run may wait that long for a person
+        timeout += config.serving.promotion_timeout_minutes * 60
     try:
-        follow(client, dag_id, run_id, on_task, timeout, poll)
+        follow(client, dag_id, run_id, on_change, timeout, poll)
     except AirflowApiError as exc:
         raise AirflowApiError(f"run {run_id}: {exc} (the run goes on in Airflow; `kiln status` shows how it "
                               f"ends)") from None
@@ -133,6 +143,13 @@ def follow(client: AirflowClient, dag_id: str, run_id: str, on_task: Callable[[T
             raise RunFailed(f"run {run_id} did not finish within {timeout:.0f}s (last state {state})",
                             {"run_id": run_id})
         time.sleep(poll)
+
+
+def awaiting_line(pipeline: str, run_id: str, task_id: str, airflow_url: str) -> str:
+    """What a person does about a run that waits for them."""
+    return (f"{task_id} awaiting approval: kiln approve {pipeline} {run_id} --comment '...' (or kiln reject), or "
+            f"Required Actions in the Airflow UI: {airflow_url}/dags/kiln_{pipeline}/runs/{run_id}/tasks/{task_id}"
+            f"/required_actions")
 
 
 def _order(task_id: str) -> int:
@@ -196,14 +213,22 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         verified = ServingVerification.read(output("verify", "verification")).properties
         summary["verification"] = {"version": verified.served_version, "examples": verified.examples,
                                    "max_relative_diff": verified.max_relative_diff}
-    # Promoted = promote ran. An unblessed model's push, verify and promote are skipped; the run still succeeds.
+    # Approved, rejected or timed out; None when nobody was asked (promotion: auto, or not verified).
+    approval = ApprovalDecision.read(output("approve", "approval")).properties \
+        if states.get("approve") == "success" else None
+    summary["approval"] = approval and {"decision": approval.decision, "by": approval.by,
+                                        "comment": approval.comment, "at": approval.at,
+                                        "approval_timeouts": approval.approval_timeouts}
+    # Promoted = promote ran. An unblessed model's push, verify, approve and promote are skipped; a rejected or
+    # timed-out approval skips promote; the run succeeds either way.
     summary["promoted"] = states.get("promote") == "success"
     if summary["promoted"]:
         promoted = Promotion.read(output("promote", "promotion")).properties
-        summary["promotion"] = {"version": promoted.version, "why": promoted.why, "by": promoted.by}
+        summary["promotion"] = {"version": promoted.version, "why": promoted.why, "by": promoted.by,
+                                "approved_by": promoted.approved_by}
     else:
-        summary["not_promoted"] = evaluation.first_failure or (infra.first_failure if infra else None) or \
-            "push was skipped"
+        summary["not_promoted"] = _not_approved(approval) or evaluation.first_failure or \
+            (infra.first_failure if infra else None) or "push was skipped"
     summary["optimize"] = {"baseline": optimized.baseline.model_dump(), "variants": [v.model_dump() for v in
                                                                                   optimized.variants],
                            "selected": optimized.selected, "budget": optimized.budget,
@@ -222,6 +247,15 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
         prediction = _or_unavailable(lambda: live_prediction(stack, config, trained))
         summary["prediction" if isinstance(prediction, dict) else "prediction_error"] = prediction
     return summary
+
+
+def _not_approved(approval: ApprovalProperties | None) -> str | None:
+    if approval is None or approval.decision == "approved":
+        return None
+    if approval.decision == "timed_out":
+        return (f"nobody approved v{approval.version} in time: the canary was withdrawn (approvals of this model "
+                f"timed out: {approval.approval_timeouts})")
+    return f"v{approval.version} rejected by {approval.by}" + (f": {approval.comment}" if approval.comment else "")
 
 
 def _or_unavailable(read: Callable[[], Any]) -> Any:

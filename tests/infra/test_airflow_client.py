@@ -60,7 +60,7 @@ def test_a_run_is_followed_through_an_api_server_restart(fake, tmp_path, monkeyp
     seen: list[TaskState] = []
     lines: list[str] = []
     started = time.monotonic()
-    api, run_id = trigger_and_follow(stack, SimpleNamespace(pipeline="fake"), config_path, {"epochs": 1},
+    api, run_id = trigger_and_follow(stack, fake_config(), config_path, {"epochs": 1},
                                      seen.append, report=lines.append, poll=0.05)
     restarter.join()
     api.close()
@@ -75,6 +75,27 @@ def test_a_run_is_followed_through_an_api_server_restart(fake, tmp_path, monkeyp
                         r"retrying for 120 s", said), said
     assert any(line.startswith(f"Airflow API at {fake.url} answering again after ") for line in lines)
     assert fake.asked["POST /auth/token"] == 2  # the restarted server rejected the old token: one new login
+
+
+def fake_config(promotion: str = "auto") -> SimpleNamespace:
+    return SimpleNamespace(pipeline="fake", serving=SimpleNamespace(promotion=promotion, promotion_timeout_minutes=1))
+
+
+def test_a_run_waiting_for_an_approval_says_how_to_answer_it_once(fake, tmp_path):
+    config_path = tmp_path / "fake.yaml"
+    config_path.write_text("pipeline: fake\n")
+    fake.doc_md = f"{CONFIG_MARK} {config_path} sha256={config_fingerprint(config_path)}"
+    fake.script = [{"approve": ("running", 1)}, {"approve": ("awaiting_input", 1)}, {"approve": ("awaiting_input", 1)},
+                   {"approve": ("scheduled", 1)}, {"approve": ("success", 1)}]
+    (tmp_path / PASSWORDS_FILE).write_text(f'{{"admin": "{PASSWORD}"}}')
+    stack = SimpleNamespace(airflow_url=fake.url, airflow_home=tmp_path)
+    lines: list[str] = []
+    api, run_id = trigger_and_follow(stack, fake_config("approval"), config_path, {}, lambda task: None,
+                                     report=lines.append, poll=0.05)
+    api.close()
+    assert [line for line in lines if "awaiting" in line] == [
+        f"approve awaiting approval: kiln approve fake {run_id} --comment '...' (or kiln reject), or Required "
+        f"Actions in the Airflow UI: {fake.url}/dags/kiln_fake/runs/{run_id}/tasks/approve/required_actions"]
 
 
 def test_an_outage_longer_than_the_deadline_is_one_line(fake):
