@@ -1,5 +1,7 @@
 """The Airflow UI as a person uses it, on the shared embedded stack: log in, open kiln_digits' trigger
-form, see the YAML's values prefilled, change fields, trigger, and watch the run succeed in the grid.
+form, see the YAML's values prefilled, change fields (a forced push that asks for an approval), trigger,
+approve the verified canary from the run's Required Actions with a comment, and watch the run succeed in
+the grid; the approver and the comment are in the MLflow alias history.
 
 Playwright drives Debian's `chromium` (never a browser build of Playwright's own): the `chromium`
 fixture installs it through apt when it is missing; where that cannot be done the test is skipped with
@@ -31,6 +33,8 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 DIGITS_YAML = Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"
 RUN_TIMEOUT = 600
+FORCED = "the browser test asks a person"
+COMMENT = "approved in the browser"
 
 
 def _unavailable(why: str) -> None:
@@ -133,7 +137,7 @@ def test_a_person_triggers_digits_from_the_form_and_sees_it_succeed(
             page.goto(f"{stack.airflow_url}/dags/kiln_digits")
             page.get_by_role("button", name="Trigger Dag").click()
             form = page.get_by_role("dialog")
-            for section in ("Ingest", "Train", "Evaluate", "Optimize", "Push"):
+            for section in ("Ingest", "Train", "Optimize", "Evaluate", "Push", "Approve"):
                 assert form.get_by_role("button", name=section, exact=True).is_visible(), section
 
             form.get_by_role("button", name="Ingest", exact=True).click()
@@ -157,17 +161,30 @@ def test_a_person_triggers_digits_from_the_form_and_sees_it_succeed(
             epochs.fill("2")
             epochs.blur()
             assert trigger.is_enabled()
+
+            # Two epochs on 400 rows do not reach the YAML's thresholds: push it anyway, and ask a person.
+            form.get_by_role("button", name="Push", exact=True).click()
+            form.get_by_role("region", name="Push").get_by_role("textbox").fill(FORCED)
+            form.get_by_role("button", name="Approve", exact=True).click()
+            form.get_by_role("region", name="Approve").get_by_role("combobox").click()
+            page.get_by_role("option", name="approval", exact=True).click()
             shoot("form", form)
 
             trigger.click()
             page.wait_for_url("**/dags/kiln_digits/runs/*")
             run_id = unquote(page.url.rstrip("/").rsplit("/", 1)[1])
             state = page.get_by_test_id("header-card").get_by_test_id("state-badge")
+            required = page.get_by_role("button", name="Required Actions")
             deadline = time.monotonic() + RUN_TIMEOUT
+            approved = False
             while (shown := state.inner_text().strip().lower()) not in ("success", "failed"):
                 assert time.monotonic() < deadline, f"run {run_id} still {shown!r} after {RUN_TIMEOUT}s"
+                if not approved and required.is_visible():
+                    approve_in_required_actions(page, shoot)
+                    approved = True
                 page.wait_for_timeout(10_000)
                 page.reload()
+            assert approved, f"run {run_id} ended {shown} without asking for an approval"
             expect(page.get_by_test_id(f"grid-{run_id}-train")).to_be_attached()  # the run's column in the grid
             train = page.get_by_role("row").filter(has=page.get_by_role("link", name="train", exact=True))
             expect(train).to_contain_text("Success" if shown == "success" else "")
@@ -187,8 +204,40 @@ def test_a_person_triggers_digits_from_the_form_and_sees_it_succeed(
     assert (run["conf"]["data_source"], run["conf"]["epochs"]) == (str(tiny_digits_csv), 2)
     snapshot = rest.get(f"/dags/kiln_digits/dagRuns/{run_id}/taskInstances/resolve/xcomEntries/return_value")
     resolved = RunSnapshot.read(snapshot.json()["value"])
-    assert resolved.properties.overrides == {"data_source": str(tiny_digits_csv), "epochs": 2, "variants": []}, \
+    assert resolved.properties.overrides == {"data_source": str(tiny_digits_csv), "epochs": 2, "variants": [],
+                                             "force_push_reason": FORCED, "promotion": "approval"}, \
         "what the person changed, and nothing the form merely showed"
     config = run_config(resolved)
     assert (config.train.epochs, config.data.source, config.optimize.variants) == (2, str(tiny_digits_csv), [])
     assert config.train.learning_rate == yaml.train.learning_rate
+
+    states = {ti["task_id"]: ti["state"] for ti in
+              rest.get(f"/dags/kiln_digits/dagRuns/{run_id}/taskInstances").json()["task_instances"]}
+    assert (states["approve"], states["promote"]) == ("success", "success")
+    answer = rest.get(f"/dags/kiln_digits/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails").json()
+    assert (answer["chosen_options"], answer["responded_by_user"]["name"]) == (["Approve"], "admin")
+    assert answer["params_input"] == {"comment": COMMENT}
+    from mlflow import MlflowClient
+
+    from tasks.model_registry import history
+
+    champion = [m for m in history(MlflowClient(stack.mlflow_url), "kiln-digits") if m["alias"] == "champion"][-1]
+    assert champion["by"] == f"approved by admin in kiln_digits run {run_id}"
+    assert champion["why"] == f"forced: {FORCED}, approved: {COMMENT}"
+
+
+def approve_in_required_actions(page, shoot) -> None:
+    """The run's Required Actions: the question (blessing table, the champion's comparison), a comment, Approve."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Required Actions").click()
+    actions = page.get_by_role("dialog", name="Required Actions")
+    expect(actions.get_by_text("Promote digits v", exact=False)).to_be_visible()
+    expect(actions.get_by_role("heading", name=f"Blessing: NOT blessed, pushed anyway ({FORCED})",
+                               exact=False)).to_be_visible()
+    expect(actions.get_by_role("heading", name="Against the champion", exact=False)).to_be_visible()
+    actions.get_by_role("textbox").fill(COMMENT)  # the form's one field: the comment
+    shoot("required-action", actions)
+    actions.get_by_role("button", name="Approve", exact=True).click()
+    expect(actions.get_by_text("Pending required actions (0)")).to_be_visible()
+    page.keyboard.press("Escape")

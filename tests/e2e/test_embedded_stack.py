@@ -1,12 +1,15 @@
 """End to end, as a user runs it: `kiln up` on free ports in a temp KILN_HOME, then `kiln init` and
 `kiln run --json` through the real Airflow scheduler for the digits demo, a CSV of one's own with a
 string label, and a regression on a custom model module; REST predictions by feature name; `kiln
-promote` and `kiln rollback`; the kiln_serving_sync DAG following an alias moved by hand; `kiln status`;
-`kiln down`. One stack for the whole session (tests/e2e/conftest.py)."""
+promote` and `kiln rollback`; the kiln_serving_sync DAG following an alias moved by hand; a run waiting
+for an approval, rejected with `kiln reject`; `kiln status`; `kiln down`. One stack for the whole session
+(tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,8 +17,13 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from tasks.model_registry import history
 from tasks.registry import STEP_NAMES
 from tests.data import write_churn_csv, write_house_csv
+from tests.e2e.conftest import KILN
+from tests.servers import wait_for
+
+DIGITS_YAML = Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +73,13 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
         "Served model status": f"{kiln.rest_url}/v1/models/digits",
         "MLflow model version": f"{mlflow_ui}/#/models/kiln-digits/versions/1"}
     assert summary["infra_blessing"]["blessed"] and summary["infra_blessing"]["errors"] == 0
-    assert summary["promotion"] == {"version": 1, "why": "blessed and verified",
+    # promotion: auto (the YAML's): nobody is asked, and the grid says so.
+    assert summary["task_states"]["approve"] == "skipped" and summary["approval"] is None
+    assert summary["promotion"] == {"version": 1, "why": "blessed and verified", "approved_by": None,
                                     "by": f"kiln_digits run {summary['run_id']}"}
+    finished = kiln("approve", "digits", summary["run_id"], timeout=120)
+    assert finished.returncode == 2 and finished.stderr.splitlines() == [
+        f"error: run {summary['run_id']} of kiln_digits has finished (success): there is no approval to answer"]
 
     # A worse retrain: registered, not blessed, not served; the first version stays stable and champion.
     worse = kiln("run", "--json", str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),
@@ -75,7 +88,7 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     assert worse.returncode == 0, worse.stderr[-4000:]
     second = json.loads(worse.stdout)
     assert second["state"] == "success" and second["promoted"] is False
-    assert {second["task_states"][t] for t in ("push", "verify", "promote")} == {"skipped"}
+    assert {second["task_states"][t] for t in ("push", "verify", "approve", "promote")} == {"skipped"}
     assert second["task_states"]["infra_validate"] == "skipped", "a model that is not blessed is not even loaded"
     failed = [c for c in second["blessing"]["checks"] if not c["passed"]]
     assert failed[0]["name"] == "accuracy vs champion" and second["blessing"]["champion_version"] == 1
@@ -133,6 +146,57 @@ def test_promote_rollback_and_the_serving_sync_follow_the_registry(kiln) -> None
     with httpx.Client() as rest:
         metadata = rest.get(f"{kiln.rest_url}/v1/models/digits/labels/stable/metadata").json()
     assert metadata["model_spec"]["version"] == "2"
+
+
+def test_a_rejected_approval_withdraws_the_canary_and_stable_stays(kiln, tiny_digits_csv) -> None:
+    """After the serving sync: a run that asks for an approval waits for it, saying how to answer; rejected
+    from the command line, its canary (v3) is withdrawn and what served before serves on. An approval is
+    answered once: a second answer, or one when no run waits, is one line."""
+    registry = MlflowClient(f"http://127.0.0.1:{kiln.env['KILN_MLFLOW_PORT']}")
+    champion_before = {k: int(v) for k, v in registry.get_registered_model("kiln-digits").aliases.items()}
+    stable_before = _stable(kiln)
+    command = [KILN, "run", "--json", str(DIGITS_YAML), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
+               "-p", "variants=[]", "-p", "thresholds={accuracy: 0.3}", "-p", "change_thresholds={}",
+               "-p", "promotion=approval"]
+    with subprocess.Popen(command, env=kiln.env, cwd=kiln.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as run:
+        airflow = _airflow(kiln)
+        [asked] = wait_for(lambda: [d for d in airflow.waiting_for_input("kiln_digits", "approve")
+                                    if d["task_instance"]["state"] == "awaiting_input"], 900, 2, "the approval")
+        run_id = asked["task_instance"]["dag_run_id"]
+        assert asked["subject"] == "Promote digits v3 to stable?"
+        assert "| accuracy >= 0.3 |" in asked["body"] and f"### Against the champion (v{stable_before})" in asked["body"]
+
+        rejected = kiln("reject", "digits", "--comment", "e2e: not this one", timeout=120)
+        assert rejected.returncode == 0, rejected.stderr
+        assert rejected.stdout.strip() == f"run {run_id} of kiln_digits rejected: the canary is withdrawn, stable " \
+                                          f"stays as it is (answered as admin)"
+        twice = kiln("approve", "digits", run_id, timeout=120)
+        assert twice.returncode == 2 and len(twice.stderr.splitlines()) == 1
+        assert re.fullmatch(rf"error: the approval of run {run_id} of kiln_digits was already answered: rejected by "
+                            r"admin at [\d-]+ [\d:]+ UTC \(e2e: not this one\)", twice.stderr.strip()), twice.stderr
+        nobody = kiln("reject", "digits", timeout=120)
+        assert nobody.returncode == 2
+        assert nobody.stderr.splitlines() == ["error: no run of kiln_digits is waiting for an approval"]
+        stdout, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr[-4000:]
+    assert f"approve awaiting approval: kiln approve digits {run_id} --comment" in stderr
+    summary = json.loads(stdout)
+    assert summary["state"] == "success" and summary["promoted"] is False and summary["mlflow"]["version"] == 3
+    assert (summary["task_states"]["approve"], summary["task_states"]["promote"]) == ("success", "skipped")
+    assert {k: summary["approval"][k] for k in ("decision", "by", "comment")} == \
+        {"decision": "rejected", "by": "admin", "comment": "e2e: not this one"}
+    assert summary["not_promoted"] == "v3 rejected by admin: e2e: not this one"
+    assert summary["mlflow"]["aliases"] == champion_before, "no challenger left, the champion as it was"
+    assert summary["serving"]["labels"] == {"stable": stable_before} and 3 not in summary["serving"]["versions"]
+    withdrawn = [m for m in history(registry, "kiln-digits") if m["alias"] == "challenger"][-1]
+    assert (withdrawn["from_version"], withdrawn["to_version"]) == (3, None)
+    assert withdrawn["why"] == "v3 rejected by admin: e2e: not this one"
+
+
+def _stable(kiln) -> int:
+    with httpx.Client() as rest:
+        return int(rest.get(f"{kiln.rest_url}/v1/models/digits/labels/stable/metadata").json()["model_spec"]["version"])
 
 
 def test_init_and_run_a_csv_of_ones_own_with_a_string_label(kiln) -> None:

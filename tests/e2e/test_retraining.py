@@ -2,28 +2,33 @@
 on_new_data pipeline runs it on the new span; to an on_drift pipeline, a clean span runs the drift
 monitor and no retrain, a drifted span runs the monitor and then the retrain; a malformed span is
 refused by `kiln data add` in one line with nothing copied; `kiln status` shows the schedule, the
-last data event and the last drift check."""
+last data event and the last drift check. The drift retrain asks for an approval nobody gives: it times out,
+its canary is withdrawn and the timeout counted."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from infra.runner import airflow_client
 from infra.stack import Stack
+from tasks.artifacts.approval import ApprovalDecision
 from tasks.artifacts.examples import Examples
+from tasks.model_registry import APPROVAL_TIMEOUTS_TAG
 from tests.data import write_churn_csv
 
 pytestmark = pytest.mark.slow
 RUN_TIMEOUT = 600
 
 
-def _yaml(folder: Path, name: str, schedule: str) -> Path:
+def _yaml(folder: Path, name: str, schedule: str, serving: str = "") -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""
         pipeline: {name}
@@ -33,7 +38,7 @@ def _yaml(folder: Path, name: str, schedule: str) -> Path:
         train: {{epochs: 2, batch_size: 32}}
         evaluate: {{thresholds: {{accuracy: 0.5}}, change_thresholds: {{}}}}
         optimize: {{variants: []}}
-        serving: {{model_name: {name}, verify_examples: 8, infra_examples: 5}}
+        serving: {{model_name: {name}, verify_examples: 8, infra_examples: 5{serving}}}
         # A few hundred rows: sampling noise alone reaches a JS distance of ~0.1 over ten buckets.
         monitor: {{drift: {{numeric: 0.3, categorical: 0.3}}}}
     """))
@@ -100,10 +105,12 @@ def test_a_new_span_retrains_an_on_new_data_pipeline_and_a_malformed_one_is_refu
 
 
 def test_only_a_drifted_span_retrains_an_on_drift_pipeline(kiln) -> None:
-    config = _yaml(kiln.cwd, "drifty", "on_drift")
+    """A retrain nobody started asks for an approval (promotion: approval in the YAML); nobody answers it in
+    time: its canary is withdrawn, the champion serves on and the timeout is counted."""
+    config = _yaml(kiln.cwd, "drifty", "on_drift", ", promotion: approval, promotion_timeout_minutes: 0.1")
     base = write_churn_csv(kiln.cwd / "drifty-1.csv", rows=300)
     _add(kiln, base, str(config))  # span 1: no champion yet, so the monitor has nothing to compare
-    champion = kiln.run_json(str(config))
+    champion = kiln.run_json(str(config), "-p", "promotion=auto")
     assert champion["state"] == "success" and champion["promoted"], "the champion the monitor compares with"
     before = {r["dag_run_id"] for r in _runs(kiln, "kiln_drifty")}
     checked = {r["dag_run_id"] for r in _runs(kiln, "kiln_monitor_drifty")}
@@ -125,6 +132,18 @@ def test_only_a_drifted_span_retrains_an_on_drift_pipeline(kiln) -> None:
     assert report["drifted"] and {"monthly", "plan"} <= set(report["drifted_features"])
     retrain = _wait_for_run(kiln, "kiln_drifty", after=before)
     assert _span_of(kiln, "kiln_drifty", retrain["dag_run_id"]) == 3
+
+    states = {t.task_id: t.state for t in client.task_states("kiln_drifty", retrain["dag_run_id"])}
+    assert (states["approve"], states["promote"]) == ("success", "skipped")
+    decided = ApprovalDecision.read(client.xcom("kiln_drifty", retrain["dag_run_id"], "approve")["approval"])
+    assert (decided.properties.decision, decided.properties.by, decided.properties.version) == ("timed_out", None, 2)
+    registry = MlflowClient(f"http://127.0.0.1:{kiln.env['KILN_MLFLOW_PORT']}").get_registered_model("kiln-drifty")
+    assert registry.tags[APPROVAL_TIMEOUTS_TAG] == "1"
+    assert {k: int(v) for k, v in registry.aliases.items()} == {"champion": 1}, "withdrawn; the champion serves on"
+    late = kiln("approve", "drifty", retrain["dag_run_id"], timeout=120)
+    assert late.returncode == 2 and re.fullmatch(
+        rf"error: the approval of run {re.escape(retrain['dag_run_id'])} of kiln_drifty timed out at [\d-]+ [\d:]+ UTC: "
+        r"it can no longer be answered", late.stderr.strip()), late.stderr
 
     status = kiln("status", timeout=120)
     assert "on_drift" in status.stdout and "drift in" in status.stdout
