@@ -171,8 +171,8 @@ def test_push_to_an_s3_model_base_path_is_served_verified_and_synced_from_mlflow
     assert pushed.version_dir == f"{target.model_base_path}/digits/1"
     prefix = target.model_base_path.removeprefix(f"s3://{s3.bucket}/")
     shipped = s3.keys(f"{prefix}/digits/1/")
-    assert {f"{prefix}/digits/1/{f}" for f in ("saved_model.pb", "model.tflite",
-                                                "assets.extra/tf_serving_warmup_requests")} <= set(shipped)
+    # The selected dynamic_range variant ships as TFLite: its file and the warmup requests, never both model files.
+    assert set(shipped) == {f"{prefix}/digits/1/{f}" for f in ("model.tflite", "assets.extra/tf_serving_warmup_requests")}
     entry = read_config(target.config_file).model_config_list.config[0]
     assert entry.base_path == f"{target.model_base_path}/digits" and dict(entry.version_labels) == {"stable": 1}
     verified = ServingVerification.read(out["verification"]).properties
@@ -184,14 +184,14 @@ def test_push_to_an_s3_model_base_path_is_served_verified_and_synced_from_mlflow
                                   label="stable").outputs
     assert answer["class"] == int(row["label"])
     # MLflow's artifacts went through the tracking server to S3: the version folder register logged, too.
-    assert any(k.endswith("/artifacts/tf_serving/saved_model.pb") for k in module_s3.keys("mlflow/"))
+    assert any(k.endswith("/artifacts/tf_serving/model.tflite") for k in module_s3.keys("mlflow/"))
 
     # The version folder is lost from the base path: a sync brings it back from MLflow's S3 store. (The server
     # keeps the version meanwhile: on S3 the model's base path went with its only version, and while the
     # folder is uploaded again it is there, incomplete; tests/serving/test_deployer.py covers a version the
     # server did unload.)
     deployer = ServingDeployer(target)
-    storage.remove(f"{target.model_base_path}/digits/1", first=["saved_model.pb"])
+    storage.remove(f"{target.model_base_path}/digits/1", first=["model.tflite"])
     assert not deployer.is_staged("digits", 1)
     result = sync(MlflowClient(mlflow_on_s3), name, "digits", deployer)
     assert result.materialized == [1] and deployer.is_staged("digits", 1)
