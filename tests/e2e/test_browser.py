@@ -146,7 +146,9 @@ def test_a_person_triggers_digits_from_the_form_and_sees_it_succeed(
             source.fill(str(tiny_digits_csv))
 
             form.get_by_role("button", name="Optimize", exact=True).click()
-            form.get_by_role("region", name="Optimize").get_by_label("Clear selected options").click()
+            # The section's multi-select of variants (serving_format, a select beside it, can be cleared too).
+            form.get_by_role("region", name="Optimize").locator("#element_variants") \
+                .get_by_label("Clear selected options").click()
 
             form.get_by_role("button", name="Train", exact=True).click()
             epochs = form.get_by_role("spinbutton", name="Epochs", exact=True)
