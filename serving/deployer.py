@@ -208,8 +208,10 @@ class ServingDeployer:
         return final
 
     def is_staged(self, name: str, version: int) -> bool:
-        """The version folder is complete (its `saved_model.pb`, written or uploaded last, is there)."""
-        return storage.exists(storage.join(self.base, name, str(version), "saved_model.pb"))
+        """The version folder is complete: its model file (`model.tflite` or `saved_model.pb`, whichever it
+        ships; uploaded last) is there."""
+        folder = storage.join(self.base, name, str(version))
+        return any(storage.exists(storage.join(folder, model_file)) for model_file in COMPLETES_VERSION)
 
     def reconcile(self, name: str, stable: int | None, canary: int | None = None,
                   keep: Iterable[int] = ()) -> ServedModel:

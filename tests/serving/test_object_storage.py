@@ -61,6 +61,18 @@ def test_staging_on_s3_is_complete_or_absent_and_never_overwrites(deployer, s3, 
     assert read_config(deployer.target.config_file).model_config_list.config[0].base_path == f"{deployer.base}/m"
 
 
+def test_a_tflite_version_on_s3_is_staged_once_its_model_file_is_there(deployer, tmp_path) -> None:
+    """A TFLite version holds `model.tflite` and no SavedModel (the server's format follows the folder)."""
+    lite = tmp_path / "lite"
+    (lite / "assets.extra").mkdir(parents=True)
+    (lite / "assets.extra" / "tf_serving_warmup_requests").write_text("warmup")
+    (lite / "model.tflite").write_bytes(b"TFL3")
+    deployer.stage_version("m", 3, lite, {})
+    assert deployer.is_staged("m", 3)
+    storage.url_to_fs(deployer.base)[0].rm_file(f"{deployer.base.removeprefix('s3://')}/m/3/model.tflite")
+    assert not deployer.is_staged("m", 3), "without its model file a folder is not a version"
+
+
 def test_model_server_discovers_settled_versions_on_s3_from_a_local_cache(s3, tmp_path) -> None:
     base = s3.url(f"discover-{uuid.uuid4().hex[:6]}", "m")
     storage.upload_dir(version_folder(tmp_path / "v1", "one"), f"{base}/1", last=["saved_model.pb"])
