@@ -98,9 +98,9 @@ def _unmet_extras(requirement: Requirement, locked: dict) -> list[str]:
 
 
 def test_the_venv_has_exactly_the_locked_versions():
-    installed = {
-        lockfile.normalized_name(dist.metadata["Name"]): dist.version for dist in metadata.distributions()
-    }
+    import setuptools  # noqa: F401 - as an earlier test may have: its vendored metadata must not count
+
+    installed = lockfile.installed_versions()
     reasons = []
     for pin in lockfile.pins(lockfile.LOCK.read_text()):
         if not lockfile.applies(pin):  # the marker is false here, so make did not install it

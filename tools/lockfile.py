@@ -168,11 +168,18 @@ def compile_lock(uv: str, upgrade: bool) -> int:
 def extraneous(lock_text: str) -> list[str]:
     """Distributions installed in this interpreter's environment that the lock does not pin (or pins behind a
     marker that is false here), the project itself aside: what a refreshed .venv should no longer have."""
+    locked = {pin.name for pin in pins(lock_text) if applies(pin)}
+    return sorted(set(installed_versions()) - locked - {PROJECT_NAME})
+
+
+def installed_versions() -> dict[str, str]:
+    """{normalized name: version} of what is installed in this environment's site-packages. Not whatever
+    `sys.path` holds: an imported setuptools puts its vendored packages' metadata on it (setuptools/_vendor)."""
+    import sysconfig
     from importlib import metadata
 
-    locked = {pin.name for pin in pins(lock_text) if applies(pin)}
-    installed = {normalized_name(dist.metadata["Name"]) for dist in metadata.distributions()}
-    return sorted(installed - locked - {PROJECT_NAME})
+    folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {normalized_name(dist.metadata["Name"]): dist.version for dist in metadata.distributions(path=folders)}
 
 
 def applies(pin: Pin) -> bool:
