@@ -45,7 +45,7 @@ def links_for(spec: Any) -> tuple[BaseOperatorLink, ...]:
     chosen: list[BaseOperatorLink] = []
     if spec.tracked:
         chosen.append(MlflowRunLink())
-    if {"registered", "pushed", "promotion"} & set(spec.outputs):
+    if {"registered", "pushed", "promotion"} & set(spec.outputs) or spec.role == "service":  # service: the champion
         chosen.append(ModelVersionLink())
     if served:
         chosen.append(ServedModelLink())

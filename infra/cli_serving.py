@@ -44,11 +44,12 @@ def rollback(pipeline: Pipeline, reason: Reason = None, as_json: AsJson = False,
 
 def sync(pipeline: Pipeline, as_json: AsJson = False, home: Home = None) -> None:
     """Bring TF Serving to what the pipeline's MLflow aliases say now (what kiln_serving_sync does)."""
-    from infra.serving_ops import ServingChange, sync_pipeline
+    from infra.serving_ops import sync_pipeline
+    from tasks.serving_sync import AliasChange
 
-    def synced(serving: Any) -> ServingChange:
+    def synced(serving: Any) -> AliasChange:
         result = sync_pipeline(serving)
-        return ServingChange(result.aliases, result)
+        return AliasChange(result.aliases, result)
 
     _run(pipeline, home, as_json, synced)
 
@@ -75,7 +76,7 @@ def _run(pipeline: str, home: Any, as_json: bool, change: Any) -> None:
         raise fail(f"{type(exc).__name__}: {lines[0] if lines else ''}", code=1) from None
     before, after = done.sync.before, done.sync.after
     if as_json:
-        print(json.dumps({"pipeline": pipeline, "aliases_before": done.aliases_before,
+        print(json.dumps({"pipeline": pipeline, "aliases_before": done.before,
                           "aliases_after": done.sync.aliases, "materialized": done.sync.materialized,
                           "served_before": _served(before), "served_after": _served(after)}, indent=2))
         return
@@ -83,7 +84,7 @@ def _run(pipeline: str, home: Any, as_json: bool, change: Any) -> None:
     for column in ("", "before", "after"):
         table.add_column(column)
     for alias in (CHAMPION, PREVIOUS, CHALLENGER):
-        table.add_row(f"MLflow @{alias}", _v(done.aliases_before.get(alias)), _v(done.sync.aliases.get(alias)))
+        table.add_row(f"MLflow @{alias}", _v(done.before.get(alias)), _v(done.sync.aliases.get(alias)))
     for label in ("stable", "canary"):
         table.add_row(f"served label {label}", _v(before.labels.get(label)), _v(after.labels.get(label)))
     table.add_row("loaded versions", _vs(before.versions), _vs(after.versions))

@@ -104,7 +104,7 @@ def _params(config: PipelineConfig) -> dict[str, Param]:
 
 def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
     """Task arguments for the step's placement (profile and YAML; unset fields keep Airflow's defaults)."""
-    chosen = step_placement(config.placement, spec.name, executor_remap())
+    chosen = step_placement(config.placement, spec.placed_as or spec.name, executor_remap())
     args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
     if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
         args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
@@ -154,6 +154,32 @@ def _step_task(spec: StepSpec, placed: dict[str, Any]) -> Any:
 
     execute.__name__ = spec.name
     return task(task_id=spec.name, multiple_outputs=True, doc_md=spec.description, **placed)(execute)
+
+
+def service_task(spec: StepSpec, config: PipelineConfig, config_path: Path, task_id: str | None = None,
+                 doc_md: str | None = None) -> Any:
+    """A service step (`role: service`) of the pipeline at `config_path`, run on its config as it is when the task
+    runs, with the pipeline tasks' placement, error mapping and links; returns the task's XComArg (its result)."""
+    def execute() -> dict[str, Any]:
+        from infra.deployment import deployment_from_env
+        from tasks.step_runner import StepRejected, StepSkipped, pipeline_links, run_on_pipeline
+
+        context = get_current_context()
+        ti, deployment = context["ti"], deployment_from_env()
+        try:
+            result = run_on_pipeline(spec.name, str(config_path), deployment, context["run_id"], ti.try_number)
+        except StepRejected as exc:
+            raise _rejected(str(exc)) from None
+        except StepSkipped as exc:
+            raise AirflowSkipException(str(exc)) from None
+        ti.xcom_push(key=LINKS_XCOM, value=pipeline_links(spec.name, str(config_path), deployment,
+                                                          context["run_id"], result))
+        return result
+
+    execute.__name__ = task_id or spec.name
+    made = task(task_id=task_id or spec.name, doc_md=doc_md or spec.description, **_placed(config, spec))(execute)()
+    made.operator.operator_extra_links = links_for(spec)
+    return made
 
 
 def _teardown_task(spec: StepSpec, step_names: list[str], placed: dict[str, Any]) -> Any:

@@ -1,6 +1,7 @@
 """`kiln_monitor_<pipeline>`: for each pipeline whose data comes in spans, a DAG that checks the newest
 span for drift on every new span (the data asset) and on its own schedule (`monitor.schedule`,
-hourly by default). Wiring only: the check is `tasks.monitor.check_drift`.
+hourly by default). Wiring only: the check is the registry's service step `check_drift`
+(`tasks.steps.check_drift`), run like a pipeline step (`infra.dag_factory.service_task`).
 
 `check_drift` writes the report (a table in the task log, a DriftReport artifact, an MLflow run);
 `trigger_retrain` updates the pipeline's drift asset, with the report as the event's extra, only when
@@ -18,10 +19,11 @@ from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from infra.dag_factory import DEFAULT_ARGS
+from infra.dag_factory import DEFAULT_ARGS, service_task
 from infra.schedules import data_asset, drift_asset
 from tasks.config import ON_DRIFT, load_config
 from tasks.errors import BadInputError
+from tasks.registry import step
 from tasks.spans import is_spanned
 
 
@@ -55,13 +57,6 @@ def monitor_dag(config_path: Path) -> DAG | None:
         doc_md=__doc__,
     ) as dag:
 
-        @task
-        def check_drift() -> dict[str, Any]:
-            from infra.deployment import deployment_from_env
-            from tasks.monitor import check_drift as check
-
-            return check(str(config_path), deployment_from_env(), get_current_context()["run_id"])
-
         @task(outlets=[drift])
         def trigger_retrain(result: dict[str, Any]) -> None:
             if not result["drifted"]:
@@ -71,5 +66,5 @@ def monitor_dag(config_path: Path) -> DAG | None:
                                            f"is {config.schedule!r}, not {ON_DRIFT}: no retrain")
             get_current_context()["outlet_events"][drift].extra = result
 
-        trigger_retrain(check_drift())
+        trigger_retrain(service_task(step("check_drift"), config, config_path))
     return dag

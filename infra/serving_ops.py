@@ -11,13 +11,18 @@ aliases back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+from serving.deployer import ServingDeployer
+from serving.target import ServingTarget
 from tasks.config import PipelineConfig
 from tasks.errors import BadInputError
-from tasks.model_registry import BLESSED_TAG, CHAMPION, aliases, promote, rollback
-from tasks.serving_sync import SyncResult, move_and_sync, sync
+from tasks.model_registry import BLESSED_TAG, CHAMPION, aliases
+from tasks.serving_sync import AliasChange, RegistryServing, SyncResult
 from tasks.snapshot import Deployment, serving_endpoints
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 class OperatorError(BadInputError):
@@ -28,7 +33,7 @@ class OperatorError(BadInputError):
 class PipelineServing:
     config: PipelineConfig
     tracking_uri: str
-    target: Any  # serving.target.ServingTarget
+    target: ServingTarget
 
     @classmethod
     def of(cls, config: PipelineConfig, deployment: Deployment) -> PipelineServing:
@@ -50,28 +55,24 @@ class PipelineServing:
     def served_model(self) -> str:
         return self.config.served_model_name
 
-    def client(self) -> Any:
+    def client(self) -> MlflowClient:
         from mlflow import MlflowClient
 
         return MlflowClient(self.tracking_uri)
 
-    def deployer(self) -> Any:
-        from serving.deployer import ServingDeployer
-
+    def deployer(self) -> ServingDeployer:
         return ServingDeployer(self.target)
 
-
-@dataclass(frozen=True)
-class ServingChange:
-    aliases_before: dict[str, int]
-    sync: SyncResult
+    def release(self, by: str) -> RegistryServing:
+        """Serving moved with the registry, by `by` (an operator, the sync DAG)."""
+        return RegistryServing(self.client(), self.registered_model, self.served_model, self.deployer(), by)
 
 
 def sync_pipeline(serving: PipelineServing) -> SyncResult:
-    return sync(serving.client(), serving.registered_model, serving.served_model, serving.deployer())
+    return serving.release("kiln_serving_sync").sync()
 
 
-def promote_version(serving: PipelineServing, version: int, reason: str | None, by: str) -> ServingChange:
+def promote_version(serving: PipelineServing, version: int, reason: str | None, by: str) -> AliasChange:
     """champion -> `version` (the old champion becomes previous-champion), then sync."""
     client, model = serving.client(), serving.registered_model
     tags = _version_tags(client, model, version)
@@ -80,26 +81,15 @@ def promote_version(serving: PipelineServing, version: int, reason: str | None, 
         raise OperatorError(f"{model} v{version} is not blessed ({failed}); give --reason to promote it anyway")
     if aliases(client, model).get(CHAMPION) == version:
         raise OperatorError(f"{model} v{version} is already the champion")
-    why = f"operator promotion: {reason}" if reason else "operator promotion"
-    return _change(serving, lambda: promote(client, model, version, why, by), f"promotion of v{version}", by)
+    return serving.release(by).promote(version, f"operator promotion: {reason}" if reason else "operator promotion")
 
 
-def rollback_champion(serving: PipelineServing, reason: str | None, by: str) -> ServingChange:
+def rollback_champion(serving: PipelineServing, reason: str | None, by: str) -> AliasChange:
     """champion <-> previous-champion, then sync; a second rollback returns to where the first started."""
-    client, model = serving.client(), serving.registered_model
-    why = f"rollback: {reason}" if reason else "rollback"
-    return _change(serving, lambda: rollback(client, model, why, by), "rollback", by)
+    return serving.release(by).rollback(f"rollback: {reason}" if reason else "rollback")
 
 
-def _change(serving: PipelineServing, move: Any, what: str, by: str) -> ServingChange:
-    deployer = serving.deployer()
-    deployer.served(serving.served_model)  # a server that is down fails here, before any alias moves
-    before, synced = move_and_sync(serving.client(), serving.registered_model, serving.served_model, deployer, move,
-                                   f"{what} undone: the server could not follow", by)
-    return ServingChange(before, synced)
-
-
-def _version_tags(client: Any, model: str, version: int) -> dict[str, str]:
+def _version_tags(client: MlflowClient, model: str, version: int) -> dict[str, str]:
     from mlflow.exceptions import MlflowException
 
     try:

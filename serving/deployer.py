@@ -82,12 +82,6 @@ def write_config(path: Path | str, config: model_server_config_pb2.ModelServerCo
     storage.write_text(path, text_format.MessageToString(config))  # a rename locally, one PUT on S3
 
 
-def empty_config() -> model_server_config_pb2.ModelServerConfig:
-    config = model_server_config_pb2.ModelServerConfig()
-    config.model_config_list.SetInParent()
-    return config
-
-
 def _same_tree(left: Path, right: Path) -> bool:
     cmp = filecmp.dircmp(left, right)
     if cmp.left_only or cmp.right_only or cmp.funny_files:
@@ -253,29 +247,6 @@ class ServingDeployer:
                     from exc
         log.info("pushed %s version %s (canary); stable is %s", name, version, stable)
         return served
-
-    def promote(self, name: str, version: int) -> ServedModel:
-        """Move `stable` to `version`; the previous stable stays loaded as the rollback target."""
-        with self.lock():
-            current = self.served(name)
-            if version not in current.versions:
-                raise DeployError(f"{name} version {version} is not loaded; push it before promoting")
-            previous = current.labels.get(STABLE)
-            try:
-                served = self.reconcile(name, stable=version, keep=[previous] if previous != version else [])
-            except DeployError as exc:
-                raise DeployError(f"promotion of {name} version {version} failed and was rolled back: "
-                                  f"{exc.__cause__}") from exc
-        log.info("promoted %s version %s to stable (previous stable %s)", name, version, previous)
-        return served
-
-    def withdraw(self, name: str, version: int) -> ServedModel:
-        """Take a version off the server (an unpromoted canary); the other labels and versions stay."""
-        with self.lock():
-            current = self.served(name)
-            labels = {k: v for k, v in current.labels.items() if v != version}
-            keep = [v for v in current.versions if v != version and v not in labels.values()]
-            return self.reconcile(name, stable=labels.get(STABLE), canary=labels.get(CANARY), keep=keep)
 
     def unstage(self, name: str, version: int) -> None:
         """Delete a staged version folder the server does not serve (a push that did not happen)."""

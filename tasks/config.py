@@ -282,11 +282,6 @@ class PlacementConfig(_Strict):
     default: StepPlacement = StepPlacement()
     steps: dict[StepName, StepPlacement] = {}
 
-    def for_step(self, step: str) -> StepPlacement:
-        """The default, with the fields a step sets for itself replaced."""
-        own = self.steps.get(step)
-        return self.default.model_copy(update=own.model_dump(exclude_none=True)) if own else self.default
-
 
 SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 ON_NEW_DATA, ON_DRIFT = "on_new_data", "on_drift"
@@ -321,6 +316,13 @@ class MonitorConfig(_Strict):
             raise ValueError("monitor.schedule is a cron expression or preset; it runs on new data anyway")
         check_schedule(self.schedule)
         return self
+
+
+def optimize_budget(task: TaskConfig, optimize: OptimizeConfig) -> float:
+    """optimize.budget in the task's own units (accuracy points, or a relative RMSE increase)."""
+    if optimize.budget is not None:
+        return optimize.budget
+    return 1.0 if task.type == "classification" else 0.05
 
 
 class PipelineConfig(_Strict):
@@ -362,12 +364,6 @@ class PipelineConfig(_Strict):
                                      f"{self.task.type} metrics are {', '.join(sorted(metrics))}")
         return self
 
-    @property
-    def optimize_budget(self) -> float:
-        """The budget in the task's own units (accuracy points, or a relative RMSE increase)."""
-        if self.optimize.budget is not None:
-            return self.optimize.budget
-        return 1.0 if self.task.type == "classification" else 0.05
 
     @property
     def registered_model_name(self) -> str:

@@ -6,10 +6,13 @@ track in and which TF Serving to ship to were decided once, when the run was res
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from common.storage import is_local
+from serving.target import ServingTarget
 
 
 class ServingEndpoints(BaseModel):
@@ -22,15 +25,15 @@ class ServingEndpoints(BaseModel):
     model_base_path: str
     config_file: str
 
-    def target(self):  # -> serving.target.ServingTarget (imported lazily: tasks does not need serving)
-        from common.storage import is_local
-        from serving.target import ServingTarget
-
+    def target(self) -> ServingTarget:
         def place(where: str) -> Path | str:  # object storage stays a URL
             return Path(where.removeprefix("file://")) if is_local(where) else where
 
         return ServingTarget(grpc_address=self.grpc_address, rest_url=self.rest_url,
                              model_base_path=place(self.model_base_path), config_file=place(self.config_file))
+
+
+WORK = ".work"  # a step's work folder, beside its outputs
 
 
 class NotConfiguredError(RuntimeError):
@@ -39,7 +42,9 @@ class NotConfiguredError(RuntimeError):
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where one DAG run's artifacts live, which run/try this is, and the run's services."""
+    """Where one DAG run's artifacts live, which run/try this is, the run's services, the pipeline's identity
+    (names, task, description, MLflow experiment) and, for a step, which step: its outputs and work folder are
+    its own, so a step never names itself or its outputs."""
 
     artifact_root: str
     pipeline: str
@@ -48,32 +53,56 @@ class StepContext:
     tracking_uri: str | None = None
     serving: ServingEndpoints | None = None
     lineage: dict[str, str] = field(default_factory=dict)  # where this run came from (for MLflow tags)
+    step: str = ""  # the step this context is given to ("" for the run as a whole)
+    experiment: str = "kiln"  # the MLflow experiment of the pipeline's runs
+    registered_model_name: str = ""
+    served_model_name: str = ""
+    task_type: str = ""
+    description: str | None = None
 
     @property
     def dag_id(self) -> str:
         return f"kiln_{self.pipeline}"
 
-    def output_uri(self, step: str, name: str) -> str:
-        safe_run = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in self.run_id)
-        return "/".join([self.artifact_root.rstrip("/"), self.pipeline, safe_run, step, name])
+    def for_step(self, step: str) -> StepContext:
+        return replace(self, step=step)
 
-    def work_dir(self, step: str) -> Path:
-        """A step's scratch that outlives a failed try (so a retry resumes): beside the artifacts when they
+    def step_folder(self, step: str | None = None) -> str:
+        """`{artifact_root}/{pipeline}/{run}/{step}`: where a step's outputs go (this step's by default)."""
+        step = step or self._step()
+        safe_run = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in self.run_id)
+        return "/".join([self.artifact_root.rstrip("/"), self.pipeline, safe_run, step])
+
+    def output_uri(self, name: str) -> str:
+        """Where this step's output `name` is published (the step runner allocates it)."""
+        return f"{self.step_folder()}/{name}"
+
+    def work_uri(self) -> str:
+        """This step's work folder beside its outputs (a local path, or a URL on object storage)."""
+        return self.output_uri(WORK)
+
+    def work_dir(self) -> Path:
+        """This step's scratch that outlives a failed try (so a retry resumes): beside the artifacts when they
         are local, else under the machine's temp folder."""
         import hashlib
         import tempfile
 
-        uri = self.output_uri(step, ".work")
+        uri = self.work_uri()
         if "://" not in uri or uri.startswith("file://"):
             return Path(uri.removeprefix("file://"))
         return Path(tempfile.gettempdir()) / "kiln-work" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+    def _step(self) -> str:
+        if not self.step:
+            raise RuntimeError("this context is the run's, not a step's: use for_step()")
+        return self.step
 
     def require_tracking_uri(self) -> str:
         if not self.tracking_uri:
             raise NotConfiguredError("the run has no MLflow tracking URI (registry.tracking_uri or the stack's)")
         return self.tracking_uri
 
-    def require_serving(self):  # -> serving.target.ServingTarget
+    def require_serving(self) -> ServingTarget:
         if self.serving is None:
             raise NotConfiguredError("the run has no TF Serving target (serving.* addresses or the stack's)")
         return self.serving.target()

@@ -10,7 +10,6 @@ from tasks import tracking
 from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
 
 MLFLOW_RUN, MODEL_VERSION, SERVED_MODEL = "MLflow run", "MLflow model version", "Served model status"
@@ -28,22 +27,12 @@ def served_status_url(rest_url: str, served_model: str) -> str:
     return f"{rest_url.rstrip('/')}/v1/models/{served_model}"
 
 
-def serving_links(tracking_uri: str | None, rest_url: str, model: str, served_model: str,
-                  version: int | None) -> dict[str, str]:
-    """A serving sync's links: the served model's status and the champion's MLflow version page."""
-    links = {SERVED_MODEL: served_status_url(rest_url, served_model)}
-    ui = mlflow_ui(tracking_uri)
-    if ui and version is not None:
-        links[MODEL_VERSION] = model_version_url(ui, model, version)
-    return links
-
-
-def step_links(step: str, tracked: bool, config: PipelineConfig, ctx: StepContext,
-               outputs: dict[str, str]) -> dict[str, str]:
+def step_links(tracked: bool, ctx: StepContext, outputs: dict[str, str]) -> dict[str, str]:
+    """The links of the step `ctx` is given to, from its outputs."""
     links: dict[str, str] = {}
     ui = mlflow_ui(ctx.tracking_uri)
     if ui and tracked:
-        found = tracking.find_step_run(config, ctx, step)
+        found = tracking.find_step_run(ctx, ctx.step)
         if found is not None:
             links[MLFLOW_RUN] = f"{ui}/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
     if ui and "registered" in outputs:
@@ -51,11 +40,15 @@ def step_links(step: str, tracked: bool, config: PipelineConfig, ctx: StepContex
         links[MODEL_VERSION] = model_version_url(ui, registered.model_name, registered.version)
     for name in ("pushed", "verification", "promotion"):
         if name in outputs and ctx.serving is not None:
-            links[SERVED_MODEL] = served_status_url(ctx.serving.rest_url, config.served_model_name)
+            links[SERVED_MODEL] = served_status_url(ctx.serving.rest_url, ctx.served_model_name)
     if ui and "pushed" in outputs:
         version = PushedModel.read(outputs["pushed"]).properties.version
-        links[MODEL_VERSION] = model_version_url(ui, config.registered_model_name, version)
+        links[MODEL_VERSION] = model_version_url(ui, ctx.registered_model_name, version)
+    if "aliases" in outputs and ctx.serving is not None:  # a serving sync
+        links[SERVED_MODEL] = served_status_url(ctx.serving.rest_url, ctx.served_model_name)
+    if ui and outputs.get("champion_version") is not None:  # a sync or a drift check: the champion it read
+        links[MODEL_VERSION] = model_version_url(ui, ctx.registered_model_name, outputs["champion_version"])
     if ui and "promotion" in outputs:
         version = Promotion.read(outputs["promotion"]).properties.version
-        links[MODEL_VERSION] = model_version_url(ui, config.registered_model_name, version)
+        links[MODEL_VERSION] = model_version_url(ui, ctx.registered_model_name, version)
     return links

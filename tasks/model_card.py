@@ -11,7 +11,7 @@ def _number(value: Any) -> str:
     return "-" if value is None or value != value else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def model_card(*, config: Any, version: int, run: dict[str, str], examples: Any, model: Any, evaluation: Any,
+def model_card(*, ctx: Any, version: int, run: dict[str, str], examples: Any, model: Any, evaluation: Any,
                slices: list[dict[str, Any]], optimized: Any) -> str:
     """`run`: lineage ids (dag_id, run_id, parent MLflow run, config path and sha256, kiln commit, snapshot)."""
     label = model.preprocessing.label
@@ -19,11 +19,11 @@ def model_card(*, config: Any, version: int, run: dict[str, str], examples: Any,
     champion = evaluation.champion_metrics or {}
     champion_name = f"champion v{evaluation.champion_version}" if evaluation.champion_version else None
     lines = [
-        f"# {config.registered_model_name} v{version}",
+        f"# {ctx.registered_model_name} v{version}",
         "",
         "## Intended use",
         "",
-        config.description or "(no `description` in the pipeline YAML)",
+        ctx.description or "(no `description` in the pipeline YAML)",
         "",
         f"A {label.task} model predicting `{label.column}`"
         + (f" (classes: {', '.join(map(str, label.classes or []))})." if label.classes else "."),

@@ -16,7 +16,10 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ SERVING_ARTIFACT_PATH = "tf_serving"  # the exact version folder TF Serving runs
 CONTRACT_ARTIFACT_PATH = "contract"  # preprocessing.json: the served features and the label
 CONTRACT_FILE = "preprocessing.json"
 MODEL_CARD = "model_card.md"
+TRAIN_STATISTICS_TAG = "kiln.train_statistics"  # the version's ExampleStatistics: the drift monitor's baseline
 
 
 class RegistryError(RuntimeError):
@@ -45,7 +49,7 @@ class AliasMove:
     by: str  # which DAG run or which operator command
 
 
-def aliases(client: Any, model: str) -> dict[str, int]:
+def aliases(client: MlflowClient, model: str) -> dict[str, int]:
     """The registered model's aliases (search results do not carry them: read the model itself)."""
     from mlflow.exceptions import MlflowException
 
@@ -56,7 +60,7 @@ def aliases(client: Any, model: str) -> dict[str, int]:
     return {alias: int(version) for alias, version in registered.aliases.items()}
 
 
-def history(client: Any, model: str) -> list[dict[str, Any]]:
+def history(client: MlflowClient, model: str) -> list[dict[str, Any]]:
     tags = client.get_registered_model(model).tags
     try:
         return json.loads(tags.get(HISTORY_TAG, "[]"))
@@ -65,7 +69,7 @@ def history(client: Any, model: str) -> list[dict[str, Any]]:
         return []
 
 
-def move_alias(client: Any, model: str, alias: str, version: int | None, why: str, by: str) -> AliasMove | None:
+def move_alias(client: MlflowClient, model: str, alias: str, version: int | None, why: str, by: str) -> AliasMove | None:
     """Point `alias` at `version` (None removes it) and append the move to the history; None if no change."""
     before = aliases(client, model).get(alias)
     if before == version:
@@ -82,7 +86,7 @@ def move_alias(client: Any, model: str, alias: str, version: int | None, why: st
     return move
 
 
-def promote(client: Any, model: str, version: int, why: str, by: str) -> dict[str, int]:
+def promote(client: MlflowClient, model: str, version: int, why: str, by: str) -> dict[str, int]:
     """champion -> version; the old champion -> previous-champion; challenger is consumed."""
     current = aliases(client, model)
     old = current.get(CHAMPION)
@@ -94,7 +98,7 @@ def promote(client: Any, model: str, version: int, why: str, by: str) -> dict[st
     return aliases(client, model)
 
 
-def rollback(client: Any, model: str, why: str, by: str) -> dict[str, int]:
+def rollback(client: MlflowClient, model: str, why: str, by: str) -> dict[str, int]:
     """champion <-> previous-champion: the previous champion serves again, and a second rollback undoes it."""
     current = aliases(client, model)
     champion, previous = current.get(CHAMPION), current.get(PREVIOUS)
@@ -106,18 +110,18 @@ def rollback(client: Any, model: str, why: str, by: str) -> dict[str, int]:
     return aliases(client, model)
 
 
-def restore(client: Any, model: str, before: dict[str, int], why: str, by: str) -> dict[str, int]:
+def restore(client: MlflowClient, model: str, before: dict[str, int], why: str, by: str) -> dict[str, int]:
     """Put kiln's aliases back as they were (a change the server could not follow is undone)."""
     for alias in (CHAMPION, PREVIOUS, CHALLENGER):
         move_alias(client, model, alias, before.get(alias), why, by)
     return aliases(client, model)
 
 
-def approval_timeouts(client: Any, model: str) -> int:
+def approval_timeouts(client: MlflowClient, model: str) -> int:
     return int(client.get_registered_model(model).tags.get(APPROVAL_TIMEOUTS_TAG, "0"))
 
 
-def count_approval_timeout(client: Any, model: str) -> int:
+def count_approval_timeout(client: MlflowClient, model: str) -> int:
     """One more approval of `model` timed out; the new count (a registered-model tag: it shows on the model's
     page in the MLflow UI)."""
     count = approval_timeouts(client, model) + 1
@@ -125,7 +129,7 @@ def count_approval_timeout(client: Any, model: str) -> int:
     return count
 
 
-def is_registered(client: Any, model: str) -> bool:
+def is_registered(client: MlflowClient, model: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -135,7 +139,7 @@ def is_registered(client: Any, model: str) -> bool:
     return True
 
 
-def describe(client: Any, model: str, description: str) -> None:
+def describe(client: MlflowClient, model: str, description: str) -> None:
     """Keep the registered model's description current (what it is for, who serves)."""
     client.update_registered_model(model, description=description)
 
@@ -154,7 +158,7 @@ def quiet_downloads() -> None:
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
 
 
-def download_version(client: Any, model: str, version: int, folder: Path) -> DownloadedVersion:
+def download_version(client: MlflowClient, model: str, version: int, folder: Path) -> DownloadedVersion:
     """The version's folder as served (and its contract) from its MLflow run's artifacts."""
     import mlflow
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 from tasks.artifacts.anomalies import ExampleAnomalies
 from tasks.artifacts.approval import ApprovalDecision
 from tasks.artifacts.base import ArtifactType
+from tasks.artifacts.drift import DriftReport
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.infra_blessing import InfraBlessing
@@ -32,10 +33,24 @@ from tasks.artifacts.statistics import ExampleStatistics
 from tasks.artifacts.transform import TransformGraph
 from tasks.artifacts.verification import ServingVerification
 from tasks.config import ConfigError, PipelineConfig, StepName
+from tasks.step_config import (
+    DataSections,
+    EvaluateSections,
+    MonitorSections,
+    NoConfig,
+    OptimizeSections,
+    RegistrySections,
+    ServingSections,
+    StepConfig,
+    TrainSections,
+    TransformSections,
+)
 
 # setup: resolves the run; step: a function of its inputs; approval: a person's answer, which the DAG waits for
-# (its `question` runs before the wait, its executor records the answer); teardown: runs whatever happened upstream.
-Role = Literal["setup", "step", "approval", "teardown"]
+# (its `question` runs before the wait, its executor records the answer); teardown: runs whatever happened upstream;
+# service: a step of a pipeline's service DAGs (drift monitor, serving sync), run on the pipeline's config as it is
+# at the time, with no run snapshot and no inputs.
+Role = Literal["setup", "step", "approval", "teardown", "service"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +60,8 @@ class StepSpec:
     description: str
     inputs: dict[str, type[ArtifactType[Any]]] = field(default_factory=dict)
     outputs: dict[str, type[ArtifactType[Any]]] = field(default_factory=dict)
-    # The config sections the step reads (its params are fields of them); the runner gives it only these.
-    config_sections: tuple[str, ...] = ()
+    # The config sections the step reads, as one model (its params are fields of them): all the step is given.
+    config: type[StepConfig] = NoConfig
     params: dict[str, str] = field(default_factory=dict)  # DAG param -> dotted config field
     tracked: bool = False  # runs inside its own MLflow child run
     timeout_minutes: int | None = None
@@ -58,6 +73,11 @@ class StepSpec:
     # It still does not run when every step it reads from was skipped (promote after a push that was not blessed).
     optional_inputs: tuple[str, ...] = ()
     question: str | None = None  # an approval's "module:function": what a person is asked, or None: nobody
+    placed_as: str | None = None  # a service step placed like this pipeline step (it writes what that step writes)
+
+    @property
+    def config_sections(self) -> tuple[str, ...]:
+        return self.config.sections()
 
     def load(self, function_path: str | None = None) -> Callable[..., Any]:
         module, _, function = (function_path or self.executor).partition(":")
@@ -69,19 +89,19 @@ STEPS: tuple[StepSpec, ...] = (
              "Resolve the pipeline YAML and the trigger's params into the run snapshot",
              outputs={"run": RunSnapshot}, role="setup"),
     StepSpec("ingest", "tasks.steps.ingest:run", "CSV -> TFRecord examples, split train/eval by hash",
-             outputs={"examples": Examples}, config_sections=("data",), params={"data_source": "data.source"},
+             outputs={"examples": Examples}, config=DataSections, params={"data_source": "data.source"},
              tracked=True),
     StepSpec("validate", "tasks.steps.validate:run",
              "Statistics, schema (curated or inferred) and anomalies; anomalies stop the run",
              inputs={"examples": Examples},
              outputs={"statistics": ExampleStatistics, "schema": Schema, "anomalies": ExampleAnomalies},
-             config_sections=("data",)),
+             config=DataSections),
     StepSpec("transform", "tasks.steps.transform:run", "Adapt the preprocessing layers on the train split",
              inputs={"examples": Examples, "schema": Schema}, outputs={"transform": TransformGraph},
-             config_sections=("transform",)),
+             config=TransformSections),
     StepSpec("train", "tasks.steps.train:run", "Train the model on N workers (MultiWorkerMirroredStrategy)",
              inputs={"examples": Examples, "transform": TransformGraph}, outputs={"model": Model},
-             config_sections=("train",),
+             config=TrainSections,
              params={"epochs": "train.epochs", "batch_size": "train.batch_size",
                      "learning_rate": "train.learning_rate", "num_workers": "train.num_workers"},
              tracked=True, timeout_minutes=30),
@@ -89,7 +109,7 @@ STEPS: tuple[StepSpec, ...] = (
              "Prune and quantize (tfmot, TFLite), measure every variant, select one within the budget and write "
              "the version folder that ships",
              inputs={"model": Model, "examples": Examples}, outputs={"optimized": OptimizedModel},
-             config_sections=("optimize", "train", "serving"),
+             config=OptimizeSections,
              params={"target_sparsity": "optimize.target_sparsity", "variants": "optimize.variants",
                      "budget": "optimize.budget", "fine_tune_epochs": "optimize.fine_tune_epochs",
                      "serving_format": "serving.format"},
@@ -97,62 +117,69 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("evaluate", "tasks.steps.evaluate:run",
              "The artifact that ships and the champion as served, on the eval split, overall and sliced; bless or not",
              inputs={"optimized": OptimizedModel, "model": Model, "examples": Examples},
-             outputs={"evaluation": ModelEvaluation}, config_sections=("evaluate",),
+             outputs={"evaluation": ModelEvaluation}, config=EvaluateSections,
              params={"thresholds": "evaluate.thresholds", "change_thresholds": "evaluate.change_thresholds"},
              tracked=True),
     StepSpec("register", "tasks.steps.register:run",
              "Register an MLflow model version with the version folder that ships and its model card",
              inputs={"model": Model, "evaluation": ModelEvaluation, "optimized": OptimizedModel, "schema": Schema,
-                     "examples": Examples},
-             outputs={"registered": RegisteredModel}, config_sections=("registry",), tracked=True),
+                     "examples": Examples, "statistics": ExampleStatistics},
+             outputs={"registered": RegisteredModel}, config=RegistrySections, tracked=True),
     StepSpec("infra_validate", "tasks.steps.infra_validate:run",
              "Load the version folder in a sandbox model server, send it real requests, time them (InfraValidator)",
              inputs={"evaluation": ModelEvaluation, "registered": RegisteredModel, "optimized": OptimizedModel,
                      "model": Model, "examples": Examples},
-             outputs={"infra_blessing": InfraBlessing}, config_sections=("serving",), gates=("evaluation",)),
+             outputs={"infra_blessing": InfraBlessing}, config=ServingSections, gates=("evaluation",)),
     StepSpec("push", "tasks.steps.push:run",
              "Challenger in MLflow, loaded on TF Serving as canary; only the blessed folder (same digest), "
              "model- and infra-blessed (or forced)",
              inputs={"evaluation": ModelEvaluation, "infra_blessing": InfraBlessing, "registered": RegisteredModel,
                      "optimized": OptimizedModel},
-             outputs={"pushed": PushedModel}, config_sections=("serving",),
+             outputs={"pushed": PushedModel}, config=ServingSections,
              params={"force_push_reason": "serving.force_push_reason"}, gates=("evaluation", "infra_blessing")),
     StepSpec("verify", "tasks.steps.verify:run",
              "Replay eval rows on the canary and check the served folder's digest; a mismatch withdraws the canary",
              inputs={"pushed": PushedModel, "evaluation": ModelEvaluation, "model": Model, "examples": Examples},
-             outputs={"verification": ServingVerification}, config_sections=("serving",)),
+             outputs={"verification": ServingVerification}, config=ServingSections),
     StepSpec("approve", "tasks.steps.approve:run",
              "With serving.promotion: approval, a person approves the verified canary or rejects it (a rejection "
              "or a timeout withdraws it); skipped when promotion is auto",
              inputs={"evaluation": ModelEvaluation, "optimized": OptimizedModel, "pushed": PushedModel,
                      "verification": ServingVerification},
-             outputs={"approval": ApprovalDecision}, config_sections=("serving",),
+             outputs={"approval": ApprovalDecision}, config=ServingSections,
              params={"promotion": "serving.promotion", "promotion_timeout_minutes": "serving.promotion_timeout_minutes"},
              role="approval", question="tasks.steps.approve:question"),
     StepSpec("promote", "tasks.steps.promote:run",
              "Champion in MLflow, stable on the server: the verified canary (approved, when the run asks for it)",
              inputs={"pushed": PushedModel, "verification": ServingVerification, "approval": ApprovalDecision},
-             outputs={"promotion": Promotion}, config_sections=("serving",), optional_inputs=("approval",)),
+             outputs={"promotion": Promotion}, config=ServingSections, optional_inputs=("approval",)),
     StepSpec("finish_tracking", "tasks.tracking:finish_run", "Close the MLflow parent run as FINISHED or FAILED",
-             role="teardown"),
+             config=ServingSections, role="teardown"),
+)
+
+# The steps of each pipeline's service DAGs: kiln_monitor_<pipeline> and kiln_serving_sync.
+SERVICE_STEPS: tuple[StepSpec, ...] = (
+    StepSpec("check_drift", "tasks.steps.check_drift:run",
+             "The newest span against the champion's training statistics, feature by feature",
+             outputs={"drift": DriftReport}, config=MonitorSections, role="service"),
+    StepSpec("sync_serving", "tasks.steps.sync_serving:run",
+             "TF Serving brought to what the pipeline's MLflow aliases say (champion -> stable, challenger -> canary)",
+             config=ServingSections, role="service", placed_as="push"),
 )
 
 STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)
+SETUP = next(spec for spec in STEPS if spec.role == "setup")  # resolves the run snapshot
 if get_args(StepName) != STEP_NAMES:  # the config validates placement.steps against StepName
     raise RuntimeError(f"tasks.config.StepName {get_args(StepName)} is not the registry's steps {STEP_NAMES}")
 PARAMS: dict[str, str] = {param: path for spec in STEPS for param, path in spec.params.items()}
 
 
 def step(name: str) -> StepSpec:
-    for spec in STEPS:
+    for spec in (*STEPS, *SERVICE_STEPS):
         if spec.name == name:
             return spec
-    raise KeyError(f"no step named {name!r}; steps are {', '.join(STEP_NAMES)}")
-
-
-def producers() -> dict[str, StepSpec]:
-    """Output name -> the step that produces it (names are unique across the pipeline)."""
-    return {output: spec for spec in STEPS for output in spec.outputs}
+    raise KeyError(f"no step named {name!r}; steps are {', '.join(STEP_NAMES)} and the service steps "
+                   f"{', '.join(spec.name for spec in SERVICE_STEPS)}")
 
 
 def param_schema(param: str) -> dict[str, Any]:

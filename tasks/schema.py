@@ -20,7 +20,7 @@ import fsspec
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from tasks.columns import ValueType
+from tasks.columns import ValueType, holds
 from tasks.errors import BadInputError
 
 MAX_DOMAIN_SIZE = 100  # TFDV's default max_string_domain_size
@@ -120,3 +120,17 @@ def domain_values(feature: schema_pb2.Feature) -> list[Any] | None:
             and domain.max - domain.min < 10_000:
         return list(range(domain.min, domain.max + 1))
     return None
+
+
+def column_types(profile: Any, schema_path: str | None) -> dict[str, ValueType]:
+    """Each column's storage type: the data's own, or the curated schema's where every value fits it."""
+    declared = feature_map(load_schema(schema_path)) if schema_path else {}
+    types: dict[str, ValueType] = {}
+    for name, column in profile.columns.items():
+        seen = column.type
+        wanted = value_type(declared[name]) if name in declared else None
+        if wanted is not None and (seen is None or holds(wanted, seen)):
+            types[name] = wanted
+        else:
+            types[name] = seen or "string"
+    return types

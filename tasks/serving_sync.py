@@ -17,8 +17,11 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from serving.deployer import DeployError, ServedModel, ServingDeployer
+from tasks import tracking
+from tasks.context import StepContext
 from tasks.model_registry import (
     CHALLENGER,
     CHAMPION,
@@ -27,8 +30,13 @@ from tasks.model_registry import (
     download_version,
     is_registered,
     move_alias,
+    promote,
     restore,
+    rollback,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +65,8 @@ class SyncResult:
     registered_model: str
     served_model: str
     aliases: dict[str, int]
-    before: Any  # serving.deployer.ServedModel
-    after: Any
+    before: ServedModel
+    after: ServedModel
     materialized: list[int] = field(default_factory=list)
 
     @property
@@ -75,10 +83,8 @@ def desired_serving(registry_aliases: dict[str, int]) -> DesiredServing:
     return DesiredServing(stable=stable, canary=canary, keep=keep)
 
 
-def sync(client: Any, registered_model: str, served_model: str, deployer: Any) -> SyncResult:
+def sync(client: MlflowClient, registered_model: str, served_model: str, deployer: ServingDeployer) -> SyncResult:
     """Bring `served_model` on the deployer's server to what `registered_model`'s aliases say."""
-    from serving.deployer import DeployError
-
     if not is_registered(client, registered_model):
         # Unloading everything because a name is wrong (or MLflow is another one) would be an outage.
         raise NotRegistered(f"registered model {registered_model!r} does not exist in MLflow; serving left as is")
@@ -102,30 +108,83 @@ def sync(client: Any, registered_model: str, served_model: str, deployer: Any) -
     return result
 
 
-def move_and_sync(client: Any, registered_model: str, served_model: str, deployer: Any, move: Callable[[], Any],
-                  undo_why: str, by: str) -> tuple[dict[str, int], SyncResult]:
-    """Change the aliases with `move`, then sync. When the server cannot follow (the reconcile has already
-    put it back), the aliases are put back too, with `undo_why` in the history, and the error raised.
-    Returns (the aliases before, the sync)."""
-    before = aliases(client, registered_model)
-    move()
-    try:
-        return before, sync(client, registered_model, served_model, deployer)
-    except Exception:
-        restore(client, registered_model, before, undo_why, by)
-        raise
+@dataclass(frozen=True)
+class AliasChange:
+    before: dict[str, int]  # the aliases before the change
+    sync: SyncResult  # the server brought to them after it
 
 
-def withdraw(client: Any, registered_model: str, served_model: str, deployer: Any, version: int, why: str,
-             by: str) -> SyncResult:
-    """Take a canary off the server: `challenger` is removed (with `why` in the alias history), then a sync
-    unloads it. Champion and stable are not touched."""
-    if aliases(client, registered_model).get(CHALLENGER) == version:
-        move_alias(client, registered_model, CHALLENGER, None, why, by)
-    return sync(client, registered_model, served_model, deployer)
+class RegistryServing:
+    """One pipeline's serving, moved with its MLflow registry: check the server, stage a version, move aliases,
+    sync the server to them, and put the aliases back when the server cannot follow. Push, verify, approve,
+    promote, `kiln promote / rollback / sync` and the kiln_serving_sync DAG all go through this."""
+
+    def __init__(self, client: MlflowClient, registered_model: str, served_model: str, deployer: ServingDeployer,
+                 by: str):
+        self.client, self.registered_model, self.served_model = client, registered_model, served_model
+        self.deployer, self.by = deployer, by  # `by`: who moves the aliases (a DAG run, an operator)
+
+    @classmethod
+    def of_run(cls, ctx: StepContext, approved_by: str | None = None) -> RegistryServing:
+        """The run's MLflow and TF Serving, for the pipeline `ctx` belongs to; alias moves are by the DAG run (and
+        the person who approved them)."""
+        by = f"{ctx.dag_id} run {ctx.run_id}"
+        return cls(tracking.client(ctx), ctx.registered_model_name, ctx.served_model_name,
+                   ServingDeployer(ctx.require_serving()), by=f"approved by {approved_by} in {by}" if approved_by else by)
+
+    def check_server(self) -> ServedModel:
+        """What the server serves now; a server that is down fails here, before anything changes."""
+        return self.deployer.served(self.served_model)
+
+    def aliases(self) -> dict[str, int]:
+        return aliases(self.client, self.registered_model)
+
+    def sync(self) -> SyncResult:
+        return sync(self.client, self.registered_model, self.served_model, self.deployer)
+
+    def push_canary(self, version: int, folder: Path, why: str) -> AliasChange:
+        """Stage `folder` as `version`, make it `challenger` and load it as canary; a push that fails leaves no
+        folder behind."""
+        self.deployer.stage_version(self.served_model, version, folder, {})
+        try:
+            return self._move(lambda: move_alias(self.client, self.registered_model, CHALLENGER, version, why,
+                                                 self.by), f"push of v{version} failed")
+        except Exception:
+            self.deployer.unstage(self.served_model, version)
+            raise
+
+    def withdraw(self, version: int, why: str) -> SyncResult:
+        """Take a canary off the server: `challenger` is removed (with `why` in the alias history), then a sync
+        unloads it. Champion and stable are not touched."""
+        if self.aliases().get(CHALLENGER) == version:
+            move_alias(self.client, self.registered_model, CHALLENGER, None, why, self.by)
+        return self.sync()
+
+    def promote(self, version: int, why: str) -> AliasChange:
+        """champion -> `version` (the old champion becomes previous-champion, challenger is consumed), then sync."""
+        return self._move(lambda: promote(self.client, self.registered_model, version, why, self.by),
+                          f"promotion of v{version} undone: the server could not follow")
+
+    def rollback(self, why: str) -> AliasChange:
+        """champion <-> previous-champion, then sync; a second rollback returns to where the first started."""
+        return self._move(lambda: rollback(self.client, self.registered_model, why, self.by),
+                          "rollback undone: the server could not follow")
+
+    def _move(self, move: Callable[[], Any], undo_why: str) -> AliasChange:
+        """Change the aliases with `move`, then sync. When the server cannot follow (the reconcile has already
+        put it back), the aliases are put back too, with `undo_why` in the history, and the error raised."""
+        self.check_server()
+        before = self.aliases()
+        move()
+        try:
+            return AliasChange(before, self.sync())
+        except Exception:
+            restore(self.client, self.registered_model, before, undo_why, self.by)
+            raise
 
 
-def _materialize(client: Any, registered_model: str, served_model: str, version: int, deployer: Any) -> None:
+def _materialize(client: MlflowClient, registered_model: str, served_model: str, version: int,
+                 deployer: ServingDeployer) -> None:
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="kiln-sync-") as scratch:

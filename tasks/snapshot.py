@@ -20,7 +20,7 @@ from tasks.artifacts.run import SCHEMA_FILE, USER_MODEL_DIR, RunProperties, RunS
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.context import ServingEndpoints, StepContext
 from tasks.models.contract import is_file_reference
-from tasks.registry import apply_params, changed_params
+from tasks.registry import SETUP, apply_params, changed_params
 from tasks.spans import is_spanned, span_file
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 def run_config(snapshot: RunSnapshot) -> PipelineConfig:
     """The run's config as it was resolved (overrides applied, paths into the snapshot)."""
     return PipelineConfig.model_validate(snapshot.properties.config)
+
+
+def run_context(snapshot: RunSnapshot, try_number: int = 1, step: str = "") -> StepContext:
+    """The run's context, for one of its steps when `step` is given (its outputs and work folder)."""
+    props = snapshot.properties
+    lineage = {"kiln.config_path": props.config_path, "kiln.config_sha256": props.config_sha256,
+               "kiln.run_snapshot": snapshot.uri, "kiln.dag_id": f"kiln_{props.pipeline}"}
+    if props.kiln_commit:
+        lineage["mlflow.source.git.commit"] = props.kiln_commit
+    return pipeline_context(run_config(snapshot), props.artifact_root, props.run_id, props.tracking_uri,
+                            props.serving, try_number, lineage, step)
+
+
+def pipeline_context(config: PipelineConfig, artifact_root: str, run_id: str, tracking_uri: str | None,
+                     serving: ServingEndpoints | None, try_number: int = 1, lineage: dict[str, str] | None = None,
+                     step: str = "") -> StepContext:
+    """A context carrying the pipeline's identity (names, task, description, experiment) with the run's facts."""
+    return StepContext(artifact_root=artifact_root, pipeline=config.pipeline, run_id=run_id, try_number=try_number,
+                       tracking_uri=tracking_uri, serving=serving, lineage=lineage or {}, step=step,
+                       experiment=config.registry.experiment, registered_model_name=config.registered_model_name,
+                       served_model_name=config.served_model_name, task_type=config.task.type,
+                       description=config.description)
 
 _SERVING_FIELDS = ("rest_url", "grpc_address", "model_base_path", "config_file")
 
@@ -55,10 +77,10 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
     if parsed_placement is not None and config.placement.model_dump(mode="json") != parsed_placement:
         raise ConfigError(f"{path}: placement changed since Airflow parsed the DAG; trigger again once it is "
                           f"re-parsed (`kiln run` waits for that)")
-    ctx = StepContext(artifact_root=deployment.artifact_root, pipeline=config.pipeline, run_id=run_id,
-                      tracking_uri=deployment.tracking_uri_for(config),
-                      serving=serving_endpoints(config, deployment))
-    uri = ctx.output_uri("resolve", "run")
+    ctx = pipeline_context(config, deployment.artifact_root, run_id, deployment.tracking_uri_for(config),
+                           serving_endpoints(config, deployment), step=SETUP.name)
+    [output] = SETUP.outputs
+    uri = ctx.output_uri(output)
     with RunSnapshot.publish(uri) as out:
         resolved = _carry_files(config, uri, out.dir)
         out.properties = RunProperties(

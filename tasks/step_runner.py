@@ -1,10 +1,14 @@
-"""The one generic runner: every step gets its config, context, MLflow child run and error mapping here.
+"""The one generic runner: it executes a step's contract (TFX's `Executor.Do(input_dict, output_dict,
+exec_properties)`).
 
-`run_step("train", run_uri, try_number, {"examples": uri, ...})` reads the run snapshot, checks that
-each input is a complete artifact of the kind the step's spec declares, calls the step inside its
-MLflow child run (when the spec is tracked), checks the outputs against the spec, and returns their
-URIs. Bad input (a `BadInputError`: data, config, model contract) becomes `StepRejected`, a one-line
-error that no retry can fix; a gated step whose model is not blessed raises `StepSkipped`; anything
+`run_step("train", run_uri, try_number, {"examples": uri, ...})` reads the run snapshot, reads each input as
+the artifact kind the step's spec declares, allocates every output the spec declares (a URI under the step's
+folder and a staging folder to fill: `Output`), and calls the step with its context, the config sections it
+declares and nothing else, its typed inputs and its output handles, inside its MLflow child run when the spec
+is tracked. When the step returns, every output is published whole (and checked against the spec); when it
+fails, nothing is. It returns the outputs' URIs, which the DAG passes on. A step returns nothing: it never names
+itself or its outputs. Bad input (a `BadInputError`: data, config, model contract) becomes `StepRejected`, a
+one-line error that no retry can fix; a gated step whose model is not blessed raises `StepSkipped`; anything
 else propagates with its traceback, and may be retried.
 """
 
@@ -16,12 +20,17 @@ from contextlib import nullcontext
 from typing import Any
 
 from tasks import tracking
-from tasks.artifacts.base import KINDS, read_manifest
+from tasks.artifacts.base import ArtifactType, Output
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.run import RunSnapshot
-from tasks.errors import BadInputError, one_line
-from tasks.registry import StepSpec, step
-from tasks.snapshot import run_config
+from tasks.config import PipelineConfig, load_config
+from tasks.context import StepContext
+from tasks.errors import BadInputError, StepSkipped, one_line
+from tasks.registry import STEPS, StepSpec, step
+from tasks.snapshot import Deployment, pipeline_context, run_config, run_context, serving_endpoints, with_span
+
+__all__ = ["StepContractError", "StepRejected", "StepSkipped", "ask", "links", "pipeline_links", "run_on_pipeline", "run_step",
+           "run_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -30,79 +39,101 @@ class StepRejected(Exception):
     """The step's input is wrong (data, config or model contract): fail now, do not retry."""
 
 
-class StepSkipped(Exception):
-    """The step's gate is closed (e.g. push of a model that is not blessed): an outcome, not a failure."""
-
-
 class StepContractError(RuntimeError):
     """A step's inputs or outputs do not match its spec (a kiln bug or a tampered artifact)."""
 
 
-def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str] | None = None,
-             **extra: Any) -> dict[str, str]:
+def run_step(name: str, run_uri: str, try_number: int = 1, inputs: dict[str, str | None] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """Run one step of the run at `run_uri` on `inputs` (input name -> URI); its outputs' URIs (and what the step
+    returned). `extra`: what the DAG hands an approval (the person's answer) or the teardown (the run's outputs)."""
     spec = step(name)
-    inputs = dict(inputs or {})
     snapshot = RunSnapshot.read(run_uri)
-    config = run_config(snapshot)
-    ctx = snapshot.context(try_number)
-    _check_inputs(spec, inputs)
+    return _execute(spec, run_context(snapshot, try_number, spec.name), run_config(snapshot), dict(inputs or {}),
+                    extra)
+
+
+def run_on_pipeline(name: str, config_path: str, deployment: Deployment, run_id: str,
+                    try_number: int = 1) -> dict[str, Any]:
+    """Run a service step of a pipeline (its drift monitor, its serving sync) on its config as it is now (the
+    newest span), with the deployment's services and no run snapshot: it reads no artifact of a run."""
+    spec = step(name)
+    try:
+        config = with_span(load_config(config_path))
+        ctx = _pipeline_ctx(spec, config, deployment, run_id, try_number)
+    except BadInputError as exc:
+        raise StepRejected(one_line(exc)) from None
+    return _execute(spec, ctx, config, {}, {})
+
+
+def _pipeline_ctx(spec: StepSpec, config: PipelineConfig, deployment: Deployment, run_id: str,
+                  try_number: int = 1) -> StepContext:
+    return pipeline_context(config, deployment.artifact_root, run_id, deployment.tracking_uri_for(config),
+                            serving_endpoints(config, deployment), try_number, step=spec.name)
+
+
+def _execute(spec: StepSpec, ctx: StepContext, config: PipelineConfig, inputs: dict[str, str | None],
+             extra: dict[str, Any]) -> dict[str, Any]:
+    artifacts = _read_inputs(spec, inputs)
+    for gate in spec.gates:
+        _check_gate(spec, config, artifacts[gate])
     function = spec.load()
     started = time.monotonic()
-    for gate in spec.gates:
-        _check_gate(spec, config, inputs[gate])
-    tracked = tracking.step_run(config, ctx, spec.name, parent_tags=ctx.lineage) if spec.tracked else nullcontext()
+    outputs = {output: Output(kind, ctx.output_uri(output)) for output, kind in spec.outputs.items()}
+    tracked = tracking.step_run(ctx, parent_tags=ctx.lineage) if spec.tracked else nullcontext()
     try:
         with tracked:
-            outputs = function(config, ctx, **inputs, **extra)
+            returned = function(ctx, spec.config.of(config), **artifacts, **outputs, **extra)
+            for output in outputs.values():
+                output.publish()
     except BadInputError as exc:
         message = one_line(exc)
         log.error("%s rejected its input: %s", spec.name, message)
         raise StepRejected(message) from None
-    _check_outputs(spec, outputs)
-    log.info("%s done in %.1fs: %s", spec.name, time.monotonic() - started, outputs)
-    return outputs
+    finally:
+        for output in outputs.values():
+            output.discard()
+    result: dict[str, Any] = {output: handle.uri for output, handle in outputs.items()}
+    log.info("%s done in %.1fs: %s", spec.name, time.monotonic() - started, result)
+    return {**(returned or {}), **result}
 
 
-def ask(name: str, run_uri: str, inputs: dict[str, str]) -> Any:
+def ask(name: str, run_uri: str, inputs: dict[str, str | None]) -> Any:
     """An approval step's question (subject, Markdown body, how long to wait for an answer); StepSkipped when
     the run promotes without asking anyone (serving.promotion: auto)."""
     spec = step(name)
     snapshot = RunSnapshot.read(run_uri)
     config = run_config(snapshot)
-    _check_inputs(spec, inputs)
-    asked = spec.load(spec.question)(config, snapshot.context(), **inputs)
+    asked = spec.load(spec.question)(run_context(snapshot, step=spec.name), spec.config.of(config),
+                                     **_read_inputs(spec, inputs))
     if asked is None:
         raise StepSkipped(f"promotion: {config.serving.promotion}; nobody is asked")
     return asked
 
 
-def _check_gate(spec: StepSpec, config: Any, blessing_uri: str) -> None:
+def _check_gate(spec: StepSpec, config: PipelineConfig, blessing: ArtifactType[Any]) -> None:
     """A gated step runs when its blessing input blesses; a model blessing may be forced with a reason."""
-    kind = read_manifest(blessing_uri).kind
-    blessing = KINDS[kind].read(blessing_uri).properties
-    if blessing.blessed:
+    if blessing.properties.blessed:
         return
-    if kind == ModelEvaluation.KIND and config.serving.force_push_reason:
-        log.warning("%s: the model is not blessed (%s); forced: %s", spec.name, blessing.first_failure,
+    if isinstance(blessing, ModelEvaluation) and config.serving.force_push_reason:
+        log.warning("%s: the model is not blessed (%s); forced: %s", spec.name, blessing.properties.first_failure,
                     config.serving.force_push_reason)
         return
-    raise StepSkipped(f"not promoted: {blessing.first_failure}")
+    raise StepSkipped(f"not promoted: {blessing.properties.first_failure}")
 
 
-def _check_inputs(spec: StepSpec, inputs: dict[str, str]) -> None:
+def _read_inputs(spec: StepSpec, inputs: dict[str, str | None]) -> dict[str, ArtifactType[Any] | None]:
+    """Each input read as the kind the spec declares (an optional input may be None)."""
     if set(inputs) != set(spec.inputs):
         raise StepContractError(f"{spec.name} takes inputs {sorted(spec.inputs)}, got {sorted(inputs)}")
+    read: dict[str, ArtifactType[Any] | None] = {}
     for input_name, kind in spec.inputs.items():
-        if inputs[input_name] is None and input_name in spec.optional_inputs:
+        uri = inputs[input_name]
+        if uri is None and input_name in spec.optional_inputs:
+            read[input_name] = None
             continue
-        read_manifest(inputs[input_name], kind.KIND)
-
-
-def _check_outputs(spec: StepSpec, outputs: dict[str, str]) -> None:
-    if set(outputs) != set(spec.outputs):
-        raise StepContractError(f"{spec.name} must return outputs {sorted(spec.outputs)}, returned {sorted(outputs)}")
-    for output_name, kind in spec.outputs.items():
-        read_manifest(outputs[output_name], kind.KIND)
+        read[input_name] = kind.read(uri)
+    return read
 
 
 def links(name: str, run_uri: str, outputs: dict[str, str]) -> dict[str, str]:
@@ -111,7 +142,21 @@ def links(name: str, run_uri: str, outputs: dict[str, str]) -> dict[str, str]:
 
     try:
         snapshot = RunSnapshot.read(run_uri)
-        return step_links(name, step(name).tracked, run_config(snapshot), snapshot.context(), outputs)
+        return step_links(step(name).tracked, run_context(snapshot, step=name), outputs)
+    except Exception as exc:  # noqa: BLE001 - a link is a convenience: it must not fail the step
+        log.warning("no links for %s: %s", name, exc)
+        return {}
+
+
+def pipeline_links(name: str, config_path: str, deployment: Deployment, run_id: str,
+                   outputs: dict[str, Any]) -> dict[str, str]:
+    """A service step's links (`links` for a step run on a pipeline's config); never raises."""
+    from tasks.links import step_links
+
+    try:
+        spec = step(name)
+        ctx = _pipeline_ctx(spec, with_span(load_config(config_path)), deployment, run_id)
+        return step_links(spec.tracked, ctx, outputs)
     except Exception as exc:  # noqa: BLE001 - a link is a convenience: it must not fail the step
         log.warning("no links for %s: %s", name, exc)
         return {}
@@ -125,8 +170,6 @@ def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str,
     is a person's answer: nobody is here to give it, so the steps after it get none (promote then refuses to
     promote a run that asks for one).
     """
-    from tasks.registry import STEPS
-
     outputs = {"run": run_uri, **(available or {})}
     for spec in STEPS:
         if spec.role != "step" or (names is not None and spec.name not in names):

@@ -11,10 +11,13 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
+from tasks.step_config import ServingSections
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ class TrackingError(RuntimeError):
     """A run cannot be identified."""
 
 
-def client(ctx: StepContext) -> Any:
+def client(ctx: StepContext) -> MlflowClient:
     """An MlflowClient for the run's tracking URI (also made the process default for `mlflow.*` calls)."""
     import mlflow
     from mlflow import MlflowClient
@@ -39,7 +42,7 @@ def client(ctx: StepContext) -> Any:
     return MlflowClient(uri)
 
 
-def experiment_id(mlflow_client: Any, name: str) -> str:
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = mlflow_client.get_experiment_by_name(name)
@@ -51,54 +54,53 @@ def experiment_id(mlflow_client: Any, name: str) -> str:
         return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
-def parent_run(config: PipelineConfig, ctx: StepContext, tags: dict[str, str] | None = None) -> str:
+def parent_run(ctx: StepContext, tags: dict[str, str] | None = None) -> str:
     """The MLflow run id of this DAG run's parent run, created (with `tags`) on first use."""
     mlflow_client = client(ctx)
-    exp = experiment_id(mlflow_client, config.registry.experiment)
+    exp = experiment_id(mlflow_client, ctx.experiment)
     # Scheduled runs of two pipelines share a run id (scheduled__<time>): the pipeline tells them apart.
-    found = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), PIPELINE_TAG: config.pipeline,
+    found = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), PIPELINE_TAG: ctx.pipeline,
                                          ROLE_TAG: "parent"})
     if found:
         run_id = found.info.run_id
     else:
-        tags = {**(tags or {}), RUN_ID_TAG: ctx.run_id, ROLE_TAG: "parent", PIPELINE_TAG: config.pipeline}
-        run_id = mlflow_client.create_run(exp, tags=tags, run_name=f"{config.pipeline} {ctx.run_id}").info.run_id
+        tags = {**(tags or {}), RUN_ID_TAG: ctx.run_id, ROLE_TAG: "parent", PIPELINE_TAG: ctx.pipeline}
+        run_id = mlflow_client.create_run(exp, tags=tags, run_name=f"{ctx.pipeline} {ctx.run_id}").info.run_id
         log.info("mlflow: parent run %s for %s", run_id, ctx.run_id)
     mlflow_client.set_tag(run_id, "kiln.try", str(ctx.try_number))
     return run_id
 
 
-def tag_parent(config: PipelineConfig, ctx: StepContext, tags: dict[str, str]) -> None:
+def tag_parent(ctx: StepContext, tags: dict[str, str]) -> None:
     mlflow_client = client(ctx)
-    run_id = parent_run(config, ctx)
+    run_id = parent_run(ctx)
     for key, value in tags.items():
         mlflow_client.set_tag(run_id, key, value)
 
 
-def find_step_run(config: PipelineConfig, ctx: StepContext, step: str) -> Any | None:
+def find_step_run(ctx: StepContext, step: str) -> Any | None:
     """The child run of `step` in this DAG run, if the step opened one."""
     mlflow_client = client(ctx)
-    exp = experiment_id(mlflow_client, config.registry.experiment)
-    parent = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), PIPELINE_TAG: config.pipeline,
+    exp = experiment_id(mlflow_client, ctx.experiment)
+    parent = _search(mlflow_client, exp, {RUN_ID_TAG: quoted(ctx.run_id), PIPELINE_TAG: ctx.pipeline,
                                           ROLE_TAG: "parent"})
     return _search(mlflow_client, exp, {PARENT_TAG: parent.info.run_id, STEP_TAG: step}) if parent else None
 
 
 @contextmanager
-def step_run(config: PipelineConfig, ctx: StepContext, step: str,
-             parent_tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """The active child run of `step` (reused on retry); FAILED if the block raises."""
+def step_run(ctx: StepContext, parent_tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """The active child run of the step `ctx` is given to (reused on retry); FAILED if the block raises."""
     import mlflow
 
-    parent = parent_run(config, ctx, parent_tags)
+    parent = parent_run(ctx, parent_tags)
     mlflow_client = client(ctx)
-    exp = experiment_id(mlflow_client, config.registry.experiment)
-    found = _search(mlflow_client, exp, {PARENT_TAG: parent, STEP_TAG: step})
+    exp = experiment_id(mlflow_client, ctx.experiment)
+    found = _search(mlflow_client, exp, {PARENT_TAG: parent, STEP_TAG: ctx.step})
     if found:
         child = found.info.run_id
     else:
-        tags = {PARENT_TAG: parent, STEP_TAG: step, RUN_ID_TAG: ctx.run_id, ROLE_TAG: "step"}
-        child = mlflow_client.create_run(exp, tags=tags, run_name=step).info.run_id
+        tags = {PARENT_TAG: parent, STEP_TAG: ctx.step, RUN_ID_TAG: ctx.run_id, ROLE_TAG: "step"}
+        child = mlflow_client.create_run(exp, tags=tags, run_name=ctx.step).info.run_id
     mlflow_client.set_tag(child, "kiln.try", str(ctx.try_number))
     with mlflow.start_run(run_id=child) as active:
         yield active
@@ -115,7 +117,7 @@ def log_params(params: dict[str, Any]) -> None:
         log.warning("MLflow kept the params of an earlier try: %s", str(exc).splitlines()[0][:300])
 
 
-def finish_run(config: PipelineConfig, ctx: StepContext, outputs: dict[str, str]) -> dict[str, str]:
+def finish_run(ctx: StepContext, config: ServingSections, outputs: dict[str, str]) -> None:
     """Close the parent run (the DAG's teardown task), from the outputs the steps left behind:
     FINISHED when the model was promoted, evaluated, registered and rightly not pushed, or verified and
     then not approved (rejected, or the approval timed out); else FAILED."""
@@ -128,16 +130,15 @@ def finish_run(config: PipelineConfig, ctx: StepContext, outputs: dict[str, str]
                    and not config.serving.force_push_reason)
     decision = ApprovalDecision.read(outputs["approval"]).properties.decision if "approval" in outputs else None
     mlflow_client = client(ctx)
-    run_id = parent_run(config, ctx)
+    run_id = parent_run(ctx)
     mlflow_client.set_tag(run_id, "kiln.promoted", str(promoted).lower())
     if decision is not None:
         mlflow_client.set_tag(run_id, "kiln.approval", decision)
     not_approved = decision in ("rejected", "timed_out")
     mlflow_client.set_terminated(run_id, status="FINISHED" if promoted or not_blessed or not_approved else "FAILED")
-    return {}
 
 
-def _artifact_location(mlflow_client: Any) -> str | None:
+def _artifact_location(mlflow_client: MlflowClient) -> str | None:
     """Beside a SQLite store's file; MLflow's default there is ./mlruns under whatever the cwd is.
     A tracking server (the stack) decides itself: None."""
     uri = mlflow_client.tracking_uri
@@ -146,7 +147,7 @@ def _artifact_location(mlflow_client: Any) -> str | None:
     return None
 
 
-def _search(mlflow_client: Any, exp: str, tags: dict[str, str]) -> Any | None:
+def _search(mlflow_client: MlflowClient, exp: str, tags: dict[str, str]) -> Any | None:
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = mlflow_client.search_runs([exp], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
     return runs[0] if runs else None

@@ -3,6 +3,6 @@
 Steps import the kinds they read and write from here, never each other's modules.
 """
 
-from tasks.artifacts.base import ArtifactError, ArtifactType, Manifest, Properties, Staging, read_manifest
+from tasks.artifacts.base import ArtifactError, ArtifactType, Manifest, Output, Properties, read_manifest
 
-__all__ = ["ArtifactError", "ArtifactType", "Manifest", "Properties", "Staging", "read_manifest"]
+__all__ = ["ArtifactError", "ArtifactType", "Manifest", "Output", "Properties", "read_manifest"]

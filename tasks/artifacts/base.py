@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from common import storage
 from common.storage import is_local, local_path
 
-__all__ = ["ArtifactError", "ArtifactType", "MANIFEST", "Manifest", "Properties", "Staging", "is_local", "local_path"]
+__all__ = ["ArtifactError", "ArtifactType", "MANIFEST", "Manifest", "Output", "Properties", "is_local", "local_path"]
 
 MANIFEST = "kiln-artifact.json"
 
@@ -70,12 +70,36 @@ def fingerprint_dir(folder: Path) -> str:
     return digest.hexdigest()
 
 
-class Staging(Generic[P]):
-    """The folder a step fills, and the properties it must set before the block ends."""
+class Output(Generic[P]):
+    """An artifact being written: a private staging folder (`dir`) to fill and the properties to set. The step
+    runner publishes it at `uri` when the step returns, or drops it when the step fails; a step that must leave
+    an output behind before it fails (validate's anomalies) publishes it early with `publish()`."""
 
-    def __init__(self, folder: Path):
-        self.dir = folder
+    def __init__(self, kind: type[ArtifactType[P]], uri: str):
+        self.kind, self.uri = kind, uri
         self.properties: P | None = None
+        self._folder = _make_staging_folder(uri)
+        self.published = False
+
+    @property
+    def dir(self) -> Path:
+        return self._folder
+
+    def publish(self) -> None:
+        """Make the artifact visible at `uri` whole (a retried step's publish replaces it whole); once."""
+        if self.published:
+            return
+        if not isinstance(self.properties, self.kind.Properties):
+            raise ArtifactError(f"{self.kind.KIND} at {self.uri}: the step set no {self.kind.Properties.__name__}")
+        manifest = Manifest(kind=self.kind.KIND, uri=self.uri, properties=self.properties.model_dump(mode="json"),
+                            fingerprint=fingerprint_dir(self._folder))
+        _commit(self._folder, self.uri, manifest.model_dump_json(indent=2))
+        self.published = True
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the staging folder (what was published is not touched)."""
+        shutil.rmtree(self._folder, ignore_errors=True)
 
 
 class ArtifactType(Generic[P]):
@@ -114,20 +138,15 @@ class ArtifactType(Generic[P]):
 
     @classmethod
     @contextmanager
-    def publish(cls, uri: str) -> Iterator[Staging[P]]:
-        """Yield a staging folder; on clean exit publish it at `uri` with the properties the block set.
-
-        On an exception the staging folder is removed and nothing at `uri` changes. Publishing over
-        an existing artifact (a retried step) replaces it whole.
-        """
-        with _staging_folder(uri) as folder:
-            staging: Staging[P] = Staging(folder)
-            yield staging
-            if not isinstance(staging.properties, cls.Properties):
-                raise ArtifactError(f"{cls.KIND} at {uri}: the step set no {cls.Properties.__name__}")
-            manifest = Manifest(kind=cls.KIND, uri=uri, properties=staging.properties.model_dump(mode="json"),
-                                fingerprint=fingerprint_dir(folder))
-            _commit(folder, uri, manifest.model_dump_json(indent=2))
+    def publish(cls, uri: str) -> Iterator[Output[P]]:
+        """Yield an `Output`; on clean exit publish it at `uri` with the properties the block set. On an exception
+        nothing at `uri` changes. (Steps get their outputs from the step runner; this is for everything else.)"""
+        out: Output[P] = Output(cls, uri)
+        try:
+            yield out
+            out.publish()
+        finally:
+            out.discard()
 
 
 def read_text_proto(path: str, message: Any) -> Any:
@@ -152,18 +171,13 @@ def read_manifest(uri: str, kind: str | None = None) -> Manifest:
     return manifest
 
 
-@contextmanager
-def _staging_folder(uri: str) -> Iterator[Path]:
+def _make_staging_folder(uri: str) -> Path:
+    """Beside the target on a local file system (so the publish is a rename), else in the temp folder."""
     if is_local(uri):
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    else:
-        staging = Path(tempfile.mkdtemp(prefix="kiln-artifact-"))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    return Path(tempfile.mkdtemp(prefix="kiln-artifact-"))
 
 
 def _commit(staging: Path, uri: str, manifest: str) -> None:

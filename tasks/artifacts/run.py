@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.artifacts.base import ArtifactType, Properties
-from tasks.context import ServingEndpoints, StepContext
+from tasks.context import ServingEndpoints
 
 USER_MODEL_DIR = "user_model"
 SCHEMA_FILE = "schema.pbtxt"
@@ -31,13 +31,3 @@ class RunProperties(Properties):
 class RunSnapshot(ArtifactType[RunProperties]):
     KIND = "RunSnapshot"
     Properties = RunProperties
-
-    def context(self, try_number: int = 1) -> StepContext:
-        props = self.properties
-        lineage = {"kiln.config_path": props.config_path, "kiln.config_sha256": props.config_sha256,
-                   "kiln.run_snapshot": self.uri, "kiln.dag_id": f"kiln_{props.pipeline}"}
-        if props.kiln_commit:
-            lineage["mlflow.source.git.commit"] = props.kiln_commit
-        return StepContext(artifact_root=props.artifact_root, pipeline=props.pipeline, run_id=props.run_id,
-                           try_number=try_number, tracking_uri=props.tracking_uri, serving=props.serving,
-                           lineage=lineage)

@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tasks import tracking
-from tasks.artifacts.approval import ApprovalDecision, ApprovalProperties, Decision
+from tasks.artifacts.approval import ApprovalProperties, Decision
+from tasks.artifacts.base import Output
 from tasks.artifacts.evaluation import EvaluationProperties, ModelEvaluation
 from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.pushed import PushedModel, PushedProperties
 from tasks.artifacts.verification import ServingVerification, VerificationProperties
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.model_registry import approval_timeouts, count_approval_timeout
-from tasks.serving_sync import withdraw
+from tasks.serving_sync import RegistryServing
+from tasks.step_config import ServingSections
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +59,26 @@ class Shipped:
     bytes: int | None
 
 
-def question(config: PipelineConfig, ctx: StepContext, evaluation: str, optimized: str, pushed: str,
-             verification: str) -> Question | None:
+def question(ctx: StepContext, config: ServingSections, *, evaluation: ModelEvaluation, optimized: OptimizedModel,
+             pushed: PushedModel, verification: ServingVerification) -> Question | None:
     if config.serving.promotion == "auto":
         return None
-    evaluated = ModelEvaluation.read(evaluation).properties
-    pushed_props = PushedModel.read(pushed).properties
-    shipped = OptimizedModel.read(optimized).properties.shipped
+    evaluated = evaluation.properties
+    pushed_props = pushed.properties
+    shipped = optimized.properties.shipped
     candidate = Shipped(pushed_props.version, shipped.variant, shipped.format, evaluated.artifact_sha256,
                         shipped.bytes)
     champion = None
     if evaluated.champion_version is not None:
-        champion = champion_shipped(tracking.client(ctx), config.registered_model_name, evaluated.champion_version)
+        champion = champion_shipped(tracking.client(ctx), ctx.registered_model_name, evaluated.champion_version)
     return Question(
         subject=f"Promote {pushed_props.serving_model_name} v{pushed_props.version} to stable?",
-        body=approval_body(config.pipeline, ctx.run_id, evaluated, candidate, champion,
-                           ServingVerification.read(verification).properties, pushed_props,
-                           config.serving.promotion_timeout_minutes),
+        body=approval_body(ctx.pipeline, ctx.run_id, evaluated, candidate, champion, verification.properties,
+                           pushed_props, config.serving.promotion_timeout_minutes),
         timeout_minutes=config.serving.promotion_timeout_minutes)
 
 
-def champion_shipped(client: Any, model: str, version: int) -> Shipped:
+def champion_shipped(client: MlflowClient, model: str, version: int) -> Shipped:
     tags = client.get_model_version(model, str(version)).tags
     size = tags.get(SHIPPED_TAGS["bytes"])
     return Shipped(version, tags.get(SHIPPED_TAGS["variant"]), tags.get(SHIPPED_TAGS["format"]),
@@ -164,29 +167,23 @@ def _size_change(candidate: Shipped, champion: Shipped) -> str:
     return f"{candidate.bytes / champion.bytes:.2f}x"
 
 
-def run(config: PipelineConfig, ctx: StepContext, evaluation: str, optimized: str, pushed: str, verification: str,
-        decision: Decision, by: str | None, comment: str, at: str) -> dict[str, str]:
+def run(ctx: StepContext, config: ServingSections, *, evaluation: ModelEvaluation, optimized: OptimizedModel,
+        pushed: PushedModel, verification: ServingVerification, approval: Output[ApprovalProperties],
+        decision: Decision, by: str | None, comment: str, at: str) -> None:
     """Record the answer; a rejection or a timeout withdraws the canary (a timeout is also counted)."""
     del evaluation, optimized, verification  # the question's inputs
-    from serving.deployer import ServingDeployer
-
-    pushed_props = PushedModel.read(pushed).properties
-    name, version = pushed_props.serving_model_name, pushed_props.version
-    client, model_name = tracking.client(ctx), config.registered_model_name
+    name, version = pushed.properties.serving_model_name, pushed.properties.version
+    serving = RegistryServing.of_run(ctx)
     withdrawn = decision != "approved"
     if withdrawn:
         why = f"v{version} rejected by {by}: {comment or 'no comment'}" if decision == "rejected" else \
             f"v{version}: nobody approved it within {config.serving.promotion_timeout_minutes:g} minutes"
-        withdraw(client, model_name, name, ServingDeployer(ctx.require_serving()), version, why,
-                 f"{ctx.dag_id} run {ctx.run_id}")
-    timeouts = count_approval_timeout(client, model_name) if decision == "timed_out" else \
-        approval_timeouts(client, model_name)
-    out_uri = ctx.output_uri("approve", "approval")
-    with ApprovalDecision.publish(out_uri) as out:
-        out.properties = ApprovalProperties(decision=decision, by=by, comment=comment, at=at,
-                                            serving_model_name=name, version=version, withdrawn=withdrawn,
-                                            approval_timeouts=timeouts)
+        serving.withdraw(version, why)
+    timeouts = count_approval_timeout(serving.client, serving.registered_model) if decision == "timed_out" else \
+        approval_timeouts(serving.client, serving.registered_model)
+    approval.properties = ApprovalProperties(decision=decision, by=by, comment=comment, at=at,
+                                             serving_model_name=name, version=version, withdrawn=withdrawn,
+                                             approval_timeouts=timeouts)
     log.info("approve: %s v%s %s%s%s", name, version, decision.replace("_", " "), f" by {by}" if by else "",
              f" ({comment})" if comment else "")
-    return {"approval": out_uri}
 

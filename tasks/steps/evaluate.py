@@ -31,11 +31,12 @@ import numpy as np
 
 from common.digest import folder_digest
 from tasks import plots, tracking
-from tasks.artifacts.evaluation import METRICS_FILE, Check, EvaluationProperties, ModelEvaluation
+from tasks.artifacts.base import Output
+from tasks.artifacts.evaluation import METRICS_FILE, Check, EvaluationProperties
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import VERSION_FOLDER, OptimizedModel
-from tasks.config import ChangeThreshold, ConfigError, EvaluateConfig, PipelineConfig
+from tasks.config import ChangeThreshold, ConfigError, EvaluateConfig
 from tasks.context import StepContext
 from tasks.errors import BadInputError
 from tasks.features import FeatureSpec, LabelSpec, Preprocessing, load_arrays
@@ -43,6 +44,7 @@ from tasks.metrics import HEADLINE, HIGHER, TASK_METRICS, classification_metrics
 from tasks.model_registry import CHAMPION, aliases, download_version
 from tasks.models.assemble import PREDICTION, PROBABILITIES
 from tasks.served_artifact import predict_served, served_format
+from tasks.step_config import EvaluateSections
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +75,22 @@ class Scored:
         return classification_metrics(targets, probabilities, self.label.classes or [])
 
 
-def run(config: PipelineConfig, ctx: StepContext, optimized: str, model: str, examples: str) -> dict[str, str]:
+def run(ctx: StepContext, config: EvaluateSections, *, optimized: OptimizedModel, model: Model, examples: Examples,
+        evaluation: Output[EvaluationProperties]) -> None:
     import mlflow
 
-    shipping, trained, data = OptimizedModel.read(optimized), Model.read(model), Examples.read(examples)
-    folder = shipping.local(VERSION_FOLDER)
+    folder = optimized.local(VERSION_FOLDER)
     sha256 = folder_digest(folder)
-    shipped = shipping.properties.shipped
+    shipped = optimized.properties.shipped
     if sha256 != shipped.sha256:  # changed after optimize published it: the blessing would bless other bytes
-        raise EvaluationError(f"{shipping.version_folder}: digest {sha256[:12]} is not the {shipped.sha256[:12]} "
+        raise EvaluationError(f"{optimized.version_folder}: digest {sha256[:12]} is not the {shipped.sha256[:12]} "
                               f"optimize recorded; the version folder was changed")
-    files = data.split_files("eval")
-    eval_set = _EvalSet.load(files, trained.preprocessing)
+    files = examples.split_files("eval")
+    eval_set = _EvalSet.load(files, model.preprocessing)
     candidate = eval_set.score(f"candidate ({shipped.variant}, {shipped.format})", folder)
-    float_model = eval_set.score("trained float model", trained.local(SAVED_MODEL_DIR))
-    champion, champion_problem = _champion(config, ctx, files)
-    slices = _slices(config.evaluate, data, files, trained.preprocessing.label, candidate, champion)
+    float_model = eval_set.score("trained float model", model.local(SAVED_MODEL_DIR))
+    champion, champion_problem = _champion(ctx, files)
+    slices = _slices(config.evaluate, examples, files, model.preprocessing.label, candidate, champion)
     overall = _overall(candidate)
     champion_overall = _overall(champion) if champion else None
     checks = [_value_check(candidate.label, metric, overall.get(metric), threshold)
@@ -98,38 +100,35 @@ def run(config: PipelineConfig, ctx: StepContext, optimized: str, model: str, ex
                              champion_problem) for metric, change in config.evaluate.change_thresholds.items()]
     blessed = all(check.passed for check in checks)
 
-    out_uri = ctx.output_uri("evaluate", "evaluation")
     details = candidate.metrics()
-    with ModelEvaluation.publish(out_uri) as out:
-        report = {"candidate": details, "trained": float_model.metrics(),
-                  "champion": {"name": champion.name, "metrics": champion.metrics()} if champion else None,
-                  "slices": slices, "checks": [c.model_dump() for c in checks]}
-        (out.dir / METRICS_FILE).write_text(json.dumps(report, indent=1, default=_json_number))
-        plotted = _plots(candidate, details, slices, champion, out.dir)
-        out.properties = EvaluationProperties(
-            task=candidate.label.task, metrics=overall, metrics_trained=_overall(float_model),
-            num_examples=len(candidate.targets), artifact_sha256=sha256, shipped_variant=shipped.variant,
-            shipped_format=shipped.format, champion_version=champion.version if champion else None,
-            champion_metrics=champion_overall, checks=checks, blessed=blessed, plots=plotted)
-        mlflow.log_metrics({f"eval_{k}": v for k, v in overall.items() if not math.isnan(v)}
-                           | {f"trained_eval_{k}": v for k, v in out.properties.metrics_trained.items()
-                              if not math.isnan(v)}
-                           | {"eval_examples": len(candidate.targets)})
-        if champion_overall:
-            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_overall.items() if not math.isnan(v)})
-        for plot in plotted:
-            mlflow.log_artifact(str(out.dir / plot))
-        mlflow.log_dict(report["checks"], "blessing.json")
-        mlflow.set_tags({"kiln.blessed": str(blessed).lower(), "kiln.artifact_sha256": sha256,
-                         "kiln.served_format": shipped.format})
+    report = {"candidate": details, "trained": float_model.metrics(),
+              "champion": {"name": champion.name, "metrics": champion.metrics()} if champion else None,
+              "slices": slices, "checks": [c.model_dump() for c in checks]}
+    (evaluation.dir / METRICS_FILE).write_text(json.dumps(report, indent=1, default=_json_number))
+    plotted = _plots(candidate, details, slices, champion, evaluation.dir)
+    evaluation.properties = EvaluationProperties(
+        task=candidate.label.task, metrics=overall, metrics_trained=_overall(float_model),
+        num_examples=len(candidate.targets), artifact_sha256=sha256, shipped_variant=shipped.variant,
+        shipped_format=shipped.format, champion_version=champion.version if champion else None,
+        champion_metrics=champion_overall, checks=checks, blessed=blessed, plots=plotted)
+    mlflow.log_metrics({f"eval_{k}": v for k, v in overall.items() if not math.isnan(v)}
+                       | {f"trained_eval_{k}": v for k, v in evaluation.properties.metrics_trained.items()
+                          if not math.isnan(v)}
+                       | {"eval_examples": len(candidate.targets)})
+    if champion_overall:
+        mlflow.log_metrics({f"champion_{k}": v for k, v in champion_overall.items() if not math.isnan(v)})
+    for plot in plotted:
+        mlflow.log_artifact(str(evaluation.dir / plot))
+    mlflow.log_dict(report["checks"], "blessing.json")
+    mlflow.set_tags({"kiln.blessed": str(blessed).lower(), "kiln.artifact_sha256": sha256,
+                     "kiln.served_format": shipped.format})
     log.info("evaluate: %s", _table(candidate.label.task, overall, champion, champion_overall, slices))
     log.info("evaluate: the trained float model, for context: %s",
-             ", ".join(f"{k} {v:.4f}" for k, v in out.properties.metrics_trained.items()))
+             ", ".join(f"{k} {v:.4f}" for k, v in evaluation.properties.metrics_trained.items()))
     for check in checks:
         log.info("evaluate: %-6s %s", "PASS" if check.passed else "FAIL", check.reason)
     log.info("evaluate: %s %s (sha256 %s)", "blessed" if blessed else
              f"NOT blessed ({next(c.reason for c in checks if not c.passed)}):", shipped.format, sha256)
-    return {"evaluation": out_uri}
 
 
 @dataclass
@@ -154,15 +153,15 @@ class _EvalSet:
         return Scored(name, label, self.targets, predict_served(folder, self.inputs), version)
 
 
-def _champion(config: PipelineConfig, ctx: StepContext, files: list[str]) -> tuple[Scored | None, str | None]:
+def _champion(ctx: StepContext, files: list[str]) -> tuple[Scored | None, str | None]:
     """(the champion as it is served, scored on the same examples, or why it could not be) — (None, None) on the
     first run."""
     client = tracking.client(ctx)
-    version = aliases(client, config.registered_model_name).get(CHAMPION)
+    version = aliases(client, ctx.registered_model_name).get(CHAMPION)
     if version is None:
         return None, None
     with tempfile.TemporaryDirectory(prefix="kiln-champion-") as folder:
-        downloaded = download_version(client, config.registered_model_name, version, Path(folder))
+        downloaded = download_version(client, ctx.registered_model_name, version, Path(folder))
         if downloaded.contract is None:
             return None, f"champion v{version} was registered without kiln's contract (preprocessing.json)"
         preprocessing = Preprocessing.model_validate_json(downloaded.contract.read_text())

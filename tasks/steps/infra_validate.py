@@ -20,70 +20,65 @@ from typing import Any
 
 import numpy as np
 
+from serving.client import GrpcPredictor, RestClient, ServingClientError
+from serving.deployer import DeployError, ServingDeployer
+from serving.sandbox import SandboxError, sandbox_server
+from serving.target import ServingTarget
+from tasks.artifacts.base import Output
+from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.infra_blessing import InfraBlessing, InfraBlessingProperties
+from tasks.artifacts.infra_blessing import InfraBlessingProperties
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import VERSION_FOLDER, OptimizedModel
 from tasks.artifacts.registered import RegisteredModel
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
+from tasks.step_config import ServingSections
 
 log = logging.getLogger(__name__)
 
 SANDBOX_MODEL_SUFFIX = "-infra-validation"  # the candidate's name on a configured, shared sandbox server
 
 
-def run(config: PipelineConfig, ctx: StepContext, evaluation: str, registered: str, optimized: str, model: str,
-        examples: str) -> dict[str, str]:
+def run(ctx: StepContext, config: ServingSections, *, evaluation: ModelEvaluation, registered: RegisteredModel,
+        optimized: OptimizedModel, model: Model, examples: Examples,
+        infra_blessing: Output[InfraBlessingProperties]) -> None:
     del evaluation  # a gate: read by the step runner
-    from serving.sandbox import SandboxError, sandbox_server
-
     settings = config.serving
-    trained, data = Model.read(model), Examples.read(examples)
-    registration = RegisteredModel.read(registered)
     # The sandbox reads a local copy (the artifact may be on object storage).
-    candidate = (OptimizedModel.read(optimized).local(VERSION_FOLDER), registration.properties.version)
-    inputs, _ = load_arrays(data.split_files("eval"), trained.preprocessing.features, trained.preprocessing.label,
+    candidate = (optimized.local(VERSION_FOLDER), registered.properties.version)
+    inputs, _ = load_arrays(examples.split_files("eval"), model.preprocessing.features, model.preprocessing.label,
                             limit=settings.infra_examples)
     timeout = settings.infra_load_timeout_seconds
     if settings.sandbox is not None:
         measured: dict[str, Any] = {"server": settings.sandbox.rest_url, "max_p99_ms": settings.max_p99_ms}
-        measured |= _on_shared_sandbox(settings.sandbox.target(), config.served_model_name + SANDBOX_MODEL_SUFFIX,
+        measured |= _on_shared_sandbox(settings.sandbox.target(), ctx.served_model_name + SANDBOX_MODEL_SUFFIX,
                                        candidate, inputs, timeout)
     else:
         measured = {"server": settings.sandbox_binary, "max_p99_ms": settings.max_p99_ms}
         try:
             with sandbox_server(settings.sandbox_binary) as target:
-                measured |= _load_and_probe(target, config.served_model_name, candidate, inputs, timeout)
+                measured |= _load_and_probe(target, ctx.served_model_name, candidate, inputs, timeout)
         except SandboxError as exc:
             measured |= {"blessed": False, "reason": f"the sandbox server did not start: {exc}"}
     if measured.get("blessed") is None:
         measured |= _verdict(measured, settings.max_p99_ms)
-    out_uri = ctx.output_uri("infra_validate", "infra_blessing")
-    with InfraBlessing.publish(out_uri) as out:
-        out.properties = InfraBlessingProperties(**measured)
+    infra_blessing.properties = InfraBlessingProperties(**measured)
     log.info("infra_validate: %s: %s", "infra-blessed" if measured["blessed"] else "NOT infra-blessed",
-             out.properties.model_dump_json(exclude_none=True))
-    return {"infra_blessing": out_uri}
+             infra_blessing.properties.model_dump_json(exclude_none=True))
 
 
-def _on_shared_sandbox(target: Any, name: str, candidate: tuple[Path, int], inputs: dict[str, Any],
+def _on_shared_sandbox(target: ServingTarget, name: str, candidate: tuple[Path, int], inputs: dict[str, Any],
                        load_timeout: float) -> dict[str, Any]:
     """On a running server kept for validation: load, probe, then unload the candidate (and its folder)."""
-    from serving.deployer import ServingDeployer
-
     try:
         return _load_and_probe(target, name, candidate, inputs, load_timeout)
     finally:
         ServingDeployer(target, load_timeout=load_timeout).reconcile(name, stable=None)
 
 
-def _load_and_probe(target: Any, name: str, candidate: tuple[Path, int], inputs: dict[str, Any],
+def _load_and_probe(target: ServingTarget, name: str, candidate: tuple[Path, int], inputs: dict[str, Any],
                     load_timeout: float) -> dict[str, Any]:
-    from serving.client import GrpcPredictor, RestClient, ServingClientError
-    from serving.deployer import DeployError, ServingDeployer
-
     folder, version = candidate
     deployer = ServingDeployer(target, load_timeout=load_timeout)
     deployer.stage_version(name, version, folder, {})

@@ -14,11 +14,12 @@ import logging
 from typing import Any
 
 from tasks import tracking
+from tasks.artifacts.base import Output
 from tasks.artifacts.examples import SPLITS, Column, Examples, ExamplesProperties
-from tasks.columns import CsvError, CsvRows, ValueType, holds, parse_value, preview, profile_csv
-from tasks.config import PipelineConfig
+from tasks.columns import CsvError, CsvRows, ValueType, parse_value, preview, profile_csv
 from tasks.context import StepContext
-from tasks.schema import feature_map, load_schema, value_type
+from tasks.schema import column_types
+from tasks.step_config import DataSections
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +28,25 @@ class IngestError(CsvError):
     """The data source cannot be turned into examples; one line naming the file/row/column."""
 
 
-def run(config: PipelineConfig, ctx: StepContext) -> dict[str, str]:
+def run(ctx: StepContext, config: DataSections, *, examples: Output[ExamplesProperties]) -> None:
     source, label = config.data.source, config.data.label_column
     profile = profile_csv(source)
     if label not in profile.columns:
         raise IngestError(f"{source}: label column {label!r} is not in the header ({preview(profile.header)})")
     types = column_types(profile, config.data.schema_path)
     num_shards = config.data.num_shards
-    out_uri = ctx.output_uri("ingest", "examples")
 
     import tensorflow as tf
 
     counts = {split: 0 for split in SPLITS}
     missing = dict.fromkeys(profile.header, 0)
     without_label = 0
-    with Examples.publish(out_uri) as out, CsvRows(source) as rows:
+    with CsvRows(source) as rows:
         writers = {}
         for split in SPLITS:
-            (out.dir / Examples.split_dir(split)).mkdir()
+            (examples.dir / Examples.split_dir(split)).mkdir()
             for shard in range(num_shards):
-                path = out.dir / Examples.split_dir(split) / Examples.shard_name(shard, num_shards)
+                path = examples.dir / Examples.split_dir(split) / Examples.shard_name(shard, num_shards)
                 writers[split, shard] = tf.io.TFRecordWriter(str(path), options="GZIP")
         try:
             for _, fields in rows:
@@ -66,7 +66,7 @@ def run(config: PipelineConfig, ctx: StepContext) -> dict[str, str]:
             if count == 0:
                 raise IngestError(f"{source}: the {split} split is empty ({sum(counts.values())} rows with a "
                                   f"label is too few)")
-        out.properties = ExamplesProperties(
+        examples.properties = ExamplesProperties(
             source=source, source_sha256=profile.sha256, label_column=label, row_counts=counts,
             columns=[Column(name=name, type=types[name], missing=missing[name]) for name in profile.header],
             rows_without_label=without_label, num_shards=num_shards, eval_percent=config.data.eval_percent,
@@ -75,22 +75,7 @@ def run(config: PipelineConfig, ctx: StepContext) -> dict[str, str]:
     _track(config, ctx, source, profile.sha256, counts, without_label)
     span_note = "" if config.data.span is None else f" (span {config.data.span})"
     log.info("ingest: %s%s -> %s (train %d rows, eval %d rows, %d dropped without a label, %d shards each)",
-             source, span_note, out_uri, counts["train"], counts["eval"], without_label, num_shards)
-    return {"examples": out_uri}
-
-
-def column_types(profile: Any, schema_path: str | None) -> dict[str, ValueType]:
-    """Each column's storage type: the data's own, or the curated schema's where every value fits it."""
-    declared = feature_map(load_schema(schema_path)) if schema_path else {}
-    types: dict[str, ValueType] = {}
-    for name, column in profile.columns.items():
-        seen = column.type
-        wanted = value_type(declared[name]) if name in declared else None
-        if wanted is not None and (seen is None or holds(wanted, seen)):
-            types[name] = wanted
-        else:
-            types[name] = seen or "string"
-    return types
+             source, span_note, examples.uri, counts["train"], counts["eval"], without_label, num_shards)
 
 
 def _assign(fields: list[str], eval_percent: int, num_shards: int) -> tuple[str, int]:
@@ -115,12 +100,12 @@ def _example(tf: Any, values: dict[str, Any], types: dict[str, ValueType]) -> An
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def _track(config: PipelineConfig, ctx: StepContext, source: str, sha256: str, counts: dict[str, int],
+def _track(config: DataSections, ctx: StepContext, source: str, sha256: str, counts: dict[str, int],
            without_label: int) -> None:
     import mlflow
 
     span = {} if config.data.span is None else {"data.span": config.data.span}
     tracking.log_params({"data.source": source, "data.eval_percent": config.data.eval_percent, **span})
     mlflow.log_metrics({f"rows_{split}": count for split, count in counts.items()} | {"rows_without_label": without_label})
-    tracking.tag_parent(config, ctx, {"kiln.data_source": source, "kiln.data_fingerprint": sha256,
+    tracking.tag_parent(ctx, {"kiln.data_source": source, "kiln.data_fingerprint": sha256,
                                       **({"kiln.data_span": str(config.data.span)} if span else {})})

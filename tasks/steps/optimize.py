@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from common import digest, storage
+from tasks.artifacts.base import Output
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import SAVED_MODEL_DIR, Model
 from tasks.artifacts.optimized import (
@@ -39,20 +40,19 @@ from tasks.artifacts.optimized import (
     REPORT_PLOT,
     TFLITE_FILE,
     VERSION_FOLDER,
-    OptimizedModel,
     OptimizedProperties,
     ShippedArtifact,
     VariantResult,
 )
 from tasks.compression import tflite
 from tasks.compression.variants import BASELINE, RECIPES, fine_tunes_needed
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.errors import BadInputError
 from tasks.features import LabelSpec, load_arrays
 from tasks.metrics import HEADLINE, classification_metrics, regression_metrics
 from tasks.models.assemble import PREDICTION, PROBABILITIES
 from tasks.serving_bundle import WARMUP_RECORDS, write_version_folder
+from tasks.step_config import OptimizeSections
 from tasks.training.launch import launcher_for, remote_work_uri
 from tasks.training.launcher import TrainError
 from tasks.training.spec import CompressSpec
@@ -64,63 +64,61 @@ class ServingFormatError(BadInputError):
     """The model cannot ship in the format `serving.format` asks for."""
 
 
-def run(config: PipelineConfig, ctx: StepContext, model: str, examples: str) -> dict[str, str]:
+def run(ctx: StepContext, config: OptimizeSections, *, model: Model, examples: Examples,
+        optimized: Output[OptimizedProperties]) -> None:
     import mlflow
 
-    trained = Model.read(model)
-    saved_model = trained.local(SAVED_MODEL_DIR)  # TensorFlow reads local files only (common.storage)
-    data = Examples.read(examples)
-    label = trained.preprocessing.label
-    features = trained.preprocessing.features
-    eval_inputs, targets = load_arrays(data.split_files("eval"), features, label)
-    work = ctx.work_dir("optimize")
-    out_uri = ctx.output_uri("optimize", "optimized")
-    with OptimizedModel.publish(out_uri) as out:
-        measure = _Measure(label, eval_inputs, targets, config.optimize.latency_runs)
-        files: dict[str, bytes] = {}
-        baseline = measure.variant(BASELINE, lambda: tflite.convert(saved_model, "float32"), files)
-        variants: list[VariantResult] = []
-        sources: dict[str, Path | str] = {"trained": saved_model}
-        if baseline.skipped_reason:
-            variants = [_skipped(v, label, f"the float32 baseline does not convert: {baseline.skipped_reason}")
-                        for v in config.optimize.variants]
-        else:
-            sources |= _fine_tune(config, ctx, trained, saved_model, data, work,
-                                  fine_tunes_needed(config.optimize.variants))
-            representative = _representative(data, trained, config.optimize.representative_examples)
-            for name in config.optimize.variants:
-                source, conversion = RECIPES[name]
-                if isinstance(sources.get(source), str):  # the fine-tune was skipped: its reason
-                    variants.append(_skipped(name, label, sources[source]))
-                    continue
-                variants.append(measure.variant(name, lambda s=source, c=conversion: tflite.convert(
-                    sources[s], c, representative, config.optimize.integer_io), files))
-        budget = config.optimize_budget
-        baseline, *variants = (_with_budget(r, baseline, label, budget) for r in [baseline, *variants])
-        selected = _select(baseline, variants, budget)
-        source = RECIPES[selected.name][0]  # the model the selected file was converted from
-        _write_files(out.dir, files, selected.name)
-        warmup_inputs = {name: values[:WARMUP_RECORDS] for name, values in eval_inputs.items()}
-        shipped = _ship(config, out.dir / VERSION_FOLDER, selected, baseline, source, files, sources, warmup_inputs,
-                        features)
-        out.properties = OptimizedProperties(
-            metric_name=HEADLINE[label.task], budget=budget,
-            budget_unit="accuracy points" if label.task == "classification" else "relative RMSE increase",
-            saved_model_bytes=_dir_bytes(saved_model), baseline=baseline, variants=variants,
-            selected=selected.name, served_saved_model=source, shipped=shipped)
-        _report(out.dir, out.properties)
-        for name in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
-            mlflow.log_artifact(str(out.dir / name))
-        mlflow.log_metrics({f"{r.name}_{key}": float(getattr(r, key)) for r in [baseline, *variants]
-                            for key in ("metric", "gzip_bytes", "latency_ms_p50", "sparsity")
-                            if getattr(r, key) is not None})
-        mlflow.set_tag("kiln.optimized_variant", selected.name)
-        mlflow.set_tags({"kiln.served_format": shipped.format, "kiln.artifact_sha256": shipped.sha256})
+    saved_model = model.local(SAVED_MODEL_DIR)  # TensorFlow reads local files only (common.storage)
+    label = model.preprocessing.label
+    features = model.preprocessing.features
+    eval_inputs, targets = load_arrays(examples.split_files("eval"), features, label)
+    work = ctx.work_dir()
+    measure = _Measure(label, eval_inputs, targets, config.optimize.latency_runs)
+    files: dict[str, bytes] = {}
+    baseline = measure.variant(BASELINE, lambda: tflite.convert(saved_model, "float32"), files)
+    variants: list[VariantResult] = []
+    sources: dict[str, Path | str] = {"trained": saved_model}
+    if baseline.skipped_reason:
+        variants = [_skipped(v, label, f"the float32 baseline does not convert: {baseline.skipped_reason}")
+                    for v in config.optimize.variants]
+    else:
+        sources |= _fine_tune(config, ctx, model, saved_model, examples, work,
+                              fine_tunes_needed(config.optimize.variants))
+        representative = _representative(examples, model, config.optimize.representative_examples)
+        for name in config.optimize.variants:
+            source, conversion = RECIPES[name]
+            if isinstance(sources.get(source), str):  # the fine-tune was skipped: its reason
+                variants.append(_skipped(name, label, sources[source]))
+                continue
+            variants.append(measure.variant(name, lambda s=source, c=conversion: tflite.convert(
+                sources[s], c, representative, config.optimize.integer_io), files))
+    budget = config.budget
+    baseline, *variants = (_with_budget(r, baseline, label, budget) for r in [baseline, *variants])
+    selected = _select(baseline, variants, budget)
+    source = RECIPES[selected.name][0]  # the model the selected file was converted from
+    _write_files(optimized.dir, files, selected.name)
+    warmup_inputs = {name: values[:WARMUP_RECORDS] for name, values in eval_inputs.items()}
+    shipped = _ship(config, ctx, optimized.dir / VERSION_FOLDER, selected, baseline, source, files, sources,
+                    warmup_inputs, features)
+    optimized.properties = OptimizedProperties(
+        metric_name=HEADLINE[label.task], budget=budget,
+        budget_unit="accuracy points" if label.task == "classification" else "relative RMSE increase",
+        saved_model_bytes=_dir_bytes(saved_model), baseline=baseline, variants=variants,
+        selected=selected.name, served_saved_model=source, shipped=shipped)
+    _report(optimized.dir, optimized.properties)
+    for name in (REPORT_JSON, REPORT_MD, REPORT_PLOT):
+        mlflow.log_artifact(str(optimized.dir / name))
+    mlflow.log_metrics({f"{r.name}_{key}": float(getattr(r, key)) for r in [baseline, *variants]
+                        for key in ("metric", "gzip_bytes", "latency_ms_p50", "sparsity")
+                        if getattr(r, key) is not None})
+    mlflow.set_tag("kiln.optimized_variant", selected.name)
+    mlflow.set_tags({"kiln.served_format": shipped.format, "kiln.artifact_sha256": shipped.sha256})
+    report = (optimized.dir / REPORT_MD).read_text()
+    optimized.publish()  # before the fine-tunes' work folder goes
     shutil.rmtree(work, ignore_errors=True)
-    if remote := remote_work_uri(config.train, ctx, "optimize"):
+    if remote := remote_work_uri(config.train, ctx):
         storage.remove(remote)
-    log.info("optimize:\n%s", storage.read_text(f"{out_uri}/{REPORT_MD}"))
-    return {"optimized": out_uri}
+    log.info("optimize:\n%s", report)
 
 
 class _Measure:
@@ -178,7 +176,7 @@ def _select(baseline: VariantResult, variants: list[VariantResult], budget: floa
     return min(eligible, key=lambda v: (v.gzip_bytes, v.name != BASELINE))
 
 
-def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, saved_model: Path, data: Examples,
+def _fine_tune(config: OptimizeSections, ctx: StepContext, trained: Model, saved_model: Path, data: Examples,
                work: Path, jobs: list[str]) -> dict[str, Path | str]:
     """Fine-tuned SavedModels by name (or, for a fine-tune tfmot could not build, the reason)."""
     if not jobs:
@@ -186,7 +184,7 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, saved_m
     opt, train = config.optimize, config.train
     # Local workers write into the work folder; pods (train.launcher: kubernetes) share only the artifact
     # store: they read the trained weights from the Model and write to the step's work folder there.
-    remote = remote_work_uri(train, ctx, "optimize")
+    remote = remote_work_uri(train, ctx)
     base = remote or str(work)
     outputs = {job: storage.join(base, job) for job in jobs}
     spec = CompressSpec(
@@ -204,8 +202,7 @@ def _fine_tune(config: PipelineConfig, ctx: StepContext, trained: Model, saved_m
     )
     # A dead worker restarts the group like in train, but the fine-tunes start over: they are a few
     # epochs each, and a re-export overwrites a half-written one.
-    launcher_for(train, ctx, "optimize").run(spec, train.num_workers, train.worker_timeout_seconds,
-                                             train.max_restarts)
+    launcher_for(train, ctx).run(spec, train.num_workers, train.worker_timeout_seconds, train.max_restarts)
     report = json.loads(storage.read_text(spec.report_path))
     found: dict[str, Path | str] = {}
     for job in jobs:
@@ -241,7 +238,7 @@ def _write_files(folder: Path, files: dict[str, bytes], selected: str) -> None:
         (folder / TFLITE_FILE).write_bytes(files[selected])
 
 
-def _ship(config: PipelineConfig, folder: Path, selected: VariantResult, baseline: VariantResult, source: str,
+def _ship(config: OptimizeSections, ctx: StepContext, folder: Path, selected: VariantResult, baseline: VariantResult, source: str,
           files: dict[str, bytes], sources: dict[str, Path | str], warmup_inputs: dict[str, Any],
           features: Any) -> ShippedArtifact:
     """Write the version folder `serving.format` asks for (see the module's docstring); its description."""
@@ -252,9 +249,9 @@ def _ship(config: PipelineConfig, folder: Path, selected: VariantResult, baselin
         if selected.name not in files:
             raise ServingFormatError(f"serving.format tflite: the model does not convert to TFLite "
                                      f"({baseline.skipped_reason}); use serving.format saved_model or auto")
-        write_version_folder(folder, config.served_model_name, features, warmup_inputs, tflite_model=files[selected.name])
+        write_version_folder(folder, ctx.served_model_name, features, warmup_inputs, tflite_model=files[selected.name])
     else:
-        write_version_folder(folder, config.served_model_name, features, warmup_inputs,
+        write_version_folder(folder, ctx.served_model_name, features, warmup_inputs,
                              saved_model=Path(sources[source]))
     gzip_bytes = sum(len(gzip.compress(path.read_bytes(), 9)) for _, path in digest.folder_files(folder))
     shipped = ShippedArtifact(variant=selected.name, format=wanted, source=source, sha256=digest.folder_digest(folder),

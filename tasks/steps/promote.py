@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 
-from tasks import tracking
 from tasks.artifacts.approval import ApprovalDecision
-from tasks.artifacts.promotion import Promotion, PromotionProperties
+from tasks.artifacts.base import Output
+from tasks.artifacts.promotion import PromotionProperties
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.verification import ServingVerification
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.errors import BadInputError
-from tasks.model_registry import describe, promote
-from tasks.serving_sync import move_and_sync
+from tasks.model_registry import describe
+from tasks.serving_sync import RegistryServing
+from tasks.step_config import ServingSections
 
 log = logging.getLogger(__name__)
 
@@ -30,42 +30,33 @@ class NotApproved(BadInputError):
     """The run asked for an approval and promote has none, or a refusal: nothing is promoted."""
 
 
-def run(config: PipelineConfig, ctx: StepContext, pushed: str, verification: str,
-        approval: str | None = None) -> dict[str, str]:
-    from serving.deployer import ServingDeployer
-
-    pushed_props = PushedModel.read(pushed).properties
-    verified = ServingVerification.read(verification).properties
+def run(ctx: StepContext, config: ServingSections, *, pushed: PushedModel, verification: ServingVerification,
+        approval: ApprovalDecision | None, promotion: Output[PromotionProperties]) -> None:
+    verified = verification.properties
     name, version = verified.serving_model_name, verified.served_version
-    run_by = f"{ctx.dag_id} run {ctx.run_id}"
-    why = f"forced: {pushed_props.forced_reason}" if pushed_props.forced_reason else "blessed and verified"
-    by, approved_by = run_by, None
+    forced = pushed.properties.forced_reason
+    why = f"forced: {forced}" if forced else "blessed and verified"
+    approved_by = None
     if approval is not None:
-        decided = ApprovalDecision.read(approval).properties
+        decided = approval.properties
         if decided.decision != "approved" or decided.version != version:
             raise NotApproved(f"{name} v{version} not promoted: its approval says {decided.decision} "
                               f"for v{decided.version}")
         approved_by = decided.by
-        by = f"approved by {decided.by} in {run_by}"
         why = f"{why}, approved: {decided.comment}" if decided.comment else f"{why}, approved"
     elif config.serving.promotion == "approval":
         raise NotApproved(f"{name} v{version} not promoted: serving.promotion is approval and nobody approved it")
-    client, model_name = tracking.client(ctx), config.registered_model_name
-    deployer = ServingDeployer(ctx.require_serving())
-    _, synced = move_and_sync(client, model_name, name, deployer, lambda: promote(client, model_name, version, why, by),
-                              f"promotion of v{version} failed on the server", by)
+    serving = RegistryServing.of_run(ctx, approved_by)
+    synced = serving.promote(version, why).sync
     served = synced.after
-    describe(client, model_name, _description(config, version, why))
-    out_uri = ctx.output_uri("promote", "promotion")
-    with Promotion.publish(out_uri) as out:
-        out.properties = PromotionProperties(serving_model_name=name, version=version, versions=list(served.versions),
-                                             labels=served.labels, mlflow_aliases=synced.aliases, why=why, by=by,
-                                             approved_by=approved_by)
-    log.info("promote: %s v%s is champion and stable (%s; %s); MLflow %s, labels %s", name, version, why, by,
-             synced.aliases, served.labels)
-    return {"promotion": out_uri}
+    describe(serving.client, serving.registered_model, _description(ctx, version, why))
+    promotion.properties = PromotionProperties(
+        serving_model_name=name, version=version, versions=list(served.versions), labels=served.labels,
+        mlflow_aliases=synced.aliases, why=why, by=serving.by, approved_by=approved_by)
+    log.info("promote: %s v%s is champion and stable (%s; %s); MLflow %s, labels %s", name, version, why,
+             serving.by, synced.aliases, served.labels)
 
 
-def _description(config: PipelineConfig, version: int, why: str) -> str:
-    what = config.description or f"kiln pipeline {config.pipeline} ({config.task.type})"
-    return f"{what} Champion: v{version} ({why}), served as {config.served_model_name}@stable."
+def _description(ctx: StepContext, version: int, why: str) -> str:
+    what = ctx.description or f"kiln pipeline {ctx.pipeline} ({ctx.task_type})"
+    return f"{what} Champion: v{version} ({why}), served as {ctx.served_model_name}@stable."

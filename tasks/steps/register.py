@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import storage
 from common.digest import folder_digest
 from tasks import tracking
+from tasks.artifacts.base import Output
 from tasks.artifacts.evaluation import METRICS_FILE, ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, SAVED_MODEL_DIR, Model
@@ -37,9 +38,9 @@ from tasks.artifacts.optimized import (
     VERSION_FOLDER,
     OptimizedModel,
 )
-from tasks.artifacts.registered import RegisteredModel, RegisteredProperties
+from tasks.artifacts.registered import RegisteredProperties
 from tasks.artifacts.schema import SCHEMA_FILE, Schema
-from tasks.config import PipelineConfig
+from tasks.artifacts.statistics import ExampleStatistics
 from tasks.context import StepContext
 from tasks.errors import BadInputError
 from tasks.failpoints import failpoint
@@ -51,8 +52,14 @@ from tasks.model_registry import (
     CONTRACT_FILE,
     MODEL_CARD,
     SERVING_ARTIFACT_PATH,
+    TRAIN_STATISTICS_TAG,
 )
 from tasks.models.export import load_serving_function
+from tasks.step_config import RegistrySections
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -64,49 +71,43 @@ class NotWhatWasEvaluated(BadInputError):
     """The version folder to register is not the one evaluate scored (its digest differs)."""
 
 
-def run(config: PipelineConfig, ctx: StepContext, model: str, evaluation: str, optimized: str, schema: str,
-        examples: str) -> dict[str, str]:
-    name = config.registered_model_name
-    evaluated = ModelEvaluation.read(evaluation)
+def run(ctx: StepContext, config: RegistrySections, *, model: Model, evaluation: ModelEvaluation,
+        optimized: OptimizedModel, schema: Schema, examples: Examples, statistics: ExampleStatistics,
+        registered: Output[RegisteredProperties]) -> None:
+    name = ctx.registered_model_name
     client = tracking.client(ctx)
-    trained, optimized_model, data = Model.read(model), OptimizedModel.read(optimized), Examples.read(examples)
-    out_uri = ctx.output_uri("register", "registered")
-    folder = optimized_model.local(VERSION_FOLDER)
-    if folder_digest(folder) != evaluated.properties.artifact_sha256:
-        raise NotWhatWasEvaluated(f"{optimized_model.version_folder}: its digest is not the "
-                                  f"{evaluated.properties.artifact_sha256[:12]} evaluate blessed; not registered")
-    with RegisteredModel.publish(out_uri) as out:
-        version = find_version(client, name, ctx.run_id)
-        if version is not None:
-            log.info("register: reusing %s version %s already registered for %s", name, version.version,
-                     ctx.run_id)
-        else:
-            version = _log_and_register(config, ctx, trained, evaluated, optimized_model, Schema.read(schema), data,
-                                        folder)
-            failpoint("register.after_version")
-        version = _finish_version(config, ctx, version, trained, evaluated, optimized_model, data)
-        blessed = evaluated.properties.blessed
-        if not client.get_registered_model(name).description and config.description:
-            client.update_registered_model(name, description=config.description)
-        out.properties = RegisteredProperties(
-            model_name=name, version=int(version.version), mlflow_run_id=version.run_id,
-            model_uri=f"models:/{name}/{version.version}",
-            serving_artifact_uri=f"runs:/{version.run_id}/{SERVING_ARTIFACT_PATH}",
-            blessed=blessed, artifact_sha256=evaluated.properties.artifact_sha256)
+    folder = optimized.local(VERSION_FOLDER)
+    if folder_digest(folder) != evaluation.properties.artifact_sha256:
+        raise NotWhatWasEvaluated(f"{optimized.version_folder}: its digest is not the "
+                                  f"{evaluation.properties.artifact_sha256[:12]} evaluate blessed; not registered")
+    version = find_version(client, name, ctx.run_id)
+    if version is not None:
+        log.info("register: reusing %s version %s already registered for %s", name, version.version, ctx.run_id)
+    else:
+        version = _log_and_register(ctx, model, evaluation, optimized, schema, examples, statistics, folder)
+        failpoint("register.after_version")
+    version = _finish_version(ctx, version, model, evaluation, optimized, examples)
+    blessed = evaluation.properties.blessed
+    if not client.get_registered_model(name).description and ctx.description:
+        client.update_registered_model(name, description=ctx.description)
+    registered.properties = RegisteredProperties(
+        model_name=name, version=int(version.version), mlflow_run_id=version.run_id,
+        model_uri=f"models:/{name}/{version.version}",
+        serving_artifact_uri=f"runs:/{version.run_id}/{SERVING_ARTIFACT_PATH}",
+        blessed=blessed, artifact_sha256=evaluation.properties.artifact_sha256)
     log.info("register: %s version %s (%s, run %s)", name, version.version,
              "blessed" if blessed else "not blessed", version.run_id)
-    return {"registered": out_uri}
 
 
-def find_version(client: Any, name: str, run_id: str) -> Any | None:
+def find_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
     """The version registered for this DAG run, if an earlier try got that far."""
     query = f"name = '{name}' and tags.`{tracking.RUN_ID_TAG}` = '{tracking.quoted(run_id)}'"
     versions = client.search_model_versions(query)
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, evaluated: ModelEvaluation,
-                      optimized: OptimizedModel, schema: Schema, examples: Examples, version_folder: Path) -> Any:
+def _log_and_register(ctx: StepContext, trained: Model, evaluated: ModelEvaluation, optimized: OptimizedModel,
+                      schema: Schema, examples: Examples, statistics: ExampleStatistics, version_folder: Path) -> Any:
     import mlflow
     import tf_keras as keras
 
@@ -139,9 +140,10 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
     mlflow.log_metrics(metrics)
     examples_props = examples.properties
     # Tags go in with the version itself: a crash cannot leave an untagged (unfindable) version.
-    tags = {tracking.RUN_ID_TAG: ctx.run_id, tracking.PIPELINE_TAG: config.pipeline, "kiln.dag_id": ctx.dag_id,
+    tags = {tracking.RUN_ID_TAG: ctx.run_id, tracking.PIPELINE_TAG: ctx.pipeline, "kiln.dag_id": ctx.dag_id,
             "kiln.try": str(ctx.try_number), "kiln.mlflow_run_id": mlflow.active_run().info.run_id,
-            "kiln.parent_run_id": tracking.parent_run(config, ctx),
+            "kiln.parent_run_id": tracking.parent_run(ctx),
+            TRAIN_STATISTICS_TAG: statistics.uri,  # the drift monitor's baseline when this version is champion
             "kiln.data_source": examples_props.source, "kiln.data_fingerprint": examples_props.source_sha256,
             "kiln.schema": f"{SCHEMA_ARTIFACT_PATH}/{SCHEMA_FILE}", "kiln.schema_origin": schema.properties.origin,
             "kiln.optimized_variant": selected.name, "kiln.served_saved_model": optimized.properties.served_saved_model,
@@ -151,13 +153,13 @@ def _log_and_register(config: PipelineConfig, ctx: StepContext, trained: Model, 
             **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
     if not props.blessed:
         tags["kiln.failed_check"] = (props.first_failure or "")[:5000]
-    version = mlflow.register_model(info.model_uri, config.registered_model_name, tags=tags)
+    version = mlflow.register_model(info.model_uri, ctx.registered_model_name, tags=tags)
     log.info("register: logged %s and registered version %s", info.model_uri, version.version)
     return version
 
 
-def _finish_version(config: PipelineConfig, ctx: StepContext, version: Any, trained: Model,
-                    evaluated: ModelEvaluation, optimized: OptimizedModel, examples: Examples) -> Any:
+def _finish_version(ctx: StepContext, version: Any, trained: Model, evaluated: ModelEvaluation,
+                    optimized: OptimizedModel, examples: Examples) -> Any:
     """The version's model card and description. Also done for a version an earlier try registered
     before it died, so the card lands in the version's own run, not in this try's."""
     client = tracking.client(ctx)
@@ -166,11 +168,11 @@ def _finish_version(config: PipelineConfig, ctx: StepContext, version: Any, trai
     lineage = {"DAG": ctx.dag_id, "DAG run": ctx.run_id,
                "MLflow parent run": version.tags.get("kiln.parent_run_id", ""),
                "MLflow register run": version.run_id, **ctx.lineage}
-    card = model_card(config=config, version=int(version.version), run=lineage, examples=examples.properties,
+    card = model_card(ctx=ctx, version=int(version.version), run=lineage, examples=examples.properties,
                       model=trained, evaluation=props, slices=slices, optimized=optimized.properties)
     client.log_text(version.run_id, card, MODEL_CARD)
-    client.update_model_version(config.registered_model_name, version.version, description=_summary(props))
-    return client.get_model_version(config.registered_model_name, version.version)
+    client.update_model_version(ctx.registered_model_name, version.version, description=_summary(props))
+    return client.get_model_version(ctx.registered_model_name, version.version)
 
 
 def _summary(props: Any) -> str:

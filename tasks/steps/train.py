@@ -19,11 +19,12 @@ from typing import Any
 
 from common import storage
 from tasks import plots, tracking
+from tasks.artifacts.base import Output
 from tasks.artifacts.examples import Examples
-from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, Model, ModelProperties
+from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, ModelProperties
 from tasks.artifacts.transform import TransformGraph
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
+from tasks.step_config import TrainSections
 from tasks.training.launch import launcher_for, remote_work_uri
 from tasks.training.launcher import TrainError, read_metrics
 from tasks.training.spec import TrainSpec
@@ -31,63 +32,61 @@ from tasks.training.spec import TrainSpec
 log = logging.getLogger(__name__)
 
 
-def run(config: PipelineConfig, ctx: StepContext, examples: str, transform: str) -> dict[str, str]:
+def run(ctx: StepContext, config: TrainSections, *, examples: Examples, transform: TransformGraph,
+        model: Output[ModelProperties]) -> None:
     import mlflow
 
-    data = Examples.read(examples)
-    preprocessing = TransformGraph.read(transform).preprocessing()
-    out_uri = ctx.output_uri("train", "model")
-    work_dir = ctx.work_dir("train")
+    preprocessing = transform.preprocessing()
+    work_dir = ctx.work_dir()
     train = config.train
-    remote = remote_work_uri(train, ctx, "train")  # None: the workers write local paths
+    remote = remote_work_uri(train, ctx)  # None: the workers write local paths
     tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items()
                          if k not in ("hparams", "kubernetes")}
                         | {f"train.hparams.{k}": v for k, v in train.hparams.items()})
-    with Model.publish(out_uri) as out:
-        spec = TrainSpec(
-            train_files=data.split_files("train"),
-            eval_files=data.split_files("eval"),
-            num_train=data.properties.row_counts["train"],
-            num_eval=data.properties.row_counts["eval"],
-            preprocessing=preprocessing,
-            model=train.model,
-            hparams=train.hparams,
-            train=train,
-            **(_worker_paths(remote) if remote else {
-                "saved_model_dir": str(out.dir / SAVED_MODEL_DIR),
-                "metrics_path": str(work_dir / METRICS_FILE),
-                "backup_dir": str(work_dir / "backup"),
-                "scratch_dir": str(work_dir / "scratch"),
-            }),
-        )
-        started = time.monotonic()
-        launcher = launcher_for(train, ctx, "train")
-        recovery = launcher.run(spec, train.num_workers, train.worker_timeout_seconds, train.max_restarts)
-        train_seconds = round(time.monotonic() - started, 2)
-        if remote:
-            _download_saved_model(spec.saved_model_dir, out.dir / SAVED_MODEL_DIR)
-        history = read_metrics(spec.metrics_path)
-        (out.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
-        final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
-        for record in history:
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-        mlflow.log_metrics({"train_seconds": train_seconds, "train_restarts": recovery.restarts,
-                            "train_resumed_from_epoch": recovery.resumed_from_epoch})
-        if history:
-            plots.training_curves(history, out.dir / CURVES_FILE)
-            mlflow.log_artifact(str(out.dir / CURVES_FILE))
-        out.properties = ModelProperties(
-            preprocessing=preprocessing, model=train.model, hparams=train.hparams, num_workers=train.num_workers,
-            epochs=train.epochs, data_fingerprint=data.properties.source_sha256,
-            mlflow_run_id=mlflow.active_run().info.run_id, train_seconds=train_seconds, final_metrics=final,
-            restarts=recovery.restarts, resumed_from_epoch=recovery.resumed_from_epoch,
-        )
+    spec = TrainSpec(
+        train_files=examples.split_files("train"),
+        eval_files=examples.split_files("eval"),
+        num_train=examples.properties.row_counts["train"],
+        num_eval=examples.properties.row_counts["eval"],
+        preprocessing=preprocessing,
+        model=train.model,
+        hparams=train.hparams,
+        train=train,
+        **(_worker_paths(remote) if remote else {
+            "saved_model_dir": str(model.dir / SAVED_MODEL_DIR),
+            "metrics_path": str(work_dir / METRICS_FILE),
+            "backup_dir": str(work_dir / "backup"),
+            "scratch_dir": str(work_dir / "scratch"),
+        }),
+    )
+    started = time.monotonic()
+    launcher = launcher_for(train, ctx)
+    recovery = launcher.run(spec, train.num_workers, train.worker_timeout_seconds, train.max_restarts)
+    train_seconds = round(time.monotonic() - started, 2)
+    if remote:
+        _download_saved_model(spec.saved_model_dir, model.dir / SAVED_MODEL_DIR)
+    history = read_metrics(spec.metrics_path)
+    (model.dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
+    final = {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}
+    for record in history:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    mlflow.log_metrics({"train_seconds": train_seconds, "train_restarts": recovery.restarts,
+                        "train_resumed_from_epoch": recovery.resumed_from_epoch})
+    if history:
+        plots.training_curves(history, model.dir / CURVES_FILE)
+        mlflow.log_artifact(str(model.dir / CURVES_FILE))
+    model.properties = ModelProperties(
+        preprocessing=preprocessing, model=train.model, hparams=train.hparams, num_workers=train.num_workers,
+        epochs=train.epochs, data_fingerprint=examples.properties.source_sha256,
+        mlflow_run_id=mlflow.active_run().info.run_id, train_seconds=train_seconds, final_metrics=final,
+        restarts=recovery.restarts, resumed_from_epoch=recovery.resumed_from_epoch,
+    )
+    model.publish()  # before the backups go: a publish that fails can still resume from them
     shutil.rmtree(work_dir, ignore_errors=True)
     if remote:
         storage.remove(remote)
     log.info("train: %d epochs on %d worker(s) in %.1fs (%d restart(s)), final %s -> %s", train.epochs,
-             train.num_workers, train_seconds, recovery.restarts, _brief(final), out_uri)
-    return {"model": out_uri}
+             train.num_workers, train_seconds, recovery.restarts, _brief(final), model.uri)
 
 
 def _worker_paths(work_uri: str) -> dict[str, str]:

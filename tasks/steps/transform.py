@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from tasks.artifacts.base import Output
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.schema import Schema
-from tasks.artifacts.transform import PREPROCESSING_FILE, TransformGraph, TransformProperties
-from tasks.config import PipelineConfig
+from tasks.artifacts.transform import PREPROCESSING_FILE, TransformProperties
 from tasks.context import StepContext
 from tasks.errors import BadInputError
 from tasks.features import MISSING_INT, FeatureSpec, LabelSpec, Preprocessing, load_arrays, plan_features
 from tasks.schema import domain_values, feature_map
+from tasks.step_config import TransformSections
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,14 @@ class TransformError(BadInputError):
     """The examples cannot be analysed as the config asks; one line naming the column at fault."""
 
 
-def run(config: PipelineConfig, ctx: StepContext, examples: str, schema: str) -> dict[str, str]:
-    data = Examples.read(examples)
-    schema_proto = Schema.read(schema).schema()
-    types = {c.name: c.type for c in data.properties.columns}
-    label_column = data.properties.label_column
+def run(ctx: StepContext, config: TransformSections, *, examples: Examples, schema: Schema,
+        transform: Output[TransformProperties]) -> None:
+    schema_proto = schema.schema()
+    types = {c.name: c.type for c in examples.properties.columns}
+    label_column = examples.properties.label_column
     planned = plan_features(schema_proto, types, label_column, config.transform.feature_groups,
                             config.transform.discretize)
-    train_files = data.split_files("train")
+    train_files = examples.split_files("train")
     raw_labels = _label_column(train_files, label_column, types[label_column])
     label = _label_spec(config, label_column, types[label_column], raw_labels, feature_map(schema_proto))
     inputs, _ = load_arrays(train_files, planned, label)
@@ -47,14 +48,11 @@ def run(config: PipelineConfig, ctx: StepContext, examples: str, schema: str) ->
     features = [_adapt(f, inputs[f.name], config, declared) for f in planned]
     preprocessing = Preprocessing(features=features, label=label, num_examples=len(raw_labels))
 
-    out_uri = ctx.output_uri("transform", "transform")
-    with TransformGraph.publish(out_uri) as out:
-        (out.dir / PREPROCESSING_FILE).write_text(preprocessing.model_dump_json(indent=1))
-        out.properties = TransformProperties(num_examples=len(raw_labels), served_features=[f.name for f in features],
-                                             feature_kinds={f.name: f.kind for f in features})
+    (transform.dir / PREPROCESSING_FILE).write_text(preprocessing.model_dump_json(indent=1))
+    transform.properties = TransformProperties(num_examples=len(raw_labels), served_features=[f.name for f in features],
+                                               feature_kinds={f.name: f.kind for f in features})
     log.info("transform: %d served features (%s) over %d train examples -> %s", len(features),
-             ", ".join(f"{f.name}:{f.kind}" for f in features), len(raw_labels), out_uri)
-    return {"transform": out_uri}
+             ", ".join(f"{f.name}:{f.kind}" for f in features), len(raw_labels), transform.uri)
 
 
 def _label_column(files: list[str], column: str, value_type: str) -> np.ndarray:
@@ -70,7 +68,7 @@ def _label_column(files: list[str], column: str, value_type: str) -> np.ndarray:
     return np.array([v.decode() for v in values], dtype=object) if value_type == "string" else values
 
 
-def _label_spec(config: PipelineConfig, column: str, value_type: str, values: np.ndarray,
+def _label_spec(config: TransformSections, column: str, value_type: str, values: np.ndarray,
                 declared: dict[str, Any]) -> LabelSpec:
     if config.task.type == "regression":
         if value_type not in ("int", "float"):
@@ -112,7 +110,7 @@ def _as_label_type(value: Any, value_type: str, column: str) -> Any:
                          f"values (quote string classes in the YAML: yes/no are booleans there)")
 
 
-def _adapt(feature: FeatureSpec, values: np.ndarray, config: PipelineConfig, declared: dict[str, Any]) -> FeatureSpec:
+def _adapt(feature: FeatureSpec, values: np.ndarray, config: TransformSections, declared: dict[str, Any]) -> FeatureSpec:
     import tf_keras as keras
 
     if feature.kind in ("numeric", "vector"):

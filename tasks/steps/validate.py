@@ -20,14 +20,15 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from tasks.artifacts.anomalies import AnomaliesProperties, ExampleAnomalies
+from tasks.artifacts.base import Output
 from tasks.artifacts.examples import SPLITS, Examples
-from tasks.artifacts.schema import SCHEMA_FILE, Schema, SchemaProperties
+from tasks.artifacts.schema import SCHEMA_FILE, SchemaProperties
 from tasks.artifacts.statistics import ExampleStatistics, StatisticsProperties
 from tasks.columns import DISTINCT_CAP, ValueType
-from tasks.config import PipelineConfig
 from tasks.context import StepContext
 from tasks.errors import BadInputError
 from tasks.schema import ColumnSummary, infer_schema, load_schema, schema_text, value_type
+from tasks.step_config import DataSections
 
 log = logging.getLogger(__name__)
 
@@ -58,50 +59,45 @@ class _Split:
     columns: dict[str, _Column] = field(default_factory=dict)
 
 
-def run(config: PipelineConfig, ctx: StepContext, examples: str) -> dict[str, str]:
-    data = Examples.read(examples)
-    stored = {c.name: c.type for c in data.properties.columns}
-    splits = {name: _scan(data.iter_examples(name), list(stored)) for name in SPLITS}
-    label = data.properties.label_column
+def run(ctx: StepContext, config: DataSections, *, examples: Examples, statistics: Output[StatisticsProperties],
+        schema: Output[SchemaProperties], anomalies: Output[AnomaliesProperties]) -> None:
+    stored = {c.name: c.type for c in examples.properties.columns}
+    splits = {name: _scan(examples.iter_examples(name), list(stored)) for name in SPLITS}
+    label = examples.properties.label_column
     if config.data.schema_path:
-        schema = load_schema(config.data.schema_path)
+        expected = load_schema(config.data.schema_path)
         origin, curated = config.data.schema_path, True
     else:
-        schema = infer_schema(_summaries(splits["train"], stored), label, with_domains=False)
+        expected = infer_schema(_summaries(splits["train"], stored), label, with_domains=False)
         origin, curated = "inferred from the train split", False
 
-    stats_uri = ctx.output_uri("validate", "statistics")
-    with ExampleStatistics.publish(stats_uri) as out:
-        for name, split in splits.items():
-            _write_text(out.dir / ExampleStatistics.relative_path(name), _statistics(name, split, stored))
-        out.properties = StatisticsProperties(num_examples={n: s.num_examples for n, s in splits.items()})
-    schema_uri = ctx.output_uri("validate", "schema")
-    with Schema.publish(schema_uri) as out:
-        (out.dir / SCHEMA_FILE).write_text(schema_text(schema, f"schema of run {ctx.run_id}: {origin}"))
-        out.properties = SchemaProperties(origin=origin, curated=curated, num_features=len(schema.feature))
+    for name, split in splits.items():
+        _write_text(statistics.dir / ExampleStatistics.relative_path(name), _statistics(name, split, stored))
+    statistics.properties = StatisticsProperties(num_examples={n: s.num_examples for n, s in splits.items()})
+    (schema.dir / SCHEMA_FILE).write_text(schema_text(expected, f"schema of run {ctx.run_id}: {origin}"))
+    schema.properties = SchemaProperties(origin=origin, curated=curated, num_features=len(expected.feature))
 
-    found = {name: _anomalies(schema, split, stored) for name, split in splits.items()}
-    position = {f.name: i for i, f in enumerate(schema.feature)}  # proto maps have no stable order
+    found = {name: _anomalies(expected, split, stored) for name, split in splits.items()}
+    position = {f.name: i for i, f in enumerate(expected.feature)}  # proto maps have no stable order
 
-    def in_schema_order(anomalies: anomalies_pb2.Anomalies) -> list[str]:
-        names = sorted(anomalies.anomaly_info, key=lambda n: (position.get(n, len(position)), n))
-        return [anomalies.anomaly_info[n].description for n in names]
+    def in_schema_order(found_anomalies: anomalies_pb2.Anomalies) -> list[str]:
+        names = sorted(found_anomalies.anomaly_info, key=lambda n: (position.get(n, len(position)), n))
+        return [found_anomalies.anomaly_info[n].description for n in names]
 
     problems = list(dict.fromkeys(d for a in found.values() for d in in_schema_order(a)))
-    anomalies_uri = ctx.output_uri("validate", "anomalies")
-    with ExampleAnomalies.publish(anomalies_uri) as out:
-        for name, anomalies in found.items():
-            _write_text(out.dir / ExampleAnomalies.relative_path(name), anomalies)
-        out.properties = AnomaliesProperties(num_anomalies=len(problems), descriptions=problems,
-                                             by_split={n: sorted(a.anomaly_info) for n, a in found.items()})
+    for name, split_anomalies in found.items():
+        _write_text(anomalies.dir / ExampleAnomalies.relative_path(name), split_anomalies)
+    anomalies.properties = AnomaliesProperties(num_anomalies=len(problems), descriptions=problems,
+                                               by_split={n: sorted(a.anomaly_info) for n, a in found.items()})
     if problems:
+        for output in (statistics, schema, anomalies):  # the run stops here: what was found stays readable
+            output.publish()
         shown = "; ".join(problems[:MAX_ERRORS_IN_MESSAGE])
         more = f"; and {len(problems) - MAX_ERRORS_IN_MESSAGE} more" if len(problems) > MAX_ERRORS_IN_MESSAGE else ""
-        raise DataValidationError(f"{len(problems)} data anomalies (schema: {origin}; see {anomalies_uri}): "
+        raise DataValidationError(f"{len(problems)} data anomalies (schema: {origin}; see {anomalies.uri}): "
                                   f"{shown}{more}")
-    log.info("validate: %s matches the schema (%s): %s", examples, origin,
+    log.info("validate: %s matches the schema (%s): %s", examples.uri, origin,
              ", ".join(f"{n} {s.num_examples} examples" for n, s in splits.items()))
-    return {"statistics": stats_uri, "schema": schema_uri, "anomalies": anomalies_uri}
 
 
 def _scan(examples: Iterable[Any], column_order: list[str]) -> _Split:

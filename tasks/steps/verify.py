@@ -17,65 +17,58 @@ import numpy as np
 
 from common import storage
 from common.digest import folder_digest
-from tasks import tracking
+from serving.client import RestClient
+from tasks.artifacts.base import Output
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import Model
 from tasks.artifacts.pushed import PushedModel
-from tasks.artifacts.verification import ServingVerification, VerificationProperties
-from tasks.config import PipelineConfig
+from tasks.artifacts.verification import VerificationProperties
 from tasks.context import StepContext
 from tasks.features import json_instances, load_arrays
 from tasks.models.export import CLASS, CLASS_ID
 from tasks.served_artifact import predict_served
-from tasks.serving_sync import withdraw
+from tasks.serving_sync import RegistryServing
+from tasks.step_config import ServingSections
 
 log = logging.getLogger(__name__)
+
 
 class VerificationError(RuntimeError):
     """The served version is not the blessed folder, or does not answer like it."""
 
 
-def run(config: PipelineConfig, ctx: StepContext, pushed: str, evaluation: str, model: str,
-        examples: str) -> dict[str, str]:
-    from serving.client import RestClient
-    from serving.deployer import ServingDeployer
-
-    pushed_props = PushedModel.read(pushed).properties
-    blessed_sha256 = ModelEvaluation.read(evaluation).properties.artifact_sha256
+def run(ctx: StepContext, config: ServingSections, *, pushed: PushedModel, evaluation: ModelEvaluation,
+        model: Model, examples: Examples, verification: Output[VerificationProperties]) -> None:
+    pushed_props = pushed.properties
+    blessed_sha256 = evaluation.properties.artifact_sha256
     name, version = pushed_props.serving_model_name, pushed_props.version
-    trained = Model.read(model)
-    inputs, _ = load_arrays(Examples.read(examples).split_files("eval"), trained.preprocessing.features,
-                            trained.preprocessing.label, limit=config.serving.verify_examples)
-    target = ctx.require_serving()
-    deployer = ServingDeployer(target)
-    client, model_name, by = tracking.client(ctx), config.registered_model_name, f"{ctx.dag_id} run {ctx.run_id}"
+    inputs, _ = load_arrays(examples.split_files("eval"), model.preprocessing.features, model.preprocessing.label,
+                            limit=config.serving.verify_examples)
+    serving = RegistryServing.of_run(ctx)
 
     def withdrawn(why: str) -> VerificationError:
-        withdraw(client, model_name, name, deployer, version, f"v{version} failed verify: {why}", by)
+        serving.withdraw(version, f"v{version} failed verify: {why}")
         return VerificationError(f"{name} version {version} {why}; withdrawn from serving")
 
-    served_folder = storage.localize(deployer.version_dir(name, version))  # what the server loaded
+    served_folder = storage.localize(serving.deployer.version_dir(name, version))  # what the server loaded
     served_sha256 = folder_digest(served_folder)
     if served_sha256 != blessed_sha256:
         raise withdrawn(f"is not the blessed artifact: its folder on the server has digest {served_sha256[:12]}, "
-                         f"evaluate blessed {blessed_sha256[:12]}")
+                        f"evaluate blessed {blessed_sha256[:12]}")
     expected = predict_served(served_folder, inputs)
-    with RestClient(target.rest_url) as rest:
+    with RestClient(serving.deployer.target.rest_url) as rest:
         served = rest.predict(name, json_instances(inputs), version=version)
     max_diff, mismatch = compare(served.rows(list(expected)), expected)
     if mismatch or max_diff > config.serving.tolerance:
         why = mismatch or f"max relative output difference {max_diff:.2e} > serving.tolerance {config.serving.tolerance:g}"
         raise withdrawn(f"answers differently from the shipped model ({why})")
-    out_uri = ctx.output_uri("verify", "verification")
-    with ServingVerification.publish(out_uri) as out:
-        out.properties = VerificationProperties(
-            serving_model_name=name, served_version=version, versions=list(pushed_props.versions),
-            labels=pushed_props.labels, examples=len(served.outputs), max_relative_diff=max_diff,
-            batch_latency_ms=round(served.latency_ms, 2), artifact_sha256=served_sha256)
+    verification.properties = VerificationProperties(
+        serving_model_name=name, served_version=version, versions=list(pushed_props.versions),
+        labels=pushed_props.labels, examples=len(served.outputs), max_relative_diff=max_diff,
+        batch_latency_ms=round(served.latency_ms, 2), artifact_sha256=served_sha256)
     log.info("verify: %s v%s is the blessed folder (sha256 %s) and matches it in-process (max relative diff %.2e "
              "on %d rows)", name, version, served_sha256, max_diff, len(served.outputs))
-    return {"verification": out_uri}
 
 
 def compare(served: list[dict[str, Any]], expected: dict[str, Any]) -> tuple[float, str | None]:

@@ -51,7 +51,7 @@ def test_push_promote_push_keeps_one_rollback_version(model_server, saved_models
     deployer = ServingDeployer(model_server)
     deployer.stage_version("digits", 1, saved_models[1], {})
     assert deployer.push_version("digits", 1).labels == {"canary": 1}
-    assert deployer.promote("digits", 1).labels == {"stable": 1}
+    assert deployer.reconcile("digits", stable=1).labels == {"stable": 1}
     v1 = probabilities(model_server, label="stable")
 
     deployer.stage_version("digits", 2, saved_models[2], {})
@@ -60,15 +60,15 @@ def test_push_promote_push_keeps_one_rollback_version(model_server, saved_models
     assert np.allclose(probabilities(model_server, label="stable"), v1)
     assert not np.allclose(probabilities(model_server, label="canary"), v1)
 
-    promoted = deployer.promote("digits", 2)
+    promoted = deployer.reconcile("digits", stable=2, keep=[1])  # the previous stable: the rollback target
     assert promoted.labels == {"stable": 2} and promoted.versions == (1, 2)
     on_disk = read_config(model_server.config_file).model_config_list.config[0]
     assert dict(on_disk.version_labels) == {"stable": 2}
     assert list(on_disk.model_version_policy.specific.versions) == [1, 2]
 
     deployer.stage_version("digits", 3, saved_models[3], {})
-    deployer.push_version("digits", 3)
-    deployer.promote("digits", 3)
+    deployer.push_version("digits", 3, keep=[1])
+    deployer.reconcile("digits", stable=3, keep=[2])
     with GrpcModelService(model_server.grpc_address) as models:
         states = models.version_states("digits")
     assert states[3] == "AVAILABLE" and states[2] == "AVAILABLE" and states[1] == "END"
@@ -87,8 +87,7 @@ def test_staging_a_version_twice_is_a_no_op_but_new_content_is_refused(model_ser
 def test_a_version_that_fails_to_load_is_rolled_back(model_server, saved_models):
     deployer = ServingDeployer(model_server, load_timeout=60)
     deployer.stage_version("digits", 1, saved_models[1], {})
-    deployer.push_version("digits", 1)
-    deployer.promote("digits", 1)
+    deployer.reconcile("digits", stable=1)
     before = model_server.config_file.read_text()
 
     broken = deployer.stage_version("digits", 2, saved_models[2], {})
@@ -99,14 +98,13 @@ def test_a_version_that_fails_to_load_is_rolled_back(model_server, saved_models)
     assert probabilities(model_server, label="stable").shape == (10,)
 
 
-def test_withdraw_removes_an_unpromoted_canary(model_server, saved_models):
+def test_a_canary_reconciled_away_leaves_stable_serving(model_server, saved_models):
     deployer = ServingDeployer(model_server)
     for version in (1, 2):
         deployer.stage_version("digits", version, saved_models[version], {})
-    deployer.push_version("digits", 1)
-    deployer.promote("digits", 1)
+    deployer.reconcile("digits", stable=1)
     deployer.push_version("digits", 2)
-    withdrawn = deployer.withdraw("digits", 2)
+    withdrawn = deployer.reconcile("digits", stable=1)
     assert withdrawn.labels == {"stable": 1} and withdrawn.versions == (1,)
     with RestClient(model_server.rest_url) as client:
         assert client.predict("digits", [ROW], label="stable").outputs[0]["digit"] in range(10)

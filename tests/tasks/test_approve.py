@@ -13,14 +13,17 @@ from mlflow import MlflowClient
 
 from serving.deployer import ServingDeployer
 from tasks.artifacts.approval import ApprovalDecision
+from tasks.artifacts.base import Output
 from tasks.artifacts.evaluation import Check, EvaluationProperties
+from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.pushed import PushedModel, PushedProperties
 from tasks.artifacts.run import RunSnapshot
 from tasks.artifacts.verification import ServingVerification, VerificationProperties
 from tasks.context import ServingEndpoints
 from tasks.model_registry import APPROVAL_TIMEOUTS_TAG, CHALLENGER, CHAMPION, PREVIOUS, aliases, history
 from tasks.serving_sync import sync
-from tasks.snapshot import run_config
+from tasks.snapshot import run_config, run_context
+from tasks.step_config import ServingSections
 from tasks.steps import approve, promote
 from tests.registry import register_stand_ins
 from tests.tasks.conftest import digits_pipeline, resolve
@@ -32,8 +35,8 @@ def test_auto_promotion_asks_nobody(tmp_path, tiny_digits_csv) -> None:
     snapshot = RunSnapshot.read(resolve(digits_pipeline(tmp_path, tiny_digits_csv), tmp_path))
     config = run_config(snapshot)
     assert config.serving.promotion == "auto", "the default"
-    assert approve.question(config, snapshot.context(), evaluation="", optimized="", pushed="",
-                            verification="") is None
+    assert approve.question(run_context(snapshot, step="approve"), ServingSections.of(config), evaluation=None,
+                            optimized=None, pushed=None, verification=None) is None
 
 
 @pytest.fixture
@@ -53,8 +56,8 @@ def canary(tmp_path, mlflow_store, model_server, tiny_digits_csv) -> dict:
     run = resolve(digits_pipeline(tmp_path, tiny_digits_csv, registry={"model_name": name}), tmp_path, mlflow_store,
                   endpoints, params={"promotion": "approval", "promotion_timeout_minutes": 30})
     snapshot = RunSnapshot.read(run)
-    config, ctx = run_config(snapshot), snapshot.context()
-    pushed, verification = ctx.output_uri("push", "pushed"), ctx.output_uri("verify", "verification")
+    config, ctx = run_config(snapshot), run_context(snapshot)
+    pushed, verification = f"{ctx.step_folder('push')}/pushed", f"{ctx.step_folder('verify')}/verification"
     with PushedModel.publish(pushed) as out:
         out.properties = PushedProperties(serving_model_name="digits", version=2, version_dir="", versions=[1, 2],
                                           labels={"stable": 1, "canary": 2}, rest_url=model_server.rest_url,
@@ -71,13 +74,22 @@ def canary(tmp_path, mlflow_store, model_server, tiny_digits_csv) -> dict:
 
 def answer(canary: dict, decision: str, by: str | None, comment: str = "") -> str:
     """The approve step's record of an answer (what the Airflow task hands it once someone, or nobody, answered)."""
-    return approve.run(canary["config"], canary["ctx"], evaluation="", optimized="", pushed=canary["pushed"],
-                       verification="", decision=decision, by=by, comment=comment, at=ANSWERED_AT)["approval"]
+    ctx = canary["ctx"].for_step("approve")
+    out = Output(ApprovalDecision, ctx.output_uri("approval"))
+    approve.run(ctx, ServingSections.of(canary["config"]), evaluation=None, optimized=None,
+                pushed=PushedModel.read(canary["pushed"]), verification=None, approval=out, decision=decision, by=by,
+                comment=comment, at=ANSWERED_AT)
+    out.publish()
+    return out.uri
 
 
-def promote_with(canary: dict, approval: str | None) -> dict[str, str]:
-    return promote.run(canary["config"], canary["ctx"], pushed=canary["pushed"], verification=canary["verification"],
-                       approval=approval)
+def promote_with(canary: dict, approval: str | None) -> None:
+    ctx = canary["ctx"].for_step("promote")
+    out = Output(Promotion, ctx.output_uri("promotion"))
+    promote.run(ctx, ServingSections.of(canary["config"]), pushed=PushedModel.read(canary["pushed"]),
+                verification=ServingVerification.read(canary["verification"]),
+                approval=ApprovalDecision.read(approval) if approval else None, promotion=out)
+    out.publish()
 
 
 def served(canary: dict) -> tuple[tuple[int, ...], dict[str, int]]:

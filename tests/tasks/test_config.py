@@ -163,8 +163,8 @@ def test_placement_of_a_known_step(tmp_path):
           default: {executor: LocalExecutor}
           steps: {train: {executor: CeleryExecutor, queue: gpu}}
     """))
-    assert config.placement.for_step("train").queue == "gpu"
-    assert config.placement.for_step("ingest").executor == "LocalExecutor"
+    assert config.placement.steps["train"].queue == "gpu" and "ingest" not in config.placement.steps
+    assert config.placement.default.executor == "LocalExecutor"
 
 
 # --- paths ---------------------------------------------------------------------------------------

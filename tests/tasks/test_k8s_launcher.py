@@ -197,11 +197,12 @@ def test_nothing_is_submitted_with_a_local_artifact_root(fake, tmp_path) -> None
 
 
 def test_the_config_picks_the_launcher(tmp_path) -> None:
-    ctx = StepContext(artifact_root="s3://bucket/artifacts", pipeline="churn", run_id="manual__1")
-    local = launcher_for(TrainConfig(), StepContext(artifact_root=str(tmp_path), pipeline="churn", run_id="r"), "train")
+    ctx = StepContext(artifact_root="s3://bucket/artifacts", pipeline="churn", run_id="manual__1", step="optimize")
+    local = launcher_for(TrainConfig(), StepContext(artifact_root=str(tmp_path), pipeline="churn", run_id="r",
+                                                    step="train"))
     assert isinstance(local, LocalProcessLauncher) and local.work_dir == tmp_path / "churn" / "r" / "train" / ".work"
     train = TrainConfig(launcher="kubernetes", kubernetes=KubernetesTraining(image="kiln:1"))
-    remote = launcher_for(train, ctx, "optimize")
+    remote = launcher_for(train, ctx)
     assert isinstance(remote, KubernetesLauncher)
     assert remote.work_uri == "s3://bucket/artifacts/churn/manual__1/optimize/.work"
     assert remote.name_prefix == "kiln-churn-optimize"

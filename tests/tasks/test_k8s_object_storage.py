@@ -95,10 +95,10 @@ def pods_here(s3, monkeypatch, tmp_path) -> dict[str, PodsHere]:
     """The train and optimize steps get `PodsHere` instead of the Kubernetes launcher; by step."""
     launched: dict[str, PodsHere] = {}
 
-    def launcher_for(train, ctx, step):
+    def launcher_for(train, ctx):
         assert train.launcher == "kubernetes"
-        launched[step] = PodsHere(s3, ctx.output_uri(step, ".work"), tmp_path / "worker-logs" / step)
-        return launched[step]
+        launched[ctx.step] = PodsHere(s3, ctx.work_uri(), tmp_path / "worker-logs" / ctx.step)
+        return launched[ctx.step]
 
     monkeypatch.setattr("tasks.steps.train.launcher_for", launcher_for)
     monkeypatch.setattr("tasks.steps.optimize.launcher_for", launcher_for)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,11 +24,12 @@ from tasks.model_registry import (
     move_alias,
     promote,
 )
-from tasks.snapshot import resolve_run, run_config
+from tasks.registry import step
+from tasks.snapshot import resolve_run, run_context
 from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import evaluate_inputs, resolve
 
-INPUTS = ("model", "evaluation", "optimized", "schema", "examples")
+INPUTS = tuple(step("register").inputs)
 
 
 def _registered(trained, tmp_path, mlflow_store, thresholds):
@@ -123,16 +125,15 @@ def test_one_parent_run_per_dag_run_and_pipeline_with_one_child_per_step(trained
     from tasks.artifacts.run import RunSnapshot
 
     run = RunSnapshot.read(resolve(trained_digits["config"], tmp_path, mlflow_store))
-    config, ctx = run_config(run), run.context()
-    with tracking.step_run(config, ctx, "evaluate") as first:
+    ctx = run_context(run, step="evaluate")
+    with tracking.step_run(ctx) as first:
         pass
-    with tracking.step_run(config, ctx, "evaluate") as again:
+    with tracking.step_run(ctx) as again:
         pass
-    other_pipeline = config.model_copy(update={"pipeline": "other"})
-    with tracking.step_run(other_pipeline, ctx, "evaluate") as other:
+    with tracking.step_run(replace(ctx, pipeline="other")) as other:
         pass
     assert first.info.run_id == again.info.run_id != other.info.run_id
-    parent = tracking.parent_run(config, ctx)
+    parent = tracking.parent_run(ctx)
     assert tracking.client(ctx).get_run(first.info.run_id).data.tags["mlflow.parentRunId"] == parent
 
 

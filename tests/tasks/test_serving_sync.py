@@ -89,7 +89,7 @@ def test_promote_and_rollback_move_the_aliases_with_history_and_serve_them_under
     promote_version(serving, 1, None, "test")
     with SteadyLoad(model_server.rest_url, model_server.grpc_address, "digits", {"pixels": ROW}) as load:
         promoted = promote_version(serving, 2, None, "operator alice")
-        assert promoted.aliases_before == {CHAMPION: 1}
+        assert promoted.before == {CHAMPION: 1}
         assert promoted.sync.aliases == {CHAMPION: 2, PREVIOUS: 1}
         assert promoted.sync.after.labels == {"stable": 2} and promoted.sync.after.versions == (1, 2)
 

@@ -10,7 +10,7 @@ import pytest
 from tasks.artifacts.run import RunSnapshot
 from tasks.config import ConfigError, load_config
 from tasks.context import ServingEndpoints
-from tasks.snapshot import Deployment, resolve_run, run_config
+from tasks.snapshot import Deployment, resolve_run, run_config, run_context
 from tasks.step_runner import run_step
 from tests.tasks.conftest import churn_pipeline, evaluate_inputs, resolve, write_pipeline
 
@@ -33,16 +33,18 @@ def test_the_snapshot_carries_the_model_module_the_schema_and_the_params(churn_c
     assert resolved.data.schema_path == f"{run.uri}/schema.pbtxt"
     assert Path(run.uri, "schema.pbtxt").read_text() == schema.read_text()
     assert run.properties.config_path == str(config) and len(run.properties.config_sha256) == 64
-    ctx = run.context(try_number=3)
+    ctx = run_context(run, try_number=3, step="train")
     assert (ctx.tracking_uri, ctx.serving, ctx.try_number, ctx.run_id) == (
         "sqlite:////tmp/x.db", SERVING, 3, f"manual__{tmp_path.name}")
+    assert (ctx.registered_model_name, ctx.served_model_name, ctx.task_type) == ("kiln-churn", "churn", "classification")
+    assert ctx.output_uri("model") == str(tmp_path / "artifacts" / "churn" / f"manual__{tmp_path.name}" / "train" / "model")
 
 
 def test_the_yaml_may_name_its_own_services(churn_csv, tmp_path) -> None:
     config = churn_pipeline(tmp_path, churn_csv, registry={"tracking_uri": "http://mlflow:5000"},
                             serving={"rest_url": "http://tfs:8501", "grpc_address": "tfs:8500",
                                      "model_base_path": "/models", "config_file": "/models/models.config"})
-    ctx = RunSnapshot.read(resolve(config, tmp_path, "sqlite:////tmp/x.db", SERVING)).context()
+    ctx = run_context(RunSnapshot.read(resolve(config, tmp_path, "sqlite:////tmp/x.db", SERVING)))
     assert ctx.tracking_uri == "http://mlflow:5000" and ctx.serving.rest_url == "http://tfs:8501"
 
 

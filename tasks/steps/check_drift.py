@@ -1,0 +1,99 @@
+"""Check drift: the drift monitor's one job (kiln_monitor_<pipeline>'s `check_drift` task, a registry step run
+on the pipeline's config as it is at the time): the newest span against the training statistics of the version
+that is champion now, feature by feature.
+
+The baseline is found through MLflow alone: the `champion` alias -> its version's `kiln.train_statistics` tag
+(register records the ExampleStatistics it was trained on) -> that artifact's train split. The report is a
+DriftReport artifact, a table in the task log, and an MLflow run of its own in the pipeline's experiment
+(`kiln.role=monitor`) with one `drift_<feature>` metric per feature.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from tasks import tracking
+from tasks.artifacts.base import Output
+from tasks.artifacts.drift import REPORT_MD, DriftProperties
+from tasks.artifacts.statistics import ExampleStatistics
+from tasks.columns import CsvRows, parse_value, profile_csv
+from tasks.context import StepContext
+from tasks.drift import compare, table
+from tasks.model_registry import CHAMPION, TRAIN_STATISTICS_TAG, aliases
+from tasks.schema import column_types
+from tasks.step_config import MonitorSections
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftProperties]) -> dict[str, Any]:
+    """Write the DriftReport; return what the next task decides on (drifted, its features, the span, the champion)."""
+    mlflow_client = tracking.client(ctx)
+    champion_version = aliases(mlflow_client, ctx.registered_model_name).get(CHAMPION)
+    found: dict[str, Any] = {"baseline": "", "champion_version": None}
+    if champion_version is None:
+        found["note"] = f"no champion of {ctx.registered_model_name} yet: nothing to compare the span with"
+    else:
+        champion = mlflow_client.get_model_version(ctx.registered_model_name, str(champion_version))
+        stats_uri = champion.tags.get(TRAIN_STATISTICS_TAG)
+        if not stats_uri:
+            found |= {"champion_version": int(champion.version),
+                      "note": f"champion v{champion.version} has no {TRAIN_STATISTICS_TAG} tag (registered before kiln "
+                              f"recorded it): nothing to compare the span with"}
+        else:
+            baseline = ExampleStatistics.read(stats_uri).statistics("train").datasets[0]
+            features = compare(baseline, _columns(config), config.monitor.drift, skip={config.data.label_column})
+            found = {"baseline": f"champion v{champion.version}: train split of {stats_uri}",
+                     "champion_version": int(champion.version), "features": features,
+                     "drifted": any(f.drifted for f in features)}
+    report = DriftProperties(pipeline=ctx.pipeline, source=config.data.source, span=config.data.span, **found)
+    text = _text(report)
+    (drift.dir / REPORT_MD).write_text(text)
+    drift.properties = report
+    log.info("drift check of %s:\n%s", config.data.source, text)
+    _track(mlflow_client, ctx, report, text)
+    return {"drifted": report.drifted, "drifted_features": report.drifted_features, "span": report.span,
+            "champion_version": report.champion_version}
+
+
+def _columns(config: MonitorSections) -> dict[str, list[Any]]:
+    """The span's values per column, typed as ingest types them."""
+    source = config.data.source
+    types = column_types(profile_csv(source), config.data.schema_path)
+    columns: dict[str, list[Any]] = defaultdict(list)
+    with CsvRows(source) as rows:
+        for _, fields in rows:
+            for name, text in zip(rows.header, fields, strict=True):
+                columns[name].append(parse_value(text, types[name]))
+    return dict(columns)
+
+
+def _text(report: DriftProperties) -> str:
+    head = f"# Drift of {report.source}" + (f" (span {report.span})" if report.span is not None else "")
+    if not report.features:
+        return f"{head}\n\n{report.note}\n"
+    verdict = (f"**drift** in {', '.join(report.drifted_features)}" if report.drifted else "no drift")
+    return f"{head}\n\nagainst {report.baseline}: {verdict}\n\n{table(report.features)}\n"
+
+
+def _track(mlflow_client: MlflowClient, ctx: StepContext, report: DriftProperties, text: str) -> None:
+    experiment = tracking.experiment_id(mlflow_client, ctx.experiment)
+    run = mlflow_client.create_run(experiment, run_name=f"monitor {ctx.pipeline} {ctx.run_id}", tags={
+        tracking.RUN_ID_TAG: ctx.run_id, tracking.PIPELINE_TAG: ctx.pipeline, tracking.ROLE_TAG: "monitor",
+        "kiln.drifted": str(report.drifted).lower(), "kiln.data_source": report.source,
+        **({"kiln.data_span": str(report.span)} if report.span is not None else {})})
+    run_id = run.info.run_id
+    for feature in report.features:
+        if feature.distance is not None:
+            mlflow_client.log_metric(run_id, f"drift_{_metric_name(feature.feature)}", feature.distance)
+    mlflow_client.log_text(run_id, text, "drift/report.md")
+    mlflow_client.log_text(run_id, report.model_dump_json(indent=1), "drift/report.json")
+    mlflow_client.set_terminated(run_id)
+
+
+def _metric_name(feature: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in feature)
