@@ -8,19 +8,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from common import LEGACY_KERAS_ENV
-from common.processes import log_tail, stop_process_group
+from common import LEGACY_KERAS_ENV, processes
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 LOAD_SCRIPT = Path(__file__).resolve().parent / "serving_load.py"
-STOP_GRACE_SECONDS = 10
 
 
 class BenchError(RuntimeError):
@@ -39,22 +36,11 @@ def server_env() -> dict[str, str]:
 def server_process(name: str, argv: list[str], log_path: Path, ready: Callable[[], bool],
                    timeout: float = 180) -> Iterator[subprocess.Popen]:
     """Start `argv` in a new session, wait until `ready()` is true, and stop the whole group on exit."""
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(argv, env=server_env(), stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if proc.poll() is not None:
-                raise BenchError(f"{name} exited with code {proc.returncode} before it was ready: "
-                                 f"{' | '.join(log_tail(log_path, 3))}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{name} was not ready after {timeout:.0f} s: {' | '.join(log_tail(log_path, 3))}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        stop_process_group(proc.pid, STOP_GRACE_SECONDS)
-        log_file.close()
+        with processes.server_process(name, argv, log_path, ready, timeout, env=server_env()) as proc:
+            yield proc
+    except processes.ServerNotReady as exc:
+        raise BenchError(str(exc)) from None
 
 
 def http_get_ok(url: str, needle: str | None = None) -> bool:
@@ -152,4 +138,4 @@ def echo_server(job: dict) -> Iterator[int]:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            stop_process_group(proc.pid, STOP_GRACE_SECONDS)
+            processes.stop_process_group(proc.pid, processes.STOP_GRACE_SECONDS)

@@ -1,5 +1,6 @@
 """Local process plumbing shared by the stack, the training launcher, the InfraValidator's sandbox, tests and
-benchmarks: loopback ports, stopping whole process groups, and log tails for one-line errors."""
+benchmarks: loopback ports, starting a server and waiting until it is ready, stopping whole process groups, and
+log tails for one-line errors."""
 
 from __future__ import annotations
 
@@ -7,10 +8,53 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+STOP_GRACE_SECONDS = 10
+
+
+class ServerNotReady(RuntimeError):
+    """A server exited, or was not ready in time; one line naming it, with its log's last lines."""
+
+
+def start_server_process(name: str, argv: list[str], log_path: Path, ready: Callable[[], bool], timeout: float,
+                         env: dict[str, str] | None = None, interval: float = 0.2,
+                         tail_lines: int = 3) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own (output to `log_path`) and wait until `ready()`; when it exits first
+    or the time is up, its whole group is stopped and ServerNotReady raised. The caller stops it
+    (`stop_process_group(process.pid, ...)`, or `server_process` does)."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if process.poll() is not None:
+                raise ServerNotReady(f"{name} exited with code {process.returncode} before it was ready: "
+                                     f"{' | '.join(log_tail(log_path, tail_lines))}")
+            if time.monotonic() > deadline:
+                raise ServerNotReady(f"{name} was not ready after {timeout:.0f} s: "
+                                     f"{' | '.join(log_tail(log_path, tail_lines))}")
+            time.sleep(interval)
+    except BaseException:
+        stop_process_group(process.pid, STOP_GRACE_SECONDS)
+        raise
+    return process
+
+
+@contextlib.contextmanager
+def server_process(name: str, argv: list[str], log_path: Path, ready: Callable[[], bool], timeout: float,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`start_server_process`, and its whole group stopped when the block ends."""
+    process = start_server_process(name, argv, log_path, ready, timeout, env)
+    try:
+        yield process
+    finally:
+        stop_process_group(process.pid, STOP_GRACE_SECONDS)
 
 
 def free_ports(count: int) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.serving.test_deployer import save_pixels_model
+from tests.stand_in_models import save_pixels_model
 
 
 def register_stand_ins(tracking_uri: str, name: str, root: Path, versions: Iterable[int],

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.processes import free_port
+from common.processes import STOP_GRACE_SECONDS, free_port, start_server_process, stop_process_group
 
 SERVER_BIN = str(Path(sys.executable).parent / "kiln-model-server")
 __all__ = ["SERVER_BIN", "RunningServer", "free_port", "start_server", "wait_for"]
@@ -33,42 +33,21 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process_group(self.process.pid, STOP_GRACE_SECONDS)
 
 
 def start_server(log_dir: Path, *flags: str, timeout: float = 90) -> RunningServer:
-    """Start kiln-model-server and wait until both ports accept connections (they open only when ready)."""
+    """Start kiln-model-server and wait until its REST API is exported (both ports open only when it is ready)."""
     grpc_port, rest_port = free_port(), free_port()
     log_path = log_dir / f"server-{grpc_port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [SERVER_BIN, f"--port={grpc_port}", f"--rest_api_port={rest_port}", *flags],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = RunningServer(process, grpc_port, rest_port, log_path)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"kiln-model-server exited with {process.returncode}:\n{server.log()[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"kiln-model-server was not ready in {timeout}s:\n{server.log()[-3000:]}"
-                )
-            if "Exporting HTTP/REST API" in server.log():
-                return server
-            time.sleep(0.05)
-    except BaseException:
-        server.stop()
-        raise
+
+    def ready() -> bool:
+        return "Exporting HTTP/REST API" in log_path.read_text(errors="replace")
+
+    process = start_server_process("kiln-model-server", [SERVER_BIN, f"--port={grpc_port}",
+                                                         f"--rest_api_port={rest_port}", *flags],
+                                   log_path, ready, timeout, interval=0.05, tail_lines=30)
+    return RunningServer(process, grpc_port, rest_port, log_path)
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05, message: str = "condition"):

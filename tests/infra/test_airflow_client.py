@@ -36,8 +36,8 @@ def waiting(lines: list[str]) -> list[str]:
 
 
 def test_a_run_is_followed_through_an_api_server_restart(fake, tmp_path, monkeypatch):
-    """kill -9 of the api-server mid-follow, back 6 s later with a new signing key: the same run is
-    followed to its real outcome, the wait is announced once, the stale token is replaced."""
+    """kill -9 of the api-server mid-follow, back (with a new signing key) once the client said it waits: the same
+    run is followed to its real outcome, the wait is announced once, the stale token is replaced."""
     config_path = tmp_path / "fake.yaml"
     config_path.write_text("pipeline: fake\n")
     fake.doc_md = f"{CONFIG_MARK} {config_path} sha256={config_fingerprint(config_path)}"
@@ -48,23 +48,30 @@ def test_a_run_is_followed_through_an_api_server_restart(fake, tmp_path, monkeyp
     stack = SimpleNamespace(airflow_url=fake.url, airflow_home=tmp_path)
     monkeypatch.delenv("KILN_RETRY_SECONDS", raising=False)  # the default: 120 s
 
+    noticed = threading.Event()  # the client said it is waiting: only then does the server come back
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if "not answering" in line:
+            noticed.set()
+
     def outage() -> None:
         while fake.asked["GET /api/v2/dags/kiln_fake/dagRuns/{id}/taskInstances"] < 2:
             time.sleep(0.01)
         fake.stop()
-        time.sleep(6)
+        noticed.wait(timeout=60)
+        time.sleep(0.5)  # a few more refused polls while it is down
         fake.start()
 
-    restarter = threading.Thread(target=outage)
-    restarter.start()
     seen: list[TaskState] = []
     lines: list[str] = []
-    started = time.monotonic()
+    restarter = threading.Thread(target=outage)
+    restarter.start()
     api, run_id = trigger_and_follow(stack, fake_config(), config_path, {"epochs": 1},
-                                     seen.append, report=lines.append, poll=0.05)
+                                     seen.append, report=report, poll=0.05)
     restarter.join()
     api.close()
-    assert time.monotonic() - started >= 6
+    assert noticed.is_set()
     assert list(fake.runs) == [run_id] and fake.runs[run_id]["state"] == "success"
     assert fake.runs[run_id]["conf"] == {"epochs": 1}
     assert [(t.state, t.try_number) for t in seen] == [("queued", 1), ("running", 1), ("failed", 1),

@@ -113,7 +113,7 @@ def test_a_server_started_with_the_deployment_s_flags_serves_what_kiln_deploys(t
     from serving.deployer import ServingDeployer
     from serving.target import ServingTarget
     from tests.servers import start_server
-    from tests.serving.test_deployer import save_pixels_model
+    from tests.stand_in_models import save_pixels_model
 
     [deployment] = by_kind("Deployment")
     [config_map] = by_kind("ConfigMap")

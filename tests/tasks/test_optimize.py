@@ -19,7 +19,7 @@ from tasks.features import load_arrays
 from tasks.models.export import predict
 from tasks.step_runner import run_step, run_steps
 from tests.tasks.conftest import UNTIL_TRAIN, house_pipeline, resolve
-from tests.tasks.test_tflite import CUSTOM_BODIES
+from tests.tasks.custom_bodies import CUSTOM_BODIES
 
 FAST = "optimize: {latency_runs: 20, representative_examples: 50, %s}\n"
 

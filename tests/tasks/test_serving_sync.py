@@ -19,7 +19,7 @@ from tasks.serving_sync import NotRegistered, SyncError, desired_serving, sync
 from tasks.snapshot import Deployment
 from tests.load import SteadyLoad
 from tests.registry import register_stand_ins
-from tests.serving.test_deployer import ROW
+from tests.stand_in_models import ROW
 from tests.tasks.conftest import digits_pipeline
 
 pytestmark = pytest.mark.slow

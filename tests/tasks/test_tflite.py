@@ -14,6 +14,7 @@ from tasks.compression import tflite, tuning
 from tasks.features import MISSING_INT, FeatureSpec, LabelSpec, Preprocessing
 from tasks.models.assemble import build_model, compile_model
 from tasks.models.export import CLASS_ID, export_saved_model, predict
+from tests.tasks.custom_bodies import CUSTOM_BODIES
 
 LABEL = LabelSpec(column="churned", value_type="string", task="classification", classes=["no", "yes"])
 NAN = float("nan")
@@ -155,33 +156,6 @@ def test_tfmot_copies_keep_the_preprocessing_and_convert(mixed, tmp_path) -> Non
         exact = conversion == "float32"
         _assert_answers_alike(saved_model, tflite.convert(saved_model, conversion), inputs if exact else typical,
                               1e-5 if exact else 0.05, exact)
-
-
-CUSTOM_BODIES = '''
-import tensorflow as tf
-import tf_keras as keras
-
-
-class Spectrum(keras.layers.Layer):
-    """|FFT| of the features: TFLite's only builtin FFT is RFFT2D, so Complex and FFT need Select TF ops."""
-
-    def call(self, x):
-        return tf.abs(tf.signal.fft(tf.complex(x, tf.zeros_like(x))))
-
-
-class RunningProduct(keras.layers.Layer):
-    def call(self, x):
-        return tf.math.cumprod(x, axis=-1)
-
-
-def fft(inputs, hparams):
-    return keras.layers.Dense(4, name="after")(Spectrum(name="fft_block")(inputs))
-
-
-def two(inputs, hparams):
-    x = RunningProduct(name="running_product")(Spectrum(name="fft_block")(inputs))
-    return keras.layers.Dense(4, name="after")(x)
-'''
 
 
 @pytest.mark.parametrize("function, why", [
