@@ -138,7 +138,7 @@ def main() -> int:
     console = Console()
     home = Path(tempfile.mkdtemp(prefix="kiln-compression-"))
     os.environ["KILN_HOME"] = str(home)
-    from infra.demo_data import write_digits_csv
+    from infra.cli.demo_data import write_digits_csv
 
     write_digits_csv(home / "data" / "digits.csv")
     digits = yaml.safe_load((REPO / "pipelines" / "digits.yaml").read_text())

@@ -26,7 +26,7 @@ NESTED_INPUT = "images"  # the nested-input CNN takes [batch, 8, 8, 1]
 
 def build_saved_model(home: Path, epochs: int | None = None) -> Path:
     """Train the demo model under `home` (used as KILN_HOME); return its SavedModel folder."""
-    from infra.demo_data import write_digits_csv
+    from infra.cli.demo_data import write_digits_csv
     from tasks.artifacts.model import Model
     from tasks.snapshot import Deployment, resolve_run
     from tasks.step_runner import run_steps

@@ -33,7 +33,7 @@ PIPELINES = ("digits", "cancer")
 
 def ship(pipeline: str, home: Path) -> dict:
     """Run the pipeline up to evaluate; its evaluation, its optimize record and the two folders to serve."""
-    from infra.demo_data import DATASETS
+    from infra.cli.demo_data import DATASETS
     from tasks.artifacts.evaluation import ModelEvaluation
     from tasks.artifacts.model import Model
     from tasks.artifacts.optimized import OptimizedModel

@@ -178,7 +178,7 @@ def group_members(pgid: int) -> list:
 
 
 def recorded_groups(path: Path) -> list[int]:
-    """The process group ids listed in a file, one per line (infra.service_exec writes them)."""
+    """The process group ids listed in a file, one per line (infra.stack.service_exec writes them)."""
     try:
         return [int(line) for line in path.read_text().split() if line.isdigit()]
     except FileNotFoundError:

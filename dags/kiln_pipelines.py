@@ -4,15 +4,15 @@ The shipped `pipelines/*.yaml` and those `kiln run` was given (pointers under $K
 Each DAG: resolve -> ingest -> validate -> transform -> train -> optimize -> evaluate -> register ->
 infra_validate -> push -> verify -> approve (a person's, when the run asks for one) -> promote, and a
 teardown that closes the MLflow parent run; the step list lives in
-`tasks/registry.py`, the wiring in `infra/dag_factory.py`. A pipeline whose data comes in spans also
-gets `kiln_monitor_<pipeline>`, its drift monitor (`infra/monitor_dag.py`).
+`tasks/registry.py`, the wiring in `infra/airflow/dag_factory.py`. A pipeline whose data comes in spans also
+gets `kiln_monitor_<pipeline>`, its drift monitor (`infra/airflow/monitor_dag.py`).
 """
 
 from __future__ import annotations
 
-from infra.dag_factory import kiln_home, pipeline_dags
-from infra.monitor_dag import monitor_dags
-from infra.pipelines import discover
+from infra.airflow.dag_factory import kiln_home, pipeline_dags
+from infra.airflow.monitor_dag import monitor_dags
+from infra.airflow.pipelines import discover
 
 _paths = discover(kiln_home())
 globals().update(pipeline_dags(_paths))

@@ -28,7 +28,7 @@ def port_factory():
 @pytest.fixture(scope="session")
 def tiny_digits_csv(tmp_path_factory):
     """The first 400 rows of the demo data set: enough for a >0.8 model in a few epochs."""
-    from infra.demo_data import write_digits_csv
+    from infra.cli.demo_data import write_digits_csv
 
     full = write_digits_csv(tmp_path_factory.mktemp("digits") / "digits.csv")
     lines = full.read_text().splitlines()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.pipelines import shipped
-from infra.sync_dag import DAG_ID as SYNC_DAG
+from infra.airflow.pipelines import shipped
+from infra.airflow.sync_dag import DAG_ID as SYNC_DAG
 from tasks.config import load_config
 from tasks.registry import PARAMS, STEP_NAMES, STEPS, param_defaults, param_schema
 
@@ -45,7 +45,7 @@ def test_every_shipped_pipeline_is_a_dag(dagbag):
 def test_the_serving_sync_runs_every_few_minutes_with_one_task_per_pipeline(dagbag):
     from datetime import timedelta
 
-    from infra.airflow_links import ModelVersionLink, ServedModelLink
+    from infra.airflow.links import ModelVersionLink, ServedModelLink
 
     dag = dagbag.dags[SYNC_DAG]
     assert sorted(dag.task_ids) == sorted(f"sync_{name}" for name in shipped())
@@ -154,7 +154,7 @@ PROBE = textwrap.dedent("""
 
 def test_a_pipeline_registered_from_anywhere_is_a_dag_placed_by_its_yaml(tmp_path):
     """A YAML outside the repo, registered under KILN_HOME (as `kiln run` does), placed per step."""
-    from infra.pipelines import register
+    from infra.airflow.pipelines import register
 
     (tmp_path / "data.csv").write_text("a,label\n1,0\n")
     config = tmp_path / "elsewhere" / "placed.yaml"
@@ -185,7 +185,7 @@ def test_a_pipeline_registered_from_anywhere_is_a_dag_placed_by_its_yaml(tmp_pat
 
 
 def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path):
-    from infra.pipelines import register
+    from infra.airflow.pipelines import register
 
     config = tmp_path / "broken.yaml"
     config.write_text("pipeline: broken\ndata: {source: x.csv}\n")  # no task: invalid

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from infra.pipelines import register
+from infra.airflow.pipelines import register
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 PROBE = textwrap.dedent("""

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from infra.airflow_api import admin_password
+from infra.cli.airflow_api import admin_password
 from tasks.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -67,8 +67,8 @@ def chromium() -> Path:
 
 @pytest.fixture
 def stack(kiln):
-    from infra.runner import airflow_client
-    from infra.stack import Stack
+    from infra.cli.runner import airflow_client
+    from infra.stack.stack import Stack
 
     stack = Stack.load(kiln.home)
     airflow_client(stack).wait_for_dag("kiln_digits", timeout=180)

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 
 def _airflow(kiln):
-    from infra.runner import airflow_client
-    from infra.stack import Stack
+    from infra.cli.runner import airflow_client
+    from infra.stack.stack import Stack
 
     return airflow_client(Stack.load(kiln.home))
 

@@ -25,8 +25,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from infra.runner import airflow_client, served_state
-from infra.stack import Stack
+from infra.cli.runner import airflow_client, served_state
+from infra.stack.stack import Stack
 from tasks.model_registry import MODEL_CARD
 from tasks.tracking import RUN_ID_TAG
 from tests.e2e.conftest import KILN

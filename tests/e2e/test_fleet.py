@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.fleet_services import FleetServiceError, FleetServices
-from infra.placement import step_placement
-from infra.runner import airflow_client
-from infra.stack import FLEET_DATABASES, Stack
+from infra.airflow.placement import step_placement
+from infra.cli.runner import airflow_client
+from infra.stack.fleet_services import FleetServiceError, FleetServices
+from infra.stack.stack import FLEET_DATABASES, Stack
 from tasks.config import load_config
 from tests.e2e.conftest import Kiln, supervised_processes
 

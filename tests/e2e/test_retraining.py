@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from infra.runner import airflow_client
-from infra.stack import Stack
+from infra.cli.runner import airflow_client
+from infra.stack.stack import Stack
 from tasks.artifacts.approval import ApprovalDecision
 from tasks.artifacts.examples import Examples
 from tasks.model_registry import APPROVAL_TIMEOUTS_TAG

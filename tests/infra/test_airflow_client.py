@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.airflow_api import PASSWORDS_FILE, AirflowApiError, AirflowClient, TaskState, new_run_id
-from infra.pipelines import CONFIG_MARK, config_fingerprint
-from infra.runner import trigger_and_follow
+from infra.airflow.pipelines import CONFIG_MARK, config_fingerprint
+from infra.cli.airflow_api import PASSWORDS_FILE, AirflowApiError, AirflowClient, TaskState, new_run_id
+from infra.cli.runner import trigger_and_follow
 from tests.infra.fake_airflow import PASSWORD, FakeAirflow
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from infra.approval import answer_of
+from infra.airflow.approval import answer_of
 
 AT = datetime(2026, 11, 30, 10, 0, 5, 123456, tzinfo=UTC)
 ALICE = {"id": "alice", "name": "alice"}

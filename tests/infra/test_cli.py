@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from infra.cli import app
+from infra.cli.app import app
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.data_add import SpanRejected, add_span
+from infra.cli.data_add import SpanRejected, add_span
 from tasks.config import validate_config
 from tests.data import write_churn_csv
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from infra.cli import app
+from infra.cli.app import app
 from tasks.config import load_config
 from tasks.schema import feature_map, load_schema
 

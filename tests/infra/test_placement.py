@@ -8,8 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from infra.cli import app
-from infra.placement import (
+from infra.airflow.placement import (
     PlacementError,
     check_executors,
     load_profile,
@@ -17,6 +16,7 @@ from infra.placement import (
     profile_names,
     step_placement,
 )
+from infra.cli.app import app
 from tasks.config import PlacementConfig, validate_config
 from tests.data import write_house_csv
 

@@ -11,8 +11,8 @@ import pytest
 from airflow.utils.state import TaskInstanceState
 from typer.testing import CliRunner
 
-import infra.cli as cli
-from infra.airflow_api import TaskState
+import infra.cli.app as cli
+from infra.cli.airflow_api import TaskState
 from tasks.config import PlacementConfig
 
 STATES = [state.value for state in TaskInstanceState]  # a state a new Airflow adds is tested too
@@ -24,7 +24,7 @@ def task(state: str | None, try_number: int = 1, duration: float | None = None) 
 
 
 def test_every_known_state_has_a_style():
-    assert set(STATES) <= set(cli.STATE_STYLE), "style the new Airflow task state in infra/cli.py STATE_STYLE"
+    assert set(STATES) <= set(cli.STATE_STYLE), "style the new Airflow task state in infra/cli/app.py STATE_STYLE"
 
 
 @pytest.mark.parametrize("state", [*STATES, None, *ODD])
@@ -68,8 +68,8 @@ SUCCEEDED = {
 @pytest.fixture
 def fake_run(tmp_path, monkeypatch):
     """`kiln run` with a follow loop that reports every state and a summary given by the test."""
-    import infra.pipelines
-    import infra.runner
+    import infra.airflow.pipelines
+    import infra.cli.runner
 
     outcome: dict = {}
 
@@ -80,9 +80,9 @@ def fake_run(tmp_path, monkeypatch):
         return SimpleNamespace(), outcome["summary"]["run_id"]
 
     home = tmp_path / "kiln"
-    monkeypatch.setattr(infra.runner, "trigger_and_follow", follow)
-    monkeypatch.setattr(infra.runner, "summarize", lambda client, stack, run_id, config: dict(outcome["summary"]))
-    monkeypatch.setattr(infra.pipelines, "register", lambda *args: False)
+    monkeypatch.setattr(infra.cli.runner, "trigger_and_follow", follow)
+    monkeypatch.setattr(infra.cli.runner, "summarize", lambda client, stack, run_id, config: dict(outcome["summary"]))
+    monkeypatch.setattr(infra.airflow.pipelines, "register", lambda *args: False)
     monkeypatch.setattr(cli, "validated_config", lambda path, overrides, home: SimpleNamespace(pipeline="fake",
                                                                                             placement=PlacementConfig()))
     monkeypatch.setattr(cli.Stack, "load", classmethod(lambda cls, home_path: SimpleNamespace(
@@ -114,13 +114,13 @@ def test_kiln_run_prints_every_state_and_its_summary(fake_run, summary, as_json,
 def test_a_service_that_does_not_answer_after_the_run_is_one_line(fake_run, tmp_path, monkeypatch):
     import httpx
 
-    import infra.runner
+    import infra.cli.runner
 
     def summarize(client, stack, run_id, config):
         raise httpx.ConnectError("[Errno 111] Connection refused\nsecond line")
 
     fake_run["summary"] = FAILED
-    monkeypatch.setattr(infra.runner, "summarize", summarize)
+    monkeypatch.setattr(infra.cli.runner, "summarize", summarize)
     result = CliRunner().invoke(cli.app, ["run", str(tmp_path / "fake.yaml"), "--home", str(tmp_path / "kiln")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.output.splitlines()[-1] == "error: ConnectError: [Errno 111] Connection refused"

@@ -1,4 +1,4 @@
-from infra.runner import busy_seconds
+from infra.cli.runner import busy_seconds
 
 
 def test_busy_seconds_counts_overlapping_tasks_once():

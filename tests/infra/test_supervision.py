@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from common.processes import free_port
-from infra.supervision import Program, Supervisor
+from infra.stack.supervision import Program, Supervisor
 from tests.servers import wait_for as wait_until
 
 pytestmark = pytest.mark.slow

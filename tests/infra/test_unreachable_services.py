@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from common.processes import free_port
-from infra.runner import _or_unavailable, registry_aliases, served_state
+from infra.cli.runner import _or_unavailable, registry_aliases, served_state
 from serving.client import RestClient, ServingClientError, ServingUnavailable
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,9 +75,9 @@ def test_a_predict_is_sent_once_and_fails_in_one_line():
 
 
 def test_served_state_says_the_server_did_not_answer(monkeypatch):
-    import infra.runner
+    import infra.cli.runner
 
-    monkeypatch.setattr(infra.runner, "SERVING_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(infra.cli.runner, "SERVING_RETRY_SECONDS", 0.5)
     served = served_state(SimpleNamespace(serving_rest_url=f"http://127.0.0.1:{free_port()}"), "m")
     assert served["versions"] == [] and "ConnectError" in served["error"]
 

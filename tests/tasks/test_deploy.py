@@ -125,7 +125,7 @@ def test_a_forced_push_of_an_unblessed_model_records_its_reason(trained_digits, 
 
 def test_lineage_walks_from_a_served_version_to_the_dag_run_data_and_schema(trained_digits, tmp_path,
                                                                            mlflow_store, model_server) -> None:
-    from infra.lineage import lineage
+    from infra.cli.lineage import lineage
     from tasks.artifacts.examples import Examples
     from tasks.artifacts.schema import Schema
 
@@ -216,7 +216,7 @@ def test_a_server_that_is_down_fails_the_push_and_nothing_changes(trained_digits
 
 def test_a_deploy_a_promote_and_a_rollback_lose_no_request_on_stable(trained_digits, tmp_path, mlflow_store,
                                                                      model_server, tiny_digits_csv) -> None:
-    from infra.serving_ops import PipelineServing, promote_version, rollback_champion
+    from infra.cli.serving_ops import PipelineServing, promote_version, rollback_champion
     from tasks.config import load_config
     from tasks.snapshot import Deployment
     from tests.load import SteadyLoad

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.demo_data import DIGITS_HEADER
+from infra.cli.demo_data import DIGITS_HEADER
 from tasks.artifacts.examples import SPLITS, Examples
 from tasks.step_runner import StepRejected, run_step
 from tests.tasks.conftest import churn_pipeline, digits_pipeline, resolve, step_folder, write_pipeline

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from infra.serving_ops import OperatorError, PipelineServing, promote_version, rollback_champion
+from infra.cli.serving_ops import OperatorError, PipelineServing, promote_version, rollback_champion
 from serving.client import RestClient
 from serving.deployer import ServingDeployer, read_config
 from tasks.config import load_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.airflow_api import AirflowApiError
+from infra.cli.airflow_api import AirflowApiError
 from tasks.config import PipelineConfig
 
 

@@ -19,7 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from infra.airflow_api import (
+from infra.airflow.pipelines import CONFIG_MARK, config_fingerprint
+from infra.cli.airflow_api import (
     FINISHED,
     RETRY_SECONDS,
     AirflowApiError,
@@ -28,8 +29,7 @@ from infra.airflow_api import (
     admin_password,
     seconds_between,
 )
-from infra.pipelines import CONFIG_MARK, config_fingerprint
-from infra.stack import Stack
+from infra.stack.stack import Stack
 from tasks.artifacts.approval import ApprovalDecision, ApprovalProperties
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.infra_blessing import InfraBlessing

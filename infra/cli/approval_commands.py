@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from infra.console import Home, fail, out
-from infra.stack import Stack, StackError, kiln_home
+from infra.cli.console import Home, fail, out
+from infra.stack.stack import Stack, StackError, kiln_home
 
 Pipeline = Annotated[str, typer.Argument(help="the pipeline's name (its DAG is kiln_<pipeline>)")]
 RunId = Annotated[str | None, typer.Argument(help="the DAG run (default: the run waiting for an approval)")]
@@ -27,9 +27,9 @@ def reject(pipeline: Pipeline, run_id: RunId = None, comment: Comment = None, ho
 
 
 def _answer(pipeline: str, run_id: str | None, approved: bool, comment: str | None, home: Home) -> None:
-    from infra.airflow_api import AirflowApiError
-    from infra.approvals import ApprovalError, answer_approval
-    from infra.runner import airflow_client
+    from infra.cli.airflow_api import AirflowApiError
+    from infra.cli.approvals import ApprovalError, answer_approval
+    from infra.cli.runner import airflow_client
 
     try:
         client = airflow_client(Stack.load(kiln_home(home)))

@@ -1,6 +1,6 @@
 """The embedded stack behind `kiln up` / `kiln down`: MLflow, kiln-model-server and Airflow's
 api-server, scheduler, dag-processor and triggerer as separate programs on 127.0.0.1, each supervised
-by supervisord (`infra.supervision`), which restarts a service that dies. All state lives under
+by supervisord (`infra.stack.supervision`), which restarts a service that dies. All state lives under
 KILN_HOME; `stack.json` records the ports and supervisord's pid so `run`, `status`
 and `down` find the stack again.
 """
@@ -21,12 +21,12 @@ import httpx
 
 from common import LEGACY_KERAS_ENV
 from common.processes import log_tail, port_is_free
-from infra.fleet_services import FleetServiceError, FleetServices
-from infra.placement import REMAP_VARIABLE, load_profile, placements
-from infra.supervision import Program, Supervisor, SupervisorError
+from infra.airflow.placement import REMAP_VARIABLE, load_profile, placements
+from infra.stack.fleet_services import FleetServiceError, FleetServices
+from infra.stack.supervision import Program, Supervisor, SupervisorError
 from tasks.config import PlacementConfig, StepPlacement
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = "stack.json"
 KUBERNETES = "KubernetesExecutor"
 FLEET_DATABASES = ("airflow", "mlflow")

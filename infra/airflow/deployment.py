@@ -14,7 +14,7 @@ from pathlib import Path
 from tasks.context import ServingEndpoints
 from tasks.snapshot import Deployment
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVING_VARIABLES = {"rest_url": "KILN_SERVING_REST", "grpc_address": "KILN_SERVING_GRPC",
                      "model_base_path": "KILN_SERVING_MODELS", "config_file": "KILN_SERVING_CONFIG"}
 

@@ -15,7 +15,7 @@ from tasks.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = REPO_ROOT / "pipelines"
 POINTERS = "pipelines"
 CONFIG_MARK = "kiln-config:"  # the DAG doc line that says which YAML version Airflow parsed

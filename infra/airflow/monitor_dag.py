@@ -1,7 +1,7 @@
 """`kiln_monitor_<pipeline>`: for each pipeline whose data comes in spans, a DAG that checks the newest
 span for drift on every new span (the data asset) and on its own schedule (`monitor.schedule`,
 hourly by default). Wiring only: the check is the registry's service step `check_drift`
-(`tasks.steps.check_drift`), run like a pipeline step (`infra.dag_factory.service_task`).
+(`tasks.steps.check_drift`), run like a pipeline step (`infra.airflow.dag_factory.service_task`).
 
 `check_drift` writes the report (a table in the task log, a DriftReport artifact, an MLflow run);
 `trigger_retrain` updates the pipeline's drift asset, with the report as the event's extra, only when
@@ -19,8 +19,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from infra.dag_factory import DEFAULT_ARGS, service_task
-from infra.schedules import data_asset, drift_asset
+from infra.airflow.dag_factory import DEFAULT_ARGS, service_task
+from infra.airflow.schedules import data_asset, drift_asset
 from tasks.config import ON_DRIFT, load_config
 from tasks.errors import BadInputError
 from tasks.registry import step

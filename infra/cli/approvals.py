@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from infra.airflow_api import FINISHED, AirflowApiError, AirflowClient, AlreadyAnswered
+from infra.cli.airflow_api import FINISHED, AirflowApiError, AirflowClient, AlreadyAnswered
 from tasks.errors import BadInputError
 from tasks.registry import STEPS
 

@@ -3,10 +3,10 @@
 Wiring only. The task list, each task's inputs (matched by artifact name to the step that produces
 them), its params (the trigger form: JSON schemas derived from the config's pydantic fields, prefilled
 with the YAML's values) and its placement (executor, queue, pool, pod override from the YAML's
-`placement` over its profile, `infra.placement`) all come from `tasks.registry` and the YAML.
+`placement` over its profile, `infra.airflow.placement`) all come from `tasks.registry` and the YAML.
 The first task resolves the run snapshot (the only code that reads the deployment's environment);
 every other task calls `tasks.step_runner.run_step`, which imports the step only when it runs, so
-parsing stays fast. A step of role `approval` is a Human-in-the-loop task (`infra.approval`). Only DAG
+parsing stays fast. A step of role `approval` is a Human-in-the-loop task (`infra.airflow.approval`). Only DAG
 files import this module.
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from infra.airflow_links import XCOM_KEY as LINKS_XCOM
-from infra.airflow_links import links_for
-from infra.approval import PipelineApproval
-from infra.pipelines import CONFIG_MARK, config_fingerprint
-from infra.placement import executor_remap, pod_override, step_placement
-from infra.schedules import pipeline_schedule
+from infra.airflow.approval import PipelineApproval
+from infra.airflow.links import XCOM_KEY as LINKS_XCOM
+from infra.airflow.links import links_for
+from infra.airflow.pipelines import CONFIG_MARK, config_fingerprint
+from infra.airflow.placement import executor_remap, pod_override, step_placement
+from infra.airflow.schedules import pipeline_schedule
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError, one_line
 from tasks.registry import PARAMS, STEPS, StepSpec, param_defaults, param_schema
@@ -124,7 +124,7 @@ def _rejected(message: str) -> AirflowFailException:
 
 def _resolve_task(spec: StepSpec, config_path: Path, placement: dict[str, Any], placed: dict[str, Any]) -> Any:
     def resolve() -> str:
-        from infra.deployment import deployment_from_env
+        from infra.airflow.deployment import deployment_from_env
         from tasks.snapshot import resolve_run
 
         context = get_current_context()
@@ -161,7 +161,7 @@ def service_task(spec: StepSpec, config: PipelineConfig, config_path: Path, task
     """A service step (`role: service`) of the pipeline at `config_path`, run on its config as it is when the task
     runs, with the pipeline tasks' placement, error mapping and links; returns the task's XComArg (its result)."""
     def execute() -> dict[str, Any]:
-        from infra.deployment import deployment_from_env
+        from infra.airflow.deployment import deployment_from_env
         from tasks.step_runner import StepRejected, StepSkipped, pipeline_links, run_on_pipeline
 
         context = get_current_context()

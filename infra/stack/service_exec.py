@@ -1,4 +1,4 @@
-"""`python -m infra.service_exec --group-file F [--reap] -- COMMAND...`: how supervisord starts a service.
+"""`python -m infra.stack.service_exec --group-file F [--reap] -- COMMAND...`: how supervisord starts a service.
 
 supervisord makes each program the leader of its own process group and restarts it when it dies,
 but a service killed with SIGKILL leaves its children behind: mlflow's uvicorn worker, still

@@ -16,8 +16,8 @@ from typing import Any
 
 from airflow.sdk import DAG
 
-from infra.airflow_links import ModelVersionLink, ServedModelLink
-from infra.dag_factory import service_task
+from infra.airflow.dag_factory import service_task
+from infra.airflow.links import ModelVersionLink, ServedModelLink
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 from tasks.registry import step

@@ -20,7 +20,7 @@ from tasks.config import Executor, PipelineConfig, PlacementConfig, StepPlacemen
 from tasks.errors import BadInputError
 from tasks.registry import STEP_NAMES
 
-PROFILES = Path(__file__).resolve().parent / "profiles"
+PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 REMAP_VARIABLE = "KILN_EXECUTOR_REMAP"  # "KubernetesExecutor=LocalExecutor,..."
 
 

@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from infra.airflow_api import AirflowApiError
-from infra.console import AsJson, Home, err, fail
-from infra.stack import Stack, StackError, kiln_home
+from infra.cli.airflow_api import AirflowApiError
+from infra.cli.console import AsJson, Home, err, fail
+from infra.stack.stack import Stack, StackError, kiln_home
 from tasks.config import ON_DRIFT, ON_NEW_DATA, PipelineConfig, load_config
 from tasks.errors import BadInputError
 
@@ -32,8 +32,8 @@ def add(
     home: Home = None,
 ) -> None:
     """Check FILE against the pipeline's schema, copy it in as the next span, post an asset event."""
-    from infra.data_add import add_span
-    from infra.runner import airflow_client, wait_until_parsed
+    from infra.cli.data_add import add_span
+    from infra.cli.runner import airflow_client, wait_until_parsed
 
     home_path = kiln_home(home)
     os.environ["KILN_HOME"] = str(home_path)  # the YAMLs may say ${KILN_HOME}
@@ -75,7 +75,7 @@ def add(
 
 def _pipeline(home: Path, pipeline: str) -> tuple[Path, PipelineConfig]:
     """A registered or shipped pipeline by name, or a YAML path (registered with the stack here)."""
-    from infra.pipelines import discover, register
+    from infra.airflow.pipelines import discover, register
 
     if pipeline.endswith((".yaml", ".yml")) or os.sep in pipeline:
         path = Path(pipeline).resolve()

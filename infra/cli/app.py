@@ -15,13 +15,13 @@ import yaml
 from rich.table import Table
 from rich.text import Text
 
-from infra.airflow_api import AirflowApiError, TaskState
-from infra.cli_approval import register as register_approval_commands
-from infra.cli_data import data_app
-from infra.cli_serving import register as register_serving_commands
-from infra.console import AsJson, Home, err, fail, out
-from infra.demo_data import DATASETS
-from infra.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
+from infra.cli.airflow_api import AirflowApiError, TaskState
+from infra.cli.approval_commands import register as register_approval_commands
+from infra.cli.console import AsJson, Home, err, fail, out
+from infra.cli.data_commands import data_app
+from infra.cli.demo_data import DATASETS
+from infra.cli.serving_commands import register as register_serving_commands
+from infra.stack.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 from tasks.metrics import HEADLINE
@@ -64,7 +64,7 @@ def up(home: Home = None, airflow_port: Port = None, mlflow_port: Port = None, r
        no_cluster: Annotated[bool, typer.Option("--no-cluster", help="no Kubernetes here: the profile's "
                                                 "KubernetesExecutor steps run on the LocalExecutor")] = False) -> None:
     """Start MLflow, kiln-model-server and Airflow's components on 127.0.0.1, each supervised."""
-    from infra.placement import PlacementError, load_profile
+    from infra.airflow.placement import PlacementError, load_profile
 
     try:
         load_profile(profile)
@@ -114,7 +114,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
 ) -> None:
     """Infer a pipeline from a CSV: writes <out>/<name>.yaml and <out>/<name>.schema.pbtxt."""
-    from infra.init import infer, renamed_columns, write_files
+    from infra.cli.init import infer, renamed_columns, write_files
 
     if task not in (None, "classification", "regression"):
         raise fail(f"--task {task!r}: use classification or regression")
@@ -197,7 +197,7 @@ def run(
     config_path = config_path.resolve()
     overrides = _parse_params(param or [])
     config = validated_config(config_path, overrides, home_path)
-    from infra.placement import check_executors
+    from infra.airflow.placement import check_executors
 
     try:
         stack = Stack.load(home_path)
@@ -224,9 +224,9 @@ def run_and_summarize(stack: Stack, config_path: Path, overrides: dict[str, Any]
     import httpx
     from mlflow.exceptions import MlflowException
 
-    from infra.console import bound_mlflow_retries
-    from infra.pipelines import register
-    from infra.runner import RunFailed, summarize, trigger_and_follow, write_summary
+    from infra.airflow.pipelines import register
+    from infra.cli.console import bound_mlflow_retries
+    from infra.cli.runner import RunFailed, summarize, trigger_and_follow, write_summary
     from serving.client import ServingClientError
 
     bound_mlflow_retries()
@@ -452,7 +452,7 @@ def lineage(
     home: Home = None,
 ) -> None:
     """From a model version back to its DAG run, data, schema and code, through MLflow alone."""
-    from infra.lineage import lineage as walk
+    from infra.cli.lineage import lineage as walk
 
     home_path = kiln_home(home)
     try:
@@ -476,7 +476,7 @@ def lineage(
 
 def _registered_name(model: str, home: Path) -> str:
     """A pipeline or served model name means that pipeline's registered model; anything else is one."""
-    from infra.pipelines import discover
+    from infra.airflow.pipelines import discover
 
     for path in discover(home).values():
         try:
@@ -502,7 +502,7 @@ def status(home: Home = None) -> None:
 
 def _services_table(stack: Stack) -> Table:
     """Each service as supervisord and its health check see it."""
-    from infra.supervision import SupervisorError
+    from infra.stack.supervision import SupervisorError
 
     table = Table(title=f"kiln stack ({stack.home})")
     for column in ("service", "state", "health", "pid", "uptime", "restarts"):
@@ -533,9 +533,9 @@ def _duration(seconds: float) -> str:
 
 
 def _print_pipelines(stack: Stack) -> None:
-    from infra.pipelines import discover
-    from infra.retraining_status import retraining_row
-    from infra.runner import airflow_client, registry_aliases, served_state
+    from infra.airflow.pipelines import discover
+    from infra.cli.retraining_status import retraining_row
+    from infra.cli.runner import airflow_client, registry_aliases, served_state
 
     try:  # a snapshot: a restarting api-server is waited for briefly, not for a run's 120 s
         client = airflow_client(stack, report=_say, retry_for=STATUS_RETRY_SECONDS)
@@ -595,7 +595,7 @@ register_approval_commands(app)
 app.add_typer(data_app, name="data")
 
 
-def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli`
+def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli.app`
     app()
 
 

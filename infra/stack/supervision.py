@@ -5,7 +5,7 @@ program is in, since when, and with which pid.
 supervisord restarts a program that exits after it was up (`autorestart`); one that keeps dying
 during start-up is retried with its growing backoff (1 s, 2 s, ...) `startretries` times, then
 left FATAL, which `kiln status` shows. Restarts are counted by an event listener of supervisord's
-own (`infra.restart_listener`), since supervisord keeps no count.
+own (`infra.stack.restart_listener`), since supervisord keeps no count.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Supervisor:
             if any("\n" in part for part in program.command):
                 raise ValueError(f"program {program.name!r}: an argument spans more than one line, which "
                                  "supervisord's config cannot hold")
-            wrapped = [sys.executable, "-m", "infra.service_exec", "--group-file", str(self.dir / f"{program.name}.pgid"),
+            wrapped = [sys.executable, "-m", "infra.stack.service_exec", "--group-file", str(self.dir / f"{program.name}.pgid"),
                        *(["--reap"] if program.reap_leftovers else []), "--", *program.command]
             sections.append((f"program:{program.name}", {
                 "command": shlex.join(wrapped),
@@ -131,7 +131,7 @@ class Supervisor:
                 "stdout_logfile_backups": "2",
             }))
         sections.append((f"eventlistener:{LISTENER}", {
-            "command": shlex.join([sys.executable, "-m", "infra.restart_listener", str(self.dir / RESTARTS_FILE)]),
+            "command": shlex.join([sys.executable, "-m", "infra.stack.restart_listener", str(self.dir / RESTARTS_FILE)]),
             "events": "PROCESS_STATE_RUNNING",
             "autorestart": "true",
             "stderr_logfile": self.program_log(LISTENER),

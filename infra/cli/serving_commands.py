@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from infra.console import AsJson, Home, bound_mlflow_retries, fail, out
-from infra.stack import Stack, StackError, kiln_home
+from infra.cli.console import AsJson, Home, bound_mlflow_retries, fail, out
+from infra.stack.stack import Stack, StackError, kiln_home
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 from tasks.model_registry import CHALLENGER, CHAMPION, PREVIOUS
@@ -30,21 +30,21 @@ def promote(pipeline: Pipeline,
             version: Annotated[int, typer.Argument(help="the MLflow version to make champion", min=1)],
             reason: Reason = None, as_json: AsJson = False, home: Home = None) -> None:
     """Make VERSION the champion (served as stable); the old champion stays loaded as previous-champion."""
-    from infra.serving_ops import promote_version
+    from infra.cli.serving_ops import promote_version
 
     _run(pipeline, home, as_json, lambda serving: promote_version(serving, version, reason, _operator("promote")))
 
 
 def rollback(pipeline: Pipeline, reason: Reason = None, as_json: AsJson = False, home: Home = None) -> None:
     """Swap champion and previous-champion and serve accordingly; a second rollback undoes the first."""
-    from infra.serving_ops import rollback_champion
+    from infra.cli.serving_ops import rollback_champion
 
     _run(pipeline, home, as_json, lambda serving: rollback_champion(serving, reason, _operator("rollback")))
 
 
 def sync(pipeline: Pipeline, as_json: AsJson = False, home: Home = None) -> None:
     """Bring TF Serving to what the pipeline's MLflow aliases say now (what kiln_serving_sync does)."""
-    from infra.serving_ops import sync_pipeline
+    from infra.cli.serving_ops import sync_pipeline
     from tasks.serving_sync import AliasChange
 
     def synced(serving: Any) -> AliasChange:
@@ -92,9 +92,9 @@ def _run(pipeline: str, home: Any, as_json: bool, change: Any) -> None:
 
 
 def _serving(pipeline: str, home: Any) -> Any:
-    from infra.deployment import deployment_from_env
-    from infra.pipelines import discover
-    from infra.serving_ops import PipelineServing
+    from infra.airflow.deployment import deployment_from_env
+    from infra.airflow.pipelines import discover
+    from infra.cli.serving_ops import PipelineServing
 
     os.environ["KILN_HOME"] = str(home)  # the pipeline YAMLs may say ${KILN_HOME}, as for `kiln run`
     paths = discover(home)
