@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from infra.airflow.dag_factory import kiln_home, pipeline_dags
 from infra.airflow.monitor_dag import monitor_dags
-from infra.airflow.pipelines import discover
+from infra.airflow.pipelines import discover, load_pipelines
 
-_paths = discover(kiln_home())
-globals().update(pipeline_dags(_paths))
-globals().update(monitor_dags(_paths))
+_pipelines = load_pipelines(discover(kiln_home()))
+globals().update(pipeline_dags(_pipelines))
+globals().update(monitor_dags(_pipelines))

@@ -5,7 +5,7 @@ of every pipeline say (champion -> stable, challenger -> canary, previous-champi
 from __future__ import annotations
 
 from infra.airflow.dag_factory import kiln_home
-from infra.airflow.pipelines import discover
+from infra.airflow.pipelines import discover, load_pipelines
 from infra.airflow.sync_dag import DAG_ID, serving_sync_dag
 
-globals()[DAG_ID] = serving_sync_dag(discover(kiln_home()))
+globals()[DAG_ID] = serving_sync_dag(load_pipelines(discover(kiln_home())))

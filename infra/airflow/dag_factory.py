@@ -27,7 +27,7 @@ from infra.airflow.links import links_for
 from infra.airflow.pipelines import CONFIG_MARK, config_fingerprint
 from infra.airflow.placement import executor_remap, pod_override, step_placement
 from infra.airflow.schedules import pipeline_schedule
-from tasks.config import PipelineConfig, load_config
+from tasks.config import PipelineConfig
 from tasks.errors import BadInputError, one_line
 from tasks.registry import PARAMS, STEPS, StepSpec, param_defaults, param_schema
 
@@ -37,22 +37,22 @@ DEFAULT_ARGS = {"owner": "kiln", "retries": 1, "retry_delay": timedelta(seconds=
 SETUP = next(spec for spec in STEPS if spec.role == "setup")
 
 
-def pipeline_dags(paths: dict[str, Path]) -> dict[str, DAG]:
-    """dag_id -> DAG for every pipeline YAML that parses; a broken YAML is logged and skipped, so it
-    cannot take the other pipelines down (`kiln run` reports its error in one line)."""
+def pipeline_dags(pipelines: list[tuple[Path, PipelineConfig]]) -> dict[str, DAG]:
+    """dag_id -> DAG for every loaded pipeline (`infra.airflow.pipelines.load_pipelines`). A config that loads
+    can still fail to wire (an unknown placement profile, a YAML gone since): that one is logged and
+    skipped too, for the same reason a broken YAML is."""
     dags = {}
-    for name, path in paths.items():
+    for config_path, config in pipelines:
         try:
-            dag = pipeline_dag(path)
+            dag = pipeline_dag(config, config_path)
         except (BadInputError, OSError) as exc:
-            log.error("pipeline %s (%s) skipped: %s", name, path, exc)
+            log.error("pipeline %s (%s) skipped: %s", config.pipeline, config_path, exc)
             continue
         dags[dag.dag_id] = dag
     return dags
 
 
-def pipeline_dag(config_path: Path) -> DAG:
-    config = load_config(config_path, expand_env=False)
+def pipeline_dag(config: PipelineConfig, config_path: Path) -> DAG:
     placement = config.placement
     with DAG(
         dag_id=f"kiln_{config.pipeline}",

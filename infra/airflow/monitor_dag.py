@@ -21,18 +21,19 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 from infra.airflow.dag_factory import DEFAULT_ARGS, service_task
 from infra.airflow.schedules import data_asset, drift_asset
-from tasks.config import ON_DRIFT, load_config
+from tasks.config import ON_DRIFT, PipelineConfig
 from tasks.errors import BadInputError
 from tasks.registry import step
 from tasks.spans import is_spanned
 
 
-def monitor_dags(paths: dict[str, Path]) -> dict[str, DAG]:
-    """dag_id -> monitor DAG of every pipeline with spans; a broken YAML is left to pipeline_dags to report."""
+def monitor_dags(pipelines: list[tuple[Path, PipelineConfig]]) -> dict[str, DAG]:
+    """dag_id -> monitor DAG of every loaded pipeline with spans; one that cannot be wired is left to
+    pipeline_dags to report."""
     dags = {}
-    for path in paths.values():
+    for config_path, config in pipelines:
         try:
-            dag = monitor_dag(path)
+            dag = monitor_dag(config, config_path)
         except (BadInputError, OSError):
             continue
         if dag is not None:
@@ -40,8 +41,7 @@ def monitor_dags(paths: dict[str, Path]) -> dict[str, DAG]:
     return dags
 
 
-def monitor_dag(config_path: Path) -> DAG | None:
-    config = load_config(config_path, expand_env=False)
+def monitor_dag(config: PipelineConfig, config_path: Path) -> DAG | None:
     if not is_spanned(config.data.source):
         return None
     drift = drift_asset(config)

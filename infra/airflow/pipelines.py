@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import ConfigError
+from tasks.config import ConfigError, PipelineConfig, load_config
+from tasks.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,19 @@ def registered(home: Path | None) -> dict[str, Path]:
 def discover(home: Path | None) -> dict[str, Path]:
     """Every pipeline name -> its YAML; a shipped pipeline wins over a registered one of the same name."""
     return {**registered(home), **shipped()}
+
+
+def load_pipelines(paths: dict[str, Path]) -> list[tuple[Path, PipelineConfig]]:
+    """(path, config) of every pipeline that loads, each YAML read once for all the DAGs a DAG file builds
+    from it; a broken YAML is logged and skipped, so it cannot take the other pipelines down (`kiln run`
+    reports its error in one line)."""
+    loaded = []
+    for name, path in paths.items():
+        try:
+            loaded.append((path, load_config(path, expand_env=False)))
+        except (BadInputError, OSError) as exc:
+            log.error("pipeline %s (%s) skipped: %s", name, path, exc)
+    return loaded
 
 
 def register(home: Path, name: str, config_path: Path) -> bool:

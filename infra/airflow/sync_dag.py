@@ -8,7 +8,6 @@ registered model yet, or no TF Serving configured, is skipped. Each task is the 
 
 from __future__ import annotations
 
-import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,18 +17,16 @@ from airflow.sdk import DAG
 
 from infra.airflow.dag_factory import service_task
 from infra.airflow.links import ModelVersionLink, ServedModelLink
-from tasks.config import PipelineConfig, load_config
-from tasks.errors import BadInputError
+from tasks.config import PipelineConfig
 from tasks.registry import step
-
-log = logging.getLogger(__name__)
 
 DAG_ID = "kiln_serving_sync"
 INTERVAL_VARIABLE = "KILN_SERVING_SYNC_MINUTES"
 DEFAULT_INTERVAL_MINUTES = 5
 
 
-def serving_sync_dag(paths: dict[str, Path]) -> DAG:
+def serving_sync_dag(pipelines: list[tuple[Path, PipelineConfig]]) -> DAG:
+    """One sync task per loaded pipeline (`infra.airflow.pipelines.load_pipelines`)."""
     minutes = int(os.environ.get(INTERVAL_VARIABLE) or DEFAULT_INTERVAL_MINUTES)
     with DAG(
         dag_id=DAG_ID,
@@ -44,12 +41,7 @@ def serving_sync_dag(paths: dict[str, Path]) -> DAG:
         default_args={"owner": "kiln", "retries": 1, "retry_delay": timedelta(seconds=10)},
         doc_md=__doc__ + f"\n\nEvery {minutes} minutes (`{INTERVAL_VARIABLE}`).\n",
     ) as dag:
-        for name, path in paths.items():
-            try:
-                config = load_config(path, expand_env=False)
-            except (BadInputError, OSError) as exc:
-                log.error("pipeline %s (%s) not synced: %s", name, path, exc)
-                continue
+        for path, config in pipelines:
             _sync_task(config, path)
     return dag
 
