@@ -17,6 +17,11 @@ Home = Annotated[Path | None, typer.Option("--home", help="state folder (default
 AsJson = Annotated[bool, typer.Option("--json", help="print one JSON summary object on stdout")]
 
 
+def say(line: str) -> None:
+    """A progress line on stderr, indented under what the command prints."""
+    err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)  # URLs and commands stay copyable
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `error: message` on stderr; raise what this returns."""
     err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)

@@ -12,6 +12,7 @@ from airflow.utils.state import TaskInstanceState
 from typer.testing import CliRunner
 
 import infra.cli.app as cli
+import infra.cli.reports as reports
 from infra.cli.airflow_api import TaskState
 from tasks.config import PlacementConfig
 
@@ -24,19 +25,19 @@ def task(state: str | None, try_number: int = 1, duration: float | None = None) 
 
 
 def test_every_known_state_has_a_style():
-    assert set(STATES) <= set(cli.STATE_STYLE), "style the new Airflow task state in infra/cli/app.py STATE_STYLE"
+    assert set(STATES) <= set(reports.STATE_STYLE), "style the new Airflow task state in infra/cli/reports.py STATE_STYLE"
 
 
 @pytest.mark.parametrize("state", [*STATES, None, *ODD])
 def test_every_state_prints_as_it_is(state, capsys):
-    cli._print_task(task(state))
+    reports.print_task(task(state))
     assert capsys.readouterr().err.split() == ["train", state or "none"]
 
 
 def test_the_try_number_shows_from_the_second_try(capsys):
-    cli._print_task(task("running", 2))
-    cli._print_task(task("success", 2, 3.25))
-    cli._print_task(task("queued", 1))
+    reports.print_task(task("running", 2))
+    reports.print_task(task("success", 2, 3.25))
+    reports.print_task(task("queued", 1))
     assert capsys.readouterr().err.splitlines() == [
         "  train           running (try 2)", "  train           success (try 2) (3.2s)", "  train           queued"]
 
