@@ -23,7 +23,8 @@ from rich.table import Table
 from common.processes import free_port
 from infra.cli.app import DEFAULT_CONFIG, run_and_summarize, validated_config
 from infra.cli.demo_data import write_digits_csv
-from infra.stack.stack import Stack, StackPorts
+from infra.stack.layout import StackPorts
+from infra.stack.stack import Stack
 
 TOTAL_TARGET_S = 240
 OVERHEAD_TARGET_PCT = 30

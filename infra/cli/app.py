@@ -22,7 +22,8 @@ from infra.cli.data_commands import data_app
 from infra.cli.demo_data import DATASETS
 from infra.cli.reports import print_pipelines, print_task, report_run, services_table
 from infra.cli.serving_commands import register as register_serving_commands
-from infra.stack.stack import REPO_ROOT, Stack, StackError, StackPorts, kiln_home
+from infra.stack.layout import REPO_ROOT, StackError, StackPorts, kiln_home
+from infra.stack.stack import Stack
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 

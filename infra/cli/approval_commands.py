@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from infra.cli.console import Home, fail, out
-from infra.stack.stack import Stack, StackError, kiln_home
+from infra.stack.layout import StackError, kiln_home
+from infra.stack.stack import Stack
 
 Pipeline = Annotated[str, typer.Argument(help="the pipeline's name (its DAG is kiln_<pipeline>)")]
 RunId = Annotated[str | None, typer.Argument(help="the DAG run (default: the run waiting for an approval)")]

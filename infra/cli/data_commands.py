@@ -13,7 +13,8 @@ import typer
 
 from infra.cli.airflow_api import AirflowApiError
 from infra.cli.console import AsJson, Home, err, fail
-from infra.stack.stack import Stack, StackError, kiln_home
+from infra.stack.layout import StackError, kiln_home
+from infra.stack.stack import Stack
 from tasks.config import ON_DRIFT, ON_NEW_DATA, PipelineConfig, load_config
 from tasks.errors import BadInputError
 

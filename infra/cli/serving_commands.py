@@ -17,7 +17,8 @@ import typer
 from rich.table import Table
 
 from infra.cli.console import AsJson, Home, bound_mlflow_retries, fail, out
-from infra.stack.stack import Stack, StackError, kiln_home
+from infra.stack.layout import StackError, kiln_home
+from infra.stack.stack import Stack
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 from tasks.model_registry import CHALLENGER, CHAMPION, PREVIOUS
