@@ -42,7 +42,10 @@ def test_a_second_up_is_refused(kiln) -> None:
 
 def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     summary = kiln.run_json(str(Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"),
-                            "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=4", "-p", "thresholds={accuracy: 0.6}")
+                            "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=4", "-p", "thresholds={accuracy: 0.6}",
+                            # one post-training and one fine-tuned (QAT, in the training workers) variant: every
+                            # variant's own build is covered by tests/tasks/test_tflite.py and test_optimize.py
+                            "-p", "variants=[int8, qat_int8]")
     assert summary["state"] == "success" and summary["dag_id"] == "kiln_digits"
     assert list(summary["task_seconds"]) == list(STEP_NAMES), "in the registry's order"
     assert set(summary["metrics"]) == {"accuracy", "precision", "recall", "f1"} and summary["metrics"]["accuracy"] >= 0.6
@@ -244,7 +247,8 @@ def test_a_regression_on_a_custom_model_module(kiln) -> None:
     assert "task: regression" in init.stdout
     (folder / "models").mkdir()
     (folder / "models" / "house_body.py").write_text(CUSTOM_BODY)
-    summary = kiln.run_json(str(folder / "house.yaml"), "-p", "epochs=40", "-p", "learning_rate=0.01")
+    summary = kiln.run_json(str(folder / "house.yaml"), "-p", "epochs=40", "-p", "learning_rate=0.01",
+                            "-p", "variants=[dynamic_range]")  # the subject is the custom body, not compression
     assert summary["state"] == "success" and summary["task"] == "regression"
     assert set(summary["metrics"]) == {"rmse", "mae", "r2"} and summary["metrics"]["r2"] > 0.5
     assert summary["blessing"]["checks"][0]["metric"] == "rmse" and summary["blessing"]["blessed"]
