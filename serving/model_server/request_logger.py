@@ -50,17 +50,19 @@ def _never_raises(method):
     """A request-side entry point: whatever goes wrong in it is a failed record, never a failed request."""
 
     @functools.wraps(method)
-    def guarded(self, request_or_api, *args):
+    def guarded(self, request_or_model_name, *args):
         try:
-            method(self, request_or_api, *args)
+            method(self, request_or_model_name, *args)
         except Exception:  # noqa: BLE001
             log.exception("Request log: a record could not be queued")
-            self._metrics.request_log_count.inc(_model_name_of(request_or_api, args), FAILED)
+            self._metrics.request_log_count.inc(_model_name_of(request_or_model_name, args), FAILED)
 
     return guarded
 
 
 def _model_name_of(first, rest) -> str:
+    if isinstance(first, str):  # a REST entry point: its model name comes first
+        return first
     for candidate in (first, *rest):
         spec = getattr(candidate, "model_spec", candidate)
         if isinstance(spec, model_pb2.ModelSpec):
@@ -157,33 +159,34 @@ class RequestLogger:
         self._offer(request.model_spec.name, response.model_spec, build)
 
     @_never_raises
-    def rest_predict(self, addressed, version: int, signature, inputs, outputs) -> None:
-        """A REST predict, logged as the PredictRequest/PredictResponse it is equivalent to. `addressed` is the
-        URL's model spec (name, and version or label when the URL named one); numpy arrays are turned into
-        TensorProtos on the writer thread."""
-        if not self._wants(addressed.name):
+    def rest_predict(self, model_name: str, addressed, version: int, signature, inputs, outputs) -> None:
+        """A REST predict, logged as the PredictRequest/PredictResponse it is equivalent to. `addressed()` gives
+        the URL's model spec (name, and version or label when the URL named one), built only for a record that
+        is logged; numpy arrays are turned into TensorProtos on the writer thread."""
+        if not self._wants(model_name):
             return
 
         def build():
-            request = predict_pb2.PredictRequest(model_spec=addressed)
+            request = predict_pb2.PredictRequest(model_spec=addressed())
             request.model_spec.signature_name = signature.name
             for key, value in inputs.items():
                 request.inputs[key].CopyFrom(proto_from_array(value, signature.input_dtypes[key]))
-            response = predict_pb2.PredictResponse(model_spec=_resolved(addressed.name, version, signature.name))
+            response = predict_pb2.PredictResponse(model_spec=_resolved(model_name, version, signature.name))
             for key, value in outputs.items():
                 response.outputs[key].CopyFrom(proto_from_array(value, signature.output_dtypes[key]))
             return prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request, response=response)
             )
 
-        self._offer(addressed.name, _resolved(addressed.name, version, signature.name), build, sampled=True)
+        self._offer(model_name, _resolved(model_name, version, signature.name), build, sampled=True)
 
     @_never_raises
-    def rest_examples(self, api: str, addressed, version: int, signature_name: str, model_input, result) -> None:
+    def rest_examples(self, model_name: str, api: str, addressed, version: int, signature_name: str, model_input,
+                      result) -> None:
         """A REST classify or regress, logged as the Classification/Regression request and response."""
-        if not self._wants(addressed.name):
+        if not self._wants(model_name):
             return
-        spec = _resolved(addressed.name, version, signature_name)
+        spec = _resolved(model_name, version, signature_name)
         request_type, response_type, log_field, log_type = (
             (classification_pb2.ClassificationRequest, classification_pb2.ClassificationResponse, "classify_log",
              prediction_log_pb2.ClassifyLog)
@@ -193,12 +196,12 @@ class RequestLogger:
         )  # fmt: skip
 
         def build():
-            request = request_type(model_spec=addressed, input=model_input)
+            request = request_type(model_spec=addressed(), input=model_input)
             request.model_spec.signature_name = signature_name
             response = response_type(model_spec=spec, result=result)
             return prediction_log_pb2.PredictionLog(**{log_field: log_type(request=request, response=response)})
 
-        self._offer(addressed.name, spec, build, sampled=True)
+        self._offer(model_name, spec, build, sampled=True)
 
     def _wants(self, model_name: str) -> bool:
         settings = self._models.get(model_name)

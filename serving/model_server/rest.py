@@ -164,7 +164,7 @@ class RestApp:
         inputs = codec.tensors_from_predict_request(request, signature.input_dtypes)
         outputs = self._core.runner_for(target.name, "predict")(servable, signature.name, inputs)
         body = codec.predict_response_json(outputs, signature.output_dtypes, request.row_format)
-        self._core.request_log.rest_predict(target.model_spec(), version, signature, inputs, outputs)
+        self._core.request_log.rest_predict(target.name, target.model_spec, version, signature, inputs, outputs)
         return body
 
     def _classify(self, target: _Target, body: bytes) -> bytes:
@@ -180,7 +180,8 @@ class RestApp:
         result = infer(servable, signature_name, model_input, self._core.runner_for(target.name, api))
         payload = to_json(result)
         signature = signature_name or inference.DEFAULT_SIGNATURE
-        self._core.request_log.rest_examples(api, target.model_spec(), version, signature, model_input, result)
+        self._core.request_log.rest_examples(target.name, api, target.model_spec, version, signature, model_input,
+                                            result)
         return payload
 
     def _status(self, target: _Target) -> bytes:
