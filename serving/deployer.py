@@ -35,7 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +46,14 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from common import storage
 from serving.client import GrpcModelService, RestClient
-from serving.target import ServingTarget
+from serving.target import RequestLog, ServingTarget
 
 log = logging.getLogger(__name__)
 
 STABLE, CANARY = "stable", "canary"
 # What makes a version folder loadable, uploaded last and removed first (see the module's docstring).
 COMPLETES_VERSION = ("model.tflite", "saved_model.pb")
+FILE_LOG_COLLECTOR = "file"  # the log collector kiln-model-server implements (TF Serving's open-source build: none)
 
 
 class DeployError(RuntimeError):
@@ -82,6 +83,16 @@ def write_config(path: Path | str, config: model_server_config_pb2.ModelServerCo
     storage.write_text(path, text_format.MessageToString(config))  # a rename locally, one PUT on S3
 
 
+def _set_logging(entry: model_server_config_pb2.ModelConfig, request_log: RequestLog | None) -> None:
+    """Write (or, with None, remove) TF Serving's logging_config in a model's config entry."""
+    entry.ClearField("logging_config")
+    if request_log is None:
+        return
+    entry.logging_config.log_collector_config.type = FILE_LOG_COLLECTOR
+    entry.logging_config.log_collector_config.filename_prefix = request_log.path
+    entry.logging_config.sampling_config.sampling_rate = request_log.sampling_rate
+
+
 def _same_tree(left: Path, right: Path) -> bool:
     cmp = filecmp.dircmp(left, right)
     if cmp.left_only or cmp.right_only or cmp.funny_files:
@@ -92,8 +103,10 @@ def _same_tree(left: Path, right: Path) -> bool:
 
 class ServingDeployer:
     def __init__(self, target: ServingTarget, model_service: GrpcModelService | None = None, load_timeout: float = 180,
-                 lock_timeout: float = 600):
+                 lock_timeout: float = 600, request_logs: Mapping[str, RequestLog | None] | None = None):
         self.target = target
+        # The models whose logging_config this deployer owns (None: logging off); other models' stay as they are.
+        self.request_logs = dict(request_logs or {})
         self.load_timeout = load_timeout
         self.models = model_service or GrpcModelService(target.grpc_address, timeout=load_timeout)
         self.base = str(target.model_base_path)
@@ -137,8 +150,9 @@ class ServingDeployer:
     def _entry(self, config, name: str):
         return next((c for c in config.model_config_list.config if c.name == name), None)
 
-    def _with_model(self, name: str, versions: Iterable[int], labels: dict[str, int]):
-        """The whole server config with this model's entry set (the other models' entries as last applied)."""
+    def _with_model(self, name: str, versions: Iterable[int], labels: dict[str, int], set_logging: bool = True):
+        """The whole server config with this model's entry set (the other models' entries as last applied);
+        `set_logging=False` leaves the entry's logging_config as last applied (the state a rollback restores)."""
         config = read_config(self.target.config_file)
         versions = sorted(set(versions))
         if not versions:
@@ -155,7 +169,20 @@ class ServingDeployer:
         entry.ClearField("version_labels")
         for label, version in labels.items():
             entry.version_labels[label] = version
+        if set_logging and name in self.request_logs:
+            _set_logging(entry, self.request_logs[name])
         return config
+
+    def _logging_outdated(self, name: str) -> bool:
+        """The model's entry in models.config does not log as this deployer is told to."""
+        if name not in self.request_logs:
+            return False
+        entry = self._entry(read_config(self.target.config_file), name)
+        if entry is None:
+            return False  # not served: there is nothing to log, and a reconcile that serves it writes the entry
+        wanted = model_server_config_pb2.ModelConfig()
+        _set_logging(wanted, self.request_logs[name])
+        return entry.logging_config != wanted.logging_config
 
     # -- steps ---------------------------------------------------------------------------------
     def stage_version(self, name: str, version: int, saved_model_dir: Path,
@@ -217,9 +244,9 @@ class ServingDeployer:
         labels = {label: v for label, v in ((STABLE, stable), (CANARY, canary)) if v is not None}
         wanted = set(labels.values()) | {v for v in keep if v is not None}
         current = self.served(name)
-        if set(current.versions) == wanted and current.labels == labels:
+        if set(current.versions) == wanted and current.labels == labels and not self._logging_outdated(name):
             return current
-        before = self._with_model(name, current.versions, current.labels)
+        before = self._with_model(name, current.versions, current.labels, set_logging=False)
         try:
             # Step 1: load what is wanted beside what serves now; labels stay where they point.
             loading = wanted | set(current.labels.values())

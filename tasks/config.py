@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from serving.target import RequestLog
 from tasks.compression.variants import ALL as ALL_VARIANTS
 from tasks.compression.variants import VariantName
 from tasks.context import ServingEndpoints
@@ -213,6 +214,16 @@ class RegistryConfig(_Strict):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: the stack's)")
 
 
+class RequestLogConfig(_Strict):
+    sampling_rate: float = Field(ge=0, le=1, allow_inf_nan=False,
+                                 description="share of the served model's requests logged, from 0 to 1")
+    path: str = Field(min_length=1, description="where the server writes them: <path>/<model>/<version>/*.tfrecord "
+                                                "(a folder the server can write, or an s3:// URL; relative to the YAML)")
+
+    def settings(self) -> RequestLog:
+        return RequestLog(path=self.path, sampling_rate=self.sampling_rate)
+
+
 class ServingConfig(_Strict):
     model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
                                    description="served model name (default: the pipeline name)")
@@ -247,6 +258,9 @@ class ServingConfig(_Strict):
     promotion_timeout_minutes: float = Field(
         1440, gt=0, le=43200, description="how long an approval waits for an answer (fractions allowed); then the "
                                           "canary is withdrawn and the timeout counted on the registered model")
+    request_log: RequestLogConfig | None = Field(
+        None, description="log a sample of the served model's requests as PredictionLog TFRecords (TF Serving's "
+                          "logging_config, written by the deployer; kiln-model-server acts on it); default: off")
 
 
 Executor = Literal["LocalExecutor", "CeleryExecutor", "KubernetesExecutor"]
@@ -468,4 +482,8 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     if is_file_reference(train.model):
         file, _, function = train.model.rpartition(":")
         train = train.model_copy(update={"model": f"{_absolute(base, file)}:{function}"})
-    return config.model_copy(update={"data": data, "train": train})
+    serving = config.serving
+    if serving.request_log is not None:  # the server's working folder is not the YAML's
+        request_log = serving.request_log.model_copy(update={"path": _absolute(base, serving.request_log.path)})
+        serving = serving.model_copy(update={"request_log": request_log})
+    return config.model_copy(update={"data": data, "train": train, "serving": serving})

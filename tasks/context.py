@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from common.storage import is_local
-from serving.target import ServingTarget
+from serving.target import RequestLog, ServingTarget
 
 
 class ServingEndpoints(BaseModel):
@@ -57,6 +57,7 @@ class StepContext:
     experiment: str = "kiln"  # the MLflow experiment of the pipeline's runs
     registered_model_name: str = ""
     served_model_name: str = ""
+    request_log: RequestLog | None = None  # the served model's request logging (serving.request_log; None: off)
     task_type: str = ""
     description: str | None = None
 

@@ -129,8 +129,9 @@ class RegistryServing:
         """The run's MLflow and TF Serving, for the pipeline `ctx` belongs to; alias moves are by the DAG run (and
         the person who approved them)."""
         by = f"{ctx.dag_id} run {ctx.run_id}"
-        return cls(tracking.client(ctx), ctx.registered_model_name, ctx.served_model_name,
-                   ServingDeployer(ctx.require_serving()), by=f"approved by {approved_by} in {by}" if approved_by else by)
+        deployer = ServingDeployer(ctx.require_serving(), request_logs={ctx.served_model_name: ctx.request_log})
+        return cls(tracking.client(ctx), ctx.registered_model_name, ctx.served_model_name, deployer,
+                   by=f"approved by {approved_by} in {by}" if approved_by else by)
 
     def check_server(self) -> ServedModel:
         """What the server serves now; a server that is down fails here, before anything changes."""

@@ -50,6 +50,7 @@ def pipeline_context(config: PipelineConfig, artifact_root: str, run_id: str, tr
                        tracking_uri=tracking_uri, serving=serving, lineage=lineage or {}, step=step,
                        experiment=config.registry.experiment, registered_model_name=config.registered_model_name,
                        served_model_name=config.served_model_name, task_type=config.task.type,
+                       request_log=config.serving.request_log and config.serving.request_log.settings(),
                        description=config.description)
 
 _SERVING_FIELDS = ("rest_url", "grpc_address", "model_base_path", "config_file")

@@ -61,7 +61,8 @@ class PipelineServing:
         return MlflowClient(self.tracking_uri)
 
     def deployer(self) -> ServingDeployer:
-        return ServingDeployer(self.target)
+        request_log = self.config.serving.request_log
+        return ServingDeployer(self.target, request_logs={self.served_model: request_log and request_log.settings()})
 
     def release(self, by: str) -> RegistryServing:
         """Serving moved with the registry, by `by` (an operator, the sync DAG)."""

@@ -137,6 +137,7 @@ def validate_transition(old, new) -> None:
                 "INVALID_ARGUMENT", f"Illegal to list model {model.name} multiple times in config list"
             )
         seen.add(model.name)
+    check_logging_configs(new)
     for model in new.model_config_list.config:
         if not _is_absolute_uri(model.base_path):
             raise ServingError(
@@ -155,6 +156,25 @@ def validate_transition(old, new) -> None:
                 "INVALID_ARGUMENT",
                 f"Illegal to change a model's platform. For model {model.name} platform was "
                 f"{old_platforms[model.name]} and new platform requested is {platform}",
+            )
+
+
+FILE_LOG_COLLECTOR = "file"
+
+
+def check_logging_configs(config) -> None:
+    """Refuse logging configs this server cannot act on, as a TF Serving build with a request logger does."""
+    for model in config.model_config_list.config:
+        if not model.HasField("logging_config"):
+            continue
+        collector = model.logging_config.log_collector_config
+        if collector.type != FILE_LOG_COLLECTOR:
+            # LogCollector::Create's error for a type no factory is registered for (core/log_collector.cc).
+            raise ServingError("NOT_FOUND", f"Cannot find LogCollector::Factory for type: {collector.type}")
+        if not collector.filename_prefix:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f'Model {model.name}: log_collector_config of type "{FILE_LOG_COLLECTOR}" has no filename_prefix',
             )
 
 

@@ -14,6 +14,7 @@ from serving.model_server.batching import BatchScheduler
 from serving.model_server.manager import ModelManager
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.process_group import SiblingProcesses
+from serving.model_server.request_logger import RequestLogger
 from serving.model_server.servable import Servable
 
 
@@ -24,11 +25,14 @@ class ServingCore:
         metrics: ServerMetrics,
         batcher: BatchScheduler | None = None,
         siblings: SiblingProcesses | None = None,
+        request_log: RequestLogger | None = None,
     ):
         self.manager = manager
         self.metrics = metrics
         self.batcher = batcher
         self.siblings = siblings  # the other processes of --kiln_server_processes, which config reloads reach
+        # The models' logging_config in action; one that logs no model costs a dict lookup per request.
+        self.request_log = request_log or RequestLogger(metrics)
 
     def resolve_spec(self, spec: model_pb2.ModelSpec) -> tuple[int, Servable]:
         if not spec.name:

@@ -74,6 +74,12 @@ FLAGS = [
          "Metrics are per process; config reloads reach every process."),
     Flag("kiln_freeze_heap", bool, True, "kiln-model-server only: exclude the objects alive after each model load "
          "or unload from Python's garbage collections (gc.freeze), which would otherwise pause requests."),
+    Flag("kiln_request_log_max_file_bytes", int, 64 * 1024 * 1024, "kiln-model-server only: a request log file "
+         "(a model's logging_config) is closed and published once it holds this many bytes."),
+    Flag("kiln_request_log_max_file_seconds", float, 60.0, "kiln-model-server only: a request log file is closed "
+         "and published this many seconds after it was opened, even if not full."),
+    Flag("kiln_request_log_queue_size", int, 4096, "kiln-model-server only: sampled requests waiting for the request "
+         "log writer; when it is full, a record is dropped (and counted) instead of slowing the request."),
 ]  # fmt: skip
 
 _TRUE, _FALSE = {"true", "1", "t", "yes"}, {"false", "0", "f", "no"}

@@ -82,7 +82,9 @@ class GrpcCalls:
         def handle():
             version, servable, signature, inputs = self._predict_inputs(request)
             run = self._core.runner_for(request.model_spec.name, "Predict")
-            return self._predict_response(request, version, signature, run(servable, signature.name, inputs))
+            response = self._predict_response(request, version, signature, run(servable, signature.name, inputs))
+            self._core.request_log.predict(request, response)
+            return response
 
         return self._measured("Predict", request.model_spec.name, handle)
 
@@ -97,6 +99,7 @@ class GrpcCalls:
             outputs = await _await_batch(self._core.batcher.submit(servable, signature.name, inputs))
             self._core.record_runtime(name, "Predict", servable, submitted)
             response = self._predict_response(request, version, signature, outputs)
+            self._core.request_log.predict(request, response)
         except ServingError as error:
             self._count(name, error)
             raise
@@ -135,13 +138,16 @@ class GrpcCalls:
     # ----- tf.Example methods -------------------------------------------------------------------------------
     def classify(self, request: classification_pb2.ClassificationRequest):
         return self._example_method(
-            "Classify", request, classification_pb2.ClassificationResponse, inference.classify
-        )
+            "Classify", request, classification_pb2.ClassificationResponse, inference.classify,
+            self._core.request_log.classify,
+        )  # fmt: skip
 
     def regress(self, request: regression_pb2.RegressionRequest):
-        return self._example_method("Regress", request, regression_pb2.RegressionResponse, inference.regress)
+        return self._example_method(
+            "Regress", request, regression_pb2.RegressionResponse, inference.regress, self._core.request_log.regress
+        )
 
-    def _example_method(self, api: str, request, response_type, infer):
+    def _example_method(self, api: str, request, response_type, infer, log_request):
         """Classify and Regress: run a tf.Example signature and echo the resolved model spec."""
 
         def handle():
@@ -154,6 +160,7 @@ class GrpcCalls:
             response.model_spec.signature_name = (
                 request.model_spec.signature_name or inference.DEFAULT_SIGNATURE
             )
+            log_request(request, response)
             return response
 
         return self._measured(api, request.model_spec.name, handle)

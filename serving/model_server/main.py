@@ -129,9 +129,16 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.model_server.loading import load_servable
     from serving.model_server.manager import ManagerOptions, ModelManager
     from serving.model_server.metrics import ServerMetrics
+    from serving.model_server.request_log_files import FileLimits
+    from serving.model_server.request_logger import RequestLogger
     from serving.model_server.warmup import run_warmup
 
     metrics = ServerMetrics()
+    request_log = RequestLogger(
+        metrics,
+        FileLimits(options.kiln_request_log_max_file_bytes, options.kiln_request_log_max_file_seconds),
+        options.kiln_request_log_queue_size,
+    )
     tags = [tag for tag in options.saved_model_tags.split(",") if tag]
 
     def warmup(path, servable):
@@ -154,9 +161,10 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
         on_load_attempt=on_load_attempt,
         prefer_tflite=options.prefer_tflite_model,
         after_versions_change=freeze_heap if options.kiln_freeze_heap else None,
+        on_config=request_log.configure,
     )
     batcher = BatchScheduler(batching, metrics) if batching is not None else None
-    core = ServingCore(manager, metrics, batcher, siblings)
+    core = ServingCore(manager, metrics, batcher, siblings, request_log)
     if siblings is not None:
         log.info("Process %d of %d (pid %d)", siblings.index + 1, len(siblings.sockets), os.getpid())
 
@@ -220,6 +228,7 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
             batcher.stop()
         if grpc_server is not None:
             grpc_server.stop(grace=0.5)
+        request_log.stop()  # after the servers: the last requests' records are written and every file published
         log.info("Server stopped")
 
 

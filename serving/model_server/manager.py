@@ -52,8 +52,11 @@ class ModelManager:
         on_load_attempt: Callable[[str, bool, float], None] | None = None,
         prefer_tflite: bool = False,
         after_versions_change: Callable[[], None] | None = None,
+        on_config: Callable[[model_server_config_pb2.ModelServerConfig], None] | None = None,
     ):
         self._options = options
+        # Told every accepted config before its models load (the request logger takes its logging_configs).
+        self._on_config = on_config
         # Runs after a reconcile loaded or unloaded anything (the server freezes the heap there: see heap.py).
         self._after_versions_change = after_versions_change
         self._discovery = VersionDiscovery(prefer_tflite)
@@ -122,6 +125,8 @@ class ModelManager:
             self._config = new_config
             with self._state_lock:
                 self._publish(labels=labels)
+            if self._on_config is not None:
+                self._on_config(new_config)
             for name in old_names - {m.name for m in models}:
                 self._reconcile(name, None)
             if initial:

@@ -133,6 +133,9 @@ class ServerMetrics:
             ("thread_pool_name",),
             BATCH_SIZE_BUCKETS,
         )
+        # kiln-model-server writes request logs (TF Serving's open-source build cannot); status is logged,
+        # dropped (the queue was full) or failed (the file could not be written).
+        self.request_log_count = Counter("/tensorflow/serving/request_log_count", ("model_name", "status"))
         self._all = [value for value in vars(self).values() if isinstance(value, Counter | Histogram)]
 
     def prometheus_text(self) -> str:

@@ -14,6 +14,8 @@ import re
 import time
 from urllib.parse import unquote
 
+from tensorflow_serving.apis import model_pb2
+
 from serving import codec
 from serving.codec import ServingError
 from serving.model_server import inference
@@ -47,6 +49,15 @@ class _Target:
     """A parsed model URL: name, optional version or label (URL-decoded after matching, as TF Serving does)."""
 
     __slots__ = ("name", "version", "label")
+
+    def model_spec(self) -> model_pb2.ModelSpec:
+        """The ModelSpec a gRPC client would send for this URL (what a request log records)."""
+        spec = model_pb2.ModelSpec(name=self.name)
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.label is not None:
+            spec.version_label = self.label
+        return spec
 
     def __init__(self, name: str | None, version: str | None, label: str | None):
         if not name:
@@ -143,7 +154,7 @@ class RestApp:
     # ----- handlers (run on the thread pool) ----------------------------------------------------------------
     def _predict(self, target: _Target, body: bytes) -> bytes:
         request = codec.parse_predict_request(body)
-        _, servable = self._core.manager.resolve(target.name, target.version, target.label)
+        version, servable = self._core.manager.resolve(target.name, target.version, target.label)
         signature_name = request.signature_name or inference.DEFAULT_SIGNATURE
         signature = servable.signatures.get(signature_name)
         if signature is None:
@@ -152,19 +163,26 @@ class RestApp:
             )
         inputs = codec.tensors_from_predict_request(request, signature.input_dtypes)
         outputs = self._core.runner_for(target.name, "predict")(servable, signature.name, inputs)
-        return codec.predict_response_json(outputs, signature.output_dtypes, request.row_format)
+        body = codec.predict_response_json(outputs, signature.output_dtypes, request.row_format)
+        self._core.request_log.rest_predict(target.name, target.model_spec, version, signature, inputs, outputs)
+        return body
 
     def _classify(self, target: _Target, body: bytes) -> bytes:
-        signature_name, model_input = codec.parse_classify_regress_request(body, "classify")
-        _, servable = self._core.manager.resolve(target.name, target.version, target.label)
-        run = self._core.runner_for(target.name, "classify")
-        return codec.classify_response_json(inference.classify(servable, signature_name, model_input, run))
+        return self._examples("classify", target, body, inference.classify, codec.classify_response_json)
 
     def _regress(self, target: _Target, body: bytes) -> bytes:
-        signature_name, model_input = codec.parse_classify_regress_request(body, "regress")
-        _, servable = self._core.manager.resolve(target.name, target.version, target.label)
-        run = self._core.runner_for(target.name, "regress")
-        return codec.regress_response_json(inference.regress(servable, signature_name, model_input, run))
+        return self._examples("regress", target, body, inference.regress, codec.regress_response_json)
+
+    def _examples(self, api: str, target: _Target, body: bytes, infer, to_json) -> bytes:
+        """Classify and Regress: tf.Examples in, a result proto out, printed as TF Serving prints it."""
+        signature_name, model_input = codec.parse_classify_regress_request(body, api)
+        version, servable = self._core.manager.resolve(target.name, target.version, target.label)
+        result = infer(servable, signature_name, model_input, self._core.runner_for(target.name, api))
+        payload = to_json(result)
+        signature = signature_name or inference.DEFAULT_SIGNATURE
+        self._core.request_log.rest_examples(target.name, api, target.model_spec, version, signature, model_input,
+                                            result)
+        return payload
 
     def _status(self, target: _Target) -> bytes:
         # TF Serving quirk kept on purpose: a label is ignored and all versions are returned.

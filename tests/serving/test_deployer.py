@@ -162,3 +162,30 @@ def test_a_version_unloaded_from_s3_and_staged_again_is_served_again(s3_model_se
     assert served.labels == {"stable": 1} and served.versions == (1,)
     assert deployer.models.version_states("digits") == {1: "AVAILABLE"}
     assert probabilities(s3_model_server, label="stable").shape == (10,)
+
+
+def test_the_deployer_writes_the_logging_config_it_is_given_and_removes_it_when_off(model_server, saved_models,
+                                                                                    tmp_path):
+    from serving.target import RequestLog
+
+    request_log = RequestLog(path=str(tmp_path / "request-logs"), sampling_rate=0.25)
+    deployer = ServingDeployer(model_server, request_logs={"digits": request_log})
+    deployer.stage_version("digits", 1, saved_models[1], {})
+    deployer.reconcile("digits", stable=1)
+    entry = read_config(model_server.config_file).model_config_list.config[0]
+    assert entry.logging_config.log_collector_config.type == "file"
+    assert entry.logging_config.log_collector_config.filename_prefix == request_log.path
+    assert entry.logging_config.sampling_config.sampling_rate == 0.25
+    # The server took the config: it logs what it serves.
+    with RestClient(model_server.rest_url) as client:
+        client.predict("digits", [ROW], label="stable")
+    wait_for(lambda: list((tmp_path / "request-logs" / "digits" / "1").glob("*.tfrecord")), timeout=90,
+             message="a published request log file")
+
+    # Nothing else changed, logging turned off: the reconcile still applies it.
+    ServingDeployer(model_server, request_logs={"digits": None}).reconcile("digits", stable=1)
+    assert not read_config(model_server.config_file).model_config_list.config[0].HasField("logging_config")
+    # A deployer told to log puts it back; one told nothing about the model leaves its logging as it is.
+    deployer.reconcile("digits", stable=1)
+    ServingDeployer(model_server).reconcile("digits", stable=1)
+    assert read_config(model_server.config_file).model_config_list.config[0].HasField("logging_config")

@@ -286,3 +286,19 @@ def test_model_names_can_be_set(tmp_path):
 
 def test_a_served_model_name_must_be_url_safe(tmp_path):
     assert "field 'serving.model_name'" in config_error(minimal_with(tmp_path, "serving: {model_name: 'a b'}\n"))
+
+
+# --- serving.request_log ------------------------------------------------------------------------------
+
+
+def test_request_logging_is_off_by_default_and_its_path_is_relative_to_the_yaml(tmp_path):
+    assert load_config(write_yaml(tmp_path, MINIMAL)).serving.request_log is None
+    config = load_config(minimal_with(tmp_path, "serving: {request_log: {sampling_rate: 0.1, path: logs}}\n"))
+    assert config.serving.request_log.path == str(tmp_path / "logs")
+    assert config.serving.request_log.settings().sampling_rate == 0.1
+
+
+@pytest.mark.parametrize("rate", ["1.5", "-0.1", ".nan"])
+def test_a_sampling_rate_outside_0_1_is_refused_in_one_line(tmp_path, rate):
+    path = minimal_with(tmp_path, f"serving: {{request_log: {{sampling_rate: {rate}, path: logs}}}}\n")
+    assert "field 'serving.request_log.sampling_rate'" in config_error(path)
