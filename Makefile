@@ -51,8 +51,11 @@ lock: $(UV_STAMP)
 demo: $(STAMP)
 	$(BIN)/kiln demo
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them: the files that share
+# a stack or a trained model keep them, and tests within a file keep their order.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
