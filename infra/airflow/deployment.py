@@ -11,10 +11,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from infra import DEFAULT_HOME
 from tasks.context import ServingEndpoints
 from tasks.snapshot import Deployment
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVING_VARIABLES = {"rest_url": "KILN_SERVING_REST", "grpc_address": "KILN_SERVING_GRPC",
                      "model_base_path": "KILN_SERVING_MODELS", "config_file": "KILN_SERVING_CONFIG"}
 
@@ -22,7 +22,7 @@ SERVING_VARIABLES = {"rest_url": "KILN_SERVING_REST", "grpc_address": "KILN_SERV
 def deployment_from_env(env: Mapping[str, str] | None = None) -> Deployment:
     """From these variables (default: this process's environment)."""
     env = os.environ if env is None else env
-    home = Path(env.get("KILN_HOME") or REPO_ROOT / ".kiln")
+    home = Path(env.get("KILN_HOME") or DEFAULT_HOME)
     serving = {field: env.get(name, "").strip() for field, name in SERVING_VARIABLES.items()}
     return Deployment(
         artifact_root=env.get("KILN_ARTIFACT_ROOT") or str(home / "artifacts"),

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import yaml
 
+from infra import REPO_ROOT
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = REPO_ROOT / "pipelines"
 POINTERS = "pipelines"
 CONFIG_MARK = "kiln-config:"  # the DAG doc line that says which YAML version Airflow parsed

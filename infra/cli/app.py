@@ -15,6 +15,7 @@ import yaml
 from rich.table import Table
 from rich.text import Text
 
+from infra.airflow.pipelines import SHIPPED
 from infra.cli.airflow_api import AirflowApiError
 from infra.cli.approval_commands import register as register_approval_commands
 from infra.cli.console import AsJson, Home, err, fail, out, say
@@ -22,15 +23,14 @@ from infra.cli.data_commands import data_app
 from infra.cli.demo_data import DATASETS
 from infra.cli.reports import print_pipelines, print_task, report_run, services_table
 from infra.cli.serving_commands import register as register_serving_commands
-from infra.stack.layout import REPO_ROOT, StackError, StackPorts, kiln_home
+from infra.stack.layout import StackError, StackPorts, kiln_home
 from infra.stack.stack import Stack
 from tasks.config import PipelineConfig, load_config
 from tasks.errors import BadInputError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
-PIPELINES = REPO_ROOT / "pipelines"
-DEFAULT_CONFIG = PIPELINES / "digits.yaml"
+DEFAULT_CONFIG = SHIPPED / "digits.yaml"
 Port = Annotated[int | None, typer.Option(min=1, max=65535)]
 Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="override, e.g. epochs=3 (see `kiln steps`)")]
 
@@ -237,7 +237,7 @@ def demo(
     """up -> write the pipeline's demo data -> run -> summary -> down."""
     if pipeline not in DATASETS:
         raise fail(f"--pipeline {pipeline!r}: demo pipelines are {', '.join(DATASETS)}")
-    config_path = PIPELINES / f"{pipeline}.yaml"
+    config_path = SHIPPED / f"{pipeline}.yaml"
     stack = _stack(home, airflow_port, mlflow_port, rest_port, grpc_port)
     _start(stack)
     try:

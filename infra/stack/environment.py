@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 from common import LEGACY_KERAS_ENV
+from infra import REPO_ROOT
 from infra.airflow.placement import REMAP_VARIABLE
 from infra.stack.fleet_services import FleetServices
-from infra.stack.layout import REPO_ROOT, StackLayout
+from infra.stack.layout import StackLayout
 
 
 def service_env(stack: StackLayout) -> dict[str, str]:

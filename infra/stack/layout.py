@@ -8,12 +8,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from infra import DEFAULT_HOME
 from infra.airflow.placement import load_profile, placements
 from infra.stack.fleet_services import FleetServices
 from infra.stack.supervision import Supervisor
 from tasks.config import PlacementConfig, StepPlacement
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = "KubernetesExecutor"
 
 
@@ -44,7 +44,7 @@ class StackPorts:
 
 
 def kiln_home(explicit: str | os.PathLike[str] | None = None) -> Path:
-    home = explicit or os.environ.get("KILN_HOME") or REPO_ROOT / ".kiln"
+    home = explicit or os.environ.get("KILN_HOME") or DEFAULT_HOME
     return Path(home).resolve()
 
 
