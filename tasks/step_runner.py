@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from tasks import tracking
-from tasks.artifacts.base import ArtifactType, Output
+from tasks.artifacts.base import ArtifactError, ArtifactType, Output, read_manifest
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.run import RunSnapshot
 from tasks.config import PipelineConfig, load_config
@@ -29,7 +29,7 @@ from tasks.errors import BadInputError, StepSkipped, one_line
 from tasks.registry import STEPS, StepSpec, step
 from tasks.snapshot import Deployment, pipeline_context, run_config, run_context, serving_endpoints, with_span
 
-__all__ = ["StepContractError", "StepRejected", "StepSkipped", "ask", "links", "pipeline_links", "run_on_pipeline", "run_step",
+__all__ = ["StepContractError", "StepRejected", "StepSkipped", "ask", "links", "pipeline_links", "recorded_outputs", "run_on_pipeline", "run_step",
            "run_steps"]
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,20 @@ def ask(name: str, run_uri: str, inputs: dict[str, str | None]) -> Any:
     if asked is None:
         raise StepSkipped(f"promotion: {config.serving.promotion}; nobody is asked")
     return asked
+
+
+def recorded_outputs(name: str, run_uri: str) -> dict[str, str] | None:
+    """The step's outputs in this run when an earlier try published all of them, else None. An approval retried
+    after its answer was recorded (Airflow may retry a task whose resumed try it lost track of) must not ask again."""
+    spec = step(name)
+    ctx = run_context(RunSnapshot.read(run_uri), step=spec.name)
+    uris = {output: ctx.output_uri(output) for output in spec.outputs}
+    for output, uri in uris.items():
+        try:
+            read_manifest(uri, spec.outputs[output].KIND)
+        except ArtifactError:
+            return None
+    return uris
 
 
 def _check_gate(spec: StepSpec, config: PipelineConfig, blessing: ArtifactType[Any]) -> None:

@@ -17,6 +17,7 @@ skipped, as the ApprovalOperator does, and the run succeeds — not promoted is 
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,8 @@ from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tasks.registry import StepSpec
+
+log = logging.getLogger(__name__)
 
 COMMENT = "comment"
 
@@ -71,8 +74,15 @@ class PipelineApproval(ApprovalOperator):
         self.inputs = inputs
 
     def execute(self, context: Any) -> Any:
-        from tasks.step_runner import StepRejected, StepSkipped, ask
+        from tasks.step_runner import StepRejected, StepSkipped, ask, recorded_outputs
 
+        recorded = recorded_outputs(self.task_id, self.run)
+        if recorded is not None:
+            # A retry after the answer was recorded (and acted on: a rejected canary is already withdrawn). Airflow
+            # 3.3 can fail a resumed HITL task when the executor's late "success" for its paused first half arrives
+            # while the second half runs; asking again would wait for an answer already given.
+            log.warning("%s: the answer was recorded by an earlier try; not asking again", self.task_id)
+            return self._finish(context["ti"], recorded)
         try:
             asked = ask(self.task_id, self.run, self.inputs)
         except StepSkipped as exc:
@@ -95,7 +105,13 @@ class PipelineApproval(ApprovalOperator):
             outputs = run_step(self.task_id, self.run, ti.try_number, self.inputs, **answer)
         except StepRejected as exc:
             raise AirflowFailException(str(exc)) from None
-        if answer["decision"] == "approved":
+        return self._finish(ti, outputs)
+
+    def _finish(self, ti: Any, outputs: dict[str, str]) -> Any:
+        """Approved: the outputs are the task's XComs and promote runs. Otherwise promote is skipped."""
+        from tasks.artifacts.approval import ApprovalDecision
+
+        if ApprovalDecision.read(outputs["approval"]).properties.decision == "approved":
             return outputs
         # skip() ends the task before a return value would be pushed: push the outputs now.
         for name, uri in outputs.items():

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -23,6 +25,18 @@ class Kiln:
     def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([KILN, *args], env=self.env, cwd=self.cwd, capture_output=True, text=True,
                               timeout=timeout)
+
+    @contextmanager
+    def running(self, *args: str) -> Iterator[subprocess.Popen]:
+        """`kiln <args>` beside the test (output captured as text); killed if the test leaves the block before it
+        ends: a run following a DAG that waits for an answer would keep the test, and the session, waiting."""
+        with subprocess.Popen([KILN, *args], env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as process:
+            try:
+                yield process
+            finally:
+                if process.poll() is None:
+                    process.kill()
 
     def run_json(self, *args: str) -> dict:
         result = self("run", "--json", *args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from mlflow import MlflowClient
 from tasks.model_registry import history
 from tasks.registry import STEP_NAMES
 from tests.data import write_churn_csv, write_house_csv
-from tests.e2e.conftest import KILN
 from tests.servers import wait_for
 
 DIGITS_YAML = Path(__file__).resolve().parents[2] / "pipelines" / "digits.yaml"
@@ -158,11 +156,9 @@ def test_a_rejected_approval_withdraws_the_canary_and_stable_stays(kiln, tiny_di
     registry = MlflowClient(f"http://127.0.0.1:{kiln.env['KILN_MLFLOW_PORT']}")
     champion_before = {k: int(v) for k, v in registry.get_registered_model("kiln-digits").aliases.items()}
     stable_before = _stable(kiln)
-    command = [KILN, "run", "--json", str(DIGITS_YAML), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
-               "-p", "variants=[]", "-p", "thresholds={accuracy: 0.3}", "-p", "change_thresholds={}",
-               "-p", "promotion=approval"]
-    with subprocess.Popen(command, env=kiln.env, cwd=kiln.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as run:
+    with kiln.running("run", "--json", str(DIGITS_YAML), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
+                      "-p", "variants=[]", "-p", "thresholds={accuracy: 0.3}", "-p", "change_thresholds={}",
+                      "-p", "promotion=approval") as run:
         airflow = _airflow(kiln)
         [asked] = wait_for(lambda: [d for d in airflow.waiting_for_input("kiln_digits", "approve")
                                     if d["task_instance"]["state"] == "awaiting_input"], 900, 2, "the approval")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,6 @@ from infra.cli.runner import airflow_client, served_state
 from infra.stack.stack import Stack
 from tasks.model_registry import MODEL_CARD
 from tasks.tracking import RUN_ID_TAG
-from tests.e2e.conftest import KILN
 from tests.servers import wait_for as wait_until
 
 pytestmark = pytest.mark.slow
@@ -66,10 +64,8 @@ def faulty_run(kiln, tiny_digits_csv):
     stack = Stack.load(kiln.home)
     failpoints = Path(kiln.env["KILN_FAILPOINTS"])
     (failpoints / "register.after_version").touch()
-    command = [KILN, "run", "--json", str(DIGITS_YAML), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
-               "-p", "thresholds={accuracy: 0.3}", "-p", "variants=[]"]
-    with subprocess.Popen(command, env=kiln.env, cwd=kiln.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as run:
+    with kiln.running("run", "--json", str(DIGITS_YAML), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
+                      "-p", "thresholds={accuracy: 0.3}", "-p", "variants=[]") as run:
         wait_for(lambda: _running_task(stack, "kiln_digits", "train"), 300, "the train task running")
         api_server = stack.supervisor.states()["airflow-api-server"]
         killed = time.monotonic()

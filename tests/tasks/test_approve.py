@@ -24,6 +24,7 @@ from tasks.model_registry import APPROVAL_TIMEOUTS_TAG, CHALLENGER, CHAMPION, PR
 from tasks.serving_sync import sync
 from tasks.snapshot import run_config, run_context
 from tasks.step_config import ServingSections
+from tasks.step_runner import recorded_outputs
 from tasks.steps import approve, promote
 from tests.registry import register_stand_ins
 from tests.tasks.conftest import digits_pipeline, resolve
@@ -69,7 +70,7 @@ def canary(tmp_path, mlflow_store, model_server, tiny_digits_csv) -> dict:
                                                 max_relative_diff=0.0, batch_latency_ms=1.0,
                                                 artifact_sha256="ab" * 32)
     return {"name": name, "client": client, "deployer": deployer, "config": config, "ctx": ctx, "pushed": pushed,
-            "verification": verification}
+            "verification": verification, "run": run}
 
 
 def answer(canary: dict, decision: str, by: str | None, comment: str = "") -> str:
@@ -122,6 +123,15 @@ def test_a_rejected_canary_is_withdrawn_and_stable_is_untouched(canary) -> None:
     assert (last["alias"], last["from_version"], last["to_version"]) == (CHALLENGER, 2, None)
     assert last["why"] == "v2 rejected by bob: latency looks off"
     assert APPROVAL_TIMEOUTS_TAG not in canary["client"].get_registered_model(canary["name"]).tags, "not a timeout"
+
+
+@pytest.mark.slow
+def test_an_answer_once_recorded_is_what_a_retried_approval_finds(canary) -> None:
+    """Airflow may retry an approval task after its answer was recorded (and acted on): the retry must find it
+    instead of asking again."""
+    assert recorded_outputs("approve", canary["run"]) is None, "nothing recorded: ask"
+    uri = answer(canary, "rejected", "bob", "not now")
+    assert recorded_outputs("approve", canary["run"]) == {"approval": uri}
 
 
 @pytest.mark.slow
