@@ -25,7 +25,7 @@ from infra.airflow.approval import PipelineApproval
 from infra.airflow.links import XCOM_KEY as LINKS_XCOM
 from infra.airflow.links import links_for
 from infra.airflow.pipelines import CONFIG_MARK, config_fingerprint
-from infra.airflow.placement import executor_remap, pod_override, step_placement
+from infra.airflow.placement import executor_remap, placements, pod_override, step_placement
 from infra.airflow.schedules import pipeline_schedule
 from tasks.config import PipelineConfig
 from tasks.errors import BadInputError, one_line
@@ -52,8 +52,15 @@ def pipeline_dags(pipelines: list[tuple[Path, PipelineConfig]]) -> dict[str, DAG
     return dags
 
 
+def check_placement(config: PipelineConfig) -> None:
+    """Raise PlacementError for a placement no task can get (an unknown profile), before any DAG is begun: Airflow
+    keeps a DAG whose `with` block raised, with the tasks made so far, so a half-wired DAG would be served."""
+    placements(config.placement, executor_remap())
+
+
 def pipeline_dag(config: PipelineConfig, config_path: Path) -> DAG:
     placement = config.placement
+    check_placement(config)
     with DAG(
         dag_id=f"kiln_{config.pipeline}",
         description=config.description or f"kiln pipeline {config.pipeline}: {config.task.type}",

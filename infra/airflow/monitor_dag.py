@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from infra.airflow.dag_factory import DEFAULT_ARGS, service_task
+from infra.airflow.dag_factory import DEFAULT_ARGS, check_placement, service_task
 from infra.airflow.schedules import data_asset, drift_asset
 from tasks.config import ON_DRIFT, PipelineConfig
 from tasks.errors import BadInputError
@@ -44,6 +44,7 @@ def monitor_dags(pipelines: list[tuple[Path, PipelineConfig]]) -> dict[str, DAG]
 def monitor_dag(config: PipelineConfig, config_path: Path) -> DAG | None:
     if not is_spanned(config.data.source):
         return None
+    check_placement(config)
     drift = drift_asset(config)
     with DAG(
         dag_id=f"kiln_monitor_{config.pipeline}",

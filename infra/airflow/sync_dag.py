@@ -8,6 +8,7 @@ registered model yet, or no TF Serving configured, is skipped. Each task is the 
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,10 @@ from airflow.sdk import DAG
 from infra.airflow.dag_factory import service_task
 from infra.airflow.links import ModelVersionLink, ServedModelLink
 from tasks.config import PipelineConfig
+from tasks.errors import BadInputError
 from tasks.registry import step
+
+log = logging.getLogger(__name__)
 
 DAG_ID = "kiln_serving_sync"
 INTERVAL_VARIABLE = "KILN_SERVING_SYNC_MINUTES"
@@ -42,7 +46,10 @@ def serving_sync_dag(pipelines: list[tuple[Path, PipelineConfig]]) -> DAG:
         doc_md=__doc__ + f"\n\nEvery {minutes} minutes (`{INTERVAL_VARIABLE}`).\n",
     ) as dag:
         for path, config in pipelines:
-            _sync_task(config, path)
+            try:
+                _sync_task(config, path)
+            except BadInputError as exc:  # e.g. an unknown placement profile: the other pipelines still sync
+                log.error("pipeline %s (%s) not synced: %s", config.pipeline, path, exc)
     return dag
 
 

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from infra.airflow.pipelines import shipped
 from infra.airflow.sync_dag import DAG_ID as SYNC_DAG
@@ -184,11 +185,21 @@ def test_a_pipeline_registered_from_anywhere_is_a_dag_placed_by_its_yaml(tmp_pat
     assert {p[2] for p in placed.values()} == {"LocalExecutor"}
 
 
-def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path):
+def _misplaced_yaml() -> str:
+    """A pipeline that loads but cannot be placed: its placement profile does not exist."""
+    config = yaml.safe_load((REPO / "pipelines" / "digits.yaml").read_text())
+    return yaml.safe_dump({**config, "pipeline": "broken", "placement": {"profile": "nowhere"}})
+
+
+@pytest.mark.parametrize("text, why", [
+    ("pipeline: broken\ndata: {source: x.csv}\n", "missing field 'task'"),  # invalid
+    (_misplaced_yaml(), "placement profile 'nowhere' does not exist"),  # valid, but no task can be placed
+])
+def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path, text, why):
     from infra.airflow.pipelines import register
 
     config = tmp_path / "broken.yaml"
-    config.write_text("pipeline: broken\ndata: {source: x.csv}\n")  # no task: invalid
+    config.write_text(text)
     register(tmp_path / "kiln", "broken", config)
     probe = textwrap.dedent("""
         import json, sys
@@ -203,7 +214,7 @@ def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path):
     [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     outcome = json.loads(line.removeprefix("RESULT "))
     assert outcome == {"dags": sorted([*(f"kiln_{n}" for n in shipped()), SYNC_DAG]), "errors": 0}
-    assert "pipeline broken" in result.stdout + result.stderr and "missing field 'task'" in result.stdout + result.stderr
+    assert "pipeline broken" in result.stdout + result.stderr and why in result.stdout + result.stderr
 
 
 def _producers():
