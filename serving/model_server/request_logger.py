@@ -133,28 +133,20 @@ class RequestLogger:
     # ----- request side: sample, queue, never raise ---------------------------------------------------------
     @_never_raises
     def predict(self, request: predict_pb2.PredictRequest, response: predict_pb2.PredictResponse) -> None:
-        def build():
-            return prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request, response=response)
-            )
-
-        self._offer(request.model_spec.name, response.model_spec, build)
+        self._offer_grpc("predict_log", prediction_log_pb2.PredictLog, request, response)
 
     @_never_raises
     def classify(self, request, response) -> None:
-        def build():
-            return prediction_log_pb2.PredictionLog(
-                classify_log=prediction_log_pb2.ClassifyLog(request=request, response=response)
-            )
-
-        self._offer(request.model_spec.name, response.model_spec, build)
+        self._offer_grpc("classify_log", prediction_log_pb2.ClassifyLog, request, response)
 
     @_never_raises
     def regress(self, request, response) -> None:
+        self._offer_grpc("regress_log", prediction_log_pb2.RegressLog, request, response)
+
+    def _offer_grpc(self, log_field: str, log_type, request, response) -> None:
+        """A gRPC call's request and response as they are, in the PredictionLog field of their kind."""
         def build():
-            return prediction_log_pb2.PredictionLog(
-                regress_log=prediction_log_pb2.RegressLog(request=request, response=response)
-            )
+            return prediction_log_pb2.PredictionLog(**{log_field: log_type(request=request, response=response)})
 
         self._offer(request.model_spec.name, response.model_spec, build)
 
