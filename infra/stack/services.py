@@ -5,6 +5,7 @@ each with the health check that says it is ready."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ import httpx
 from common.processes import log_tail
 from infra.stack.layout import StackError, StackLayout
 from infra.stack.supervision import Program, SupervisorError
+
+# The components that fork task processes start with the steps' libraries imported (infra/stack/preloaded_airflow.py).
+PRELOADED_AIRFLOW = [sys.executable, "-m", "infra.stack.preloaded_airflow"]
 
 
 def stack_services(stack: StackLayout) -> list[Service]:
@@ -68,7 +72,7 @@ def stack_services(stack: StackLayout) -> list[Service]:
             name="airflow-scheduler",
             # The scheduler serves task logs; its LocalExecutor runs the tasks.
             ports=(stack.ports.airflow_worker_logs,),
-            command=["airflow", "scheduler"],
+            command=[*PRELOADED_AIRFLOW, "scheduler"],
             health_url=monitor,
             healthy=_airflow_part_healthy("scheduler"),
             reap_leftovers=False,  # a killed scheduler's task processes finish their tasks
@@ -97,7 +101,7 @@ def _celery_worker(stack: StackLayout) -> Service:
     return Service(
         name="airflow-celery-worker",
         ports=(),
-        command=["airflow", "celery", "worker", "--queues", ",".join(stack.celery_queues),
+        command=[*PRELOADED_AIRFLOW, "celery", "worker", "--queues", ",".join(stack.celery_queues),
                  "--concurrency", "2", "--skip-serve-logs"],
         health_url=None,
         healthy=lambda response: False,  # not asked: no health URL
