@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,10 +16,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-def airflow_env(tmp_path, model_server) -> dict[str, str]:
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory) -> Path:
+    """An Airflow database after `airflow db migrate`, made once for the module (about 15 s): each test runs on a
+    copy of its own (`airflow_env`)."""
+    home = tmp_path_factory.mktemp("airflow-template")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=home, check=True, capture_output=True,
+                   timeout=180)
+    return home / "airflow.db"
+
+
+@pytest.fixture
+def airflow_env(tmp_path, model_server, migrated_db) -> dict[str, str]:
+    """A test's own Airflow home and database (a copy of the migrated one), MLflow store and kiln-model-server."""
+    (tmp_path / "airflow").mkdir()
+    database = shutil.copy(migrated_db, tmp_path / "airflow" / "airflow.db")
     return {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{database}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -32,9 +51,7 @@ def airflow_env(tmp_path, model_server) -> dict[str, str]:
 
 
 def run_dag(tmp_path, env, conf, dag_id: str = "kiln_digits") -> dict:
-    """`airflow db migrate`, then dag.test() in a fresh process; returns run and task states."""
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=tmp_path, check=True,
-                   capture_output=True, timeout=180)
+    """dag.test() in a fresh process; returns run and task states."""
     result = subprocess.run([sys.executable, "-c", RUN_DAG, str(REPO / "dags"), json.dumps(conf), dag_id], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
@@ -64,8 +81,8 @@ RUN_DAG = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_server):
-    env = airflow_env(tmp_path, model_server)
+def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_server, airflow_env):
+    env = airflow_env
     conf = {"data_source": str(tiny_digits_csv), "epochs": 4, "thresholds": {"accuracy": 0.6},
             "variants": ["dynamic_range", "pruned"]}
     outcome = run_dag(tmp_path, env, conf)
@@ -96,8 +113,8 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
 
 @pytest.mark.slow
 def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succeeds(tmp_path, tiny_digits_csv,
-                                                                                     model_server):
-    env = airflow_env(tmp_path, model_server)
+                                                                                     model_server, airflow_env):
+    env = airflow_env
     outcome = run_dag(tmp_path, env, {"data_source": str(tiny_digits_csv), "epochs": 2,
                                       "thresholds": {"accuracy": 1.0}, "variants": []})
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
@@ -116,12 +133,13 @@ def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succee
 
 
 @pytest.mark.slow
-def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tiny_digits_csv, model_server):
+def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tiny_digits_csv, model_server,
+                                                                  airflow_env):
     lines = tiny_digits_csv.read_text().splitlines()
     drop = lines[0].split(",").index("pixel_5")
     broken = tmp_path / "missing_column.csv"
     broken.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != drop) for line in lines))
-    env = airflow_env(tmp_path, model_server)
+    env = airflow_env
     outcome = run_dag(tmp_path, env, {"data_source": str(broken)})
     assert outcome["state"] == "failed"
     assert outcome["tasks"]["resolve"] == outcome["tasks"]["ingest"] == "success"
@@ -137,7 +155,8 @@ def test_a_missing_column_stops_the_run_before_anything_is_trained(tmp_path, tin
 
 
 @pytest.mark.slow
-def test_one_serving_sync_run_serves_the_champion_moved_with_the_mlflow_client_alone(tmp_path, model_server):
+def test_one_serving_sync_run_serves_the_champion_moved_with_the_mlflow_client_alone(tmp_path, model_server,
+                                                                                    airflow_env):
     from mlflow import MlflowClient
 
     from serving.client import RestClient
@@ -145,7 +164,7 @@ def test_one_serving_sync_run_serves_the_champion_moved_with_the_mlflow_client_a
     from tasks.serving_sync import sync
     from tests.registry import register_stand_ins
 
-    env = airflow_env(tmp_path, model_server)
+    env = airflow_env
     register_stand_ins(env["MLFLOW_TRACKING_URI"], "kiln-digits", tmp_path / "models", (1, 2))
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     client.set_registered_model_alias("kiln-digits", "champion", "1")
