@@ -14,6 +14,10 @@ p99.9 <= 40 ms, req/s >= 0.5x the in-process `serving_default` rate of the same 
 >= 20x `mlflow models serve`; --prefer_tflite_model on the demo >= 1.5x the SavedModel path; batching at c=32
 >= 1.5x without. Prints a table, the ratios and a Markdown table; writes bench/results/serving.json (a `--quick`
 smoke run writes into its temp folder unless `--out` is given). Exit code 1 if a cell had errors.
+
+Request logging (issue 22; `--only request-logging` runs just this part): one server serves the demo model under
+three names, not logged, logged at sampling_rate 0.1 and at 1.0 (TFRecord files, as `serving.request_log` writes
+them); REST c=8, off / 0.1 / 1.0 / off again. Targets: >= 0.95x and >= 0.80x the req/s of the mean off cell.
 """
 
 from __future__ import annotations
@@ -57,11 +61,15 @@ from serving_report import (  # noqa: E402
     KILN_GRPC_X2,
     KILN_REST,
     KILN_REST_BATCHED,
+    KILN_REST_LOGGED_ALL,
+    KILN_REST_LOGGED_SOME,
     KILN_REST_NESTED,
     KILN_REST_NESTED_RELOADED,
     KILN_REST_NESTED_X2,
     KILN_REST_TFLITE,
     KILN_REST_TFLITE_FLOAT,
+    KILN_REST_UNLOGGED,
+    KILN_REST_UNLOGGED_AGAIN,
     KILN_REST_X2,
     MLFLOW,
 )
@@ -80,6 +88,8 @@ batch_timeout_micros { value: 1000 }
 max_enqueued_batches { value: 100 }
 num_batch_threads { value: 2 }
 """
+# The request-logging section: the demo model's names in it, with their sampling rates (None: not logged).
+LOGGED_MODELS = {"digits_unlogged": None, "digits_log_some": 0.1, "digits_log_all": 1.0}
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 
 
@@ -91,6 +101,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 training epoch, 0.5 s cells")
     parser.add_argument("--out", type=Path, help=f"results JSON (default {RESULTS}; temp folder with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (models, server logs)")
+    parser.add_argument("--only", choices=["request-logging"], help="run only this part (results in a temp folder "
+                                                                    "unless --out is given)")
     return parser.parse_args()
 
 
@@ -115,7 +127,7 @@ def main() -> int:
             console.print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    out = args.out or (RESULTS if not args.quick else None)
+    out = args.out or (RESULTS if not (args.quick or args.only) else None)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
@@ -131,6 +143,7 @@ class Bench:
             {"warmup_requests": 300, "warmup_seconds": 3.0}
         self.cells: list[dict] = []
         self.memory: dict[str, dict] = {}
+        self.request_log_records: dict[str, dict] = {}
 
     def log(self, text: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}")
@@ -138,6 +151,29 @@ class Bench:
     def run(self) -> dict:
         started = time.monotonic()
         load_before = _loadavg()
+        if self.args.only == "request-logging":
+            saved_model, pixels = self.prepare_demo_model()
+            self.bench_request_logging(saved_model, Requests(pixels))
+        else:
+            self.bench_everything()
+        report = {
+            "machine": _machine(),
+            "load_average_before": load_before,
+            "load_average_after": _loadavg(),
+            "settings": {"duration_seconds": self.duration, **self.warmup, "concurrencies": list(CONCURRENCIES),
+                         "batching_parameters": BATCHING_PARAMETERS, "tflite_conversion": TFLITE_CONVERSION,
+                         "quick": self.args.quick, "only": self.args.only,
+                         "epochs": 1 if self.args.quick else "pipeline default"},
+            "cells": self.cells,
+            "server_rss_kib": self.memory,
+            "request_log_records": self.request_log_records,
+            "ratios": serving_report.ratios(self.cells),
+            "total_seconds": round(time.monotonic() - started, 1),
+        }
+        serving_report.print_report(self.console, report, self.duration)
+        return report
+
+    def bench_everything(self) -> None:
         saved_model, nested_model, mlflow_model, pixels = self.prepare_models()
         models = self.work / "models"
         version = serving_model.install_version(saved_model, models / MODEL_NAME)
@@ -173,29 +209,21 @@ class Bench:
         self.bench_kiln("--prefer_tflite_model", [f"--model_config_file={lite}", "--prefer_tflite_model"], requests, {
             KILN_REST_TFLITE: ("rest", MODEL_NAME), KILN_REST_TFLITE_FLOAT: ("rest", FLOAT_TFLITE_MODEL)})
         self.bench_mlflow(mlflow_model, requests)
-        report = {
-            "machine": _machine(),
-            "load_average_before": load_before,
-            "load_average_after": _loadavg(),
-            "settings": {"duration_seconds": self.duration, **self.warmup, "concurrencies": list(CONCURRENCIES),
-                         "batching_parameters": BATCHING_PARAMETERS, "tflite_conversion": TFLITE_CONVERSION,
-                         "quick": self.args.quick, "epochs": 1 if self.args.quick else "pipeline default"},
-            "cells": self.cells,
-            "server_rss_kib": self.memory,
-            "ratios": serving_report.ratios(self.cells),
-            "total_seconds": round(time.monotonic() - started, 1),
-        }
-        serving_report.print_report(self.console, report, self.duration)
-        return report
+        self.bench_request_logging(saved_model, requests)
 
     # --- setup -------------------------------------------------------------------------------------
 
-    def prepare_models(self) -> tuple[Path, Path, Path, list[float]]:
+    def prepare_demo_model(self) -> tuple[Path, list[float]]:
         home = self.work / "home"
         saved_model = self.args.saved_model
         if saved_model is None:
             self.log("training the digits CNN with the pipeline steps (ingest, validate, transform, train)")
             saved_model = serving_model.build_saved_model(home, epochs=1 if self.args.quick else None)
+        return saved_model.resolve(), serving_model.sample_pixels(home)
+
+    def prepare_models(self) -> tuple[Path, Path, Path, list[float]]:
+        home = self.work / "home"
+        saved_model, pixels = self.prepare_demo_model()
         self.log("training the image CNN (nested [8, 8, 1] input)")
         nested = serving_model.build_nested_saved_model(self.work / "nested_model", home / serving_model.DATA_FILE,
                                                         epochs=1 if self.args.quick else 3)
@@ -203,7 +231,7 @@ class Bench:
         if mlflow_model is None:
             self.log("writing the MLflow model (mlflow.tensorflow.save_model of the tf_keras model)")
             mlflow_model = serving_model.write_mlflow_model(saved_model, self.work / "mlflow_model")
-        return saved_model.resolve(), nested.resolve(), mlflow_model.resolve(), serving_model.sample_pixels(home)
+        return saved_model, nested.resolve(), mlflow_model.resolve(), pixels
 
     def config_file(self, name: str, models: dict[str, Path]) -> Path:
         entries = "".join(f'  config {{ name: "{model}" base_path: "{path}" model_platform: "tensorflow" }}\n'
@@ -285,6 +313,45 @@ class Bench:
         self.add_cells(KILN_REST_NESTED_RELOADED,
                        run_load(self.kiln_job("rest", NESTED_MODEL, requests, 0, rest_port, pid, (8,)),
                                 self.load_timeout()), (8,))
+
+    def bench_request_logging(self, saved_model: Path, requests: Requests) -> None:
+        """The demo model under three names in one server, not logged and logged at two sampling rates; REST c=8
+        in the order off, 0.1, 1.0, off again. Then the records each logged name wrote, counted from its files
+        (closed when the server stops)."""
+        logs = self.work / "request-logs"
+        entries = []
+        for model, rate in LOGGED_MODELS.items():
+            serving_model.install_version(saved_model, self.work / "logged-models" / model)
+            logging = "" if rate is None else (
+                f' logging_config {{ log_collector_config {{ type: "file" filename_prefix: "{logs}" }}'
+                f" sampling_config {{ sampling_rate: {rate} }} }}")
+            entries.append(f'  config {{ name: "{model}" base_path: "{self.work / "logged-models" / model}" '
+                           f'model_platform: "tensorflow"{logging} }}\n')
+        config = self.work / "request-logging.config"
+        config.write_text("model_config_list {\n" + "".join(entries) + "}\n")
+        grpc_port, rest_port = free_port(), free_port()
+        argv = [str(VENV_BIN / "kiln-model-server"), f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                f"--model_config_file={config}"]
+        self.log("kiln-model-server (request logging: off, 0.1, 1.0, off again)")
+        ready = f"http://{HOST}:{rest_port}/v1/models/digits_log_all"
+        order = [(KILN_REST_UNLOGGED, "digits_unlogged"), (KILN_REST_LOGGED_SOME, "digits_log_some"),
+                 (KILN_REST_LOGGED_ALL, "digits_log_all"), (KILN_REST_UNLOGGED_AGAIN, "digits_unlogged")]
+        requests_sent = {model: 0 for model in LOGGED_MODELS}
+        with server_process("kiln-model-server", argv, self.work / "kiln-model-server-request-logging.log",
+                            lambda: http_get_ok(ready, "AVAILABLE")) as proc:
+            for _, model in order:
+                check_kiln_rest(rest_port, requests, model)
+            for system, model in order:
+                [result] = run_load(self.kiln_job("rest", model, requests, grpc_port, rest_port, proc.pid, (8,)),
+                                    self.load_timeout())
+                self.add_cells(system, [result], (8,))
+                requests_sent[model] += result["requests"]
+        for model, rate in LOGGED_MODELS.items():
+            if rate is not None:
+                self.request_log_records[model] = {"sampling_rate": rate, **_count_records(logs / model),
+                                                   "requests": requests_sent[model]}
+        if not self.request_log_records["digits_log_all"]["records"]:
+            raise BenchError(f"the request log at sampling_rate 1.0 wrote no records under {logs}")
 
     def bench_mlflow(self, mlflow_model: Path, requests: Requests) -> None:
         port = free_port()
@@ -400,6 +467,16 @@ def check_kiln_grpc(port: int, requests: Requests) -> None:
     if values != 10 or "class" not in response.outputs:
         raise BenchError(f"kiln gRPC Predict answered outputs {sorted(response.outputs)} with {values} "
                          f"probabilities; expected 10 and the class")
+
+
+def _count_records(folder: Path) -> dict:
+    """The closed request-log files under a model's folder and the PredictionLog records in them (the warmup
+    and check requests included)."""
+    import tensorflow as tf
+
+    files = sorted(folder.rglob("*.tfrecord"))
+    records = sum(1 for path in files for _ in tf.data.TFRecordDataset(str(path)))
+    return {"files": len(files), "records": records}
 
 
 def _b64(data: bytes) -> str:

@@ -19,12 +19,19 @@ KILN_REST_BATCHED, KILN_GRPC_BATCHED = "kiln REST + batching", "kiln gRPC + batc
 KILN_REST_TFLITE = "kiln REST --prefer_tflite_model (dynamic range)"
 KILN_REST_TFLITE_FLOAT = "kiln REST --prefer_tflite_model (float32)"
 MLFLOW = "mlflow models serve"
+# The request-logging cells: one server, the same model under three names (issue 22).
+KILN_REST_UNLOGGED = "kiln REST, request log off"
+KILN_REST_UNLOGGED_AGAIN = "kiln REST, request log off (again)"
+KILN_REST_LOGGED_SOME = "kiln REST, request log 10 %"
+KILN_REST_LOGGED_ALL = "kiln REST, request log 100 %"
 
 P99_TARGET_MS, P999_TARGET_MS = 20.0, 40.0
 IN_PROCESS_RATIO_TARGET = 0.5
 MLFLOW_RATIO_TARGET = 20.0
 TFLITE_RATIO_TARGET = 1.5
 BATCHING_RATIO_TARGET = 1.5
+REQUEST_LOG_SOME_TARGET = 0.95  # sampling_rate 0.1 costs at most 5 % of the req/s
+REQUEST_LOG_ALL_TARGET = 0.80  # logging every request at most 20 %
 
 
 def cell(cells: list[dict], system: str, concurrency: int) -> dict:
@@ -47,7 +54,31 @@ def _tail(name: str, measured: dict) -> dict:
 
 
 def ratios(cells: list[dict]) -> dict:
-    """Every target of the issue, from cells of the same run (c=8 unless named)."""
+    """Every target whose cells this run measured (`--only` runs a part), from cells of the same run (c=8 unless
+    named)."""
+    measured = {c["system"] for c in cells}
+    found = {}
+    if {KILN_REST_UNLOGGED, KILN_REST_UNLOGGED_AGAIN, KILN_REST_LOGGED_SOME, KILN_REST_LOGGED_ALL} <= measured:
+        found.update(_request_log_ratios(cells))
+    if KILN_REST_X2 in measured:
+        found.update(_throughput_ratios(cells))
+    return found
+
+
+def _request_log_ratios(cells: list[dict]) -> dict:
+    """Logged / not logged on the same server; the baseline is the mean of the cells measured before and after
+    the logged ones, so a drift of the machine during the section does not pass for the logger's cost."""
+    before, after = cell(cells, KILN_REST_UNLOGGED, 8), cell(cells, KILN_REST_UNLOGGED_AGAIN, 8)
+    baseline = {"req_per_s": (before["req_per_s"] + after["req_per_s"]) / 2, "errors": before["errors"] + after["errors"]}
+    return {
+        "request_log_some_vs_off": _ratio("request log at sampling_rate 0.1 / off, same server (req/s, REST c=8)",
+                                          cell(cells, KILN_REST_LOGGED_SOME, 8), baseline, REQUEST_LOG_SOME_TARGET),
+        "request_log_all_vs_off": _ratio("request log at sampling_rate 1.0 / off, same server (req/s, REST c=8)",
+                                         cell(cells, KILN_REST_LOGGED_ALL, 8), baseline, REQUEST_LOG_ALL_TARGET),
+    }
+
+
+def _throughput_ratios(cells: list[dict]) -> dict:
     at8 = {system: cell(cells, system, 8) for system in {c["system"] for c in cells if c["concurrency"] == 8}}
     return {
         "demo_x2_vs_in_process": _ratio("demo CNN: kiln REST x2 processes / in-process (req/s, c=8)",
@@ -103,9 +134,14 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"{ratio['name']}: {ratio['value']}x (target >= {ratio['target']}x): "
                          f"{'met' if ratio['met'] else 'MISSED'} {ratio['note']}".rstrip())
     for echo in (ECHO_REST, ECHO_GRPC):
+        if not any(c["system"] == echo for c in report["cells"]):
+            continue
         ceiling = cell(report["cells"], echo, 32)
         lines.append(f"load generator, {echo.split(': ')[1]} at c=32: {ceiling['req_per_s']:.0f} req/s, "
                      f"{ceiling['client_cpu_us_per_request']} µs client CPU per request")
+    for model, records in report.get("request_log_records", {}).items():
+        lines.append(f"request log of {model}: {records['records']} records in {records['files']} files for "
+                     f"{records['requests']} timed requests (its warmup and check requests besides)")
     for server, rss in report["server_rss_kib"].items():
         per_process = rss.get("per_process")
         each = f"; per serving process {', '.join(f'{p / 1024:.0f}' for p in per_process)} MiB" if per_process else ""
