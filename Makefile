@@ -51,11 +51,12 @@ lock: $(UV_STAMP)
 demo: $(STAMP)
 	$(BIN)/kiln demo
 
-# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them: the files that share
-# a stack or a trained model keep them, and tests within a file keep their order.
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them, and the files that share
+# the embedded stack or the trained models as one group (tests/xdist_groups.py), so each is built once; groups start
+# in the order tests/conftest.py sorts them (longest first), not xdist's (most tests first).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,16 +7,50 @@ import os
 import pytest
 
 import common  # noqa: F401 - TF_USE_LEGACY_KERAS before any test loads TensorFlow
+from tests import xdist_groups
 from tests.servers import free_port, start_server
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests last: they share one embedded stack (tests/e2e/conftest.py), which then stops
-    when the session ends instead of running beside every other test. The browser test last of all: its
-    run registers a kiln-digits version, and the other digits runs count versions from 1."""
-    items.sort(key=lambda item: ("/tests/e2e/" in str(item.path), item.path.name == "test_browser.py"))
+# Session fixtures that cost a minute or more to build, and the group of the test files that use them: `make test`
+# runs each group whole on one xdist worker (tests/xdist_groups.py), so the group builds them once, not once per worker.
+SHARED_FIXTURE_GROUPS = {"kiln": "embedded-stack", "trained_digits": "trained-models",
+                         "trained_churn": "trained-models", "trained_house": "trained-models"}
+# Groups in the order they start: the longest first, so the short files fill both workers at the end.
+GROUP_ORDER = ["embedded-stack", "trained-models"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test file runs whole on one worker (its module fixtures and its order hold), in a group of files that
+    share an expensive session fixture, or alone. Order: the shared groups first, then files with slow tests,
+    then the rest; within the end-to-end group the browser test last of all (its run registers a kiln-digits
+    version, and the other digits runs count versions from 1)."""
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(xdist_groups.file_of(item.nodeid), []).append(item)
+    groups, rank = {}, {}
+    for file, file_items in by_file.items():
+        shared = {SHARED_FIXTURE_GROUPS[name] for item in file_items for name in item.fixturenames
+                  if name in SHARED_FIXTURE_GROUPS}
+        groups[file] = min(shared, key=GROUP_ORDER.index) if shared else file
+        slow = any(item.get_closest_marker("slow") for item in file_items)
+        rank[file] = (GROUP_ORDER.index(groups[file]) if shared else len(GROUP_ORDER) + (not slow),
+                      file.endswith("/test_browser.py"))
+    items.sort(key=lambda item: rank[xdist_groups.file_of(item.nodeid)])  # stable: the order within a rank holds
+    xdist_groups.record_groups(config, groups)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    xdist_groups.configure_controller(config)
+
+
+def pytest_configure_node(node) -> None:
+    xdist_groups.tell_worker(node)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    return xdist_groups.make_scheduler(config, log)
 
 
 @pytest.fixture

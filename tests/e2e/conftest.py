@@ -1,6 +1,6 @@
-"""The embedded stack the end-to-end tests share: `kiln up` on free ports in a temp KILN_HOME, once per
-session (starting one costs half a minute and more), `kiln down` at the end, which must leave nothing.
-The end-to-end tests run after all others (tests/conftest.py), so the stack is not up beside them."""
+"""The embedded stack the end-to-end tests share: `kiln up` on free ports in a temp KILN_HOME, once (starting one
+costs half a minute and more), `kiln down` after the last of them, which must leave nothing. The test files that use
+it run as one group on one worker (tests/conftest.py), and ahead of the others: the longest group starts first."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class Kiln:
         return f"http://127.0.0.1:{self.env['KILN_SERVING_REST_PORT']}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kiln(tmp_path_factory, port_factory_session):
     root = tmp_path_factory.mktemp("e2e")
     home = root / "kiln"
