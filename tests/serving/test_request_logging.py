@@ -213,3 +213,24 @@ def test_an_abandoned_file_is_cut_after_its_last_whole_record(tmp_path):
     assert folder.recover_abandoned(open_here=set()) == 1
     assert not list(folder.local.glob(f"*{IN_PROGRESS}"))
     assert read_logs(tmp_path / "logs") == records
+
+
+def test_a_log_on_object_storage_is_uploaded_whole_when_each_file_closes(test_models, server_factory, s3, tmp_path):
+    from common import storage
+
+    test_models.install("half_plus_two", tmp_path / "m", 1)
+    prefix = s3.url("request-logs")
+    config = write_config(tmp_path / "models.config", model_entry("m", tmp_path / "m", prefix))
+    server = server_factory(f"--model_config_file={config}", "--kiln_request_log_max_file_seconds=0.2")
+    with httpx.Client(base_url=server.rest_url, timeout=30) as rest:
+        for value in (1.0, 2.0, 3.0):
+            assert rest.post("/v1/models/m:predict", json={"instances": [value]}).status_code == 200
+
+    def uploaded() -> list[prediction_log_pb2.PredictionLog]:
+        local = tmp_path / "downloaded"
+        return read_logs(local) if storage.download_dir(prefix, local) else []
+
+    records = wait_for(lambda: len(found := uploaded()) == 3 and found, timeout=30, message="3 records on S3")
+    assert sorted(tf.make_ndarray(r.predict_log.request.inputs["x"]).tolist()[0] for r in records) == [1.0, 2.0, 3.0]
+    assert all(key.startswith("request-logs/m/1/") for key in s3.keys("request-logs/")), "model/version folders"
+    assert not [k for k in s3.keys("request-logs/") if "inprogress" in k], "only closed files are uploaded"
