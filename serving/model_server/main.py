@@ -134,12 +134,13 @@ def serve(options, model_config, batching, prometheus_path, channel_arguments) -
     from serving.model_server.warmup import run_warmup
 
     metrics = ServerMetrics()
+    tags = [tag for tag in options.saved_model_tags.split(",") if tag]
     request_log = RequestLogger(
         metrics,
         FileLimits(options.kiln_request_log_max_file_bytes, options.kiln_request_log_max_file_seconds),
         options.kiln_request_log_queue_size,
+        saved_model_tags=tags,
     )
-    tags = [tag for tag in options.saved_model_tags.split(",") if tag]
 
     def warmup(path, servable):
         run_warmup(path, servable, metrics, options.num_request_iterations_for_warmup)

@@ -22,7 +22,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tensorflow_serving.apis import (
@@ -90,8 +90,10 @@ class _Pending:
 
 class RequestLogger:
     def __init__(self, metrics: ServerMetrics, limits: FileLimits | None = None,
-                 queue_size: int = DEFAULT_QUEUE_SIZE, sample: Callable[[], float] = random.random):  # fmt: skip
+                 queue_size: int = DEFAULT_QUEUE_SIZE, sample: Callable[[], float] = random.random,
+                 saved_model_tags: Sequence[str] = ("serve",)):  # fmt: skip
         self._metrics = metrics
+        self._tags = list(saved_model_tags)  # the meta graph's tags every version is loaded with, as TF Serving logs
         self._limits = limits or FileLimits()
         self._sample = sample
         self._models: dict[str, _ModelLogging] = {}
@@ -204,7 +206,7 @@ class RequestLogger:
         if settings is None or not (sampled or self._sample() < settings.rate):
             return
         pending = _Pending(model_name, spec.version.value, settings.prefix,
-                           _with_metadata(build, spec, settings.sampling, int(time.time())))
+                           _with_metadata(build, spec, settings.sampling, self._tags, int(time.time())))
         try:
             self._queue.put_nowait(pending)
         except queue.Full:
@@ -292,10 +294,11 @@ def _resolved(name: str, version: int, signature_name: str) -> model_pb2.ModelSp
     return spec
 
 
-def _with_metadata(build, spec, sampling, timestamp: int):
+def _with_metadata(build, spec, sampling, tags: list[str], timestamp: int):
     def build_with_metadata():
         record = build()
-        metadata = logging_pb2.LogMetadata(model_spec=spec, sampling_config=sampling, timestamp_secs=timestamp)
+        metadata = logging_pb2.LogMetadata(model_spec=spec, sampling_config=sampling, saved_model_tags=tags,
+                                           timestamp_secs=timestamp)
         record.log_metadata.CopyFrom(metadata)
         return record
 

@@ -115,6 +115,7 @@ def test_records_parse_with_tf_serving_protos_and_carry_the_version_used(logging
         .features.feature["x"].float_list.value[0] == 2.0  # fmt: skip
     for record in records:
         assert record.log_metadata.sampling_config.sampling_rate == 1.0
+        assert list(record.log_metadata.saved_model_tags) == ["serve"]  # --saved_model_tags, as TF Serving logs
         assert record.log_metadata.timestamp_secs > 0
     # Files are per model and version.
     assert {p.parent.name for p in (logs / "logged").rglob("*.tfrecord")} == {"123", "124"}
