@@ -167,9 +167,11 @@ class GrpcCalls:
 
     def multi_inference(self, request):
         name = request.tasks[0].model_spec.name if request.tasks else ""
-        return inference.multi_inference(
+        response = inference.multi_inference(
             request, self._core.resolve_spec, self._core.runner_for(name, "MultiInference")
         )
+        self._core.request_log.multi_inference(request, response)
+        return response
 
     # ----- metadata and ModelService ------------------------------------------------------------------------
     def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest):

@@ -64,7 +64,8 @@ def _model_name_of(first, rest) -> str:
     if isinstance(first, str):  # a REST entry point: its model name comes first
         return first
     for candidate in (first, *rest):
-        spec = getattr(candidate, "model_spec", candidate)
+        tasks = getattr(candidate, "tasks", None)  # a MultiInferenceRequest: one model for all its tasks
+        spec = tasks[0].model_spec if tasks else getattr(candidate, "model_spec", candidate)
         if isinstance(spec, model_pb2.ModelSpec):
             return spec.name
     return ""
@@ -144,6 +145,16 @@ class RequestLogger:
     @_never_raises
     def regress(self, request, response) -> None:
         self._offer_grpc("regress_log", prediction_log_pb2.RegressLog, request, response)
+
+    @_never_raises
+    def multi_inference(self, request, response) -> None:
+        """Every task names the same model (the request is refused otherwise); the first result's spec carries the
+        version that answered."""
+        def build():
+            log = prediction_log_pb2.MultiInferenceLog(request=request, response=response)
+            return prediction_log_pb2.PredictionLog(multi_inference_log=log)
+
+        self._offer(request.tasks[0].model_spec.name, response.results[0].model_spec, build)
 
     def _offer_grpc(self, log_field: str, log_type, request, response) -> None:
         """A gRPC call's request and response as they are, in the PredictionLog field of their kind."""

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    inference_pb2,
     predict_pb2,
     prediction_log_pb2,
     prediction_service_pb2_grpc,
@@ -120,6 +121,26 @@ def test_records_parse_with_tf_serving_protos_and_carry_the_version_used(logging
     # Files are per model and version.
     assert {p.parent.name for p in (logs / "logged").rglob("*.tfrecord")} == {"123", "124"}
     assert log_count(rest, "logged", "logged") == 4
+
+
+def test_a_multi_inference_is_logged_whole_with_the_version_that_answered(logging_server):
+    server, rest, logs = logging_server
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("regress_x_to_y", "regress"), ("classify_x_to_y", "classify")):
+        task = request.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name, task.model_spec.signature_name = "logged", signature
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(request, timeout=30)
+
+    def logged():
+        return [r for r in read_logs(logs / "logged") if r.WhichOneof("log_type") == "multi_inference_log"]
+
+    [record] = wait_for(logged, timeout=30, message="the multi-inference record")
+    assert record.multi_inference_log.request == request
+    assert record.log_metadata.model_spec.version.value == 124  # the latest of the policy's versions
+    results = record.multi_inference_log.response.results
+    assert results[0].regression_result.regressions[0].value == pytest.approx(4.0)  # half plus three of 2.0
 
 
 def test_sampling_half_logs_about_half_within_binomial_bounds(logging_server):
