@@ -20,6 +20,7 @@ import pytest
 from xdist.scheduler import LoadFileScheduling
 
 WORKER_INPUT_KEY = "kiln_file_groups"
+GROUPS_PATH = pytest.StashKey[str]()  # the controller's: where the workers write the groups
 
 
 def file_of(nodeid: str) -> str:
@@ -42,8 +43,6 @@ class GroupedFileScheduling(LoadFileScheduling):
         file = file_of(nodeid)
         return self.groups.get(file, file)
 
-
-GROUPS_PATH = pytest.StashKey[str]()
 
 
 def configure_controller(config: pytest.Config) -> None:
