@@ -8,8 +8,6 @@ now, using the standard library only, so `make` runs it with the bare interprete
 
     python tools/lockfile.py check               # exit 1, in one line, if the requirements changed
     python tools/lockfile.py compile --uv PATH [--upgrade]
-    python tools/lockfile.py requirement NAME    # one package's locked entry, hashes included
-    python tools/lockfile.py extraneous          # installed here but not locked (for make to remove)
 """
 
 from __future__ import annotations
@@ -28,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 LOCK = ROOT / "requirements.lock"
-# pip replaces the venv's bundled copy before anything else is installed (see the Makefile): locked as well,
-# since an unpinned `pip install -U pip` is one more release that could change a fresh install overnight.
+# .venv keeps a pip for people's own use; `uv pip sync` (see the Makefile) installs the locked one in place of
+# the venv's bundled copy, which would otherwise be a different release on every machine.
 TOOLING = ("pip",)
 # The lock is resolved for this target whatever machine runs `make lock`. manylinux_2_28 (glibc 2.28) is a
 # floor most Linux x86_64 machines meet; the hashes cover every file of each pinned version, so pip still
@@ -167,7 +165,7 @@ def compile_lock(uv: str, upgrade: bool) -> int:
 
 def extraneous(lock_text: str) -> list[str]:
     """Distributions installed in this interpreter's environment that the lock does not pin (or pins behind a
-    marker that is false here), the project itself aside: what a refreshed .venv should no longer have."""
+    marker that is false here), the project itself aside: what `uv pip sync` removes from a refreshed .venv."""
     locked = {pin.name for pin in pins(lock_text) if applies(pin)}
     return sorted(set(installed_versions()) - locked - {PROJECT_NAME})
 
@@ -183,10 +181,10 @@ def installed_versions() -> dict[str, str]:
 
 
 def applies(pin: Pin) -> bool:
-    """Whether pip installs this pin here: it has no marker, or its marker holds for this interpreter."""
+    """Whether the installer installs this pin here: it has no marker, or its marker holds for this interpreter."""
     if pin.marker is None:
         return True
-    # Only code run by .venv's python gets here (`extraneous`, the tests), and the lock pins packaging.
+    # Only code run by .venv's python gets here (the tests), and the lock pins packaging.
     from packaging.markers import Marker
 
     return Marker(pin.marker).evaluate()
@@ -199,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     compile_parser = commands.add_parser("compile", help="remake the lock from pyproject.toml with uv")
     compile_parser.add_argument("--uv", required=True, help="the uv executable")
     compile_parser.add_argument("--upgrade", action="store_true", help="move every pin to its newest release")
-    requirement_parser = commands.add_parser("requirement", help="print one package's locked entry")
-    requirement_parser.add_argument("name")
-    commands.add_parser("extraneous", help="print what is installed here but not locked")
     args = parser.parse_args(argv)
 
     if args.command == "check":
@@ -212,17 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compile":
         return compile_lock(args.uv, args.upgrade)
-    if args.command == "requirement":
-        wanted = normalized_name(args.name)
-        for pin in pins(LOCK.read_text()):
-            if pin.name == wanted:
-                print(pin.entry, end="")
-                return 0
-        print(f"{LOCK.name} does not pin {args.name}: {REMEDY}", file=sys.stderr)
-        return 1
-    if args.command == "extraneous":
-        print("\n".join(extraneous(LOCK.read_text())))
-        return 0
     return 2
 
 
