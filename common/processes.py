@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 STOP_GRACE_SECONDS = 10
 
@@ -21,15 +22,33 @@ class ServerNotReady(RuntimeError):
     """A server exited, or was not ready in time; one line naming it, with its log's last lines."""
 
 
+class ProcessHandle(Protocol):
+    """What the helpers here need of a started process: subprocess.Popen has it, and so can a process forked
+    from an already-warm Python (tests/warm_processes.py)."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+
+def popen_in_own_session(argv: list[str], env: dict[str, str] | None, log_path: Path) -> subprocess.Popen[bytes]:
+    """`argv` in a session of its own, stdin closed, stdout and stderr to a fresh `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
 def start_server_process(name: str, argv: list[str], log_path: Path, ready: Callable[[], bool], timeout: float,
-                         env: dict[str, str] | None = None, interval: float = 0.2,
-                         tail_lines: int = 3) -> subprocess.Popen[bytes]:
+                         env: dict[str, str] | None = None, interval: float = 0.2, tail_lines: int = 3,
+                         launch: Callable[[list[str], dict[str, str] | None, Path], ProcessHandle]
+                         = popen_in_own_session) -> ProcessHandle:
     """Start `argv` in a session of its own (output to `log_path`) and wait until `ready()`; when it exits first
     or the time is up, its whole group is stopped and ServerNotReady raised. The caller stops it
     (`stop_process_group(process.pid, ...)`, or `server_process` does)."""
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+    process = launch(argv, env, log_path)
     deadline = time.monotonic() + timeout
     try:
         while not ready():
@@ -48,7 +67,7 @@ def start_server_process(name: str, argv: list[str], log_path: Path, ready: Call
 
 @contextlib.contextmanager
 def server_process(name: str, argv: list[str], log_path: Path, ready: Callable[[], bool], timeout: float,
-                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+                   env: dict[str, str] | None = None) -> Iterator[ProcessHandle]:
     """`start_server_process`, and its whole group stopped when the block ends."""
     process = start_server_process(name, argv, log_path, ready, timeout, env)
     try:

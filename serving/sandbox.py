@@ -17,8 +17,10 @@ import httpx
 
 from common.processes import (
     STOP_GRACE_SECONDS,
+    ProcessHandle,
     ServerNotReady,
     free_ports,
+    popen_in_own_session,
     start_server_process,
     stop_process_group,
 )
@@ -44,7 +46,8 @@ def sandbox_server(binary: str, start_timeout: float = 120) -> Iterator[ServingT
     command[0] = _executable(binary)
     rest_url = f"http://127.0.0.1:{rest_port}"
     try:
-        process = start_server_process("sandbox server", command, log_path, lambda: _answers(rest_url), start_timeout)
+        process = start_server_process("sandbox server", command, log_path, lambda: _answers(rest_url), start_timeout,
+                                       launch=start_sandbox_process)
     except (FileNotFoundError, ServerNotReady) as exc:
         shutil.rmtree(folder, ignore_errors=True)
         raise SandboxError(f"sandbox server {binary!r} not found" if isinstance(exc, FileNotFoundError)
@@ -55,6 +58,12 @@ def sandbox_server(binary: str, start_timeout: float = 120) -> Iterator[ServingT
     finally:
         stop_process_group(process.pid, STOP_GRACE_SECONDS)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_sandbox_process(argv: list[str], env: dict[str, str] | None, log_path: Path) -> ProcessHandle:
+    """The server's command in a session of its own. A module-level function so that the tests can fork kiln's
+    server from an already-warm Python instead (tests/warm_processes.py)."""
+    return popen_in_own_session(argv, env, log_path)
 
 
 def _executable(binary: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 import common  # noqa: F401 - TF_USE_LEGACY_KERAS before any test loads TensorFlow
 from tests import xdist_groups
 from tests.servers import free_port, start_server
+from tests.warm_processes import warm_seams
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -77,6 +78,16 @@ def session_download_cache(tmp_path_factory):
     the temp folder, which other runs fill); tests that use S3 get one of their own (`s3`)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("KILN_CACHE_DIR", str(tmp_path_factory.mktemp("kiln-cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_kiln_processes():
+    """The training workers and sandbox servers that steps start in this process are forked from a Python that
+    has already imported TensorFlow (tests/warm_processes.py): the same code, without its import each time."""
+    with pytest.MonkeyPatch.context() as seams:
+        for seam, warm in warm_seams().items():
+            seams.setattr(seam, warm)
         yield
 
 

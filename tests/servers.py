@@ -1,14 +1,21 @@
-"""Running kiln-model-server in tests: a subprocess on free loopback ports, stopped by its fixture."""
+"""Running kiln-model-server in tests: a process on free loopback ports (forked warm, tests/warm_processes.py),
+stopped by its fixture."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.processes import STOP_GRACE_SECONDS, free_port, start_server_process, stop_process_group
+from common.processes import (
+    STOP_GRACE_SECONDS,
+    ProcessHandle,
+    free_port,
+    start_server_process,
+    stop_process_group,
+)
+from tests.warm_processes import launch_model_server
 
 SERVER_BIN = str(Path(sys.executable).parent / "kiln-model-server")
 __all__ = ["SERVER_BIN", "RunningServer", "free_port", "start_server", "wait_for"]
@@ -16,7 +23,7 @@ __all__ = ["SERVER_BIN", "RunningServer", "free_port", "start_server", "wait_for
 
 @dataclass
 class RunningServer:
-    process: subprocess.Popen
+    process: ProcessHandle
     grpc_port: int
     rest_port: int
     log_path: Path
@@ -37,7 +44,8 @@ class RunningServer:
 
 
 def start_server(log_dir: Path, *flags: str, timeout: float = 90) -> RunningServer:
-    """Start kiln-model-server and wait until its REST API is exported (both ports open only when it is ready)."""
+    """Start kiln-model-server (forked warm, see tests/warm_processes.py) and wait until its REST API is exported
+    (both ports open only when it is ready)."""
     grpc_port, rest_port = free_port(), free_port()
     log_path = log_dir / f"server-{grpc_port}.log"
 
@@ -46,7 +54,7 @@ def start_server(log_dir: Path, *flags: str, timeout: float = 90) -> RunningServ
 
     process = start_server_process("kiln-model-server", [SERVER_BIN, f"--port={grpc_port}",
                                                          f"--rest_api_port={rest_port}", *flags],
-                                   log_path, ready, timeout, interval=0.05, tail_lines=30)
+                                   log_path, ready, timeout, interval=0.05, tail_lines=30, launch=launch_model_server)
     return RunningServer(process, grpc_port, rest_port, log_path)
 
 

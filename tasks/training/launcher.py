@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any, Protocol
 
 import tasks
 from common import LEGACY_KERAS_ENV, storage
-from common.processes import free_ports, log_tail, stop_process_groups
+from common.processes import ProcessHandle, free_ports, log_tail, popen_in_own_session, stop_process_groups
 from tasks.models.contract import ModelContractError
 from tasks.training.spec import TrainSpec, WorkerSpec, write_spec
 
@@ -151,7 +150,7 @@ class WorkerGroup:
     num_workers: int
     work_dir: Path
     attempt: int
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[ProcessHandle] = field(default_factory=list)
 
     @property
     def logs(self) -> list[Path]:
@@ -161,11 +160,7 @@ class WorkerGroup:
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(self.num_workers)]}
         for index, log_path in enumerate(self.logs):
             env = _worker_env({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            with log_path.open("wb") as out:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tasks.training.worker", "--spec", str(spec_path)],
-                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                ))
+            self.procs.append(start_worker_process(["--spec", str(spec_path)], env, log_path))
         (self.work_dir / WORKERS_FILE).write_text(json.dumps({"attempt": self.attempt,
                                                               "pids": [p.pid for p in self.procs]}))
 
@@ -201,6 +196,12 @@ class WorkerGroup:
 
     def stop(self) -> None:
         stop_process_groups([p.pid for p in self.procs if p.poll() is None], timeout=STOP_SECONDS)
+
+
+def start_worker_process(args: list[str], env: dict[str, str], log_path: Path) -> ProcessHandle:
+    """`python -m tasks.training.worker ARGS` in a session of its own, output to `log_path`. A module-level
+    function so that the tests can fork workers from an already-warm Python instead (tests/warm_processes.py)."""
+    return popen_in_own_session([sys.executable, "-m", "tasks.training.worker", *args], env, log_path)
 
 
 def _worker_env(tf_config: dict[str, Any]) -> dict[str, str]:
