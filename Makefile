@@ -24,12 +24,13 @@ QUIET_PIP := grep -v "^WARNING: Location '" || true
 
 # pyproject.toml too: kiln's own metadata (entry points, scripts) is installed from it.
 # uv installs the lock (its own venv, .lock-tools): it fetches and unpacks in parallel, a third of pip's time for
-# this stack, and `pip sync` also removes what an earlier lock pinned and this one does not.
+# this stack, and `pip sync` also removes what an earlier lock pinned and this one does not. --compile-bytecode, as
+# pip does by default: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile TensorFlow anew.
 $(STAMP): $(LOCK) pyproject.toml | $(UV_STAMP)
 	@$(PYTHON) tools/lockfile.py check
 	@echo "==> installing kiln and its locked stack into $(VENV) (first time: a minute or two)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(UV) pip sync -q --python $(BIN)/python --require-hashes $(LOCK)
+	@$(UV) pip sync -q --python $(BIN)/python --require-hashes --compile-bytecode $(LOCK)
 # setuptools is locked too; with build isolation uv would fetch whatever release is newest.
 	@$(UV) pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@touch $@
