@@ -33,6 +33,8 @@ class ProcessHandle(Protocol):
 
     def poll(self) -> int | None: ...
 
+    def wait(self, timeout: float | None = None) -> int: ...
+
 
 def popen_in_own_session(argv: list[str], env: dict[str, str] | None, log_path: Path) -> subprocess.Popen[bytes]:
     """`argv` in a session of its own, stdin closed, stdout and stderr to a fresh `log_path`."""
