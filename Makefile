@@ -23,8 +23,8 @@ QUIET_PIP := grep -v "^WARNING: Location '" || true
 .PHONY: demo test lint lock bench bench-serving bench-compression bench-shipped up down status clean
 
 # pyproject.toml too: kiln's own metadata (entry points, scripts) is installed from it.
-# uv installs the lock (its own venv, .lock-tools): it fetches and unpacks in parallel, a third of pip's time for
-# this stack, and `pip sync` also removes what an earlier lock pinned and this one does not. --compile-bytecode, as
+# uv installs the lock (its own venv, .lock-tools): it fetches, unpacks and compiles in parallel, under half of pip's time for
+# this stack, and `uv pip sync` also removes what an earlier lock pinned and this one does not. --compile-bytecode, as
 # pip does by default: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile TensorFlow anew.
 $(STAMP): $(LOCK) pyproject.toml | $(UV_STAMP)
 	@$(PYTHON) tools/lockfile.py check
