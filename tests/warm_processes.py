@@ -106,7 +106,7 @@ def start_training_worker(args: list[str], env: dict[str, str], log_path: Path) 
 
 
 def warm_seams() -> dict[str, Callable[..., ProcessHandle]]:
-    """The product's process-start seams, by "module:attribute", and their warm replacements."""
+    """The product's process-start seams, by dotted path (as monkeypatch.setattr takes them), and their warm replacements."""
     return {"tasks.training.launcher.start_worker_process": start_training_worker,
             "serving.sandbox.start_sandbox_process": launch_model_server}
 
