@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
 from serving.target import RequestLog
 from tasks.compression.variants import ALL as ALL_VARIANTS
@@ -36,13 +36,30 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="CSV file with a header row; relative to the YAML; ${VARS} are expanded; "
-                                    "{SPAN} in the file name reads spans (span-{SPAN}.csv: the newest)")
+    source: str = Field(description="CSV (with a header row), Parquet or JSON-lines file: a path relative to the "
+                                    "YAML or any fsspec URL; ${VARS} are expanded; {SPAN} in the file name reads "
+                                    "spans (span-{SPAN}.csv: the newest)")
+    format: Literal["csv", "parquet", "jsonl"] | None = Field(
+        None, description="the source's format; default: from its suffix (.csv[.gz], .parquet/.pq, .jsonl/.ndjson/.json)")
     span: int | None = Field(None, ge=1, description="the span to read when source has {SPAN} (default: the "
                                                      "newest; the run records which)")
     label_column: str = Field("label", min_length=1, description="the column to predict")
     eval_percent: int = Field(20, ge=1, le=99, description="share of rows hashed into the eval split")
-    num_shards: int = Field(2, ge=1, le=64, description="TFRecord files per split")
+    num_shards: int = Field(2, ge=1, le=64, description="Parquet files per split of the ingested examples")
+    max_bad_rows: int = Field(0, ge=0, description="CSV rows without the header's number of fields that ingest "
+                                                   "skips, counts and reports (validate: a warning anomaly); one "
+                                                   "more is an error naming the first")
+    engine: Literal["local", "dask"] = Field(
+        "local", description="where the data steps (ingest, validate, transform) run: local, in the task's own "
+                             "process, streamed; dask, in partitions on a Dask cluster")
+    dask_scheduler: str | None = Field(None, description="the Dask scheduler's address (tcp://host:8786); default "
+                                                          "with engine dask: a local cluster of engine_workers")
+    engine_workers: int = Field(2, ge=1, le=256, description="processes of the local Dask cluster")
+    partition_bytes: ByteSize = Field(ByteSize(64 << 20), description="the source bytes per partition on the "
+                                                                      "engine (e.g. 64MiB)")
+    memory_budget: ByteSize = Field(ByteSize(1 << 30), description="the most of a split's data (uncompressed) that "
+                                    "training keeps in memory between epochs; a bigger split is streamed from its "
+                                    "files every epoch (e.g. 512MiB, 4GiB)")
     schema_path: str | None = Field(
         None, description="curated schema (TFDV Schema text proto); inferred from the data when absent"
     )
@@ -145,6 +162,8 @@ class TrainConfig(_Strict):
     seed: int = Field(7, description="random seed for weights and shuffling")
     worker_timeout_seconds: int = Field(900, ge=10, description="deadline for the whole worker group, restarts "
                                                                 "included")
+    timeout_minutes: int = Field(30, ge=1, le=10080, description="the Airflow task's execution_timeout (raise it "
+                                                                 "with the data: training streams every epoch)")
     max_restarts: int = Field(2, ge=0, le=100, description="times the worker group is started again after a worker "
                                                            "dies; training resumes at the last finished epoch")
     launcher: Literal["local", "kubernetes"] = Field(
@@ -175,6 +194,9 @@ class ChangeThreshold(_Strict):
 
 
 class EvaluateConfig(_Strict):
+    max_examples: int = Field(
+        200_000, ge=100, description="eval examples scored (the split's first, in file order: the split is "
+                                     "already a hash sample of the data); bounds evaluate's memory on big data")
     thresholds: dict[str, float] = Field(
         {}, description="blessing thresholds by metric, e.g. {accuracy: 0.9} or {rmse: 60}; higher-is-better "
                         "metrics must reach the value, lower-is-better ones must not exceed it")
@@ -190,6 +212,9 @@ class EvaluateConfig(_Strict):
 
 
 class OptimizeConfig(_Strict):
+    max_examples: int = Field(200_000, ge=100, description="eval examples each variant is measured on (the "
+                                                            "split's first; bounds optimize's memory)")
+    timeout_minutes: int = Field(30, ge=1, le=10080, description="the Airflow task's execution_timeout")
     variants: list[VariantName] = Field(
         list(ALL_VARIANTS),
         description="compressed variants to build and measure against the float32 TFLite baseline ([] for "

@@ -91,7 +91,8 @@ def down(home: Home = None,
 
 @app.command()
 def init(
-    csv_path: Annotated[Path, typer.Argument(help="the CSV to learn from (header row, one example per row)")],
+    csv_path: Annotated[Path, typer.Argument(help="the data to learn from: CSV (header row), Parquet, JSON lines or "
+                                                  "TFRecord of tf.train.Example; one example per row")],
     label: Annotated[str, typer.Option("--label", help="the column to predict")],
     name: Annotated[str | None, typer.Option("--name", help="pipeline name (default: from the file name)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="folder for <name>.yaml and <name>.schema.pbtxt")] = Path(
@@ -99,14 +100,16 @@ def init(
     task: Annotated[str | None, typer.Option("--task", help="classification or regression (default: inferred)")] = None,
     model: Annotated[str, typer.Option("--model", help="mlp, cnn, file.py:function or package.module:function")] = "mlp",
     force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
+    data_format: Annotated[str | None, typer.Option("--format", help="csv, parquet, jsonl or tfrecord (default: "
+                                                                      "from the file's suffix)")] = None,
 ) -> None:
-    """Infer a pipeline from a CSV: writes <out>/<name>.yaml and <out>/<name>.schema.pbtxt."""
+    """Infer a pipeline from a data file: writes <out>/<name>.yaml and <out>/<name>.schema.pbtxt."""
     from infra.cli.init import infer, renamed_columns, write_files
 
     if task not in (None, "classification", "regression"):
         raise fail(f"--task {task!r}: use classification or regression")
     try:
-        inferred = infer(csv_path, label, name, out_dir, task)
+        inferred = infer(csv_path, label, name, out_dir, task, data_format)
         write_files(inferred, csv_path, model, force)
     except BadInputError as exc:
         raise fail(str(exc)) from None

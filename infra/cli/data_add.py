@@ -13,8 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.columns import holds, preview, profile_csv
+from common import storage
+from tasks.columns import holds, preview
 from tasks.config import PipelineConfig
+from tasks.data.profile import profile_source
 from tasks.errors import BadInputError
 from tasks.schema import feature_map, load_schema, value_type
 from tasks.spans import SPAN, is_spanned, next_span, span_files
@@ -26,7 +28,7 @@ class SpanRejected(BadInputError):
 
 @dataclass(frozen=True)
 class AddedSpan:
-    path: Path
+    path: str  # a local path or a URL
     span: int
     rows: int
 
@@ -40,13 +42,13 @@ def expected_columns(config: PipelineConfig) -> tuple[dict[str, str | None], str
     if not spans:
         return {}, "no schema and no span yet"
     newest = max(spans)
-    profile = profile_csv(str(spans[newest]))
+    profile = profile_source(str(spans[newest]))
     return {name: column.type for name, column in profile.columns.items()}, f"span {newest} ({spans[newest]})"
 
 
 def check_span(config: PipelineConfig, file: Path) -> int:
     """Refuse a file that does not fit; return its row count."""
-    profile = profile_csv(str(file))  # a missing, empty, non-UTF-8 or ragged file: one CsvError line
+    profile = profile_source(str(file))  # a missing, empty, unreadable or ragged file: one DataError line
     if config.data.label_column not in profile.columns:
         raise SpanRejected(f"{file}: label column {config.data.label_column!r} is not in the header "
                            f"({preview(profile.header)})")
@@ -73,7 +75,10 @@ def add_span(config: PipelineConfig, file: Path) -> AddedSpan:
         raise SpanRejected(f"pipeline {config.pipeline}: data.source {config.data.source} has no {SPAN}; new data "
                            f"comes in spans, e.g. data.source: data/{config.pipeline}/span-{SPAN}.csv")
     rows = check_span(config, file)
-    target, span = next_span(config.data.source)
+    where, span = next_span(config.data.source)
+    if not storage.is_local(where):
+        return _upload_span(config, file, where, span, rows)
+    target = storage.local_path(where)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -83,4 +88,14 @@ def add_span(config: PipelineConfig, file: Path) -> AddedSpan:
         raise SpanRejected(f"span {span} of {config.pipeline} was added by someone else meanwhile; add again") from None
     finally:
         staging.unlink(missing_ok=True)
-    return AddedSpan(path=target, span=span, rows=rows)
+    return AddedSpan(path=str(target), span=span, rows=rows)
+
+
+def _upload_span(config: PipelineConfig, file: Path, where: str, span: int, rows: int) -> AddedSpan:
+    """Object storage: one PUT, which readers see whole or not at all. It has no create-if-absent, so two writers
+    racing for one span number are told apart only by the check just before the upload."""
+    fs, path = storage.url_to_fs(where)
+    if fs.exists(path):
+        raise SpanRejected(f"span {span} of {config.pipeline} was added by someone else meanwhile; add again")
+    fs.put_file(str(file), path)
+    return AddedSpan(path=where, span=span, rows=rows)

@@ -1,6 +1,6 @@
-"""`kiln init`: a CSV in, a pipeline YAML and a curated-schema draft out.
+"""`kiln init`: a data file (CSV, Parquet or JSON lines) in, a pipeline YAML and a curated-schema draft out.
 
-One streamed pass profiles every column (`tasks.columns`), infers a TFDV schema with domains (the
+One streamed pass profiles every column (`tasks.data.profile`), infers a TFDV schema with domains (the
 user's to curate), picks the task from the label (strings, booleans or a few distinct integers ->
 classification with the class list; other numbers -> regression) and writes both files atomically.
 Default blessing thresholds are the trivial baselines a model must beat: the majority class's share
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.columns import ColumnProfile, CsvProfile, parse_value, preview, profile_csv
+from tasks.columns import parse_value, preview
 from tasks.config import ConfigError
+from tasks.data.profile import ColumnProfile, DataProfile, profile_source
 from tasks.features import served_name
 from tasks.schema import MAX_DOMAIN_SIZE, ColumnSummary, infer_schema, schema_text
 
@@ -37,7 +38,8 @@ class Inferred:
     label: str
     task: str
     classes: list[Any] | None
-    profile: CsvProfile
+    profile: DataProfile
+    data_format: str | None
     yaml_path: Path
     schema_path: Path
     threshold: tuple[str, float]
@@ -48,8 +50,9 @@ def pipeline_name(csv_path: Path) -> str:
     return name if name[:1].isalnum() else f"p-{name}".rstrip("-") or "pipeline"
 
 
-def infer(csv_path: Path, label: str, name: str | None, out_dir: Path, task: str | None) -> Inferred:
-    profile = profile_csv(str(csv_path))
+def infer(csv_path: Path, label: str, name: str | None, out_dir: Path, task: str | None,
+          data_format: str | None = None) -> Inferred:
+    profile = profile_source(str(csv_path), data_format, step="kiln init")
     if label not in profile.columns:
         raise InitError(f"{csv_path}: label column {label!r} is not in the header ({preview(profile.header)})")
     column = profile.columns[label]
@@ -81,7 +84,8 @@ def infer(csv_path: Path, label: str, name: str | None, out_dir: Path, task: str
     name = name or pipeline_name(csv_path)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise InitError(f"--name {name!r}: use lowercase letters, digits, '-' and '_', starting with a letter or digit")
-    return Inferred(name=name, label=label, task=task, classes=classes, profile=profile, yaml_path=out_dir / f"{name}.yaml",
+    return Inferred(name=name, label=label, task=task, classes=classes, profile=profile, data_format=data_format,
+                    yaml_path=out_dir / f"{name}.yaml",
                     schema_path=out_dir / f"{name}.schema.pbtxt", threshold=threshold)
 
 
@@ -93,7 +97,7 @@ def _task_of(label: ColumnProfile) -> str:
     return "regression"
 
 
-def summaries(profile: CsvProfile) -> list[ColumnSummary]:
+def summaries(profile: DataProfile) -> list[ColumnSummary]:
     return [ColumnSummary(name=c.name, type=c.type, present=c.present, total=profile.rows,
                           distinct_values=None if c.capped else c.typed_values())
             for c in profile.columns.values()]
@@ -116,7 +120,8 @@ def yaml_text(inferred: Inferred, csv_path: Path, model: str) -> str:
         f"description: \"\"   # what the model is for\n"
         f"data:\n"
         f"  source: {json.dumps(source)}   # relative to this file\n"
-        f"  label_column: {json.dumps(inferred.label)}\n"
+        + (f"  format: {inferred.data_format}\n" if inferred.data_format else "")
+        + f"  label_column: {json.dumps(inferred.label)}\n"
         f"  schema_path: {json.dumps(inferred.schema_path.name)}   # curate it: types, domains, presence\n"
         f"  eval_percent: 20\n"
         f"task:\n{task}"
@@ -157,6 +162,6 @@ def write_files(inferred: Inferred, csv_path: Path, model: str, force: bool) -> 
             Path(tmp).unlink(missing_ok=True)
 
 
-def renamed_columns(profile: CsvProfile, label: str) -> dict[str, str]:
+def renamed_columns(profile: DataProfile, label: str) -> dict[str, str]:
     """Columns whose served feature name differs (TF signature keys allow letters, digits, _.-)."""
     return {c: served_name(c) for c in profile.header if c != label and served_name(c) != c}

@@ -3,6 +3,8 @@ one that does not is refused in one line and nothing is copied."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.cli.data_add import SpanRejected, add_span
@@ -24,9 +26,9 @@ def _spans(tmp_path) -> list[str]:
 def test_spans_are_added_in_turn_and_a_misfit_is_refused_with_nothing_copied(tmp_path) -> None:
     config = _config(tmp_path)
     first = add_span(config, write_churn_csv(tmp_path / "a.csv", rows=50))
-    assert (first.span, first.rows, first.path.name) == (1, 50, "span-1.csv")
+    assert (first.span, first.rows, first.path) == (1, 50, str(tmp_path / "spans" / "span-1.csv"))
     second = add_span(config, write_churn_csv(tmp_path / "b.csv", rows=40, seed=5))
-    assert second.span == 2 and second.path.read_text() == (tmp_path / "b.csv").read_text()
+    assert second.span == 2 and Path(second.path).read_text() == (tmp_path / "b.csv").read_text()
 
     missing = tmp_path / "missing.csv"
     missing.write_text("tenure,plan,churned\n1,basic,yes\n")
@@ -54,3 +56,18 @@ def test_without_spans_or_a_label_it_is_refused(tmp_path) -> None:
     with pytest.raises(SpanRejected, match="label column 'churned' is not in the header"):
         add_span(_config(tmp_path), unlabeled)
     assert _spans(tmp_path) == []
+
+
+def test_spans_on_object_storage_are_added_and_read_in_place(s3, tmp_path) -> None:
+    from tasks.data.profile import profile_source
+    from tasks.spans import span_file
+
+    source = s3.url("churn", "span-{SPAN}.csv")
+    config = validate_config({"pipeline": "churn", "task": {"type": "classification"},
+                              "data": {"source": source, "label_column": "churned"}}, "test")
+    first = add_span(config, write_churn_csv(tmp_path / "a.csv", rows=50))
+    second = add_span(config, write_churn_csv(tmp_path / "b.csv", rows=40, seed=5))
+    assert (first.path, second.path) == (s3.url("churn", "span-1.csv"), s3.url("churn", "span-2.csv"))
+    assert s3.keys("churn/") == ["churn/span-1.csv", "churn/span-2.csv"]
+    newest, span = span_file(source)
+    assert (newest, span) == (second.path, 2) and profile_source(newest).rows == 40

@@ -287,3 +287,31 @@ def test_force_overwrites_existing_files(tmp_path):
     assert files_in(out) == ["churn.schema.pbtxt", "churn.yaml"]
     assert load_config(out / "churn.yaml").task.classes == ["no", "yes"]
     assert "churned" in feature_map(load_schema(str(out / "churn.schema.pbtxt")))
+
+
+@pytest.mark.parametrize("suffix, data_format", [(".parquet", None), (".jsonl", None), (".bin", "parquet")])
+def test_init_takes_parquet_and_json_lines_and_a_named_format(tmp_path, suffix, data_format):
+    import json
+
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    table = pa_csv.read_csv(churn_csv(tmp_path / "churn.csv"))
+    data = tmp_path / f"churn{suffix}"
+    if suffix == ".jsonl":
+        data.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    else:
+        pq.write_table(table, data)
+    code, stdout, errors = invoke("init", data, "--label", "churned", "--out", tmp_path / "out",
+                                  *(["--format", data_format] if data_format else []))
+    assert code == 0, errors
+    assert "task: classification with classes ['no', 'yes']" in stdout
+    config = load_config(tmp_path / "out" / "churn.yaml")
+    assert config.data.source == str(data.resolve()) and config.data.format == data_format
+
+
+def test_init_refuses_a_file_of_no_known_format_in_one_line(tmp_path):
+    data = tmp_path / "churn.bin"
+    data.write_bytes(b"\x00\x01")
+    code, _, errors = invoke("init", data, "--label", "churned", "--out", tmp_path / "out")
+    assert code != 0 and len(errors) == 1 and "cannot tell the format" in errors[0] and "churn.bin" in errors[0]

@@ -8,26 +8,22 @@ import math
 import random
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from tasks.columns import (
-    DISTINCT_CAP,
-    VALUE_TYPES,
-    ColumnProfile,
-    CsvError,
-    CsvRows,
-    holds,
-    parse_value,
-    profile_csv,
-    value_type,
-    widen,
-)
+from tasks.columns import DISTINCT_CAP, VALUE_TYPES, CsvError, holds, parse_value, value_type, widen
+from tasks.data.profile import ColumnProfile
+from tasks.data.profile import profile_source as profile_csv
+from tasks.data.values import strip
 
 
 def profile_of(*texts: str) -> ColumnProfile:
+    """A column profiled as a CSV's is: in batches of stripped text (two, to exercise the merge)."""
     column = ColumnProfile("c")
-    for text in texts:
-        column.add(text)
+    half = len(texts) // 2
+    for part in (texts[:half], texts[half:]):
+        if part:
+            column.update(strip(pa.array(list(part), pa.string())))
     return column
 
 
@@ -260,12 +256,6 @@ def test_profile_csv_strips_header_names_and_skips_blank_lines(tmp_path):
     assert profile.rows == 2
 
 
-def test_csv_rows_yields_line_numbers_and_fields(tmp_path):
-    path = write_csv(tmp_path, "a,b\n1,2\n\n3,4\n")
-    with CsvRows(str(path)) as rows:
-        assert list(rows) == [(2, ["1", "2"]), (4, ["3", "4"])]
-
-
 # --- bad CSVs ------------------------------------------------------------------------------------
 
 
@@ -278,7 +268,7 @@ def test_missing_file(tmp_path):
 
 def test_a_folder_is_not_a_file(tmp_path):
     with pytest.raises(CsvError, match="data source not found") as exc:
-        CsvRows(str(tmp_path))
+        profile_csv(str(tmp_path))
     assert_one_line_naming(exc, tmp_path)
 
 
@@ -301,7 +291,7 @@ def test_header_only(tmp_path):
 def test_duplicate_or_empty_header_names(tmp_path, header, named):
     path = write_csv(tmp_path, f"{header}\n1,2,3\n")
     with pytest.raises(CsvError, match="duplicate or empty column names") as exc:
-        CsvRows(str(path))
+        profile_csv(str(path))
     assert_one_line_naming(exc, path)
     assert named in str(exc.value)
 

@@ -9,7 +9,7 @@ import pytest
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from tasks.config import DriftConfig
-from tasks.drift import categorical_distance, compare, numeric_distance, table
+from tasks.drift import categorical_distance, compare, numeric_distance, observe_values, table
 from tasks.spans import SpanError, next_span, span_file
 from tasks.steps.validate import standard_histogram
 
@@ -18,7 +18,7 @@ def test_the_newest_span_is_read_unless_one_is_pinned(tmp_path) -> None:
     source = str(tmp_path / "churn" / "span-{SPAN}.csv")
     with pytest.raises(SpanError, match="no span of data.source .* exists yet; add one with `kiln data add"):
         span_file(source)
-    assert next_span(source) == (tmp_path / "churn" / "span-1.csv", 1)
+    assert next_span(source) == (str(tmp_path / "churn" / "span-1.csv"), 1)
     (tmp_path / "churn").mkdir()
     for number in (1, 2, 10):
         (tmp_path / "churn" / f"span-{number}.csv").write_text("a\n1\n")
@@ -27,7 +27,7 @@ def test_the_newest_span_is_read_unless_one_is_pinned(tmp_path) -> None:
     assert span_file(source, 2) == (str(tmp_path / "churn" / "span-2.csv"), 2)
     with pytest.raises(SpanError, match=r"data.span 3: no such file .* \(spans: 1, 2, 10\)"):
         span_file(source, 3)
-    assert next_span(source) == (tmp_path / "churn" / "span-11.csv", 11)
+    assert next_span(source) == (str(tmp_path / "churn" / "span-11.csv"), 11)
 
 
 def test_a_span_in_the_folder_name_is_refused(tmp_path) -> None:
@@ -55,14 +55,14 @@ def test_the_same_distribution_is_below_the_thresholds_and_a_shifted_one_above()
     baseline = _baseline(rng)
     same = {"monthly": list(rng.normal(50, 10, 500)), "plan": ["basic"] * 250 + ["pro"] * 150 + ["premium"] * 100,
             "churned": ["yes"] * 500}
-    results = compare(baseline, same, DriftConfig(), skip={"churned"})
+    results = compare(baseline, observe_values(baseline, same), DriftConfig(), skip={"churned"})
     assert [r.feature for r in results] == ["monthly", "plan"], "the label is not a feature"
     assert not any(r.drifted for r in results) and all(r.distance < 0.1 for r in results)
     shifted = {"monthly": list(rng.normal(80, 10, 500)), "plan": ["premium"] * 400 + ["basic"] * 100}
-    results = {r.feature: r for r in compare(baseline, shifted, DriftConfig(), skip={"churned"})}
+    results = {r.feature: r for r in compare(baseline, observe_values(baseline, shifted), DriftConfig(), skip={"churned"})}
     assert results["monthly"].drifted and results["monthly"].distance > 0.5
     assert results["plan"].drifted and results["plan"].distance == pytest.approx(0.6)
-    tight = compare(baseline, same, DriftConfig(features={"monthly": 1e-9}), skip=set())
+    tight = compare(baseline, observe_values(baseline, same), DriftConfig(features={"monthly": 1e-9}), skip=set())
     assert tight[0].drifted and tight[0].threshold == 1e-9, "a per-feature threshold replaces the default"
     assert "| monthly | numeric |" in table(tight)
 
@@ -81,6 +81,7 @@ def test_a_new_category_counts_as_other_values() -> None:
 
 
 def test_a_feature_missing_from_the_span_is_noted_not_drifted() -> None:
-    results = compare(_baseline(np.random.default_rng(1)), {"plan": ["basic"]}, DriftConfig(), skip={"churned"})
+    baseline = _baseline(np.random.default_rng(1))
+    results = compare(baseline, observe_values(baseline, {"plan": ["basic"]}), DriftConfig(), skip={"churned"})
     monthly = next(r for r in results if r.feature == "monthly")
     assert monthly.distance is None and not monthly.drifted and monthly.note == "not in the span"

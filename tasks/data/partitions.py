@@ -1,0 +1,140 @@
+"""A source cut into partitions that engine workers read independently: byte ranges of an uncompressed CSV
+or JSON-lines file (newline-aligned: a row belongs to the range holding its first byte), row groups of a
+Parquet file. A compressed text file and a TFRecord file cannot be cut: they are one partition.
+
+One partition reads through `tasks.data.readers.Reader`, so a single-partition plan (the in-process
+default) streams the whole file with its row numbers. In a byte range, rows are numbered from the
+range's start, and errors name the range. A CSV cut in ranges must not hold line breaks inside quoted
+values (as with Dask's and Spark's CSV readers); the ranges then parse with the Reader's settings.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from tasks.data import values
+from tasks.data.readers import COMPRESSED_SUFFIXES, BadRows, Batch, DataError, Format, Reader, source_format
+
+DEFAULT_PARTITION_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Partition:
+    source: str
+    format: Format
+    index: int
+    count: int
+    start: int = 0  # byte range [start, end) of a text file
+    end: int = 0
+    row_groups: tuple[int, ...] = ()  # of a Parquet file
+
+    @property
+    def where(self) -> str:
+        if self.count == 1:
+            return self.source
+        if self.row_groups:
+            return f"{self.source} (row groups {self.row_groups[0]}-{self.row_groups[-1]})"
+        return f"{self.source} (bytes {self.start}-{self.end})"
+
+
+def plan(source: str, format: str | None, partitions: int | None = None,
+         partition_bytes: int = DEFAULT_PARTITION_BYTES) -> list[Partition]:
+    """The partitions of `source`: `partitions` of them, else one per `partition_bytes`; one when it cannot be cut."""
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.isfile(path):
+        raise DataError(f"data source not found: {source}")
+    kind = source_format(source, format)
+    size = fs.size(path)
+    wanted = partitions or max(1, math.ceil(size / partition_bytes))
+    splittable = kind in ("csv", "jsonl") and not source.lower().endswith(COMPRESSED_SUFFIXES)
+    if kind == "parquet" and wanted > 1:
+        with fsspec.open(source, "rb") as handle:
+            groups = pq.ParquetFile(handle).metadata.num_row_groups
+        per = math.ceil(groups / min(wanted, max(groups, 1)))
+        chunks = [tuple(range(start, min(start + per, groups))) for start in range(0, groups, per)]
+        return [Partition(source, kind, i, len(chunks), row_groups=chunk) for i, chunk in enumerate(chunks)]
+    if not splittable or wanted == 1:
+        return [Partition(source, kind, 0, 1, 0, size)]
+    step = math.ceil(size / wanted)
+    bounds = [(start, min(start + step, size)) for start in range(0, size, step)]
+    return [Partition(source, kind, i, len(bounds), lo, hi) for i, (lo, hi) in enumerate(bounds)]
+
+
+def batches(partition: Partition, reader_step: str = "read", bad_rows: BadRows | None = None) -> Iterator[Batch]:
+    """The partition's rows as batches (CSV: stripped text; other formats typed). Ragged CSV rows are skipped and
+    counted in `bad_rows` up to its limit (data.max_bad_rows)."""
+    bad_rows = bad_rows or BadRows(0)
+    if partition.count == 1:
+        with Reader(partition.source, partition.format, step=reader_step, max_bad_rows=bad_rows.limit) as reader:
+            try:
+                yield from reader
+            finally:
+                bad_rows.count, bad_rows.examples = reader.bad_rows.count, reader.bad_rows.examples
+        return
+    if partition.row_groups:
+        with fsspec.open(partition.source, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            row = 1
+            for batch in parquet.iter_batches(row_groups=list(partition.row_groups)):
+                yield Batch(dict(zip(batch.schema.names, batch.columns, strict=True)), row)
+                row += batch.num_rows
+        return
+    yield from _text_range(partition, bad_rows)
+
+
+def header(source: str, format: str | None) -> list[str]:
+    with Reader(source, format) as reader:
+        return reader.names
+
+
+def _line_range(partition: Partition) -> bytes:
+    """The bytes of the rows whose first byte lies in [start, end)."""
+    with fsspec.open(partition.source, "rb") as handle:
+        start = partition.start
+        if start > 0:
+            handle.seek(start - 1)
+            start += len(handle.readline()) - 1  # the rest of the row that began before the range
+        if start >= partition.end:
+            return b""
+        handle.seek(start)
+        data = handle.read(partition.end - start)
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()  # the last row runs past the range's end
+        return data
+
+
+def _text_range(partition: Partition, bad_rows: BadRows) -> Iterator[Batch]:
+    data = _line_range(partition)
+    if partition.index == 0 and partition.format == "csv":
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    if not data.strip():
+        return
+    names = header(partition.source, partition.format)
+    try:
+        if partition.format == "csv":
+            table = pa_csv.read_csv(io.BytesIO(data), read_options=pa_csv.ReadOptions(column_names=names),
+                                    parse_options=bad_rows.parse_options(), convert_options=pa_csv.ConvertOptions(
+                                        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False,
+                                        quoted_strings_can_be_null=False))
+        else:
+            table = pa_json.read_json(io.BytesIO(data))
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{partition.where}: {str(exc).splitlines()[0]}{bad_rows.over_limit()}") from None
+    row = 1
+    for batch in table.to_batches(max_chunksize=65_536):
+        if partition.format == "csv":
+            columns = {name: values.strip(batch.column(i)) for i, name in enumerate(names)}
+        else:  # a JSON range holds the keys its own lines have
+            present = set(batch.schema.names)
+            columns = {name: batch.column(name) if name in present else pa.nulls(batch.num_rows) for name in names}
+        yield Batch(columns, row)
+        row += batch.num_rows

@@ -1,0 +1,171 @@
+"""A data source's profile in one streamed pass: each column's type, missing count, distinct values (up
+to DISTINCT_CAP) and numeric range and moments. `kiln init`, `kiln data add`, ingest and the drift
+monitor all type a source from it, so they read every file the same way."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.columns import DISTINCT_CAP, ValueType, parse_value
+from tasks.data import values
+from tasks.data.moments import Moments
+from tasks.data.partitions import Partition, batches, header, plan
+from tasks.data.readers import BadRows, DataError, Format, Reader, file_sha256
+
+
+@dataclass
+class ColumnProfile:
+    """What one pass over a column saw."""
+
+    name: str
+    kinds: values.Kinds = field(default_factory=values.Kinds)
+    values: Counter[str] = field(default_factory=Counter)  # value text -> count, of the first DISTINCT_CAP values
+    capped: bool = False  # more than DISTINCT_CAP distinct values
+    moments: Moments = field(default_factory=Moments)  # of the numeric values
+
+    @property
+    def type(self) -> ValueType | None:
+        return self.kinds.value_type
+
+    @property
+    def present(self) -> int:
+        return sum(self.kinds.counts()[1:])
+
+    @property
+    def missing(self) -> int:
+        return self.kinds.missing
+
+    def update(self, array: pa.Array) -> None:
+        """Add one batch of the column (stripped text or a typed column)."""
+        if values.stored_type(array.type) is None and not pa.types.is_null(array.type):
+            found = values.classify(array, known=self.type if self.type == "string" else None)
+            kinds, missing, numbers = found.kinds, found.missing, found.numbers
+        else:
+            kinds, missing = values.kinds(array), values.missing_mask(array)
+            numbers = pc.cast(array, pa.float64()) if values.stored_type(array.type) in ("int", "float") else None
+        self.kinds = self.kinds.merged(kinds)
+        self._count_values(pc.filter(array, pc.invert(missing)))
+        if numbers is not None:
+            self._add_numbers(numbers.drop_null().to_numpy(zero_copy_only=False))
+
+    def _count_values(self, present: pa.Array) -> None:
+        """Count each value; the first DISTINCT_CAP distinct values stay counted past the cap."""
+        counts = pc.value_counts(values.as_text(present))
+        items, numbers = counts.field("values"), counts.field("counts")
+        kept = pc.is_in(items, value_set=pa.array(list(self.values), pa.string()))
+        for item, number in zip(pc.filter(items, kept).to_pylist(), pc.filter(numbers, kept).to_pylist(), strict=True):
+            self.values[item] += number
+        new_items, new_numbers = pc.filter(items, pc.invert(kept)), pc.filter(numbers, pc.invert(kept))
+        room = DISTINCT_CAP - len(self.values)
+        if len(new_items) > room:
+            self.capped = True
+        self.values.update(dict(zip(new_items[:room].to_pylist(), new_numbers[:room].to_pylist(), strict=True)))
+
+    def _add_numbers(self, numbers: np.ndarray) -> None:
+        self.moments.add(numbers[np.isfinite(numbers)])
+
+    def merge(self, other: ColumnProfile) -> None:
+        """Add what a pass over another partition of the column saw (its values count after this one's)."""
+        self.kinds = self.kinds.merged(other.kinds)
+        for item, number in other.values.items():
+            if item in self.values or len(self.values) < DISTINCT_CAP:
+                self.values[item] += number
+            else:
+                self.capped = True
+        self.capped = self.capped or other.capped
+        self.moments.merge(other.moments)
+
+    @property
+    def numbers(self) -> int:
+        """Numeric values seen."""
+        return self.moments.count
+
+    @property
+    def mean(self) -> float:
+        return self.moments.mean
+
+    @property
+    def minimum(self) -> float:
+        return self.moments.minimum
+
+    @property
+    def maximum(self) -> float:
+        return self.moments.maximum
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the numeric values (NaN with none)."""
+        return self.moments.std if self.moments.count else math.nan
+
+    @property
+    def distinct(self) -> int | None:
+        """Number of distinct values (as the column's type: `TRUE` and `true` are one), None beyond the cap."""
+        return None if self.capped else len(self.typed_values())
+
+    def typed_values(self) -> list[Any]:
+        """The distinct values as the column's type, sorted (ints numerically)."""
+        kind = self.type or "string"
+        return sorted({parse_value(v, kind) for v in self.values})
+
+
+@dataclass
+class DataProfile:
+    source: str
+    format: Format
+    header: list[str]
+    rows: int
+    columns: dict[str, ColumnProfile]
+    sha256: str
+    bytes: int
+
+
+def profile_source(source: str, format: str | None = None, step: str = "profile") -> DataProfile:
+    """One streamed pass over `source`; a source without rows is an error."""
+    return merged([profile_partition(partition, step) for partition in plan(source, format, partitions=1)])
+
+
+def profile_partition(partition: Partition, step: str = "profile", max_bad_rows: int = 0) -> DataProfile:
+    """A pass over one partition (for a single partition: the whole file, with its digest and size); up to
+    `max_bad_rows` ragged CSV rows are skipped."""
+    if partition.count == 1:
+        with Reader(partition.source, partition.format, step=step, max_bad_rows=max_bad_rows) as reader:
+            columns = {name: ColumnProfile(name) for name in reader.names}
+            for batch in reader:
+                for name, array in batch.columns.items():
+                    columns[name].update(array)
+            return DataProfile(source=partition.source, format=reader.format, header=reader.names, rows=reader.rows,
+                               columns=columns, sha256=reader.sha256, bytes=reader.bytes_read)
+    names = header(partition.source, partition.format)
+    columns = {name: ColumnProfile(name) for name in names}
+    rows = 0
+    for batch in batches(partition, step, BadRows(max_bad_rows)):
+        rows += batch.num_rows
+        for name, array in batch.columns.items():
+            columns[name].update(array)
+    return DataProfile(source=partition.source, format=partition.format, header=names, rows=rows, columns=columns,
+                       sha256="", bytes=partition.end - partition.start)
+
+
+def merged(profiles: list[DataProfile]) -> DataProfile:
+    """The partitions' profiles as the source's, in partition order; a source without rows is an error."""
+    first = profiles[0]
+    if len(profiles) > 1:
+        for other in profiles[1:]:
+            for name, column in other.columns.items():
+                first.columns[name].merge(column)
+            first.rows += other.rows
+        fs, path = fsspec.core.url_to_fs(first.source)
+        first.sha256, first.bytes = file_sha256(first.source), fs.size(path)
+    if first.rows == 0:
+        what = {"csv": "the CSV has a header but no data rows", "parquet": "the Parquet file has no rows",
+                "jsonl": "the JSON-lines file has no rows", "tfrecord": "the TFRecord file has no records"}[first.format]
+        raise DataError(f"{first.source}: {what}")
+    return first
