@@ -34,6 +34,9 @@ FeatureKind = Literal["numeric", "vector", "string", "integer", "boolean"]
 MISSING_INT = -(2**63)  # int64 min: never a real category
 _DTYPES = {"numeric": "float32", "vector": "float32", "string": "string", "integer": "int64", "boolean": "bool"}
 _SERVED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
+READ_BATCH_ROWS = 4096  # rows per Arrow batch read from a shard
+SHUFFLE_BUFFER = 10_000  # rows
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of a split's data that training may keep in memory (data.memory_budget)
 
 
 class FeatureError(BadInputError):
@@ -161,21 +164,62 @@ def _kind(feature: schema_pb2.Feature) -> FeatureKind:
 # --- TensorFlow side: examples -> model inputs -------------------------------------------------------
 
 
-def _column_spec(tf: Any, value_type: ValueType) -> Any:
-    if value_type == "float":
-        return tf.io.FixedLenFeature([], tf.float32, default_value=math.nan)
-    if value_type == "string":
-        return tf.io.FixedLenFeature([], tf.string, default_value="")
-    return tf.io.FixedLenFeature([], tf.int64, default_value=MISSING_INT)  # int and bool
+_TF_DTYPES = {"float": "float32", "string": "string", "int": "int64", "bool": "int64"}  # bool as int64 0/1
 
 
-def parse_spec(features: Sequence[FeatureSpec], label: LabelSpec | None) -> dict[str, Any]:
-    import tensorflow as tf
-
-    spec = {c: _column_spec(tf, t) for f in features for c, t in zip(f.columns, f.column_types, strict=True)}
+def parse_spec(features: Sequence[FeatureSpec], label: LabelSpec | None) -> dict[str, ValueType]:
+    """The stored columns the model's inputs (and the target) are made of, with their types."""
+    spec = {c: t for f in features for c, t in zip(f.columns, f.column_types, strict=True)}
     if label is not None:
-        spec[label.column] = _column_spec(tf, label.value_type)
+        spec[label.column] = label.value_type
     return spec
+
+
+def column_arrays(batch: Any, columns: dict[str, ValueType]) -> dict[str, Any]:
+    """An Arrow record batch's columns as numpy arrays, missing values as the model's markers: NaN for a
+    number, "" for a string, MISSING_INT for an integer or boolean (stored as 0/1)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = {}
+    for name, value_type in columns.items():
+        column = batch.column(name)
+        if value_type == "float":
+            arrays[name] = pc.fill_null(pc.cast(column, pa.float32()), math.nan).to_numpy(zero_copy_only=False)
+        elif value_type == "string":
+            arrays[name] = pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(object)
+        else:
+            arrays[name] = pc.fill_null(pc.cast(column, pa.int64()), MISSING_INT).to_numpy(zero_copy_only=False)
+    return arrays
+
+
+def _columns_dataset(tf: Any, files: list[str], columns: dict[str, ValueType], interleave: int) -> Any:
+    """Column batches of the Parquet shards (any fsspec URL), read by Arrow in bounded memory."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    def generate(path: bytes) -> Any:
+        with fsspec.open(path.decode(), "rb") as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_BATCH_ROWS, columns=list(columns)):
+                yield column_arrays(batch, columns)
+
+    signature = {name: tf.TensorSpec([None], _TF_DTYPES[value_type]) for name, value_type in columns.items()}
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda path: tf.data.Dataset.from_generator(generate, args=(path,), output_signature=signature),
+        cycle_length=max(1, min(interleave, len(files))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def split_bytes(files: list[str]) -> int:
+    """The uncompressed size of Parquet files' data (from their footers): what caching them in memory takes."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    total = 0
+    for file in files:
+        with fsspec.open(file, "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            total += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    return total
 
 
 def _as_float(tf: Any, tensor: Any) -> Any:
@@ -216,39 +260,45 @@ def label_values(tf: Any, parsed: dict[str, Any], label: LabelSpec) -> Any:
 
 
 def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec, batch_size: int,
-            shuffle_seed: int | None, repeat: bool) -> Any:
-    """Batches of (served inputs, target) from TFRecord shards (paths or URLs: object storage is read from a
-    local cache, TensorFlow has no S3 file system here); sharded by data across workers."""
+            shuffle_seed: int | None, repeat: bool, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+            limit: int | None = None, worker: tuple[int, int] | None = None) -> Any:
+    """Batches of (served inputs, target) streamed from Parquet shards (paths or URLs): files interleaved when
+    shuffling (read in order otherwise), rows shuffled in a bounded buffer, kept in memory (`cache`) only
+    when the split's data fits `memory_budget` bytes. `worker` (index, count) of a multi-worker group: each
+    reads its own files when there are at least as many files as workers, else every worker reads all and
+    keeps its share of the rows (tf.distribute's DATA sharding)."""
     import tensorflow as tf
 
-    from common.storage import local_files
+    columns = parse_spec(features, label)
+    policy = tf.data.experimental.AutoShardPolicy.DATA
+    if worker is not None and worker[1] > 1 and len(files) >= worker[1]:
+        files, policy = files[worker[0]::worker[1]], tf.data.experimental.AutoShardPolicy.OFF
 
-    files = local_files(files)
-    spec = parse_spec(features, label)
-
-    def parse(records: Any) -> tuple[dict[str, Any], Any]:
-        parsed = tf.io.parse_example(records, spec)
+    def to_model(parsed: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         return model_inputs(parsed, features), label_values(tf, parsed, label)
 
-    data = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
+    data = _columns_dataset(tf, files, columns, interleave=1 if shuffle_seed is None else 4).unbatch()
+    if limit is not None:
+        data = data.take(limit)
+    if memory_budget and split_bytes(files) <= memory_budget:
+        data = data.cache()
     if shuffle_seed is not None:
-        data = data.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
+        data = data.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         data = data.repeat()
-    data = data.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.batch(batch_size).map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = policy
     return data.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def load_arrays(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec,
                 limit: int | None = None) -> tuple[dict[str, Any], Any]:
-    """(served inputs as numpy arrays, targets) of a whole split, in file order (for evaluation)."""
+    """(served inputs as numpy arrays, targets) of a split, or of its first `limit` examples, in file order."""
     import numpy as np
 
-    data = dataset(files, features, label, batch_size=1024, shuffle_seed=None, repeat=False)
-    if limit is not None:
-        data = data.unbatch().take(limit).batch(1024)
+    data = dataset(files, features, label, batch_size=1024, shuffle_seed=None, repeat=False, memory_budget=0,
+                   limit=limit)
     parts: dict[str, list[Any]] = {f.name: [] for f in features}
     targets = []
     for inputs, target in data.as_numpy_iterator():

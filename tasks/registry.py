@@ -64,7 +64,7 @@ class StepSpec:
     config: type[StepConfig] = NoConfig
     params: dict[str, str] = field(default_factory=dict)  # DAG param -> dotted config field
     tracked: bool = False  # runs inside its own MLflow child run
-    timeout_minutes: int | None = None
+    timeout: str | None = None  # the dotted config field holding the task's execution timeout, in minutes
     role: Role = "step"
     # Inputs that bless (a ModelEvaluation, an InfraBlessing): the step runs only when all of them do. A
     # forced push (serving.force_push_reason) overrides the model's blessing, never the infra blessing.
@@ -88,7 +88,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("resolve", "tasks.snapshot:resolve_run",
              "Resolve the pipeline YAML and the trigger's params into the run snapshot",
              outputs={"run": RunSnapshot}, role="setup"),
-    StepSpec("ingest", "tasks.steps.ingest:run", "CSV -> TFRecord examples, split train/eval by hash",
+    StepSpec("ingest", "tasks.steps.ingest:run", "CSV, Parquet or JSON lines -> Parquet examples, split train/eval by hash",
              outputs={"examples": Examples}, config=DataSections, params={"data_source": "data.source"},
              tracked=True),
     StepSpec("validate", "tasks.steps.validate:run",
@@ -104,7 +104,7 @@ STEPS: tuple[StepSpec, ...] = (
              config=TrainSections,
              params={"epochs": "train.epochs", "batch_size": "train.batch_size",
                      "learning_rate": "train.learning_rate", "num_workers": "train.num_workers"},
-             tracked=True, timeout_minutes=30),
+             tracked=True, timeout="train.timeout_minutes"),
     StepSpec("optimize", "tasks.steps.optimize:run",
              "Prune and quantize (tfmot, TFLite), measure every variant, select one within the budget and write "
              "the version folder that ships",
@@ -113,7 +113,7 @@ STEPS: tuple[StepSpec, ...] = (
              params={"target_sparsity": "optimize.target_sparsity", "variants": "optimize.variants",
                      "budget": "optimize.budget", "fine_tune_epochs": "optimize.fine_tune_epochs",
                      "serving_format": "serving.format"},
-             tracked=True, timeout_minutes=30),
+             tracked=True, timeout="optimize.timeout_minutes"),
     StepSpec("evaluate", "tasks.steps.evaluate:run",
              "The artifact that ships and the champion as served, on the eval split, overall and sliced; bless or not",
              inputs={"optimized": OptimizedModel, "model": Model, "examples": Examples},

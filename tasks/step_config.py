@@ -48,15 +48,18 @@ class DataSections(StepConfig):
 class TransformSections(StepConfig):
     transform: TransformConfig
     task: TaskConfig
+    data: DataConfig  # data.engine: where the analyzers' pass runs
 
 
 class TrainSections(StepConfig):
     train: TrainConfig
+    data: DataConfig  # data.memory_budget: what the workers may cache
 
 
 class OptimizeSections(StepConfig):
     optimize: OptimizeConfig
     train: TrainConfig  # the fine-tunes run in train's launcher
+    data: DataConfig  # data.memory_budget: what the workers may cache
     serving: ServingConfig  # serving.format decides what the version folder holds
     task: TaskConfig
 

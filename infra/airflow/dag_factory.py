@@ -115,8 +115,9 @@ def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
     args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
     if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
         args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
-    if spec.timeout_minutes:
-        args["execution_timeout"] = timedelta(minutes=spec.timeout_minutes)
+    if spec.timeout:
+        section, field_name = spec.timeout.split(".")
+        args["execution_timeout"] = timedelta(minutes=getattr(getattr(config, section), field_name))
     if spec.optional_inputs:
         # It runs past the skipped step of an optional input (promote past an approval not asked for), and is
         # skipped when all the steps it reads from are (promote after a push that was not blessed).

@@ -32,6 +32,7 @@ from infra.cli.airflow_api import (
 from infra.stack.stack import Stack
 from tasks.artifacts.approval import ApprovalDecision, ApprovalProperties
 from tasks.artifacts.evaluation import ModelEvaluation
+from tasks.artifacts.examples import Examples
 from tasks.artifacts.infra_blessing import InfraBlessing
 from tasks.artifacts.model import Model
 from tasks.artifacts.optimized import OptimizedModel
@@ -192,6 +193,12 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     evaluation = ModelEvaluation.read(output("evaluate", "evaluation")).properties
     optimized = OptimizedModel.read(output("optimize", "optimized")).properties
     registered = RegisteredModel.read(output("register", "registered")).properties
+    examples = Examples.read(output("ingest", "examples")).properties
+    summary["data"] = {split: {"rows": examples.row_counts[split], "bytes": examples.split_bytes.get(split),
+                               "shards": examples.num_shards, "format": examples.payload_format}
+                       for split in examples.row_counts} | {
+        "source": {"uri": examples.source, "format": examples.source_format, "bytes": examples.source_bytes,
+                   "rows_without_label": examples.rows_without_label}}
     trained = Model.read(output("train", "model"))
     summary["train"] = {"restarts": trained.properties.restarts,
                         "resumed_from_epoch": trained.properties.resumed_from_epoch}

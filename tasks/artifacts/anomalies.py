@@ -13,6 +13,7 @@ class AnomaliesProperties(Properties):
     num_anomalies: int
     by_split: dict[str, list[str]]  # split -> features with an anomaly
     descriptions: list[str] = []
+    warnings: list[str] = []  # what does not stop the run: rows ingest skipped within data.max_bad_rows
 
 
 class ExampleAnomalies(ArtifactType[AnomaliesProperties]):

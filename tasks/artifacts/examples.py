@@ -1,15 +1,18 @@
-"""`Examples`: the ingested data as gzipped TFRecord shards of `tf.train.Example`, split train/eval.
+"""`Examples`: the ingested data as Parquet shards (TFX ExampleGen's Parquet payload format), split train/eval.
 
-Layout (TFX ExampleGen's): `Split-{split}/data_tfrecord-{shard:05d}-of-{num_shards:05d}.gz`. A missing
-value is a feature absent from its example; booleans are stored as int64 0/1.
+Layout (ExampleGen's): `Split-{split}/data_parquet-{shard:05d}-of-{num_shards:05d}.parquet`. Each column is
+typed (bool, int64, float64 or string) and a missing value is null. Readers stream record batches
+(`batches`) in bounded memory; training reads the same files through tf.data (tasks.features.dataset).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Literal
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from tasks.artifacts.base import ArtifactError, ArtifactType, Properties
@@ -36,6 +39,13 @@ class ExamplesProperties(Properties):
     num_shards: int
     eval_percent: int
     span: int | None = None  # which span of a spanned data.source (tasks.spans)
+    # How the examples are stored: kiln before the Arrow readers wrote TFRecord, which it reads no more.
+    payload_format: Literal["parquet", "tfrecord"] = "tfrecord"
+    source_format: str = "csv"
+    source_bytes: int = 0
+    split_bytes: dict[str, int] = {}  # the Parquet files' size on disk, per split
+    bad_rows: int = 0  # ragged CSV rows skipped (data.max_bad_rows)
+    bad_rows_note: str = ""  # how many, and the first ones' text
 
 
 class Examples(ArtifactType[ExamplesProperties]):
@@ -48,7 +58,7 @@ class Examples(ArtifactType[ExamplesProperties]):
 
     @staticmethod
     def shard_name(shard: int, num_shards: int) -> str:
-        return f"data_tfrecord-{shard:05d}-of-{num_shards:05d}.gz"
+        return f"data_parquet-{shard:05d}-of-{num_shards:05d}.parquet"
 
     def column(self, name: str) -> Column:
         for column in self.properties.columns:
@@ -61,20 +71,19 @@ class Examples(ArtifactType[ExamplesProperties]):
         return [c for c in self.properties.columns if c.name != self.properties.label_column]
 
     def split_files(self, split: str) -> list[str]:
-        """The TFRecord shard files of one split (local paths or URLs), sorted."""
+        """The Parquet shard files of one split (local paths or URLs), sorted."""
+        if self.properties.payload_format != "parquet":
+            raise ArtifactError(f"{self.uri}: examples stored as TFRecord by an older kiln; run the pipeline again "
+                                f"to ingest them as Parquet")
         fs, root = fsspec.core.url_to_fs(self.path(self.split_dir(split)))
-        files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".gz"))
+        files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
         if not files:
-            raise ArtifactError(f"{self.uri}: split {split!r} has no TFRecord files")
+            raise ArtifactError(f"{self.uri}: split {split!r} has no Parquet files")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         return files if protocol in ("file", "local") else [f"{protocol}://{p}" for p in files]
 
-    def iter_examples(self, split: str) -> Iterator[Any]:
-        """Every `tf.train.Example` of a split, parsed as a proto (for statistics: no schema assumed)."""
-        import tensorflow as tf
-
-        from common.storage import local_files
-
-        dataset = tf.data.TFRecordDataset(local_files(self.split_files(split)), compression_type="GZIP")
-        for record in dataset.as_numpy_iterator():
-            yield tf.train.Example.FromString(record)
+    def batches(self, split: str, columns: list[str] | None = None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """A split's rows as Arrow record batches (typed columns, missing = null), in bounded memory."""
+        for file in self.split_files(split):
+            with fsspec.open(file, "rb") as handle:
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)

@@ -11,16 +11,18 @@ DriftReport artifact, a table in the task log, and an MLflow run of its own in t
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tasks import tracking
 from tasks.artifacts.base import Output
 from tasks.artifacts.drift import REPORT_MD, DriftProperties
 from tasks.artifacts.statistics import ExampleStatistics
-from tasks.columns import CsvRows, parse_value, profile_csv
 from tasks.context import StepContext
-from tasks.drift import compare, table
+from tasks.data import values
+from tasks.data.profile import profile_source
+from tasks.data.readers import Reader
+from tasks.drift import compare, observe, table
 from tasks.model_registry import CHAMPION, TRAIN_STATISTICS_TAG, aliases
 from tasks.schema import column_types
 from tasks.step_config import MonitorSections
@@ -46,7 +48,8 @@ def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftPropert
                               f"recorded it): nothing to compare the span with"}
         else:
             baseline = ExampleStatistics.read(stats_uri).statistics("train").datasets[0]
-            features = compare(baseline, _columns(config), config.monitor.drift, skip={config.data.label_column})
+            features = compare(baseline, observe(baseline, _span_batches(config)), config.monitor.drift,
+                               skip={config.data.label_column})
             found = {"baseline": f"champion v{champion.version}: train split of {stats_uri}",
                      "champion_version": int(champion.version), "features": features,
                      "drifted": any(f.drifted for f in features)}
@@ -60,16 +63,15 @@ def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftPropert
             "champion_version": report.champion_version}
 
 
-def _columns(config: MonitorSections) -> dict[str, list[Any]]:
-    """The span's values per column, typed as ingest types them."""
+def _span_batches(config: MonitorSections) -> Iterator[dict[str, Any]]:
+    """The span's columns batch by batch, typed as ingest types them (two streamed passes)."""
     source = config.data.source
-    types = column_types(profile_csv(source), config.data.schema_path)
-    columns: dict[str, list[Any]] = defaultdict(list)
-    with CsvRows(source) as rows:
-        for _, fields in rows:
-            for name, text in zip(rows.header, fields, strict=True):
-                columns[name].append(parse_value(text, types[name]))
-    return dict(columns)
+    types = column_types(profile_source(source, config.data.format, step="check_drift (types)"),
+                         config.data.schema_path)
+    with Reader(source, config.data.format, step="check_drift (counts)") as reader:
+        for batch in reader:
+            yield {name: values.typed(array, types[name], f"{source} column {name!r}", batch.first_row)
+                   for name, array in batch.columns.items()}
 
 
 def _text(report: DriftProperties) -> str:

@@ -86,10 +86,11 @@ def run(ctx: StepContext, config: EvaluateSections, *, optimized: OptimizedModel
         raise EvaluationError(f"{optimized.version_folder}: digest {sha256[:12]} is not the {shipped.sha256[:12]} "
                               f"optimize recorded; the version folder was changed")
     files = examples.split_files("eval")
-    eval_set = _EvalSet.load(files, model.preprocessing)
+    limit = config.evaluate.max_examples
+    eval_set = _EvalSet.load(files, model.preprocessing, limit)
     candidate = eval_set.score(f"candidate ({shipped.variant}, {shipped.format})", folder)
     float_model = eval_set.score("trained float model", model.local(SAVED_MODEL_DIR))
-    champion, champion_problem = _champion(ctx, files)
+    champion, champion_problem = _champion(ctx, files, limit)
     slices = _slices(config.evaluate, examples, files, model.preprocessing.label, candidate, champion)
     overall = _overall(candidate)
     champion_overall = _overall(champion) if champion else None
@@ -140,8 +141,8 @@ class _EvalSet:
     targets: Any
 
     @classmethod
-    def load(cls, files: list[str], preprocessing: Preprocessing) -> _EvalSet:
-        inputs, targets = load_arrays(files, preprocessing.features, preprocessing.label)
+    def load(cls, files: list[str], preprocessing: Preprocessing, limit: int) -> _EvalSet:
+        inputs, targets = load_arrays(files, preprocessing.features, preprocessing.label, limit=limit)
         return cls(preprocessing, inputs, targets)
 
     def score(self, name: str, folder: Path, version: int | None = None) -> Scored:
@@ -153,7 +154,7 @@ class _EvalSet:
         return Scored(name, label, self.targets, predict_served(folder, self.inputs), version)
 
 
-def _champion(ctx: StepContext, files: list[str]) -> tuple[Scored | None, str | None]:
+def _champion(ctx: StepContext, files: list[str], limit: int) -> tuple[Scored | None, str | None]:
     """(the champion as it is served, scored on the same examples, or why it could not be) — (None, None) on the
     first run."""
     client = tracking.client(ctx)
@@ -167,7 +168,7 @@ def _champion(ctx: StepContext, files: list[str]) -> tuple[Scored | None, str | 
         preprocessing = Preprocessing.model_validate_json(downloaded.contract.read_text())
         served = served_format(downloaded.version_folder)
         try:
-            return _EvalSet.load(files, preprocessing).score(f"champion v{version} ({served})",
+            return _EvalSet.load(files, preprocessing, limit).score(f"champion v{version} ({served})",
                                                             downloaded.version_folder, version), None
         except (BadInputError, ValueError, KeyError) as exc:  # e.g. a column the champion needs is gone
             return None, f"champion v{version} could not be scored on this eval split: {exc}"
@@ -187,7 +188,7 @@ def _slices(settings: EvaluateConfig, data: Examples, files: list[str], label: L
     columns = sorted({column for spec in settings.slices for column in spec})
     if not columns:
         return []
-    values = _slice_values(data, files, label, columns, settings.bucket_boundaries)
+    values = _slice_values(data, files, label, columns, settings.bucket_boundaries, settings.max_examples)
     slices = []
     for spec in settings.slices:
         keys = [", ".join(f"{column}={values[column][i]}" for column in spec) for i in range(len(candidate.targets))]
@@ -200,7 +201,7 @@ def _slices(settings: EvaluateConfig, data: Examples, files: list[str], label: L
 
 
 def _slice_values(data: Examples, files: list[str], label: LabelSpec, columns: list[str],
-                  boundaries: dict[str, list[float]]) -> dict[str, list[str]]:
+                  boundaries: dict[str, list[float]], limit: int) -> dict[str, list[str]]:
     """Each eval example's value of each slice column, as the text that names its slice."""
     known = {c.name: c.type for c in data.feature_columns}
     unknown = [c for c in columns if c not in known]
@@ -209,7 +210,7 @@ def _slice_values(data: Examples, files: list[str], label: LabelSpec, columns: l
     kinds = {"float": "numeric", "int": "numeric", "string": "string", "bool": "integer"}
     specs = [FeatureSpec(name=f"slice_{i}", kind=kinds[known[c]], columns=[c], column_types=[known[c]])
              for i, c in enumerate(columns)]
-    arrays, _ = load_arrays(files, specs, label)
+    arrays, _ = load_arrays(files, specs, label, limit=limit)
     texts = {}
     for spec, column in zip(specs, columns, strict=True):
         raw = arrays[spec.name]

@@ -71,7 +71,7 @@ def run(ctx: StepContext, config: OptimizeSections, *, model: Model, examples: E
     saved_model = model.local(SAVED_MODEL_DIR)  # TensorFlow reads local files only (common.storage)
     label = model.preprocessing.label
     features = model.preprocessing.features
-    eval_inputs, targets = load_arrays(examples.split_files("eval"), features, label)
+    eval_inputs, targets = load_arrays(examples.split_files("eval"), features, label, limit=config.optimize.max_examples)
     work = ctx.work_dir()
     measure = _Measure(label, eval_inputs, targets, config.optimize.latency_runs)
     files: dict[str, bytes] = {}
@@ -191,7 +191,7 @@ def _fine_tune(config: OptimizeSections, ctx: StepContext, trained: Model, saved
         train_files=data.split_files("train"), eval_files=data.split_files("eval"),
         num_train=data.properties.row_counts["train"], num_eval=data.properties.row_counts["eval"],
         preprocessing=trained.preprocessing, model=trained.properties.model,
-        hparams=trained.properties.hparams, train=train,
+        hparams=trained.properties.hparams, train=train, memory_budget=int(config.data.memory_budget),
         initial_weights=(trained.path(SAVED_MODEL_DIR, "variables", "variables") if remote
                          else str(saved_model / "variables" / "variables")),
         fine_tunes=jobs, fine_tune_epochs=opt.fine_tune_epochs,

@@ -52,6 +52,7 @@ def run(ctx: StepContext, config: TrainSections, *, examples: Examples, transfor
         model=train.model,
         hparams=train.hparams,
         train=train,
+        memory_budget=int(config.data.memory_budget),
         **(_worker_paths(remote) if remote else {
             "saved_model_dir": str(model.dir / SAVED_MODEL_DIR),
             "metrics_path": str(work_dir / METRICS_FILE),

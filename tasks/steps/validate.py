@@ -1,6 +1,8 @@
 """Validate: StatisticsGen, SchemaGen and ExampleValidator in TFDV's formats (TFDV cannot be installed).
 
-Statistics are computed per split. The schema is the curated one (`data.schema_path`, carried in the
+Statistics are computed per split in one streamed pass over its Parquet shards, in bounded memory:
+exact counts, moments and ranges, and DataSketches' KLL quantiles, frequent items and HLL distinct
+counts beyond that (`tasks.data.sketches`). The schema is the curated one (`data.schema_path`, carried in the
 run snapshot) or is inferred from the train split and stored as an artifact either way. Every split
 is checked against it: types, presence, value counts, integer ranges and the values of string and
 boolean domains. Any anomaly stops the run: the three artifacts are published first (so the UI can
@@ -10,8 +12,6 @@ show why), then `DataValidationError`.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +24,10 @@ from tasks.artifacts.base import Output
 from tasks.artifacts.examples import SPLITS, Examples
 from tasks.artifacts.schema import SCHEMA_FILE, SchemaProperties
 from tasks.artifacts.statistics import ExampleStatistics, StatisticsProperties
-from tasks.columns import DISTINCT_CAP, ValueType
+from tasks.columns import ValueType
 from tasks.context import StepContext
+from tasks.data.engine import Engine, engine_for
+from tasks.data.sketches import ColumnSketch, sketch_files
 from tasks.errors import BadInputError
 from tasks.schema import ColumnSummary, infer_schema, load_schema, schema_text, value_type
 from tasks.step_config import DataSections
@@ -42,42 +44,31 @@ class DataValidationError(BadInputError):
 
 
 @dataclass
-class _Column:
-    """Everything seen of one feature in one split."""
-
-    kinds: set[str] = field(default_factory=set)
-    present: int = 0
-    numbers: list[float] = field(default_factory=list)
-    strings: Counter[str] = field(default_factory=Counter)
-    min_count: int = 1 << 62
-    max_count: int = 0
-
-
-@dataclass
 class _Split:
     num_examples: int = 0
-    columns: dict[str, _Column] = field(default_factory=dict)
+    columns: dict[str, ColumnSketch] = field(default_factory=dict)
 
 
 def run(ctx: StepContext, config: DataSections, *, examples: Examples, statistics: Output[StatisticsProperties],
         schema: Output[SchemaProperties], anomalies: Output[AnomaliesProperties]) -> None:
     stored = {c.name: c.type for c in examples.properties.columns}
-    splits = {name: _scan(examples.iter_examples(name), list(stored)) for name in SPLITS}
+    with engine_for(config.data, "validate") as engine:
+        splits = {name: _scan(engine, examples, name, stored) for name in SPLITS}
     label = examples.properties.label_column
     if config.data.schema_path:
         expected = load_schema(config.data.schema_path)
         origin, curated = config.data.schema_path, True
     else:
-        expected = infer_schema(_summaries(splits["train"], stored), label, with_domains=False)
+        expected = infer_schema(_summaries(splits["train"]), label, with_domains=False)
         origin, curated = "inferred from the train split", False
 
     for name, split in splits.items():
-        _write_text(statistics.dir / ExampleStatistics.relative_path(name), _statistics(name, split, stored))
+        _write_text(statistics.dir / ExampleStatistics.relative_path(name), _statistics(name, split))
     statistics.properties = StatisticsProperties(num_examples={n: s.num_examples for n, s in splits.items()})
     (schema.dir / SCHEMA_FILE).write_text(schema_text(expected, f"schema of run {ctx.run_id}: {origin}"))
     schema.properties = SchemaProperties(origin=origin, curated=curated, num_features=len(expected.feature))
 
-    found = {name: _anomalies(expected, split, stored) for name, split in splits.items()}
+    found = {name: _anomalies(expected, split) for name, split in splits.items()}
     position = {f.name: i for i, f in enumerate(expected.feature)}  # proto maps have no stable order
 
     def in_schema_order(found_anomalies: anomalies_pb2.Anomalies) -> list[str]:
@@ -85,9 +76,15 @@ def run(ctx: StepContext, config: DataSections, *, examples: Examples, statistic
         return [found_anomalies.anomaly_info[n].description for n in names]
 
     problems = list(dict.fromkeys(d for a in found.values() for d in in_schema_order(a)))
+    warnings = [examples.properties.bad_rows_note] if examples.properties.bad_rows else []
+    for split_anomalies in found.values():  # a warning: the rows were skipped within data.max_bad_rows
+        for note in warnings:
+            info = split_anomalies.dataset_anomaly_info
+            info.severity = anomalies_pb2.AnomalyInfo.WARNING
+            info.short_description, info.description = "Rows skipped by ingest", note
     for name, split_anomalies in found.items():
         _write_text(anomalies.dir / ExampleAnomalies.relative_path(name), split_anomalies)
-    anomalies.properties = AnomaliesProperties(num_anomalies=len(problems), descriptions=problems,
+    anomalies.properties = AnomaliesProperties(num_anomalies=len(problems), descriptions=problems, warnings=warnings,
                                                by_split={n: sorted(a.anomaly_info) for n, a in found.items()})
     if problems:
         for output in (statistics, schema, anomalies):  # the run stops here: what was found stays readable
@@ -96,56 +93,27 @@ def run(ctx: StepContext, config: DataSections, *, examples: Examples, statistic
         more = f"; and {len(problems) - MAX_ERRORS_IN_MESSAGE} more" if len(problems) > MAX_ERRORS_IN_MESSAGE else ""
         raise DataValidationError(f"{len(problems)} data anomalies (schema: {origin}; see {anomalies.uri}): "
                                   f"{shown}{more}")
+    for note in warnings:
+        log.warning("validate: %s", note)
     log.info("validate: %s matches the schema (%s): %s", examples.uri, origin,
              ", ".join(f"{n} {s.num_examples} examples" for n, s in splits.items()))
 
 
-def _scan(examples: Iterable[Any], column_order: list[str]) -> _Split:
-    """Per-feature counts and values; features are kept in the CSV's column order (protos have none)."""
-    split = _Split(columns={name: _Column() for name in column_order})
-    for example in examples:
-        split.num_examples += 1
-        for name, feature in example.features.feature.items():
-            kind = feature.WhichOneof("kind")
-            values = list(getattr(feature, kind).value) if kind else []
-            column = split.columns.setdefault(name, _Column())
-            column.kinds.add(kind or "none")
-            column.min_count = min(column.min_count, len(values))
-            column.max_count = max(column.max_count, len(values))
-            if values:
-                column.present += 1
-            if kind == "bytes_list":
-                column.strings.update(v.decode("utf-8", errors="replace") for v in values)
-            else:
-                column.numbers.extend(float(v) for v in values)
-    return split
+def _scan(engine: Engine, examples: Examples, split_name: str, stored: dict[str, ValueType]) -> _Split:
+    """One streamed pass over a split (a task per file on the engine); features keep the source's column order."""
+    rows, columns = sketch_files(engine, examples.split_files(split_name), stored)
+    log.info("validate: %s split, %d examples", split_name, rows)
+    return _Split(num_examples=rows, columns=columns)
 
 
-_KIND_OF_LIST = {"float_list": "float", "int64_list": "int", "bytes_list": "string"}
-
-
-def _data_type(column: _Column, stored: ValueType | None) -> ValueType | None:
-    """The value type seen in the data; booleans are int64 lists stored from a bool column."""
-    kinds = column.kinds - {"none"}
-    if len(kinds) != 1:
-        return None
-    kind = _KIND_OF_LIST[kinds.pop()]
-    return "bool" if kind == "int" and stored == "bool" else kind
-
-
-def _summaries(split: _Split, stored: dict[str, ValueType]) -> list[ColumnSummary]:
+def _summaries(split: _Split) -> list[ColumnSummary]:
     summaries = []
     for name, column in split.columns.items():
-        kind = _data_type(column, stored.get(name))
-        if kind == "string":
-            distinct = sorted(column.strings) if len(column.strings) <= DISTINCT_CAP else None
-        elif kind == "bool":
-            distinct = sorted({bool(v) for v in column.numbers})
-        else:
-            unique = set(column.numbers)
-            distinct = sorted(int(v) if kind == "int" else v for v in unique) if len(unique) <= DISTINCT_CAP else None
-        summaries.append(ColumnSummary(name=name, type=kind, present=column.present, total=split.num_examples,
-                                       distinct_values=distinct))
+        distinct = None
+        if column.distinct is not None and column.value_type != "float":
+            distinct = sorted(column.distinct)
+        summaries.append(ColumnSummary(name=name, type=column.value_type if column.present else None,
+                                       present=column.present, total=split.num_examples, distinct_values=distinct))
     return summaries
 
 
@@ -157,50 +125,48 @@ _STATS_TYPE = {
 }
 
 
-def _statistics(name: str, split: _Split, stored: dict[str, ValueType]) -> statistics_pb2.DatasetFeatureStatisticsList:
+def _statistics(name: str, split: _Split) -> statistics_pb2.DatasetFeatureStatisticsList:
     dataset = statistics_pb2.DatasetFeatureStatistics(name=name, num_examples=split.num_examples)
     for feature_name, column in split.columns.items():
         feature = dataset.features.add()
         feature.path.step.append(feature_name)
-        kind = _data_type(column, stored.get(feature_name)) or stored.get(feature_name, "float")
-        feature.type = _STATS_TYPE[kind]
-        count = sum(column.strings.values()) if kind == "string" else len(column.numbers)
-        common = statistics_pb2.CommonStatistics(
-            num_non_missing=column.present,
-            num_missing=split.num_examples - column.present,
-            min_num_values=column.min_count if column.present else 0,
-            max_num_values=column.max_count,
-            avg_num_values=count / max(column.present, 1),
-            tot_num_values=count,
+        feature.type = _STATS_TYPE[column.value_type]
+        common = statistics_pb2.CommonStatistics(  # one value per example in every column
+            num_non_missing=column.present, num_missing=column.missing,
+            min_num_values=1 if column.present else 0, max_num_values=1 if column.present else 0,
+            avg_num_values=1.0 if column.present else 0.0, tot_num_values=column.present,
         )
-        if kind == "string":
-            top = column.strings.most_common(TOP_VALUES)
+        if column.value_type == "string":
             feature.string_stats.CopyFrom(statistics_pb2.StringStatistics(
-                common_stats=common, unique=len(column.strings),
-                avg_length=float(np.mean([len(s) for s in column.strings.elements()])) if count else 0.0,
-                top_values=[statistics_pb2.StringStatistics.FreqAndValue(value=v, frequency=n) for v, n in top],
+                common_stats=common, unique=column.unique,
+                avg_length=column.total_length / column.present if column.present else 0.0,
+                top_values=[statistics_pb2.StringStatistics.FreqAndValue(value=v, frequency=n)
+                            for v, n in column.top(TOP_VALUES)],
             ))
-        elif column.numbers:
-            values = np.asarray(column.numbers, dtype=np.float64)
+        elif column.moments.count:
+            moments = column.moments
             feature.num_stats.CopyFrom(statistics_pb2.NumericStatistics(
-                common_stats=common, mean=values.mean(), std_dev=values.std(), min=values.min(),
-                max=values.max(), median=float(np.median(values)), num_zeros=int((values == 0).sum()),
-                histograms=[standard_histogram(values)],
+                common_stats=common, mean=moments.mean, std_dev=moments.std, min=moments.minimum, max=moments.maximum,
+                median=column.median, num_zeros=column.zeros,
+                histograms=[_histogram(column.equal_width_histogram(HISTOGRAM_BUCKETS))],
             ))
         else:
             feature.num_stats.common_stats.CopyFrom(common)
     return statistics_pb2.DatasetFeatureStatisticsList(datasets=[dataset])
 
 
+def _histogram(buckets: list[tuple[float, float, float]]) -> statistics_pb2.Histogram:
+    return statistics_pb2.Histogram(type=statistics_pb2.Histogram.STANDARD, buckets=[
+        statistics_pb2.Histogram.Bucket(low_value=lo, high_value=hi, sample_count=n) for lo, hi, n in buckets])
+
+
 def standard_histogram(values: np.ndarray, buckets: int = HISTOGRAM_BUCKETS) -> statistics_pb2.Histogram:
     """TFDV's STANDARD histogram: equal-width buckets from min to max (the drift monitor's baseline)."""
     counts, edges = np.histogram(values, bins=buckets)
-    return statistics_pb2.Histogram(type=statistics_pb2.Histogram.STANDARD, buckets=[
-        statistics_pb2.Histogram.Bucket(low_value=float(lo), high_value=float(hi), sample_count=float(n))
-        for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)])
+    return _histogram([(float(lo), float(hi), float(n)) for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)])
 
 
-def _anomalies(schema: schema_pb2.Schema, split: _Split, stored: dict[str, ValueType]) -> anomalies_pb2.Anomalies:
+def _anomalies(schema: schema_pb2.Schema, split: _Split) -> anomalies_pb2.Anomalies:
     anomalies = anomalies_pb2.Anomalies(
         baseline=schema, anomaly_name_format=anomalies_pb2.Anomalies.SERIALIZED_PATH,
         data_missing=split.num_examples == 0,
@@ -223,7 +189,7 @@ def _anomalies(schema: schema_pb2.Schema, split: _Split, stored: dict[str, Value
                 add(feature.name, A.SCHEMA_MISSING_COLUMN, "Column dropped",
                     f"column {feature.name!r} is required by the schema but missing from the data")
             continue
-        data_type, wanted = _data_type(column, stored.get(feature.name)), value_type(feature)
+        data_type, wanted = column.value_type, value_type(feature)
         if data_type != wanted and not (wanted == "int" and data_type == "bool"):
             add(feature.name, A.UNEXPECTED_DATA_TYPE, "Unexpected data type",
                 f"column {feature.name!r} has type {_type_name(data_type)}, the schema expects {_type_name(wanted)}")
@@ -233,15 +199,10 @@ def _anomalies(schema: schema_pb2.Schema, split: _Split, stored: dict[str, Value
             add(feature.name, A.FEATURE_TYPE_LOW_FRACTION_PRESENT, "Column missing in some examples",
                 f"column {feature.name!r} is present in {fraction:.1%} of examples, the schema requires "
                 f"{feature.presence.min_fraction:.1%}")
-        if feature.HasField("value_count"):
-            if column.min_count < feature.value_count.min:
-                add(feature.name, A.FEATURE_TYPE_LOW_NUMBER_VALUES, "Too few values",
-                    f"column {feature.name!r} has {column.min_count} values in some example, "
-                    f"the schema requires at least {feature.value_count.min}")
-            if feature.value_count.max and column.max_count > feature.value_count.max:
-                add(feature.name, A.FEATURE_TYPE_HIGH_NUMBER_VALUES, "Too many values",
-                    f"column {feature.name!r} has {column.max_count} values in some example, "
-                    f"the schema allows at most {feature.value_count.max}")
+        if feature.HasField("value_count") and feature.value_count.min > 1:
+            add(feature.name, A.FEATURE_TYPE_LOW_NUMBER_VALUES, "Too few values",
+                f"column {feature.name!r} has 1 value in some example, the schema requires at least "
+                f"{feature.value_count.min}")
         _domain_anomalies(feature, column, lambda kind, short, text, name=feature.name: add(name, kind, short, text))
     for name, column in split.columns.items():
         if name not in expected and column.present:
@@ -249,26 +210,27 @@ def _anomalies(schema: schema_pb2.Schema, split: _Split, stored: dict[str, Value
     return anomalies
 
 
-def _domain_anomalies(feature: schema_pb2.Feature, column: _Column, add: Any) -> None:
+def _domain_anomalies(feature: schema_pb2.Feature, column: ColumnSketch, add: Any) -> None:
     A = anomalies_pb2.AnomalyInfo
-    if feature.HasField("int_domain") and column.numbers:
-        low, high = min(column.numbers), max(column.numbers)
+    if feature.HasField("int_domain") and column.moments.count:
         domain = feature.int_domain
-        if domain.HasField("min") and low < domain.min:
+        if domain.HasField("min") and column.moments.minimum < domain.min:
             add(A.INT_TYPE_SMALL_INT, "Out-of-range values",
-                f"column {feature.name!r} has value {int(low)} below the schema's minimum {domain.min}")
-        if domain.HasField("max") and high > domain.max:
+                f"column {feature.name!r} has value {int(column.moments.minimum)} below the schema's minimum {domain.min}")
+        if domain.HasField("max") and column.moments.maximum > domain.max:
             add(A.INT_TYPE_BIG_INT, "Out-of-range values",
-                f"column {feature.name!r} has value {int(high)} above the schema's maximum {domain.max}")
-    if feature.HasField("bool_domain") and set(column.numbers) - {0.0, 1.0}:
+                f"column {feature.name!r} has value {int(column.moments.maximum)} above the schema's maximum {domain.max}")
+    if feature.HasField("bool_domain") and column.moments.count and (column.moments.minimum < 0 or column.moments.maximum > 1):
         add(A.BOOL_TYPE_BIG_INT, "Non-boolean values",
             f"column {feature.name!r} has values other than true/false")
     if feature.HasField("string_domain") and feature.string_domain.value:
-        unexpected = sorted(set(column.strings) - set(feature.string_domain.value))
-        if unexpected:
+        domain = set(feature.string_domain.value)
+        seen = column.distinct if column.distinct is not None else [v for v, _ in column.top(len(domain) + 10)]
+        unexpected = sorted(str(v) for v in seen if str(v) not in domain)
+        if unexpected or column.unique > len(domain):
             shown = ", ".join(repr(v) for v in unexpected[:3]) + (", ..." if len(unexpected) > 3 else "")
             add(A.ENUM_TYPE_UNEXPECTED_STRING_VALUES, "Unexpected string values",
-                f"column {feature.name!r} has values not in the schema's domain: {shown}")
+                f"column {feature.name!r} has values not in the schema's domain: {shown or f'about {column.unique} distinct values, the domain lists {len(domain)}'}")
 
 
 def _type_name(kind: ValueType | None) -> str:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from common import storage
 from tasks.compression.variants import FineTuneName
 from tasks.config import TrainConfig
-from tasks.features import Preprocessing
+from tasks.features import DEFAULT_MEMORY_BUDGET, Preprocessing
 
 
 class WorkerSpecError(ValueError):
@@ -45,6 +45,7 @@ class WorkerSpecBase(BaseModel):
     model: str  # train.model: a built-in body or a file/module reference
     hparams: dict[str, Any]
     train: TrainConfig
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of a split the workers may cache (data.memory_budget)
     # TensorFlow's own files go to a local folder: this one when it is local, else one of the worker's own.
     scratch_dir: Annotated[str, PATHS]
 

@@ -29,7 +29,7 @@ def compress(spec: CompressSpec, run: WorkerRun) -> None:
 
     preprocessing, global_batch = run.preprocessing, run.global_batch
     data = dataset(spec.train_files, preprocessing.features, preprocessing.label, global_batch,
-                   shuffle_seed=spec.train.seed, repeat=True)
+                   shuffle_seed=spec.train.seed, repeat=True, memory_budget=spec.memory_budget)
     with run.strategy.scope():
         trained = build_model(preprocessing, spec.model, spec.hparams)
     trained.load_weights(local_checkpoint(spec.initial_weights)).expect_partial()

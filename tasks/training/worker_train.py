@@ -36,8 +36,10 @@ def train(spec: TrainSpec, run: WorkerRun) -> None:
 
     validation_steps = max(1, math.ceil(spec.num_eval / global_batch))
     features, label = preprocessing.features, preprocessing.label
-    train_data = dataset(spec.train_files, features, label, global_batch, shuffle_seed=config.seed, repeat=True)
-    eval_data = dataset(spec.eval_files, features, label, global_batch, shuffle_seed=None, repeat=True)
+    train_data = dataset(spec.train_files, features, label, global_batch, shuffle_seed=config.seed, repeat=True,
+                         memory_budget=spec.memory_budget, worker=(task_id, num_workers))
+    eval_data = dataset(spec.eval_files, features, label, global_batch, shuffle_seed=None, repeat=True,
+                        memory_budget=spec.memory_budget)
 
     with run.strategy.scope():
         model = build_model(preprocessing, spec.model, spec.hparams)

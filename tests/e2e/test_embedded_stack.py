@@ -47,6 +47,10 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     assert summary["state"] == "success" and summary["dag_id"] == "kiln_digits"
     assert list(summary["task_seconds"]) == list(STEP_NAMES), "in the registry's order"
     assert set(summary["metrics"]) == {"accuracy", "precision", "recall", "f1"} and summary["metrics"]["accuracy"] >= 0.6
+    data = summary["data"]
+    assert data["train"]["rows"] + data["eval"]["rows"] == 400 and data["train"]["format"] == "parquet"
+    assert data["train"]["bytes"] > 0 and data["train"]["shards"] >= 1
+    assert data["source"]["format"] == "csv" and data["source"]["bytes"] == Path(tiny_digits_csv).stat().st_size
     blessing = summary["blessing"]
     assert blessing["blessed"] and summary["promoted"] and blessing["champion_version"] is None
     assert [c["name"] for c in blessing["checks"]] == ["accuracy >= 0.6", "accuracy vs champion"]

@@ -80,7 +80,7 @@ def worker_spec(base: str | Path, mode: str = "train", **fields: Any) -> WorkerS
     `fields` replace the spec's own."""
     base = str(base).rstrip("/")
     shared: dict[str, Any] = {
-        "train_files": [f"{base}/examples/train-0.gz"], "eval_files": [f"{base}/examples/eval-0.gz"],
+        "train_files": [f"{base}/examples/train-0.parquet"], "eval_files": [f"{base}/examples/eval-0.parquet"],
         "num_train": 100, "num_eval": 20, "model": "mlp", "hparams": {}, "train": TrainConfig(),
         "preprocessing": Preprocessing(
             features=[FeatureSpec(name="x", kind="numeric", columns=["x"], column_types=["float"], mean=[0.0],

@@ -40,9 +40,7 @@ def test_digits_split_deterministically_with_the_curated_schemas_types(tiny_digi
     shuffled.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
     again = ingest(digits_pipeline(tmp_path / "b", shuffled, data={"num_shards": 3}), run_id="rerun")
     for split in SPLITS:
-        first = sorted(e.SerializeToString() for e in examples.iter_examples(split))
-        second = sorted(e.SerializeToString() for e in again.iter_examples(split))
-        assert first == second
+        assert sorted(map(repr, rows(examples, split))) == sorted(map(repr, rows(again, split)))
 
 
 def test_strings_booleans_and_missing_values_are_typed_and_counted(churn_csv, tmp_path, ingest) -> None:
@@ -53,12 +51,15 @@ def test_strings_booleans_and_missing_values_are_typed_and_counted(churn_csv, tm
         "churned": "string"}
     assert columns["monthly"].missing == 17  # every 37th of 600 rows
     assert columns["region"].missing > 100 and columns["plan"].missing == 0
-    example = next(examples.iter_examples("train"))
-    features = example.features.feature
-    assert features["churned"].bytes_list.value[0] in (b"yes", b"no")
-    assert features["paperless"].int64_list.value[0] in (0, 1)
-    missing_region = next(e for e in examples.iter_examples("train") if "region" not in e.features.feature)
-    assert missing_region.features.feature["plan"].bytes_list.value  # a missing value is an absent feature
+    train = rows(examples, "train")
+    assert {row["churned"] for row in train} == {"yes", "no"}
+    assert {row["paperless"] for row in train} == {True, False}
+    missing_region = next(row for row in train if row["region"] is None)
+    assert missing_region["plan"]  # a missing value is null, the row's other values are there
+
+
+def rows(examples: Examples, split: str) -> list[dict]:
+    return [row for batch in examples.batches(split) for row in batch.to_pylist()]
 
 
 def test_rows_without_a_label_are_dropped_and_counted(tmp_path, ingest) -> None:
@@ -78,7 +79,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, r"^CsvError: data source not found: .*missing\.csv$"),
+        (None, r"^DataError: data source not found: .*missing\.csv$"),
         ("", r"data\.csv: the CSV is empty \(no header row\)$"),
         ("pixel_0,pixel_1,label\n", r"data\.csv: the CSV has a header but no data rows$"),
         ("pixel_0,pixel_1\n1,2\n", r"data\.csv: label column 'label' is not in the header \(columns: pixel_0, pixel_1\)$"),
@@ -97,3 +98,24 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(content, message, tmp_pa
     assert "\n" not in str(caught.value)
     ingest_dir = step_folder(tmp_path, "p", "ingest")
     assert not ingest_dir.exists() or os.listdir(ingest_dir) == [], "no artifact and no staging leftovers"
+
+
+def test_ragged_rows_within_max_bad_rows_are_skipped_counted_and_warned(tmp_path, mlflow_store) -> None:
+    source = tmp_path / "d.csv"
+    good = "".join(f"{i},{i % 2}\n" for i in range(60))
+    source.write_text("x,label\n" + good + "7\n" + "8,1,extra\n" + good)
+    config = write_pipeline(tmp_path / "cfg", "p", source, {"type": "classification"}, data={"max_bad_rows": 2})
+    snapshot = resolve(config, tmp_path, mlflow_store)
+    outputs = run_step("ingest", snapshot, inputs={})
+    props = Examples.read(outputs["examples"]).properties
+    assert props.bad_rows == 2 and sum(props.row_counts.values()) == 120
+    assert "2 rows skipped" in props.bad_rows_note and "'8,1,extra'" in props.bad_rows_note
+    validated = run_step("validate", snapshot, inputs={"examples": outputs["examples"]})
+    from tasks.artifacts.anomalies import ExampleAnomalies
+
+    anomalies = ExampleAnomalies.read(validated["anomalies"]).properties
+    assert anomalies.num_anomalies == 0 and anomalies.warnings == [props.bad_rows_note]
+
+    one_less = write_pipeline(tmp_path / "cfg1", "p", source, {"type": "classification"}, data={"max_bad_rows": 1})
+    with pytest.raises(StepRejected, match=r"d\.csv line 62: 1 fields, the header has 2 \(more than data\.max_bad_rows: 1\)$"):
+        run_step("ingest", resolve(one_less, tmp_path / "again", mlflow_store), inputs={})

@@ -242,7 +242,7 @@ def test_a_spec_of_urls_only_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(("mode", "field", "local"), [
-    ("train", "train_files", ["/data/train-0.gz"]),
+    ("train", "train_files", ["/data/train-0.parquet"]),
     ("train", "saved_model_dir", "/tmp/staging/saved_model"),
     ("train", "metrics_path", "file:///tmp/metrics.jsonl"),
     ("train", "backup_dir", "/tmp/backup"),

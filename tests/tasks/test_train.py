@@ -151,7 +151,14 @@ def test_a_contract_error_in_the_workers_is_not_retried(trained_churn, tmp_path)
 
 
 def test_workers_past_the_deadline_are_stopped(tmp_path) -> None:
-    # Two workers, but only a 1 s deadline: importing TensorFlow alone takes longer.
+    # Two workers, but only a 1 s deadline: joining the group and building the model alone take longer.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "examples").mkdir()
+    for split, rows in (("train", 100), ("eval", 20)):
+        pq.write_table(pa.table({"x": [float(i) for i in range(rows)], "y": [2.0 * i for i in range(rows)]}),
+                       tmp_path / "examples" / f"{split}-0.parquet")
     with pytest.raises(TrainError, match=r"^train workers \[0, 1\] still running after the 1s deadline"):
         run_workers(worker_spec(tmp_path), num_workers=2, timeout_seconds=1, work_dir=tmp_path)
 

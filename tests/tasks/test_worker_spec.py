@@ -32,7 +32,7 @@ def test_the_paths_are_every_path_field_of_the_mode() -> None:
                                                   "metrics_path", "backup_dir"]
     compress = worker_spec("s3://b/w", "compress")
     assert dict(compress.paths()) | {"outputs": None} == {
-        "train_files": "s3://b/w/examples/train-0.gz", "eval_files": "s3://b/w/examples/eval-0.gz",
+        "train_files": "s3://b/w/examples/train-0.parquet", "eval_files": "s3://b/w/examples/eval-0.parquet",
         "scratch_dir": "s3://b/w/scratch", "initial_weights": "s3://b/w/model/saved_model/variables/variables",
         "outputs": None, "report_path": "s3://b/w/fine_tunes.json"}
     assert [path for name, path in compress.paths() if name == "outputs"] == ["s3://b/w/pruned", "s3://b/w/qat"]
