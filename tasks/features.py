@@ -198,9 +198,11 @@ def _columns_dataset(tf: Any, files: list[str], columns: dict[str, ValueType], i
     import fsspec
     import pyarrow.parquet as pq
 
+    from common.parquet import parquet_batches
+
     def generate(path: bytes) -> Any:
         with fsspec.open(path.decode(), "rb") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_BATCH_ROWS, columns=list(columns)):
+            for batch in parquet_batches(pq.ParquetFile(handle), READ_BATCH_ROWS, columns=list(columns)):
                 yield column_arrays(batch, columns)
 
     signature = {name: tf.TensorSpec([None], _TF_DTYPES[value_type]) for name, value_type in columns.items()}

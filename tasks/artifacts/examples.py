@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from common.parquet import parquet_batches
 from tasks.artifacts.base import ArtifactError, ArtifactType, Properties
 from tasks.columns import ValueType
 
@@ -86,4 +87,4 @@ class Examples(ArtifactType[ExamplesProperties]):
         """A split's rows as Arrow record batches (typed columns, missing = null), in bounded memory."""
         for file in self.split_files(split):
             with fsspec.open(file, "rb") as handle:
-                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+                yield from parquet_batches(pq.ParquetFile(handle), batch_rows, columns=columns)

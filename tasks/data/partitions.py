@@ -21,8 +21,17 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from common.parquet import parquet_batches
 from tasks.data import values
-from tasks.data.readers import COMPRESSED_SUFFIXES, BadRows, Batch, DataError, Format, Reader, source_format
+from tasks.data.readers import (
+    COMPRESSED_SUFFIXES,
+    BadRows,
+    Batch,
+    DataError,
+    Format,
+    Reader,
+    source_format,
+)
 
 DEFAULT_PARTITION_BYTES = 64 << 20
 
@@ -84,7 +93,7 @@ def batches(partition: Partition, reader_step: str = "read", bad_rows: BadRows |
         with fsspec.open(partition.source, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             row = 1
-            for batch in parquet.iter_batches(row_groups=list(partition.row_groups)):
+            for batch in parquet_batches(parquet, 65_536, row_groups=partition.row_groups):
                 yield Batch(dict(zip(batch.schema.names, batch.columns, strict=True)), row)
                 row += batch.num_rows
         return

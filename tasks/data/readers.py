@@ -24,6 +24,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from common.parquet import parquet_batches
 from tasks.columns import CsvError
 from tasks.data import tfrecord, values
 
@@ -214,7 +215,7 @@ class Reader:
         if self.format == "tfrecord":
             batches: Iterator[Any] = (pa.RecordBatch.from_pydict(columns) for columns in self._records)
         elif self.format == "parquet":
-            batches = self._parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+            batches = parquet_batches(self._parquet, PARQUET_BATCH_ROWS)
         else:
             batches = iter(self._stream)
         while True:

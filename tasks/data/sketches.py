@@ -158,10 +158,12 @@ def sketch_file(file: str, types: dict[str, ValueType]) -> tuple[int, dict[str, 
     import fsspec
     import pyarrow.parquet as pq
 
+    from common.parquet import parquet_batches
+
     sketches = {name: ColumnSketch(value_type) for name, value_type in types.items()}
     rows = 0
     with fsspec.open(file, "rb") as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=65_536, columns=list(types)):
+        for batch in parquet_batches(pq.ParquetFile(handle), 65_536, columns=list(types)):
             rows += batch.num_rows
             for name, sketch in sketches.items():
                 sketch.update(batch.column(name))
