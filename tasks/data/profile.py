@@ -27,7 +27,7 @@ class ColumnProfile:
 
     name: str
     kinds: values.Kinds = field(default_factory=values.Kinds)
-    values: Counter[str] = field(default_factory=Counter)  # value text -> count, of the first DISTINCT_CAP values
+    values: Counter[str] = field(default_factory=Counter)  # value text -> count, until capped
     capped: bool = False  # more than DISTINCT_CAP distinct values
     moments: Moments = field(default_factory=Moments)  # of the numeric values
 
@@ -46,7 +46,7 @@ class ColumnProfile:
     def update(self, array: pa.Array) -> None:
         """Add one batch of the column (stripped text or a typed column)."""
         if values.stored_type(array.type) is None and not pa.types.is_null(array.type):
-            found = values.classify(array, known=self.type if self.type == "string" else None)
+            found = values.classify(array, known=self.type if self.type in ("string", "float") else None)
             kinds, missing, numbers = found.kinds, found.missing, found.numbers
         else:
             kinds, missing = values.kinds(array), values.missing_mask(array)
@@ -57,7 +57,10 @@ class ColumnProfile:
             self._add_numbers(numbers.drop_null().to_numpy(zero_copy_only=False))
 
     def _count_values(self, present: pa.Array) -> None:
-        """Count each value; the first DISTINCT_CAP distinct values stay counted past the cap."""
+        """Count each value while there are at most DISTINCT_CAP distinct ones. Past the cap the counts are not
+        read (a capped column has no domain and no classes), so the counting stops."""
+        if self.capped:
+            return
         counts = pc.value_counts(values.as_text(present))
         items, numbers = counts.field("values"), counts.field("counts")
         kept = pc.is_in(items, value_set=pa.array(list(self.values), pa.string()))

@@ -90,24 +90,47 @@ def _integral(text: pa.Array) -> pa.Array:
 
 def classify(text: pa.Array, known: ValueType | None = None) -> Classified:
     """Type every value of stripped text. A column whose values all parse as finite numbers is typed by
-    Arrow's number parser and one substring scan; only a column that does not takes the regular
-    expressions. `known="string"` (nothing can narrow a string column) only counts the missing values."""
+    Arrow's number parsers; only a column that does not takes the regular expressions. `known` is the
+    column's type so far: for "string" (nothing narrows it) only the missing values are counted, for
+    "float" the numbers are all counted as floats (the column's type is the same either way)."""
     text = text.fill_null("")
-    missing = pc.is_in(text, value_set=_MISSING)
-    absent = _count(missing)
-    present = len(text) - absent
     if known == "string":
-        return Classified(Kinds(missing=absent, string=present), missing, None)
-    filled = pc.if_else(missing, pa.scalar("0"), text)
-    try:
-        numbers = pc.cast(filled, pa.float64())
-    except pa.ArrowInvalid:
-        numbers = None
-    if numbers is not None and pc.all(pc.is_finite(numbers)).as_py():
-        integers = _count(pc.and_(_integral(text), pc.invert(missing)))
-        numbers = pc.if_else(missing, pa.nulls(len(text), pa.float64()), numbers)
+        missing = pc.is_in(text, value_set=_MISSING)
+        absent = _count(missing)
+        return Classified(Kinds(missing=absent, string=len(text) - absent), missing, None)
+    parsed = _parse_numbers(text)
+    if parsed is not None:
+        numbers, missing = parsed
+        absent = _count(missing)
+        present = len(text) - absent
+        # Integers or floats? Arrow's integer parser settles it when all are integers (it also reads hex, but
+        # hex failed the float parse); otherwise one substring scan counts them, unless the column is already
+        # known to hold floats, which no count of either can change.
+        if known == "float":
+            integers = 0
+        else:
+            try:
+                pc.cast(pc.if_else(missing, pa.scalar("0"), text), pa.int64())
+                integers = present
+            except pa.ArrowInvalid:
+                integers = _count(pc.and_(_integral(text), pc.invert(missing)))
         return Classified(Kinds(missing=absent, int=integers, float=present - integers), missing, numbers)
-    return _classify_slowly(text, missing, absent)
+    missing = pc.is_in(text, value_set=_MISSING)
+    return _classify_slowly(text, missing, _count(missing))
+
+
+def _parse_numbers(text: pa.Array) -> tuple[pa.Array, pa.Array] | None:
+    """(float64 values, null where missing; the missing mask) when every value is empty, `nan` in any case or
+    a finite number (Arrow's parser reads every spelling of nan as NaN, kiln's missing values exactly); else None."""
+    empty = pc.equal(text, "")
+    try:
+        numbers = pc.cast(pc.if_else(empty, pa.scalar("0"), text), pa.float64())
+    except pa.ArrowInvalid:
+        return None
+    missing = pc.or_(empty, pc.is_nan(numbers))
+    if not pc.all(pc.or_(missing, pc.is_finite(numbers))).as_py():
+        return None
+    return pc.if_else(missing, pa.nulls(len(text), pa.float64()), numbers), missing
 
 
 def _classify_slowly(text: pa.Array, missing: pa.Array, absent: int) -> Classified:
@@ -161,8 +184,8 @@ def typed(array: pa.Array, value_type: ValueType, where: str, first_row: int) ->
     """The column as `value_type`, missing values null; `where` and `first_row` (1-based, of the
     array's first value) name a value that does not fit."""
     target = _ARROW[value_type]
-    missing = missing_mask(array)
     if stored_type(array.type) is not None or pa.types.is_null(array.type):
+        missing = missing_mask(array)
         source = stored_type(array.type) if not pa.types.is_null(array.type) else value_type
         if source == value_type or (value_type == "float" and source in ("int", "bool")) \
                 or (value_type == "int" and source == "bool") or value_type == "string":
@@ -170,11 +193,12 @@ def typed(array: pa.Array, value_type: ValueType, where: str, first_row: int) ->
             return pc.if_else(missing, pa.nulls(len(array), target), values)
         _refuse(array, pc.invert(missing), value_type, where, first_row)
     text = array.fill_null("")
-    if value_type == "string":
-        return pc.if_else(missing, pa.nulls(len(array), target), text)
-    fast = _typed_numbers(text, missing, value_type) if value_type in ("int", "float") else None
+    fast = _typed_numbers(text, value_type) if value_type in ("int", "float") else None
     if fast is not None:
         return fast
+    missing = pc.is_in(text, value_set=_MISSING)
+    if value_type == "string":
+        return pc.if_else(missing, pa.nulls(len(array), target), text)
     if value_type == "bool":
         lower = pc.utf8_lower(text)
         fits = pc.or_(missing, pc.is_in(lower, value_set=pa.array(_BOOLS)))
@@ -199,23 +223,20 @@ def typed(array: pa.Array, value_type: ValueType, where: str, first_row: int) ->
     return pc.if_else(found.missing, pa.nulls(len(array), target), values)
 
 
-def _typed_numbers(text: pa.Array, missing: pa.Array, value_type: ValueType) -> pa.Array | None:
-    """The common case in one cast: every value a plain number of the column's type (else None: the
-    careful path types value by value and names a misfit)."""
-    filled = pc.if_else(missing, pa.scalar("0"), text)
-    try:
-        if value_type == "int":
-            # Arrow's integer parser also reads hex (0x10): that text is not an int by kiln's rules.
-            if pc.any(pc.match_substring(text, "x", ignore_case=True)).as_py():
-                return None
-            values = pc.cast(filled, pa.int64())
-        else:
-            values = pc.cast(filled, pa.float64())
-            if not pc.all(pc.is_finite(values)).as_py():
-                return None
+def _typed_numbers(text: pa.Array, value_type: ValueType) -> pa.Array | None:
+    """The common case in one parse: every value missing or a plain number of the column's type (else None:
+    the careful path types value by value and names a misfit)."""
+    parsed = _parse_numbers(text)
+    if parsed is None:
+        return None
+    numbers, missing = parsed
+    if value_type == "float":
+        return numbers
+    try:  # text that parsed as a float holds no hex (0x10), which Arrow's integer parser would read
+        return pc.if_else(missing, pa.nulls(len(text), pa.int64()),
+                          pc.cast(pc.if_else(missing, pa.scalar("0"), text), pa.int64()))
     except pa.ArrowInvalid:
         return None
-    return pc.if_else(missing, pa.nulls(len(text), values.type), values)
 
 
 def _misfits(text: pa.Array, found: Classified, value_type: ValueType) -> pa.Array:

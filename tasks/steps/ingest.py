@@ -53,7 +53,9 @@ class _Shard:
         self.path = path
         fs, where = storage.url_to_fs(path)
         fs.makedirs(where.rsplit("/", 1)[0], exist_ok=True)
-        self.writer = pq.ParquetWriter(where, schema, filesystem=fs)
+        # Dictionary encoding pays for strings, not for numbers that rarely repeat (it was a third of the write).
+        strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        self.writer = pq.ParquetWriter(where, schema, filesystem=fs, use_dictionary=strings or False)
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
 
@@ -175,12 +177,18 @@ def _write_partition(partition: Partition, plan: _Plan) -> _Written:
             digests = _row_digests(pc.filter(_row_text(batch, plan.header), labelled))
             for name in plan.header:
                 missing[name] += table.column(name).null_count
-            is_eval = digests % 100 < plan.eval_percent
-            shard_of = (digests // 100) % plan.num_shards
-            for split, in_split in (("eval", is_eval), ("train", ~is_eval)):
-                counts[split] += int(in_split.sum())
-                for shard in range(plan.num_shards):
-                    shards[split, shard].add(table.filter(pa.array(in_split & (shard_of == shard))))
+            # One sort of the row numbers by (split, shard), then a take per file: each file's rows are copied
+            # out, so what waits for a row group holds no reference to the whole batch.
+            is_train = (digests % 100 >= plan.eval_percent).astype(np.int64)
+            group = is_train * plan.num_shards + ((digests // 100) % plan.num_shards).astype(np.int64)
+            order = np.argsort(group, kind="stable")
+            sizes = np.bincount(group, minlength=len(SPLITS) * plan.num_shards)
+            offset = 0
+            for index, size in enumerate(sizes.tolist()):
+                split = "eval" if index < plan.num_shards else "train"
+                counts[split] += size
+                shards[split, index % plan.num_shards].add(table.take(pa.array(order[offset:offset + size])))
+                offset += size
     finally:
         for shard_writer in shards.values():
             shard_writer.close()
@@ -215,8 +223,8 @@ def _row_text(batch: Batch, header: list[str]) -> pa.Array:
 def _row_digests(text: pa.Array) -> np.ndarray:
     """The first 8 bytes of each row's sha256, as unsigned integers: stable everywhere, independent of order."""
     sha256 = hashlib.sha256
-    return np.fromiter((int.from_bytes(sha256(row.encode()).digest()[:8], "big") for row in text.to_pylist()),
-                       dtype=np.uint64, count=len(text))
+    heads = b"".join([sha256(row).digest()[:8] for row in pc.cast(text, pa.binary()).to_pylist()])
+    return np.frombuffer(heads, dtype=">u8").astype(np.uint64)
 
 
 def _track(config: DataSections, ctx: StepContext, source: str, sha256: str, counts: dict[str, int],

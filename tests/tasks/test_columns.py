@@ -193,10 +193,11 @@ def test_distinct_beyond_the_cap_is_unknown():
     assert column.distinct is None
 
 
-def test_values_seen_before_the_cap_are_still_counted_after_it():
+def test_past_the_cap_a_column_has_no_distinct_count_and_no_more_than_cap_values():
     column = profile_of(*(str(i) for i in range(DISTINCT_CAP + 5)), "0", "0")
-    assert column.values["0"] == 3
-    assert len(column.values) == DISTINCT_CAP
+    assert column.capped and column.distinct is None
+    assert len(column.values) <= DISTINCT_CAP
+    assert column.numbers == DISTINCT_CAP + 7, "the moments still count every value"
 
 
 def test_mean_std_and_range_equal_numpys():
