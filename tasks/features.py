@@ -35,7 +35,7 @@ MISSING_INT = -(2**63)  # int64 min: never a real category
 _DTYPES = {"numeric": "float32", "vector": "float32", "string": "string", "integer": "int64", "boolean": "bool"}
 _SERVED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 READ_BATCH_ROWS = 4096  # rows per Arrow batch read from a shard
-SHUFFLE_BUFFER = 10_000  # rows
+SHUFFLE_WINDOW = 16_384  # rows shuffled together
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of a split's data that training may keep in memory (data.memory_budget)
 
 
@@ -193,22 +193,60 @@ def column_arrays(batch: Any, columns: dict[str, ValueType]) -> dict[str, Any]:
     return arrays
 
 
-def _columns_dataset(tf: Any, files: list[str], columns: dict[str, ValueType], interleave: int) -> Any:
-    """Column batches of the Parquet shards (any fsspec URL), read by Arrow in bounded memory."""
+def _columns_dataset(tf: Any, files: list[str], columns: dict[str, ValueType], interleave: int,
+                     batch_rows: int = READ_BATCH_ROWS, shuffle_seed: int | None = None) -> Any:
+    """Column batches of `batch_rows` rows of the Parquet shards (any fsspec URL), read by Arrow in bounded
+    memory. With a seed, the rows of each window of SHUFFLE_WINDOW are permuted in numpy (another permutation
+    on every pass): tf.data then moves whole batches, not rows, which is what makes streaming as fast as a
+    split held in memory."""
+    import collections
+    import zlib
+
     import fsspec
+    import numpy as np
     import pyarrow.parquet as pq
 
     from common.parquet import parquet_batches
 
+    passes: collections.Counter[bytes] = collections.Counter()  # a file's passes: each is permuted anew
+
     def generate(path: bytes) -> Any:
+        passes[path] += 1  # files are read in parallel: the seed comes from the file, not the call order
+        rng = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, zlib.crc32(path), passes[path]])
+        window: list[dict[str, Any]] = []
+        held = 0
         with fsspec.open(path.decode(), "rb") as handle:
             for batch in parquet_batches(pq.ParquetFile(handle), READ_BATCH_ROWS, columns=list(columns)):
-                yield column_arrays(batch, columns)
+                window.append(column_arrays(batch, columns))
+                held += batch.num_rows
+                if held >= SHUFFLE_WINDOW:
+                    window, held = (yield from _emit(window, batch_rows, rng, keep_tail=True))
+        yield from _emit(window, batch_rows, rng, keep_tail=False)
 
     signature = {name: tf.TensorSpec([None], _TF_DTYPES[value_type]) for name, value_type in columns.items()}
     return tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: tf.data.Dataset.from_generator(generate, args=(path,), output_signature=signature),
         cycle_length=max(1, min(interleave, len(files))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _emit(window: list[dict[str, Any]], batch_rows: int, rng: Any, keep_tail: bool) -> Any:
+    """Yield the window's rows (permuted when `rng`) in batches of `batch_rows`; return the rows left over (fewer
+    than a batch, when `keep_tail`) as the start of the next window, and their count."""
+    import numpy as np
+
+    if not window:
+        return [], 0
+    merged = {name: np.concatenate([part[name] for part in window]) for name in window[0]}
+    rows = len(next(iter(merged.values())))
+    order = rng.permutation(rows) if rng is not None else np.arange(rows)
+    full = rows - rows % batch_rows if keep_tail else rows
+    for start in range(0, full, batch_rows):
+        chosen = order[start:start + batch_rows]
+        yield {name: values[chosen] for name, values in merged.items()}
+    if full == rows:
+        return [], 0
+    tail = order[full:]
+    return [{name: values[tail] for name, values in merged.items()}], rows - full
 
 
 def split_bytes(files: list[str]) -> int:
@@ -264,9 +302,9 @@ def label_values(tf: Any, parsed: dict[str, Any], label: LabelSpec) -> Any:
 def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec, batch_size: int,
             shuffle_seed: int | None, repeat: bool, memory_budget: int = DEFAULT_MEMORY_BUDGET,
             limit: int | None = None, worker: tuple[int, int] | None = None) -> Any:
-    """Batches of (served inputs, target) streamed from Parquet shards (paths or URLs): files interleaved when
-    shuffling (read in order otherwise), rows shuffled in a bounded buffer, kept in memory (`cache`) only
-    when the split's data fits `memory_budget` bytes. `worker` (index, count) of a multi-worker group: each
+    """Batches of (served inputs, target) from Parquet shards (paths or URLs): files interleaved when shuffling
+    (read in order otherwise). A split whose data fits `memory_budget` bytes is kept in memory (`cache`) and
+    shuffled row by row; a bigger one is streamed, shuffled in windows of SHUFFLE_WINDOW rows. `worker` (index, count) of a multi-worker group: each
     reads its own files when there are at least as many files as workers, else every worker reads all and
     keeps its share of the rows (tf.distribute's DATA sharding)."""
     import tensorflow as tf
@@ -279,16 +317,18 @@ def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec,
     def to_model(parsed: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         return model_inputs(parsed, features), label_values(tf, parsed, label)
 
-    data = _columns_dataset(tf, files, columns, interleave=1 if shuffle_seed is None else 4).unbatch()
-    if limit is not None:
-        data = data.take(limit)
-    if memory_budget and split_bytes(files) <= memory_budget:
-        data = data.cache()
-    if shuffle_seed is not None:
-        data = data.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
-    if repeat:
-        data = data.repeat()
-    data = data.batch(batch_size).map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    interleave = 1 if shuffle_seed is None else 4
+    if limit is None and not (memory_budget and split_bytes(files) <= memory_budget):
+        # Streamed: batches made and shuffled in windows by the reader, every pass from the files.
+        data = _columns_dataset(tf, files, columns, interleave, batch_size, shuffle_seed)
+        data = data.repeat() if repeat else data
+    else:  # held in memory (or the first `limit` rows): shuffled row by row, as the split is small
+        data = _columns_dataset(tf, files, columns, interleave).unbatch()
+        data = data.take(limit) if limit is not None else data.cache()
+        if shuffle_seed is not None:
+            data = data.shuffle(SHUFFLE_WINDOW, seed=shuffle_seed, reshuffle_each_iteration=True)
+        data = (data.repeat() if repeat else data).batch(batch_size)
+    data = data.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     return data.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -14,6 +14,7 @@ from tasks.features import (
     MISSING_INT,
     FeatureError,
     FeatureSpec,
+    LabelSpec,
     instance_from_row,
     json_instances,
     plan_features,
@@ -291,3 +292,32 @@ def test_json_instances_up_to_a_count():
 
 def test_json_instances_of_no_inputs():
     assert json_instances({}) == []
+
+
+def test_a_streamed_split_gives_every_row_once_per_pass_shuffled_in_windows(tmp_path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import tasks.features as features
+
+    monkeypatch.setattr(features, "READ_BATCH_ROWS", 64)
+    monkeypatch.setattr(features, "SHUFFLE_WINDOW", 300)
+    files = []
+    for part in range(3):
+        path = tmp_path / f"part-{part}.parquet"
+        pq.write_table(pa.table({"x": [float(part * 1000 + i) for i in range(500)], "y": [1.0] * 500}), path,
+                       row_group_size=100)
+        files.append(str(path))
+    spec = [FeatureSpec(name="x", kind="numeric", columns=["x"], column_types=["float"])]
+    label = LabelSpec(column="y", value_type="float", task="regression")
+
+    def one_pass(seed):
+        data = features.dataset(files, spec, label, batch_size=32, shuffle_seed=seed, repeat=True, memory_budget=0)
+        return [inputs["x"].numpy().tolist() for inputs, _ in data.take(48)]  # a pass: 3 x (15 x 32 + 20) rows
+
+    first, again = one_pass(7), one_pass(7)
+    rows = [x for batch in first for x in batch]
+    assert sorted(rows[:1500]) == sorted(float(p * 1000 + i) for p in range(3) for i in range(500))
+    assert rows[:1500] != sorted(rows[:1500]), "shuffled"
+    assert first == again, "the seed decides the order"
+    assert sorted(len(b) for b in first) == [20] * 3 + [32] * 45, "whole batches, but for each file's last"

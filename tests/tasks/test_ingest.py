@@ -119,3 +119,31 @@ def test_ragged_rows_within_max_bad_rows_are_skipped_counted_and_warned(tmp_path
     one_less = write_pipeline(tmp_path / "cfg1", "p", source, {"type": "classification"}, data={"max_bad_rows": 1})
     with pytest.raises(StepRejected, match=r"d\.csv line 62: 1 fields, the header has 2 \(more than data\.max_bad_rows: 1\)$"):
         run_step("ingest", resolve(one_less, tmp_path / "again", mlflow_store), inputs={})
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".tfrecord.gz"])
+def test_every_format_ingests_to_the_same_columns(churn_csv, tmp_path, ingest, suffix) -> None:
+    import json
+
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    table = pa_csv.read_csv(churn_csv)
+    source = tmp_path / f"churn{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(table, source)
+    elif suffix == ".jsonl":
+        source.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    else:
+        from tests.tasks.test_data_readers import write_tfrecord
+
+        write_tfrecord(source, table.to_pylist(), gzip_records=True)
+    from_csv = ingest(churn_pipeline(tmp_path / "csv", churn_csv), run_id="csv")
+    examples = ingest(churn_pipeline(tmp_path / "other", source), run_id="other")
+    assert sum(examples.properties.row_counts.values()) == sum(from_csv.properties.row_counts.values())
+    assert examples.properties.source_format == suffix.split(".")[1]
+    types = {c.name: c.type for c in examples.properties.columns}
+    expected = {c.name: c.type for c in from_csv.properties.columns}
+    if suffix == ".tfrecord.gz":
+        expected["paperless"] = "int"  # tf.train.Example has no booleans: int64 0/1
+    assert types == expected
