@@ -1,9 +1,9 @@
-"""A source cut into partitions that engine workers read independently: byte ranges of an uncompressed CSV
-or JSON-lines file (newline-aligned: a row belongs to the range holding its first byte), row groups of a
+"""A source cut into partitions that engine workers read independently. A source is one file, a folder of
+files or a glob; each file is cut on its own: byte ranges of an uncompressed CSV or JSON-lines file (newline-aligned: a row belongs to the range holding its first byte), row groups of a
 Parquet file. A compressed text file and a TFRecord file cannot be cut: they are one partition.
 
-One partition reads through `tasks.data.readers.Reader`, so a single-partition plan (the in-process
-default) streams the whole file with its row numbers. In a byte range, rows are numbered from the
+A whole-file partition reads through `tasks.data.readers.Reader`, so the in-process default (one partition per
+file) streams each file with its row numbers. In a byte range, rows are numbered from the
 range's start, and errors name the range. A CSV cut in ranges must not hold line breaks inside quoted
 values (as with Dask's and Spark's CSV readers); the ranges then parse with the Reader's settings.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import fsspec
 import pyarrow as pa
@@ -38,29 +38,52 @@ DEFAULT_PARTITION_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class Partition:
-    source: str
+    source: str  # one file
     format: Format
     index: int
     count: int
     start: int = 0  # byte range [start, end) of a text file
     end: int = 0
     row_groups: tuple[int, ...] = ()  # of a Parquet file
+    whole: bool = False  # the whole file, streamed by the Reader with its line numbers
 
     @property
     def where(self) -> str:
-        if self.count == 1:
+        if self.whole:
             return self.source
         if self.row_groups:
             return f"{self.source} (row groups {self.row_groups[0]}-{self.row_groups[-1]})"
         return f"{self.source} (bytes {self.start}-{self.end})"
 
 
+def source_files(source: str) -> list[str]:
+    """The files a source names: one file, every file under a folder (Spark's and Dask's output: names starting
+    with `.` or `_` such as `_SUCCESS` left out), or a glob (`data/part-*.parquet`); sorted."""
+    fs, path = fsspec.core.url_to_fs(source)
+    if fs.isfile(path):
+        return [source]
+    if fs.isdir(path):
+        found = [f for f in fs.find(path) if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+    elif any(c in path for c in "*?["):
+        found = [f for f in fs.glob(path) if fs.isfile(f)]
+    else:
+        raise DataError(f"data source not found: {source}")
+    if not found:
+        raise DataError(f"{source}: no data files there")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return sorted(f if protocol in ("file", "local") else f"{protocol}://{f}" for f in found)
+
+
 def plan(source: str, format: str | None, partitions: int | None = None,
          partition_bytes: int = DEFAULT_PARTITION_BYTES) -> list[Partition]:
-    """The partitions of `source`: `partitions` of them, else one per `partition_bytes`; one when it cannot be cut."""
+    """The partitions of `source` (each of its files): `partitions` per file, else one per `partition_bytes`; one
+    per file when it cannot be cut."""
+    planned = [p for file in source_files(source) for p in _plan_file(file, format, partitions, partition_bytes)]
+    return [replace(p, index=i, count=len(planned)) for i, p in enumerate(planned)]
+
+
+def _plan_file(source: str, format: str | None, partitions: int | None, partition_bytes: int) -> list[Partition]:
     fs, path = fsspec.core.url_to_fs(source)
-    if not fs.isfile(path):
-        raise DataError(f"data source not found: {source}")
     kind = source_format(source, format)
     size = fs.size(path)
     wanted = partitions or max(1, math.ceil(size / partition_bytes))
@@ -70,19 +93,19 @@ def plan(source: str, format: str | None, partitions: int | None = None,
             groups = pq.ParquetFile(handle).metadata.num_row_groups
         per = math.ceil(groups / min(wanted, max(groups, 1)))
         chunks = [tuple(range(start, min(start + per, groups))) for start in range(0, groups, per)]
-        return [Partition(source, kind, i, len(chunks), row_groups=chunk) for i, chunk in enumerate(chunks)]
+        if len(chunks) > 1:
+            return [Partition(source, kind, 0, 0, row_groups=chunk) for chunk in chunks]
     if not splittable or wanted == 1:
-        return [Partition(source, kind, 0, 1, 0, size)]
+        return [Partition(source, kind, 0, 0, 0, size, whole=True)]
     step = math.ceil(size / wanted)
-    bounds = [(start, min(start + step, size)) for start in range(0, size, step)]
-    return [Partition(source, kind, i, len(bounds), lo, hi) for i, (lo, hi) in enumerate(bounds)]
+    return [Partition(source, kind, 0, 0, lo, min(lo + step, size)) for lo in range(0, size, step)]
 
 
 def batches(partition: Partition, reader_step: str = "read", bad_rows: BadRows | None = None) -> Iterator[Batch]:
     """The partition's rows as batches (CSV: stripped text; other formats typed). Ragged CSV rows are skipped and
     counted in `bad_rows` up to its limit (data.max_bad_rows)."""
     bad_rows = bad_rows or BadRows(0)
-    if partition.count == 1:
+    if partition.whole:
         with Reader(partition.source, partition.format, step=reader_step, max_bad_rows=bad_rows.limit) as reader:
             try:
                 yield from reader
@@ -123,7 +146,7 @@ def _line_range(partition: Partition) -> bytes:
 
 def _text_range(partition: Partition, bad_rows: BadRows) -> Iterator[Batch]:
     data = _line_range(partition)
-    if partition.index == 0 and partition.format == "csv":
+    if partition.start == 0 and partition.format == "csv":  # the range holding the header row
         data = data.split(b"\n", 1)[1] if b"\n" in data else b""
     if not data.strip():
         return

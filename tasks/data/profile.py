@@ -4,6 +4,7 @@ monitor all type a source from it, so they read every file the same way."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.columns import DISTINCT_CAP, ValueType, parse_value
+from tasks.columns import DISTINCT_CAP, ValueType, parse_value, preview
 from tasks.data import values
 from tasks.data.moments import Moments
 from tasks.data.partitions import Partition, batches, header, plan
@@ -131,14 +132,14 @@ class DataProfile:
 
 
 def profile_source(source: str, format: str | None = None, step: str = "profile") -> DataProfile:
-    """One streamed pass over `source`; a source without rows is an error."""
-    return merged([profile_partition(partition, step) for partition in plan(source, format, partitions=1)])
+    """One streamed pass over `source` (each of its files); a source without rows is an error."""
+    return merged([profile_partition(partition, step) for partition in plan(source, format, partitions=1)], source)
 
 
 def profile_partition(partition: Partition, step: str = "profile", max_bad_rows: int = 0) -> DataProfile:
     """A pass over one partition (for a single partition: the whole file, with its digest and size); up to
     `max_bad_rows` ragged CSV rows are skipped."""
-    if partition.count == 1:
+    if partition.whole:
         with Reader(partition.source, partition.format, step=step, max_bad_rows=max_bad_rows) as reader:
             columns = {name: ColumnProfile(name) for name in reader.names}
             for batch in reader:
@@ -157,18 +158,27 @@ def profile_partition(partition: Partition, step: str = "profile", max_bad_rows:
                        sha256="", bytes=partition.end - partition.start)
 
 
-def merged(profiles: list[DataProfile]) -> DataProfile:
-    """The partitions' profiles as the source's, in partition order; a source without rows is an error."""
+def merged(profiles: list[DataProfile], source: str) -> DataProfile:
+    """The partitions' profiles as the source's, in partition order. Every file must have the first one's columns;
+    a source without rows is an error. The digest of several files is that of their `sha256sum` listing."""
     first = profiles[0]
+    for other in profiles[1:]:
+        if other.header != first.header:
+            raise DataError(f"{other.source}: columns ({preview(other.header)}) differ from those of "
+                            f"{first.source} ({preview(first.header)})")
+        for name, column in other.columns.items():
+            first.columns[name].merge(column)
+        first.rows += other.rows
+    files = list(dict.fromkeys(p.source for p in profiles))
     if len(profiles) > 1:
-        for other in profiles[1:]:
-            for name, column in other.columns.items():
-                first.columns[name].merge(column)
-            first.rows += other.rows
-        fs, path = fsspec.core.url_to_fs(first.source)
-        first.sha256, first.bytes = file_sha256(first.source), fs.size(path)
+        whole = {p.source: p.sha256 for p in profiles if p.sha256}
+        digests = {file: whole.get(file) or file_sha256(file) for file in files}
+        first.sha256 = digests[files[0]] if len(files) == 1 else hashlib.sha256(
+            "".join(f"{digests[f]}  {f}\n" for f in files).encode()).hexdigest()
+        first.bytes = sum(fsspec.core.url_to_fs(f)[0].size(fsspec.core.url_to_fs(f)[1]) for f in files)
+    first.source = source
     if first.rows == 0:
         what = {"csv": "the CSV has a header but no data rows", "parquet": "the Parquet file has no rows",
                 "jsonl": "the JSON-lines file has no rows", "tfrecord": "the TFRecord file has no records"}[first.format]
-        raise DataError(f"{first.source}: {what}")
+        raise DataError(f"{source}: {what}")
     return first

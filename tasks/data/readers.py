@@ -175,8 +175,8 @@ class Reader:
 
     @property
     def bytes_read(self) -> int:
-        if self.format == "parquet":
-            return self._file.tell()
+        if self.format == "parquet":  # read by row group and footer, not front to back: its size
+            return self._file.size
         if self.format == "tfrecord":  # TensorFlow reads the file itself: the whole of it once the pass is done
             fs, path = fsspec.core.url_to_fs(self.source)
             return fs.size(path)

@@ -20,8 +20,8 @@ from tasks.artifacts.drift import REPORT_MD, DriftProperties
 from tasks.artifacts.statistics import ExampleStatistics
 from tasks.context import StepContext
 from tasks.data import values
+from tasks.data.partitions import batches, plan
 from tasks.data.profile import profile_source
-from tasks.data.readers import Reader
 from tasks.drift import compare, observe, table
 from tasks.model_registry import CHAMPION, TRAIN_STATISTICS_TAG, aliases
 from tasks.schema import column_types
@@ -68,9 +68,9 @@ def _span_batches(config: MonitorSections) -> Iterator[dict[str, Any]]:
     source = config.data.source
     types = column_types(profile_source(source, config.data.format, step="check_drift (types)"),
                          config.data.schema_path)
-    with Reader(source, config.data.format, step="check_drift (counts)") as reader:
-        for batch in reader:
-            yield {name: values.typed(array, types[name], f"{source} column {name!r}", batch.first_row)
+    for partition in plan(source, config.data.format, partitions=1):
+        for batch in batches(partition, "check_drift (counts)"):
+            yield {name: values.typed(array, types[name], f"{partition.where} column {name!r}", batch.first_row)
                    for name, array in batch.columns.items()}
 
 

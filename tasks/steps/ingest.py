@@ -93,7 +93,8 @@ def run(ctx: StepContext, config: DataSections, *, examples: Output[ExamplesProp
     source, label = data.source, data.label_column
     with engine_for(data, "ingest") as engine:
         parts = engine.plan(source, data.format)
-        profile = merged(engine.map(profile_partition, parts, "ingest (pass 1 of 2: types)", data.max_bad_rows))
+        profile = merged(engine.map(profile_partition, parts, "ingest (pass 1 of 2: types)", data.max_bad_rows),
+                         source)
         if label not in profile.columns:
             raise IngestError(f"{source}: label column {label!r} is not in the header ({preview(profile.header)})")
         types = column_types(profile, data.schema_path)

@@ -267,8 +267,8 @@ def test_missing_file(tmp_path):
     assert_one_line_naming(exc, path)
 
 
-def test_a_folder_is_not_a_file(tmp_path):
-    with pytest.raises(CsvError, match="data source not found") as exc:
+def test_an_empty_folder_has_no_data(tmp_path):
+    with pytest.raises(CsvError, match="no data files there") as exc:
         profile_csv(str(tmp_path))
     assert_one_line_naming(exc, tmp_path)
 

@@ -230,3 +230,29 @@ def test_a_tfrecord_feature_with_several_values_is_refused_by_record(tmp_path):
     with pytest.raises(DataError, match=r"d\.tfrecord record 3: feature 'v' has several values") as exc:
         profile_source(str(path))
     assert_one_line(exc, path)
+
+
+# --- a folder or a glob of files ---------------------------------------------------------------------
+
+
+def test_a_folder_of_parquet_files_reads_as_one_source_without_its_markers(tmp_path):
+    folder = tmp_path / "table"
+    folder.mkdir()
+    for part in range(3):
+        pq.write_table(pa.Table.from_pylist(ROWS), folder / f"part-{part:05d}.parquet")
+    (folder / "_SUCCESS").write_text("")
+    one = profile_source(str(folder / "part-00000.parquet"))
+    profile = profile_source(str(folder))
+    assert profile.rows == 9 and profile.columns["x"].missing == 3 and profile.source == str(folder)
+    assert profile.sha256 != one.sha256 and profile.bytes == 3 * one.bytes
+    assert profile_source(str(folder / "part-*.parquet")).sha256 == profile.sha256
+
+
+def test_files_of_one_source_must_have_the_same_columns(tmp_path):
+    (tmp_path / "a.csv").write_text(CSV)
+    (tmp_path / "b.csv").write_text("x,n\n1,2\n")
+    with pytest.raises(DataError, match=r"b\.csv: columns \(columns: x, n\) differ from those of .*a\.csv") as exc:
+        profile_source(str(tmp_path / "*.csv"))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(DataError, match=r"nothing-\*\.csv: no data files there"):
+        profile_source(str(tmp_path / "nothing-*.csv"))

@@ -147,3 +147,16 @@ def test_every_format_ingests_to_the_same_columns(churn_csv, tmp_path, ingest, s
     if suffix == ".tfrecord.gz":
         expected["paperless"] = "int"  # tf.train.Example has no booleans: int64 0/1
     assert types == expected
+
+
+def test_a_folder_of_csv_parts_ingests_as_the_one_file_does(churn_csv, tmp_path, ingest) -> None:
+    header, *lines = churn_csv.read_text().splitlines()
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for part in range(3):
+        (folder / f"part-{part}.csv").write_text("\n".join([header, *lines[part::3]]) + "\n")
+    whole = ingest(churn_pipeline(tmp_path / "whole", churn_csv), run_id="whole")
+    parts = ingest(churn_pipeline(tmp_path / "folder", folder), run_id="folder")
+    assert parts.properties.num_shards == 3 * whole.properties.num_shards, "each file's shards"
+    for split in SPLITS:
+        assert sorted(map(repr, rows(parts, split))) == sorted(map(repr, rows(whole, split))), "the same rows, split alike"
