@@ -30,6 +30,7 @@ from tasks.data.readers import (
     DataError,
     Format,
     Reader,
+    file_size,
     source_format,
 )
 
@@ -83,9 +84,8 @@ def plan(source: str, format: str | None, partitions: int | None = None,
 
 
 def _plan_file(source: str, format: str | None, partitions: int | None, partition_bytes: int) -> list[Partition]:
-    fs, path = fsspec.core.url_to_fs(source)
     kind = source_format(source, format)
-    size = fs.size(path)
+    size = file_size(source)
     wanted = partitions or max(1, math.ceil(size / partition_bytes))
     splittable = kind in ("csv", "jsonl") and not source.lower().endswith(COMPRESSED_SUFFIXES)
     if kind == "parquet" and wanted > 1:

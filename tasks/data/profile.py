@@ -10,7 +10,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,7 +18,7 @@ from tasks.columns import DISTINCT_CAP, ValueType, parse_value, preview
 from tasks.data import values
 from tasks.data.moments import Moments
 from tasks.data.partitions import Partition, batches, header, plan
-from tasks.data.readers import BadRows, DataError, Format, Reader, file_sha256
+from tasks.data.readers import BadRows, DataError, Format, Reader, file_sha256, file_size
 
 
 @dataclass
@@ -175,7 +174,7 @@ def merged(profiles: list[DataProfile], source: str) -> DataProfile:
         digests = {file: whole.get(file) or file_sha256(file) for file in files}
         first.sha256 = digests[files[0]] if len(files) == 1 else hashlib.sha256(
             "".join(f"{digests[f]}  {f}\n" for f in files).encode()).hexdigest()
-        first.bytes = sum(fsspec.core.url_to_fs(f)[0].size(fsspec.core.url_to_fs(f)[1]) for f in files)
+        first.bytes = sum(file_size(f) for f in files)
     first.source = source
     if first.rows == 0:
         what = {"csv": "the CSV has a header but no data rows", "parquet": "the Parquet file has no rows",

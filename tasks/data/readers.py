@@ -178,8 +178,7 @@ class Reader:
         if self.format == "parquet":  # read by row group and footer, not front to back: its size
             return self._file.size
         if self.format == "tfrecord":  # TensorFlow reads the file itself: the whole of it once the pass is done
-            fs, path = fsspec.core.url_to_fs(self.source)
-            return fs.size(path)
+            return file_size(self.source)
         return self._counting.bytes
 
     def _guard(self, call: Any) -> Any:
@@ -296,6 +295,11 @@ def _check_names(source: str, names: list[str]) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def file_size(source: str) -> int:
+    fs, path = fsspec.core.url_to_fs(source)
+    return fs.size(path)
 
 
 def file_sha256(source: str) -> str:
