@@ -36,11 +36,12 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: str = Field(description="CSV (with a header row), Parquet or JSON-lines file: a path relative to the "
-                                    "YAML or any fsspec URL; ${VARS} are expanded; {SPAN} in the file name reads "
-                                    "spans (span-{SPAN}.csv: the newest)")
-    format: Literal["csv", "parquet", "jsonl"] | None = Field(
-        None, description="the source's format; default: from its suffix (.csv[.gz], .parquet/.pq, .jsonl/.ndjson/.json)")
+    source: str = Field(description="CSV (with a header row), Parquet, JSON-lines or TFRecord file, a folder of "
+                                    "them or a glob: a path relative to the YAML or any fsspec URL; ${VARS} are "
+                                    "expanded; {SPAN} in the file name reads spans (span-{SPAN}.csv: the newest)")
+    format: Literal["csv", "parquet", "jsonl", "tfrecord"] | None = Field(
+        None, description="the source's format; default: from its suffix (.csv[.gz], .parquet/.pq, "
+                          ".jsonl/.ndjson/.json, .tfrecord[s][.gz])")
     span: int | None = Field(None, ge=1, description="the span to read when source has {SPAN} (default: the "
                                                      "newest; the run records which)")
     label_column: str = Field("label", min_length=1, description="the column to predict")

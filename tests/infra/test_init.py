@@ -289,7 +289,8 @@ def test_force_overwrites_existing_files(tmp_path):
     assert "churned" in feature_map(load_schema(str(out / "churn.schema.pbtxt")))
 
 
-@pytest.mark.parametrize("suffix, data_format", [(".parquet", None), (".jsonl", None), (".bin", "parquet")])
+@pytest.mark.parametrize("suffix, data_format", [(".parquet", None), (".jsonl", None), (".bin", "parquet"),
+                                                  (".records", "tfrecord")])
 def test_init_takes_parquet_and_json_lines_and_a_named_format(tmp_path, suffix, data_format):
     import json
 
@@ -300,6 +301,10 @@ def test_init_takes_parquet_and_json_lines_and_a_named_format(tmp_path, suffix, 
     data = tmp_path / f"churn{suffix}"
     if suffix == ".jsonl":
         data.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    elif data_format == "tfrecord":
+        from tests.tasks.test_data_readers import write_tfrecord
+
+        write_tfrecord(data, table.to_pylist())
     else:
         pq.write_table(table, data)
     code, stdout, errors = invoke("init", data, "--label", "churned", "--out", tmp_path / "out",
