@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from tasks.errors import BadInputError
 
-ValueType = Literal["bool", "int", "float", "string"]
+ValueType = Literal["bool", "int", "float", "string", "image"]
+# The types a text value can have; an image (decoded pixels, tasks.data.images) never comes from text.
 VALUE_TYPES: tuple[ValueType, ...] = ("bool", "int", "float", "string")
 # The same patterns as Arrow's kernels use on whole columns (tasks.data.values): ASCII digits only.
 INT_PATTERN = r"^[+-]?[0-9]+$"
@@ -65,8 +66,8 @@ def widen(current: ValueType | None, new: ValueType | None) -> ValueType | None:
 
 def holds(wider: ValueType, narrower: ValueType) -> bool:
     """Whether every value of type `narrower` can be stored as `wider` without loss."""
-    return wider == narrower or wider == "string" or (wider == "float" and narrower in ("int", "bool")) \
-        or (wider == "int" and narrower == "bool")
+    return wider == narrower or (wider == "string" and narrower != "image") \
+        or (wider == "float" and narrower in ("int", "bool")) or (wider == "int" and narrower == "bool")
 
 
 def parse_value(text: str, as_type: ValueType) -> Any:

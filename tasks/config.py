@@ -35,13 +35,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ImageConfig(_Strict):
+    height: int = Field(ge=1, le=4096, description="pixels; every image is resized (bilinear) to height x width")
+    width: int = Field(ge=1, le=4096)
+    channels: Literal[1, 3] = Field(3, description="1: greyscale, 3: RGB")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.height, self.width, self.channels
+
+
 class DataConfig(_Strict):
     source: str = Field(description="CSV (with a header row), Parquet, JSON-lines or TFRecord file, a folder of "
-                                    "them or a glob: a path relative to the YAML or any fsspec URL; ${VARS} are "
-                                    "expanded; {SPAN} in the file name reads spans (span-{SPAN}.csv: the newest)")
-    format: Literal["csv", "parquet", "jsonl", "tfrecord"] | None = Field(
+                                    "them or a glob, or an image folder (a folder per class): a path relative to "
+                                    "the YAML or any fsspec URL; ${VARS} are expanded; {SPAN} in the file name "
+                                    "reads spans (span-{SPAN}.csv: the newest)")
+    format: Literal["csv", "parquet", "jsonl", "tfrecord", "images"] | None = Field(
         None, description="the source's format; default: from its suffix (.csv[.gz], .parquet/.pq, "
-                          ".jsonl/.ndjson/.json, .tfrecord[s][.gz])")
+                          ".jsonl/.ndjson/.json, .tfrecord[s][.gz]); a folder of PNG/JPEG files is images")
+    image: ImageConfig | None = Field(None, description="an image folder's images are decoded to this shape "
+                                                        "(kiln init writes the first image's)")
     span: int | None = Field(None, ge=1, description="the span to read when source has {SPAN} (default: the "
                                                      "newest; the run records which)")
     label_column: str = Field("label", min_length=1, description="the column to predict")
@@ -64,6 +77,16 @@ class DataConfig(_Strict):
     schema_path: str | None = Field(
         None, description="curated schema (TFDV Schema text proto); inferred from the data when absent"
     )
+
+    @model_validator(mode="after")
+    def _image_folder_has_a_shape(self) -> DataConfig:
+        if self.format == "images" and self.image is None:
+            raise ValueError("format images needs data.image: {height, width, channels} to decode the images to")
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        return self.image.shape if self.image is not None else None
 
 
 class TaskConfig(_Strict):

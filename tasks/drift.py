@@ -113,10 +113,12 @@ def compare(baseline: statistics_pb2.DatasetFeatureStatistics, columns: dict[str
             continue
         seen = columns.get(name)
         categorical = feature.HasField("string_stats")
-        kind = "categorical" if categorical else "numeric"
+        kind = "categorical" if categorical else "image" if feature.HasField("bytes_stats") else "numeric"
         threshold = drift.features.get(name, drift.categorical if categorical else drift.numeric)
         note = ""
-        if seen is None:
+        if kind == "image":
+            distance, note = None, "an image: its pixels are not compared"
+        elif seen is None:
             distance, note = None, "not in the span"
         elif not seen.count:
             distance, note = None, "no values in the span"

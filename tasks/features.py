@@ -9,6 +9,7 @@ A served feature is what a client sends by name and what the model's first layer
 | string    | a BYTES column                          | string `[batch]`      | one-hot over the vocabulary, OOV at 0 |
 | integer   | an INT column with `is_categorical`     | int64 `[batch]`       | one-hot over the vocabulary, OOV at 0 |
 | boolean   | an INT column with `bool_domain`        | bool `[batch]`        | 0/1 |
+| image     | a BYTES column with `image_domain`      | float32 `[batch, h, w, c]` | pixels 0-255 scaled to [-1, 1], flattened |
 
 Missing values: a numeric value is NaN (a client may send `NaN`), a string is "" (out of
 vocabulary), a categorical integer is `MISSING_INT` (out of vocabulary), a boolean is false.
@@ -30,9 +31,10 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tasks.columns import ValueType, parse_value
 from tasks.errors import BadInputError
 
-FeatureKind = Literal["numeric", "vector", "string", "integer", "boolean"]
+FeatureKind = Literal["numeric", "vector", "string", "integer", "boolean", "image"]
 MISSING_INT = -(2**63)  # int64 min: never a real category
-_DTYPES = {"numeric": "float32", "vector": "float32", "string": "string", "integer": "int64", "boolean": "bool"}
+_DTYPES = {"numeric": "float32", "vector": "float32", "string": "string", "integer": "int64", "boolean": "bool",
+           "image": "float32"}
 _SERVED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 READ_BATCH_ROWS = 4096  # rows per Arrow batch read from a shard
 SHUFFLE_WINDOW = 16_384  # rows shuffled together
@@ -57,6 +59,7 @@ class FeatureSpec(_Frozen):
     variance: list[float] | None = None
     bin_boundaries: list[float] | None = None
     vocabulary: list[str] | list[int] | None = None
+    image_shape: list[int] | None = None  # an image's [height, width, channels]
 
     @property
     def dtype(self) -> str:
@@ -65,6 +68,8 @@ class FeatureSpec(_Frozen):
     @property
     def shape(self) -> list[int]:
         """Per-example shape of the served input."""
+        if self.kind == "image":
+            return list(self.image_shape or [])
         return [len(self.columns)] if self.kind == "vector" else []
 
 
@@ -101,8 +106,10 @@ def served_name(column: str) -> str:
 
 
 def plan_features(schema: schema_pb2.Schema, columns: dict[str, ValueType], label: str,
-                  feature_groups: dict[str, list[str]], discretize: dict[str, int]) -> list[FeatureSpec]:
-    """The served features, in column order; groups take the place of their first column."""
+                  feature_groups: dict[str, list[str]], discretize: dict[str, int],
+                  image_shapes: dict[str, list[int]] | None = None) -> list[FeatureSpec]:
+    """The served features, in column order; groups take the place of their first column. `image_shapes`: the
+    shape of each image column's pixels (as ingest stored them)."""
     from tasks.schema import feature_map
 
     declared = feature_map(schema)
@@ -131,8 +138,13 @@ def plan_features(schema: schema_pb2.Schema, columns: dict[str, ValueType], labe
                                             column_types=[columns[m] for m in members]))
                 emitted.add(group)
             continue
-        features.append(FeatureSpec(name=served_name(column), kind=_kind(declared[column]), columns=[column],
-                                    column_types=[columns[column]]))
+        kind = _kind(declared[column])
+        shape = (image_shapes or {}).get(column)
+        if kind == "image" and (columns[column] != "image" or not shape):
+            raise FeatureError(f"column {column!r} is an image in the schema but not in the examples (an image "
+                               f"folder's images are the column 'image')")
+        features.append(FeatureSpec(name=served_name(column), kind=kind, columns=[column],
+                                    column_types=[columns[column]], image_shape=shape if kind == "image" else None))
     for column in discretize:
         spec = next((f for f in features if f.columns == [column]), None)
         if spec is None or spec.kind != "numeric":
@@ -149,7 +161,7 @@ def plan_features(schema: schema_pb2.Schema, columns: dict[str, ValueType], labe
 
 def _kind(feature: schema_pb2.Feature) -> FeatureKind:
     if feature.type == schema_pb2.BYTES:
-        return "string"
+        return "image" if feature.HasField("image_domain") else "string"
     if feature.type == schema_pb2.INT:
         if feature.HasField("bool_domain"):
             return "boolean"
@@ -164,7 +176,13 @@ def _kind(feature: schema_pb2.Feature) -> FeatureKind:
 # --- TensorFlow side: examples -> model inputs -------------------------------------------------------
 
 
-_TF_DTYPES = {"float": "float32", "string": "string", "int": "int64", "bool": "int64"}  # bool as int64 0/1
+_TF_DTYPES = {"float": "float32", "string": "string", "int": "int64", "bool": "int64",  # bool as int64 0/1
+              "image": "uint8"}  # pixels [batch, h, w, c]
+
+
+def image_shapes(features: Sequence[FeatureSpec]) -> dict[str, list[int]]:
+    """The stored image columns' shapes."""
+    return {f.columns[0]: list(f.image_shape or []) for f in features if f.kind == "image"}
 
 
 def parse_spec(features: Sequence[FeatureSpec], label: LabelSpec | None) -> dict[str, ValueType]:
@@ -175,16 +193,22 @@ def parse_spec(features: Sequence[FeatureSpec], label: LabelSpec | None) -> dict
     return spec
 
 
-def column_arrays(batch: Any, columns: dict[str, ValueType]) -> dict[str, Any]:
+def column_arrays(batch: Any, columns: dict[str, ValueType], shapes: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """An Arrow record batch's columns as numpy arrays, missing values as the model's markers: NaN for a
-    number, "" for a string, MISSING_INT for an integer or boolean (stored as 0/1)."""
+    number, "" for a string, MISSING_INT for an integer or boolean (stored as 0/1). An image column (its
+    shape in `shapes`) becomes uint8 [rows, height, width, channels]."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arrays = {}
     for name, value_type in columns.items():
         column = batch.column(name)
-        if value_type == "float":
+        if value_type == "image":  # fixed-size values back to back in one buffer: a view, reshaped
+            size = column.type.byte_width
+            pixels = np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * size, offset=column.offset * size)
+            arrays[name] = pixels.reshape([len(column), *(shapes or {})[name]])
+        elif value_type == "float":
             arrays[name] = pc.fill_null(pc.cast(column, pa.float32()), math.nan).to_numpy(zero_copy_only=False)
         elif value_type == "string":
             arrays[name] = pc.fill_null(column, "").to_numpy(zero_copy_only=False).astype(object)
@@ -194,7 +218,8 @@ def column_arrays(batch: Any, columns: dict[str, ValueType]) -> dict[str, Any]:
 
 
 def _columns_dataset(tf: Any, files: list[str], columns: dict[str, ValueType], interleave: int,
-                     batch_rows: int = READ_BATCH_ROWS, shuffle_seed: int | None = None) -> Any:
+                     batch_rows: int = READ_BATCH_ROWS, shuffle_seed: int | None = None,
+                     shapes: dict[str, list[int]] | None = None) -> Any:
     """Column batches of `batch_rows` rows of the Parquet shards (any fsspec URL), read by Arrow in bounded
     memory. With a seed, the rows of each window of SHUFFLE_WINDOW are permuted in numpy (another permutation
     on every pass): tf.data then moves whole batches, not rows, which is what makes streaming as fast as a
@@ -217,13 +242,14 @@ def _columns_dataset(tf: Any, files: list[str], columns: dict[str, ValueType], i
         held = 0
         with fsspec.open(path.decode(), "rb") as handle:
             for batch in parquet_batches(pq.ParquetFile(handle), READ_BATCH_ROWS, columns=list(columns)):
-                window.append(column_arrays(batch, columns))
+                window.append(column_arrays(batch, columns, shapes))
                 held += batch.num_rows
                 if held >= SHUFFLE_WINDOW:
                     window, held = (yield from _emit(window, batch_rows, rng, keep_tail=True))
         yield from _emit(window, batch_rows, rng, keep_tail=False)
 
-    signature = {name: tf.TensorSpec([None], _TF_DTYPES[value_type]) for name, value_type in columns.items()}
+    signature = {name: tf.TensorSpec([None, *(shapes or {}).get(name, [])], _TF_DTYPES[value_type])
+                 for name, value_type in columns.items()}
     return tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: tf.data.Dataset.from_generator(generate, args=(path,), output_signature=signature),
         cycle_length=max(1, min(interleave, len(files))), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -281,6 +307,8 @@ def model_inputs(parsed: dict[str, Any], features: Sequence[FeatureSpec]) -> dic
             inputs[feature.name] = _as_float(tf, columns[0])
         elif feature.kind == "boolean":
             inputs[feature.name] = tf.equal(columns[0], 1)
+        elif feature.kind == "image":
+            inputs[feature.name] = tf.cast(columns[0], tf.float32)
         else:
             inputs[feature.name] = columns[0]
     return inputs
@@ -309,7 +337,7 @@ def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec,
     keeps its share of the rows (tf.distribute's DATA sharding)."""
     import tensorflow as tf
 
-    columns = parse_spec(features, label)
+    columns, shapes = parse_spec(features, label), image_shapes(features)
     policy = tf.data.experimental.AutoShardPolicy.DATA
     if worker is not None and worker[1] > 1 and len(files) >= worker[1]:
         files, policy = files[worker[0]::worker[1]], tf.data.experimental.AutoShardPolicy.OFF
@@ -320,10 +348,10 @@ def dataset(files: list[str], features: Sequence[FeatureSpec], label: LabelSpec,
     interleave = 1 if shuffle_seed is None else 4
     if limit is None and not (memory_budget and split_bytes(files) <= memory_budget):
         # Streamed: batches made and shuffled in windows by the reader, every pass from the files.
-        data = _columns_dataset(tf, files, columns, interleave, batch_size, shuffle_seed)
+        data = _columns_dataset(tf, files, columns, interleave, batch_size, shuffle_seed, shapes)
         data = data.repeat() if repeat else data
     else:  # held in memory (or the first `limit` rows): shuffled row by row, as the split is small
-        data = _columns_dataset(tf, files, columns, interleave).unbatch()
+        data = _columns_dataset(tf, files, columns, interleave, shapes=shapes).unbatch()
         data = data.take(limit) if limit is not None else data.cache()
         if shuffle_seed is not None:
             data = data.shuffle(SHUFFLE_WINDOW, seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -372,11 +400,17 @@ def json_instances(inputs: dict[str, Any], count: int | None = None) -> list[dic
     return [{name: _json_value(values[i]) for name, values in inputs.items()} for i in range(size)]
 
 
-def instance_from_row(row: dict[str, str], features: Sequence[FeatureSpec]) -> dict[str, Any]:
-    """One CSV row (column -> text) as a REST instance, typed as the model's inputs expect."""
+def instance_from_row(row: dict[str, Any], features: Sequence[FeatureSpec]) -> dict[str, Any]:
+    """One row (column -> text as a CSV holds it; an image's pixels as bytes) as a REST instance, typed as the
+    model's inputs expect."""
+    import numpy as np
+
     instance: dict[str, Any] = {}
     for feature in features:
-        if feature.kind in ("numeric", "vector"):
+        if feature.kind == "image":
+            pixels = np.frombuffer(row[feature.columns[0]], np.uint8).reshape(feature.shape)
+            instance[feature.name] = pixels.astype(float).tolist()
+        elif feature.kind in ("numeric", "vector"):
             values = [parse_value(row[c], "float") for c in feature.columns]
             values = [math.nan if v is None else v for v in values]
             instance[feature.name] = values if feature.kind == "vector" else values[0]

@@ -4,7 +4,7 @@
 SchemaGen infers one from the train split when no curated file is given (types, presence and value
 counts only, TFDV's defaults: a rare category missing from train would otherwise fail the eval
 split). Types: FLOAT, INT, BYTES; booleans are INT with a `bool_domain`, categorical integers INT
-with `int_domain { is_categorical: true }` (TFDV's conventions).
+with `int_domain { is_categorical: true }`, images BYTES with an `image_domain` (TFDV's conventions).
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def value_type(feature: schema_pb2.Feature) -> ValueType | None:
     if feature.type == schema_pb2.INT:
         return "bool" if feature.HasField("bool_domain") else "int"
     if feature.type == schema_pb2.BYTES:
-        return "string"
+        return "image" if feature.HasField("image_domain") else "string"
     return None
 
 
-_TYPE_ENUM = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "bool": schema_pb2.INT, "string": schema_pb2.BYTES}
+_TYPE_ENUM = {"float": schema_pb2.FLOAT, "int": schema_pb2.INT, "bool": schema_pb2.INT, "string": schema_pb2.BYTES,
+              "image": schema_pb2.BYTES}
 
 
 def infer_schema(columns: Iterable[ColumnSummary], label: str | None, with_domains: bool,
@@ -68,6 +69,8 @@ def infer_schema(columns: Iterable[ColumnSummary], label: str | None, with_domai
         values = column.distinct_values
         if column.type == "bool":
             feature.bool_domain.SetInParent()
+        elif column.type == "image":
+            feature.image_domain.SetInParent()
         elif column.name == label and column.type == "int" and values:
             feature.int_domain.min, feature.int_domain.max = int(values[0]), int(values[-1])
         elif column.type == "string" and values is not None and (

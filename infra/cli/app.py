@@ -92,16 +92,19 @@ def down(home: Home = None,
 @app.command()
 def init(
     csv_path: Annotated[Path, typer.Argument(help="the data to learn from: CSV (header row), Parquet, JSON lines or "
-                                                  "TFRecord of tf.train.Example; one example per row")],
-    label: Annotated[str, typer.Option("--label", help="the column to predict")],
+                                                  "TFRecord of tf.train.Example, one example per row (a file, a "
+                                                  "folder or a glob); or an image folder, a folder per class")],
+    label: Annotated[str | None, typer.Option("--label", help="the column to predict (an image folder's: label, "
+                                                              "its class folder)")] = None,
     name: Annotated[str | None, typer.Option("--name", help="pipeline name (default: from the file name)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="folder for <name>.yaml and <name>.schema.pbtxt")] = Path(
         "pipelines"),
     task: Annotated[str | None, typer.Option("--task", help="classification or regression (default: inferred)")] = None,
-    model: Annotated[str, typer.Option("--model", help="mlp, cnn, file.py:function or package.module:function")] = "mlp",
+    model: Annotated[str | None, typer.Option("--model", help="mlp, cnn, file.py:function or package.module:function "
+                                                              "(default: cnn for images, else mlp)")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing files")] = False,
-    data_format: Annotated[str | None, typer.Option("--format", help="csv, parquet, jsonl or tfrecord (default: "
-                                                                      "from the file's suffix)")] = None,
+    data_format: Annotated[str | None, typer.Option("--format", help="csv, parquet, jsonl, tfrecord or images "
+                                                                      "(default: from the file's suffix)")] = None,
 ) -> None:
     """Infer a pipeline from a data file: writes <out>/<name>.yaml and <out>/<name>.schema.pbtxt."""
     from infra.cli.init import infer, renamed_columns, write_files
@@ -110,7 +113,7 @@ def init(
         raise fail(f"--task {task!r}: use classification or regression")
     try:
         inferred = infer(csv_path, label, name, out_dir, task, data_format)
-        write_files(inferred, csv_path, model, force)
+        write_files(inferred, csv_path, model or ("cnn" if inferred.image_shape else "mlp"), force)
     except BadInputError as exc:
         raise fail(str(exc)) from None
     profile = inferred.profile
@@ -118,14 +121,14 @@ def init(
     for column in ("column", "type", "missing", "distinct", "role"):
         table.add_column(column)
     for column in profile.columns.values():
-        role = "label" if column.name == label else "feature"
-        distinct = "> 1000" if column.distinct is None else str(column.distinct)
+        role = "label" if column.name == inferred.label else "feature"
+        distinct = "-" if column.type == "image" else "> 1000" if column.distinct is None else str(column.distinct)
         table.add_row(column.name, column.type or "empty", f"{column.missing:,}", distinct, role)
     out.print(table)
     classes = f" with classes {inferred.classes}" if inferred.classes is not None else ""
     metric, value = inferred.threshold
     out.print(f"task: {inferred.task}{classes}; blessing threshold {metric} {value}", highlight=False, markup=False)
-    for column, served in renamed_columns(profile, label).items():
+    for column, served in renamed_columns(profile, inferred.label).items():
         out.print(f"note: column {column!r} is served as {served!r} (TF signature names)", markup=False)
     out.print(f"wrote {inferred.yaml_path} and {inferred.schema_path}; run it with `kiln run {inferred.yaml_path}`",
               highlight=False, markup=False)

@@ -1,4 +1,4 @@
-"""`kiln init`: a data file (CSV, Parquet or JSON lines) in, a pipeline YAML and a curated-schema draft out.
+"""`kiln init`: a data file (CSV, Parquet, JSON lines, TFRecord; a folder or glob of them) or an image folder in, a pipeline YAML and a curated-schema draft out.
 
 One streamed pass profiles every column (`tasks.data.profile`), infers a TFDV schema with domains (the
 user's to curate), picks the task from the label (strings, booleans or a few distinct integers ->
@@ -21,11 +21,14 @@ from typing import Any
 
 from tasks.columns import parse_value, preview
 from tasks.config import ConfigError
+from tasks.data.images import LABEL_COLUMN, labelled_files
+from tasks.data.partitions import is_image_folder, source_files
 from tasks.data.profile import ColumnProfile, DataProfile, profile_source
 from tasks.features import served_name
 from tasks.schema import MAX_DOMAIN_SIZE, ColumnSummary, infer_schema, schema_text
 
 MAX_INTEGER_CLASSES = 20  # an integer label with at most this many values is a class label
+MAX_IMAGE_SIDE = 224  # pixels: an image folder's default shape keeps its first image's aspect within this
 
 
 class InitError(ConfigError):
@@ -43,6 +46,7 @@ class Inferred:
     yaml_path: Path
     schema_path: Path
     threshold: tuple[str, float]
+    image_shape: tuple[int, int, int] | None = None  # an image folder's: what its images are decoded to
 
 
 def pipeline_name(csv_path: Path) -> str:
@@ -50,9 +54,15 @@ def pipeline_name(csv_path: Path) -> str:
     return name if name[:1].isalnum() else f"p-{name}".rstrip("-") or "pipeline"
 
 
-def infer(csv_path: Path, label: str, name: str | None, out_dir: Path, task: str | None,
+def infer(csv_path: Path, label: str | None, name: str | None, out_dir: Path, task: str | None,
           data_format: str | None = None) -> Inferred:
-    profile = profile_source(str(csv_path), data_format, step="kiln init")
+    image_shape = None
+    if is_image_folder(source_files(str(csv_path)), data_format):
+        data_format, label = "images", label or LABEL_COLUMN
+        image_shape = first_image_shape(str(csv_path))
+    if label is None:
+        raise InitError(f"{csv_path}: --label names the column to predict")
+    profile = profile_source(str(csv_path), data_format, step="kiln init", image_shape=image_shape)
     if label not in profile.columns:
         raise InitError(f"{csv_path}: label column {label!r} is not in the header ({preview(profile.header)})")
     column = profile.columns[label]
@@ -85,8 +95,22 @@ def infer(csv_path: Path, label: str, name: str | None, out_dir: Path, task: str
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise InitError(f"--name {name!r}: use lowercase letters, digits, '-' and '_', starting with a letter or digit")
     return Inferred(name=name, label=label, task=task, classes=classes, profile=profile, data_format=data_format,
-                    yaml_path=out_dir / f"{name}.yaml",
-                    schema_path=out_dir / f"{name}.schema.pbtxt", threshold=threshold)
+                    yaml_path=out_dir / f"{name}.yaml", schema_path=out_dir / f"{name}.schema.pbtxt",
+                    threshold=threshold, image_shape=image_shape)
+
+
+def first_image_shape(source: str) -> tuple[int, int, int]:
+    """The first image's size, its long side at most MAX_IMAGE_SIDE, and 1 channel for a greyscale image, else 3:
+    what the folder's images are decoded to unless the YAML says otherwise."""
+    import fsspec
+    from PIL import Image
+
+    file, _ = labelled_files(source, source_files(source))[0]
+    with fsspec.open(file, "rb") as handle, Image.open(handle) as image:
+        width, height = image.size
+        channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    scale = min(1.0, MAX_IMAGE_SIDE / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale)), channels
 
 
 def _task_of(label: ColumnProfile) -> str:
@@ -121,6 +145,8 @@ def yaml_text(inferred: Inferred, csv_path: Path, model: str) -> str:
         f"data:\n"
         f"  source: {json.dumps(source)}   # relative to this file\n"
         + (f"  format: {inferred.data_format}\n" if inferred.data_format else "")
+        + (f"  image: {{height: {inferred.image_shape[0]}, width: {inferred.image_shape[1]}, channels: "
+           f"{inferred.image_shape[2]}}}   # every image is resized to this\n" if inferred.image_shape else "")
         + f"  label_column: {json.dumps(inferred.label)}\n"
         f"  schema_path: {json.dumps(inferred.schema_path.name)}   # curate it: types, domains, presence\n"
         f"  eval_percent: 20\n"

@@ -8,7 +8,6 @@ prediction from the model server (a CSV row sent by feature name, as a client wo
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.verification import ServingVerification
 from tasks.config import PipelineConfig
+from tasks.data.partitions import first_row
 from tasks.features import instance_from_row
 from tasks.models.assemble import PREDICTION, PROBABILITIES
 from tasks.models.export import CLASS, output_names
@@ -349,15 +349,17 @@ def live_prediction(stack: Stack, config: PipelineConfig, trained: Model) -> dic
     from serving.client import RestClient
     from tasks.snapshot import with_span
 
-    with open(with_span(config).data.source, newline="") as fh:
-        row = next(csv.DictReader(fh))
+    data = with_span(config).data
+    row = first_row(data.source, data.format, data.image_shape)
     instance = instance_from_row(row, trained.preprocessing.features)
     name = config.served_model_name
     with RestClient(stack.serving_rest_url) as client:
         client.predict(name, [instance], label="stable")  # the first call opens the connection
         result = client.predict(name, [instance], label="stable")
     output = result.rows(output_names(trained.preprocessing.label))[0]
-    shown = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in instance.items()}  # JSON has no NaN
+    images = {f.name: "x".join(map(str, f.shape)) for f in trained.preprocessing.features if f.kind == "image"}
+    shown = {k: f"<{images[k]} image>" if k in images else None if isinstance(v, float) and math.isnan(v) else v
+             for k, v in instance.items()}  # JSON has no NaN; an image's pixels are too many to show
     prediction: dict[str, Any] = {"label": "stable", "instance": shown, "true": row[config.data.label_column],
                                   "latency_ms": round(result.latency_ms, 2)}
     if config.task.type == "classification":

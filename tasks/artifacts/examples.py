@@ -28,6 +28,7 @@ class Column(BaseModel):
     name: str
     type: ValueType
     missing: int = 0  # rows without a value (in both splits)
+    shape: list[int] | None = None  # an image's [height, width, channels] (its pixels: a fixed-size binary value)
 
 
 class ExamplesProperties(Properties):

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from tasks.config import DataConfig
-from tasks.data import partitions
+from tasks.data import images, partitions
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -22,7 +22,8 @@ class Engine(Protocol):
     name: str
     remote: bool  # workers in other processes: what they write must go to a URL they can all reach
 
-    def plan(self, source: str, format: str | None) -> list[partitions.Partition]: ...
+    def plan(self, source: str, format: str | None,
+             image_shape: images.Shape | None = None) -> list[partitions.Partition]: ...
 
     def map(self, function: Callable[..., Any], items: Sequence[Item], *args: Any) -> list[Any]: ...
 
@@ -32,8 +33,9 @@ class InProcess:
 
     name, remote = "local", False
 
-    def plan(self, source: str, format: str | None) -> list[partitions.Partition]:
-        return partitions.plan(source, format, partitions=1)
+    def plan(self, source: str, format: str | None,
+             image_shape: images.Shape | None = None) -> list[partitions.Partition]:
+        return partitions.plan(source, format, partitions=1, image_shape=image_shape)
 
     def map(self, function: Callable[..., Any], items: Sequence[Item], *args: Any) -> list[Any]:
         return [function(item, *args) for item in items]
@@ -47,11 +49,12 @@ class OnDask:
     def __init__(self, client: Any, partition_bytes: int):
         self.client, self.partition_bytes = client, partition_bytes
 
-    def plan(self, source: str, format: str | None) -> list[partitions.Partition]:
+    def plan(self, source: str, format: str | None,
+             image_shape: images.Shape | None = None) -> list[partitions.Partition]:
         workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        planned = partitions.plan(source, format, partition_bytes=self.partition_bytes)
+        planned = partitions.plan(source, format, partition_bytes=self.partition_bytes, image_shape=image_shape)
         if len(planned) < workers:
-            planned = partitions.plan(source, format, partitions=workers)
+            planned = partitions.plan(source, format, partitions=workers, image_shape=image_shape)
         return planned
 
     def map(self, function: Callable[..., Any], items: Sequence[Item], *args: Any) -> list[Any]:

@@ -22,9 +22,11 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from common.parquet import parquet_batches
+from tasks.data import images as images_
 from tasks.data import values
 from tasks.data.readers import (
     COMPRESSED_SUFFIXES,
+    TABULAR_SUFFIXES,
     BadRows,
     Batch,
     DataError,
@@ -47,9 +49,13 @@ class Partition:
     end: int = 0
     row_groups: tuple[int, ...] = ()  # of a Parquet file
     whole: bool = False  # the whole file, streamed by the Reader with its line numbers
+    images: tuple[tuple[str, str], ...] = ()  # (file, class) of an image folder's partition (source: the folder)
+    image_shape: images_.Shape | None = None
 
     @property
     def where(self) -> str:
+        if self.format == "images":
+            return f"{self.source} (images {self.images[0][0]} to {self.images[-1][0]})"
         if self.whole:
             return self.source
         if self.row_groups:
@@ -76,11 +82,34 @@ def source_files(source: str) -> list[str]:
 
 
 def plan(source: str, format: str | None, partitions: int | None = None,
-         partition_bytes: int = DEFAULT_PARTITION_BYTES) -> list[Partition]:
+         partition_bytes: int = DEFAULT_PARTITION_BYTES, image_shape: images_.Shape | None = None) -> list[Partition]:
     """The partitions of `source` (each of its files): `partitions` per file, else one per `partition_bytes`; one
-    per file when it cannot be cut."""
-    planned = [p for file in source_files(source) for p in _plan_file(file, format, partitions, partition_bytes)]
+    per file when it cannot be cut. An image folder (data.format images, or a folder of PNG/JPEG files) is cut into
+    runs of images, decoded to `image_shape`."""
+    files = source_files(source)
+    if is_image_folder(files, format):
+        planned = _plan_images(source, files, partitions, partition_bytes, image_shape)
+    else:
+        planned = [p for file in files for p in _plan_file(file, format, partitions, partition_bytes)]
     return [replace(p, index=i, count=len(planned)) for i, p in enumerate(planned)]
+
+
+def is_image_folder(files: list[str], format: str | None) -> bool:
+    return format == "images" or (format is None and any(images_.is_image(f) for f in files)
+                                  and not any(f.lower().endswith(tuple(TABULAR_SUFFIXES)) for f in files))
+
+
+def _plan_images(source: str, files: list[str], partitions: int | None, partition_bytes: int,
+                 shape: images_.Shape | None) -> list[Partition]:
+    if shape is None:
+        raise DataError(f"{source}: an image folder needs data.image (height, width, channels) to decode to")
+    labelled = images_.labelled_files(source, files)
+    if partitions is None:
+        fs, path = fsspec.core.url_to_fs(source)
+        partitions = max(1, math.ceil(fs.du(path) / partition_bytes))
+    per = math.ceil(len(labelled) / min(partitions, len(labelled)))
+    return [Partition(source, "images", 0, 0, images=tuple(labelled[start:start + per]), image_shape=shape)
+            for start in range(0, len(labelled), per)]
 
 
 def _plan_file(source: str, format: str | None, partitions: int | None, partition_bytes: int) -> list[Partition]:
@@ -105,6 +134,9 @@ def batches(partition: Partition, reader_step: str = "read", bad_rows: BadRows |
     """The partition's rows as batches (CSV: stripped text; other formats typed). Ragged CSV rows are skipped and
     counted in `bad_rows` up to its limit (data.max_bad_rows)."""
     bad_rows = bad_rows or BadRows(0)
+    if partition.format == "images" and partition.image_shape is not None:
+        yield from images_.batches(partition.images, partition.image_shape, bad_rows)
+        return
     if partition.whole:
         with Reader(partition.source, partition.format, step=reader_step, max_bad_rows=bad_rows.limit) as reader:
             try:
@@ -123,7 +155,17 @@ def batches(partition: Partition, reader_step: str = "read", bad_rows: BadRows |
     yield from _text_range(partition, bad_rows)
 
 
+def first_row(source: str, format: str | None, image_shape: images_.Shape | None = None) -> dict[str, object]:
+    """The source's first row as a CSV would hold it: column -> text (an image's pixels: bytes)."""
+    [first, *_] = plan(source, format, partitions=1, image_shape=image_shape)
+    batch = next(batches(first, "first row"))
+    return {name: array[0].as_py() if values.stored_type(array.type) == "image" else values.as_text(array[:1])[0].as_py()
+            for name, array in batch.columns.items()}
+
+
 def header(source: str, format: str | None) -> list[str]:
+    if format == "images":
+        return list(images_.COLUMNS)
     with Reader(source, format) as reader:
         return reader.names
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.columns import DISTINCT_CAP, ValueType, parse_value, preview
-from tasks.data import values
+from tasks.data import images, values
 from tasks.data.moments import Moments
 from tasks.data.partitions import Partition, batches, header, plan
 from tasks.data.readers import BadRows, DataError, Format, Reader, file_sha256, file_size
@@ -52,6 +52,9 @@ class ColumnProfile:
             kinds, missing = values.kinds(array), values.missing_mask(array)
             numbers = pc.cast(array, pa.float64()) if values.stored_type(array.type) in ("int", "float") else None
         self.kinds = self.kinds.merged(kinds)
+        if kinds.image:  # pixels are not values to count: an image column has no domain
+            self.capped = True
+            return
         self._count_values(pc.filter(array, pc.invert(missing)))
         if numbers is not None:
             self._add_numbers(numbers.drop_null().to_numpy(zero_copy_only=False))
@@ -128,11 +131,15 @@ class DataProfile:
     columns: dict[str, ColumnProfile]
     sha256: str
     bytes: int
+    listing: list[str] = field(default_factory=list)  # an image folder's sha256sum lines (tasks.data.images)
 
 
-def profile_source(source: str, format: str | None = None, step: str = "profile") -> DataProfile:
-    """One streamed pass over `source` (each of its files); a source without rows is an error."""
-    return merged([profile_partition(partition, step) for partition in plan(source, format, partitions=1)], source)
+def profile_source(source: str, format: str | None = None, step: str = "profile",
+                   image_shape: images.Shape | None = None) -> DataProfile:
+    """One streamed pass over `source` (each of its files; an image folder's images decoded to `image_shape`); a
+    source without rows is an error."""
+    parts = plan(source, format, partitions=1, image_shape=image_shape)
+    return merged([profile_partition(partition, step) for partition in parts], source)
 
 
 def profile_partition(partition: Partition, step: str = "profile", max_bad_rows: int = 0) -> DataProfile:
@@ -149,10 +156,17 @@ def profile_partition(partition: Partition, step: str = "profile", max_bad_rows:
     names = header(partition.source, partition.format)
     columns = {name: ColumnProfile(name) for name in names}
     rows = 0
-    for batch in batches(partition, step, BadRows(max_bad_rows)):
+    fingerprint = images.Fingerprint(partition.source) if partition.format == "images" else None
+    read = (images.batches(partition.images, partition.image_shape, BadRows(max_bad_rows), fingerprint, step)
+            if fingerprint is not None and partition.image_shape else batches(partition, step, BadRows(max_bad_rows)))
+    for batch in read:
         rows += batch.num_rows
         for name, array in batch.columns.items():
             columns[name].update(array)
+    if fingerprint is not None:
+        return DataProfile(source=partition.source, format=partition.format, header=names, rows=rows,
+                           columns=columns, sha256=images.listing_sha256(fingerprint.listing), bytes=fingerprint.bytes,
+                           listing=fingerprint.listing)
     return DataProfile(source=partition.source, format=partition.format, header=names, rows=rows, columns=columns,
                        sha256="", bytes=partition.end - partition.start)
 
@@ -169,7 +183,10 @@ def merged(profiles: list[DataProfile], source: str) -> DataProfile:
             first.columns[name].merge(column)
         first.rows += other.rows
     files = list(dict.fromkeys(p.source for p in profiles))
-    if len(profiles) > 1:
+    if first.format == "images" and len(profiles) > 1:  # runs of one folder's images: their listings in order
+        first.sha256 = images.listing_sha256([line for p in profiles for line in p.listing])
+        first.bytes = sum(p.bytes for p in profiles)
+    elif len(profiles) > 1:
         whole = {p.source: p.sha256 for p in profiles if p.sha256}
         digests = {file: whole.get(file) or file_sha256(file) for file in files}
         first.sha256 = digests[files[0]] if len(files) == 1 else hashlib.sha256(
@@ -178,6 +195,7 @@ def merged(profiles: list[DataProfile], source: str) -> DataProfile:
     first.source = source
     if first.rows == 0:
         what = {"csv": "the CSV has a header but no data rows", "parquet": "the Parquet file has no rows",
-                "jsonl": "the JSON-lines file has no rows", "tfrecord": "the TFRecord file has no records"}[first.format]
+                "jsonl": "the JSON-lines file has no rows", "tfrecord": "the TFRecord file has no records",
+                "images": "no image in the folder decodes"}[first.format]
         raise DataError(f"{source}: {what}")
     return first

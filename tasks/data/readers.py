@@ -28,11 +28,12 @@ from common.parquet import parquet_batches
 from tasks.columns import CsvError
 from tasks.data import tfrecord, values
 
-Format = Literal["csv", "parquet", "jsonl", "tfrecord"]
-FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl", "tfrecord")
+Format = Literal["csv", "parquet", "jsonl", "tfrecord", "images"]
+FORMATS: tuple[Format, ...] = ("csv", "parquet", "jsonl", "tfrecord", "images")  # images: a folder (tasks.data.images)
 _SUFFIXES: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
                                 ".ndjson": "jsonl", ".json": "jsonl", ".tfrecord": "tfrecord",
                                 ".tfrecords": "tfrecord"}
+TABULAR_SUFFIXES = tuple(_SUFFIXES)
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 BLOCK_BYTES = 8 << 20  # a CSV/JSON block: tens of thousands of rows, a few MB of Arrow arrays
 PARQUET_BATCH_ROWS = 65_536
@@ -116,6 +117,8 @@ class Reader:
             raise
 
     def _open(self) -> None:
+        if self.format == "images":
+            raise DataError(f"{self.source}: an image folder is read by tasks.data.images, not as one file")
         if self.format == "tfrecord":
             from common.storage import local_files
 
@@ -236,7 +239,8 @@ class Reader:
         if self.format == "csv":
             return values.strip(array)
         try:
-            values.stored_type(array.type)
+            if values.stored_type(array.type) == "image":
+                raise TypeError(str(array.type))
         except TypeError:
             raise DataError(f"{self.source}: column {name!r} holds {array.type} values; kiln reads one number, "
                             f"boolean or string per column") from None

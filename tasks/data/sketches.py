@@ -33,7 +33,7 @@ def _kll() -> Any:
 
 @dataclass
 class ColumnSketch:
-    """What a pass saw of one typed column (bool, int, float or string; null = missing)."""
+    """What a pass saw of one typed column (bool, int, float, string or image; null = missing)."""
 
     value_type: ValueType
     present: int = 0
@@ -44,7 +44,7 @@ class ColumnSketch:
     frequent: Any = field(default_factory=lambda: ds.frequent_strings_sketch(FREQUENT_LG_K))
     hll: Any = field(default_factory=lambda: ds.hll_sketch(HLL_LG_K))
     distinct: set[Any] | None = field(default_factory=set)  # None once past DISTINCT_CAP
-    total_length: int = 0  # of the strings
+    total_length: int = 0  # of the strings (UTF-8 characters) or images (bytes)
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (to move between processes of a Dask cluster): the sketches as their own bytes."""
@@ -61,7 +61,7 @@ class ColumnSketch:
 
     @property
     def numeric(self) -> bool:
-        return self.value_type != "string"
+        return self.value_type not in ("string", "image")
 
     def update(self, array: pa.Array) -> None:
         if pa.types.is_floating(array.type):
@@ -75,6 +75,8 @@ class ColumnSketch:
             self._update_items(present)
         if self.numeric:
             self._update_numbers(pc.cast(present, pa.float64()).to_numpy(zero_copy_only=False))
+        elif self.value_type == "image":  # only counted: pixels have no values to rank
+            self.total_length += len(present) * present.type.byte_width
         else:
             self.total_length += int(pc.sum(pc.utf8_length(present)).as_py() or 0)
 

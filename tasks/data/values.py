@@ -37,17 +37,19 @@ class Kinds:
     int: int = 0
     float: int = 0
     string: int = 0
+    image: int = 0  # decoded images (tasks.data.images): only ever a column of their own
 
     def merged(self, other: Kinds) -> Kinds:
         return Kinds(*(a + b for a, b in zip(self.counts(), other.counts(), strict=True)))
 
-    def counts(self) -> tuple[int, int, int, int, int]:
-        return self.missing, self.bool, self.int, self.float, self.string
+    def counts(self) -> tuple[int, int, int, int, int, int]:
+        return self.missing, self.bool, self.int, self.float, self.string, self.image
 
     @property
     def value_type(self) -> ValueType | None:
         """The narrowest type holding every value (`tasks.columns.widen` over all of them)."""
-        seen = [kind for kind, count in zip(("bool", "int", "float", "string"), self.counts()[1:], strict=True) if count]
+        seen = [kind for kind, count in zip(("bool", "int", "float", "string", "image"), self.counts()[1:],
+                                            strict=True) if count]
         if not seen:
             return None
         if len(seen) == 1:
@@ -65,6 +67,8 @@ def stored_type(arrow_type: pa.DataType) -> ValueType | None:
         return "float"
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_null(arrow_type):
         return None
+    if pa.types.is_fixed_size_binary(arrow_type):
+        return "image"  # the pixels tasks.data.images decoded
     if pa.types.is_nested(arrow_type) or pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         raise TypeError(str(arrow_type))
     return "string"  # dates, times, timestamps, durations: their text
@@ -183,6 +187,10 @@ _ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "string"
 def typed(array: pa.Array, value_type: ValueType, where: str, first_row: int) -> pa.Array:
     """The column as `value_type`, missing values null; `where` and `first_row` (1-based, of the
     array's first value) name a value that does not fit."""
+    if value_type == "image" or stored_type(array.type) == "image":
+        if stored_type(array.type) != value_type:
+            raise ValueMismatch(f"{where}: images and other values in one column")
+        return array
     target = _ARROW[value_type]
     if stored_type(array.type) is not None or pa.types.is_null(array.type):
         missing = missing_mask(array)

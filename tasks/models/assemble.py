@@ -23,6 +23,9 @@ def build_model(preprocessing: Preprocessing, model_ref: str, hparams: dict[str,
     inputs = {f.name: keras.Input(shape=tuple(f.shape), dtype=f.dtype, name=f.name) for f in preprocessing.features}
     parts = [_preprocess(f, inputs[f.name]) for f in preprocessing.features]
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="preprocessed")(parts)
+    images = [f for f in preprocessing.features if f.kind == "image"]
+    if len(images) == 1 and "image_shape" not in hparams:  # what `cnn` folds the flat pixels back into
+        hparams = {**hparams, "image_shape": images[0].shape}
     body = build_body(model_ref, x, hparams)
     return keras.Model(inputs, _head(preprocessing.label, body), name="kiln_model")
 
@@ -37,6 +40,9 @@ def _preprocess(feature: FeatureSpec, tensor: Any) -> Any:
 
     layers = keras.layers
     name = feature.name
+    if feature.kind == "image":  # pixels 0-255 -> [-1, 1], one row per example (bodies take flat inputs)
+        scaled = layers.Rescaling(scale=1 / 127.5, offset=-1.0, name=f"{name}_scale")(tensor)
+        return layers.Flatten(name=f"{name}_flatten")(scaled)
     if feature.kind != "vector":
         tensor = layers.Reshape((1,), name=f"{name}_column")(tensor)
     if feature.kind in ("numeric", "vector"):

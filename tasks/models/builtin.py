@@ -35,7 +35,7 @@ def cnn(inputs: Any, hparams: dict[str, Any]) -> Any:
                                  f"preprocessed inputs have {width}")
     conv_dropout, dense_dropout = hparams.get("dropout", [0.25, 0.3])
     layers = keras.layers
-    x = layers.Reshape(shape, name="image")(inputs)
+    x = layers.Reshape(shape, name="image_grid")(inputs)
     for index, filters in enumerate(hparams.get("filters", [32, 64])):
         x = layers.Conv2D(int(filters), 3, padding="same", activation="relu", name=f"conv_{index}")(x)
     x = layers.MaxPooling2D(2, name="pool")(x)

@@ -66,9 +66,10 @@ def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftPropert
 def _span_batches(config: MonitorSections) -> Iterator[dict[str, Any]]:
     """The span's columns batch by batch, typed as ingest types them (two streamed passes)."""
     source = config.data.source
-    types = column_types(profile_source(source, config.data.format, step="check_drift (types)"),
+    shape = config.data.image_shape
+    types = column_types(profile_source(source, config.data.format, step="check_drift (types)", image_shape=shape),
                          config.data.schema_path)
-    for partition in plan(source, config.data.format, partitions=1):
+    for partition in plan(source, config.data.format, partitions=1, image_shape=shape):
         for batch in batches(partition, "check_drift (counts)"):
             yield {name: values.typed(array, types[name], f"{partition.where} column {name!r}", batch.first_row)
                    for name, array in batch.columns.items()}

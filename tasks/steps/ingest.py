@@ -1,4 +1,4 @@
-"""Ingest: a data source (CSV, Parquet, JSON lines; any fsspec URL) -> Parquet shards per split (TFX
+"""Ingest: a data source (CSV, Parquet, JSON lines, TFRecord, an image folder; any fsspec URL) -> Parquet shards per split (TFX
 ExampleGen's Parquet payload format).
 
 Two streamed passes in Arrow record batches, so memory stays flat in the number of rows: the first
@@ -28,7 +28,7 @@ from tasks.artifacts.base import Output
 from tasks.artifacts.examples import SPLITS, Column, Examples, ExamplesProperties
 from tasks.columns import CsvError, ValueType, preview
 from tasks.context import StepContext
-from tasks.data import values
+from tasks.data import images, values
 from tasks.data.engine import engine_for
 from tasks.data.partitions import Partition, batches
 from tasks.data.profile import merged, profile_partition
@@ -92,7 +92,7 @@ def run(ctx: StepContext, config: DataSections, *, examples: Output[ExamplesProp
     data = config.data
     source, label = data.source, data.label_column
     with engine_for(data, "ingest") as engine:
-        parts = engine.plan(source, data.format)
+        parts = engine.plan(source, data.format, data.image_shape)
         profile = merged(engine.map(profile_partition, parts, "ingest (pass 1 of 2: types)", data.max_bad_rows),
                          source)
         if label not in profile.columns:
@@ -104,7 +104,8 @@ def run(ctx: StepContext, config: DataSections, *, examples: Output[ExamplesProp
         # URL); the files are then moved into the output's staging folder.
         target = storage.join(ctx.work_uri(), "engine-ingest") if engine.remote else str(examples.dir)
         plan = _Plan(types=types, header=profile.header, label=label, eval_percent=data.eval_percent,
-                     num_shards=data.num_shards, partitions=len(parts), target=target, max_bad_rows=data.max_bad_rows)
+                     num_shards=data.num_shards, partitions=len(parts), target=target, max_bad_rows=data.max_bad_rows,
+                     image_shape=data.image_shape)
         try:
             written = engine.map(_write_partition, parts, plan)
             if engine.remote:
@@ -117,10 +118,12 @@ def run(ctx: StepContext, config: DataSections, *, examples: Output[ExamplesProp
     without_label = sum(w.without_label for w in written)
     bad_rows = sum(w.bad_rows for w in written)
     shown = "; ".join(e for w in written for e in w.bad_examples)[:300]
+    noun, why = ("images", "that do not decode") if profile.format == "images" else \
+        ("rows", "without the header's fields")
     if bad_rows > data.max_bad_rows:  # each partition kept to the limit; together they may not
-        raise IngestError(f"{source}: {bad_rows} rows without the header's fields, more than data.max_bad_rows: "
-                          f"{data.max_bad_rows} ({shown})")
-    bad_note = f"{bad_rows} rows skipped without the header's fields ({shown})" if bad_rows else ""
+        raise IngestError(f"{source}: {bad_rows} {noun} {why}, more than data.max_bad_rows: {data.max_bad_rows} "
+                          f"({shown})")
+    bad_note = f"{bad_rows} {noun} skipped {why} ({shown})" if bad_rows else ""
     for split, count in counts.items():
         if count == 0:
             raise IngestError(f"{source}: the {split} split is empty ({sum(counts.values())} rows with a "
@@ -129,7 +132,9 @@ def run(ctx: StepContext, config: DataSections, *, examples: Output[ExamplesProp
                    for split in SPLITS}
     examples.properties = ExamplesProperties(
         source=source, source_sha256=profile.sha256, label_column=label, row_counts=counts,
-        columns=[Column(name=name, type=types[name], missing=missing[name]) for name in profile.header],
+        columns=[Column(name=name, type=types[name], missing=missing[name],
+                        shape=list(data.image_shape or ()) if types[name] == "image" else None)
+                 for name in profile.header],
         rows_without_label=without_label, num_shards=data.num_shards * len(parts), eval_percent=data.eval_percent,
         span=data.span, payload_format="parquet", source_format=profile.format, source_bytes=profile.bytes,
         split_bytes=split_bytes, bad_rows=bad_rows, bad_rows_note=bad_note,
@@ -154,11 +159,13 @@ class _Plan:
     partitions: int
     target: str  # the folder (path or URL) that gets Split-*/ files
     max_bad_rows: int
+    image_shape: tuple[int, int, int] | None = None
 
 
 def _write_partition(partition: Partition, plan: _Plan) -> _Written:
     """The partition's rows, typed, split by hash and written as `num_shards` Parquet files per split."""
-    schema = pa.schema([(name, _ARROW_TYPES[plan.types[name]]) for name in plan.header])
+    schema = pa.schema([(name, images.image_type(plan.image_shape) if plan.types[name] == "image" and plan.image_shape
+                         else _ARROW_TYPES[plan.types[name]]) for name in plan.header])
     total = plan.partitions * plan.num_shards
     shards: dict[tuple[str, int], _Shard] = {}
     for split in SPLITS:
@@ -216,9 +223,12 @@ def _typed_table(batch: Batch, types: dict[str, ValueType], schema: pa.Schema, s
 
 
 def _row_text(batch: Batch, header: list[str]) -> pa.Array:
-    """Each row's fields as text, joined by U+001F: what the split hash reads."""
-    fields = [values.as_text(batch.columns[name]) for name in header]
-    return pc.binary_join_element_wise(*fields, "\x1f")
+    """Each row's fields as text (an image: its pixels), joined by U+001F: what the split hash reads."""
+    columns = [batch.columns[name] for name in header]
+    if not any(pa.types.is_fixed_size_binary(c.type) for c in columns):
+        return pc.binary_join_element_wise(*[values.as_text(c) for c in columns], "\x1f")
+    fields = [pc.cast(c if pa.types.is_fixed_size_binary(c.type) else values.as_text(c), pa.binary()) for c in columns]
+    return pc.binary_join_element_wise(*fields, pa.scalar(b"\x1f"))
 
 
 def _row_digests(text: pa.Array) -> np.ndarray:

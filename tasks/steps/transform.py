@@ -40,8 +40,9 @@ def run(ctx: StepContext, config: TransformSections, *, examples: Examples, sche
     schema_proto = schema.schema()
     types = {c.name: c.type for c in examples.properties.columns}
     label_column = examples.properties.label_column
+    shapes = {c.name: c.shape for c in examples.properties.columns if c.shape}
     planned = plan_features(schema_proto, types, label_column, config.transform.feature_groups,
-                            config.transform.discretize)
+                            config.transform.discretize, shapes)
     with engine_for(config.data, "transform") as engine:
         sketches = _analyze(engine, examples, planned, label_column, types)
     label_sketch = sketches[label_column]
@@ -121,7 +122,7 @@ def _adapt(feature: FeatureSpec, sketches: list[ColumnSketch], config: Transform
         # An all-missing column has no mean: it is centred at 0 with variance 0, as NaN-aware numpy gave.
         return feature.model_copy(update={"mean": [s.moments.mean for s in sketches],
                                           "variance": [s.moments.variance for s in sketches]})
-    if feature.kind == "boolean":
+    if feature.kind in ("boolean", "image"):  # an image is scaled by a constant: pixels are 0-255
         return feature
     domain = domain_values(declared[feature.columns[0]])
     if domain is not None:

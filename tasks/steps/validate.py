@@ -110,7 +110,7 @@ def _summaries(split: _Split) -> list[ColumnSummary]:
     summaries = []
     for name, column in split.columns.items():
         distinct = None
-        if column.distinct is not None and column.value_type != "float":
+        if column.distinct is not None and column.value_type not in ("float", "image"):
             distinct = sorted(column.distinct)
         summaries.append(ColumnSummary(name=name, type=column.value_type if column.present else None,
                                        present=column.present, total=split.num_examples, distinct_values=distinct))
@@ -122,6 +122,7 @@ _STATS_TYPE = {
     "int": statistics_pb2.FeatureNameStatistics.INT,
     "bool": statistics_pb2.FeatureNameStatistics.INT,
     "string": statistics_pb2.FeatureNameStatistics.STRING,
+    "image": statistics_pb2.FeatureNameStatistics.BYTES,
 }
 
 
@@ -136,7 +137,11 @@ def _statistics(name: str, split: _Split) -> statistics_pb2.DatasetFeatureStatis
             min_num_values=1 if column.present else 0, max_num_values=1 if column.present else 0,
             avg_num_values=1.0 if column.present else 0.0, tot_num_values=column.present,
         )
-        if column.value_type == "string":
+        if column.value_type == "image":
+            size = column.total_length / column.present if column.present else 0.0
+            feature.bytes_stats.CopyFrom(statistics_pb2.BytesStatistics(
+                common_stats=common, avg_num_bytes=size, min_num_bytes=size, max_num_bytes=size))
+        elif column.value_type == "string":
             feature.string_stats.CopyFrom(statistics_pb2.StringStatistics(
                 common_stats=common, unique=column.unique,
                 avg_length=column.total_length / column.present if column.present else 0.0,
@@ -234,7 +239,8 @@ def _domain_anomalies(feature: schema_pb2.Feature, column: ColumnSketch, add: An
 
 
 def _type_name(kind: ValueType | None) -> str:
-    return {"float": "FLOAT", "int": "INT", "bool": "INT (bool)", "string": "BYTES"}.get(kind or "", "mixed")
+    return {"float": "FLOAT", "int": "INT", "bool": "INT (bool)", "string": "BYTES",
+            "image": "BYTES (image)"}.get(kind or "", "mixed")
 
 
 def _write_text(path: Any, message: Any) -> None:

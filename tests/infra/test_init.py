@@ -320,3 +320,27 @@ def test_init_refuses_a_file_of_no_known_format_in_one_line(tmp_path):
     data.write_bytes(b"\x00\x01")
     code, _, errors = invoke("init", data, "--label", "churned", "--out", tmp_path / "out")
     assert code != 0 and len(errors) == 1 and "cannot tell the format" in errors[0] and "churn.bin" in errors[0]
+
+
+def test_init_on_an_image_folder_writes_its_shape_classes_and_a_cnn(tmp_path):
+    from PIL import Image
+
+    from tests.images import write_image_folder
+
+    data = write_image_folder(tmp_path / "stripes", per_class=4, size=(300, 600))
+    grey = data / "vertical" / "0001.png"  # one greyscale image does not make the folder greyscale: the first decides
+    Image.open(grey).convert("L").save(grey)
+    code, stdout, errors = invoke("init", data, "--out", tmp_path / "out")
+    assert code == 0, errors
+    assert "task: classification with classes ['horizontal', 'vertical']" in stdout
+    config = load_config(tmp_path / "out" / "stripes.yaml")
+    assert config.data.format == "images" and config.data.label_column == "label"
+    assert config.data.image_shape == (112, 224, 3), "the first image's aspect, its long side 224"
+    assert config.train.model == "cnn"
+    schema = feature_map(load_schema(str(tmp_path / "out" / "stripes.schema.pbtxt")))
+    assert schema["image"].HasField("image_domain")
+    assert list(schema["label"].string_domain.value) == ["horizontal", "vertical"]
+
+
+def test_init_on_a_table_without_a_label_asks_for_one(tmp_path):
+    assert_refused([churn_csv(tmp_path / "churn.csv")], tmp_path / "out", "--label")

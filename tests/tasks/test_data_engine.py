@@ -73,3 +73,19 @@ def test_byte_ranges_hold_every_row_once(tmp_path) -> None:
         seen = [int(v) for p in partitions.plan(str(source), None, partitions=count)
                 for batch in partitions.batches(p) for v in batch.columns["a"].to_pylist()]
         assert seen == list(range(500)), count
+
+
+@pytest.mark.slow
+def test_an_image_folder_ingests_on_the_dask_engine_as_in_the_process(tmp_path, mlflow_store) -> None:
+    from tests.images import write_image_folder
+    from tests.tasks.test_image_folders import image_pipeline
+
+    folder = write_image_folder(tmp_path / "stripes", per_class=12)
+    assert len(partitions.plan(str(folder), None, partition_bytes=4096, image_shape=(12, 12, 1))) >= 4
+    here, there = (Examples.read(run_step("ingest", resolve(image_pipeline(tmp_path / where, folder, **data),
+                                                            tmp_path / where, mlflow_store), inputs={})["examples"])
+                   for where, data in (("local", {}), ("dask", DASK)))
+    assert here.properties.source_sha256 == there.properties.source_sha256, "the folder's digest: not the cut's"
+    assert here.properties.columns == there.properties.columns
+    for split in SPLITS:
+        assert rows(here, split) == rows(there, split)

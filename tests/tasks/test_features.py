@@ -321,3 +321,24 @@ def test_a_streamed_split_gives_every_row_once_per_pass_shuffled_in_windows(tmp_
     assert rows[:1500] != sorted(rows[:1500]), "shuffled"
     assert first == again, "the seed decides the order"
     assert sorted(len(b) for b in first) == [20] * 3 + [32] * 45, "whole batches, but for each file's last"
+
+
+def test_the_first_row_of_any_source_is_an_instance(tmp_path):
+    """`kiln run` predicts the source's first row: a Parquet file's typed values and an image's pixels too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.data.partitions import first_row
+    from tests.images import write_image_folder
+
+    pq.write_table(pa.table({"age": [41, 7], "city": ["Oslo", None], "member": [True, False]}), tmp_path / "t.parquet")
+    parquet = first_row(str(tmp_path / "t.parquet"), None)
+    assert parquet == {"age": "41", "city": "Oslo", "member": "true"}
+    assert instance_from_row({**row(), **parquet}, ROW_FEATURES)["member"] is True
+
+    folder = write_image_folder(tmp_path / "images", per_class=1, size=(4, 6))
+    image = first_row(str(folder), None, (2, 3, 1))
+    assert image["label"] == "horizontal" and len(image["image"]) == 6
+    spec = FeatureSpec(name="image", kind="image", columns=["image"], column_types=["image"], image_shape=[2, 3, 1])
+    pixels = instance_from_row(image, [spec])["image"]
+    assert len(pixels) == 2 and len(pixels[0]) == 3 and pixels[0][0] == [float(image["image"][0])]

@@ -85,3 +85,14 @@ def test_a_feature_missing_from_the_span_is_noted_not_drifted() -> None:
     results = compare(baseline, observe_values(baseline, {"plan": ["basic"]}), DriftConfig(), skip={"churned"})
     monthly = next(r for r in results if r.feature == "monthly")
     assert monthly.distance is None and not monthly.drifted and monthly.note == "not in the span"
+
+
+def test_an_image_feature_is_listed_but_not_compared():
+    baseline = statistics_pb2.DatasetFeatureStatistics(num_examples=10)
+    image = baseline.features.add()
+    image.path.step.append("image")
+    image.type = statistics_pb2.FeatureNameStatistics.BYTES
+    image.bytes_stats.avg_num_bytes = 144
+    [result] = compare(baseline, observe_values(baseline, {"image": [b"\x00" * 144]}), DriftConfig(), skip=set())
+    assert (result.kind, result.distance, result.drifted) == ("image", None, False)
+    assert result.note == "an image: its pixels are not compared"
