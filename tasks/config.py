@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
@@ -388,6 +388,27 @@ def optimize_budget(task: TaskConfig, optimize: OptimizeConfig) -> float:
     return 1.0 if task.type == "classification" else 0.05
 
 
+CachedStep = Literal["ingest", "validate", "transform", "train", "optimize"]
+CACHED_STEPS: tuple[str, ...] = get_args(CachedStep)
+MAX_AGE = r"^[0-9]+(s|m|h|d|w)$"
+
+
+class StepCacheConfig(_Strict):
+    enabled: bool = Field(True, description="reuse this step's earlier outputs when its key matches")
+    max_age: str | None = Field(None, pattern=MAX_AGE, description="this step's max_age (default: cache.max_age)")
+
+
+class CacheConfig(_Strict):
+    enabled: bool = Field(True, description="reuse a step's earlier outputs when its code, config, inputs (and "
+                                            "for ingest its data) are the same; false: every step runs")
+    max_age: str | None = Field(None, pattern=MAX_AGE, description="older outputs are not reused, e.g. 7d, 12h "
+                                                                   "(s, m, h, d, w); default: any age")
+    steps: dict[CachedStep, StepCacheConfig] = Field(
+        {}, description="per step: {train: {enabled: false}}; the cached steps are " + ", ".join(get_args(CachedStep)))
+    rerun: list[CachedStep] = Field([], description="steps that run in this run whatever their key (kiln run "
+                                                    "--no-cache-step STEP)")
+
+
 class PipelineConfig(_Strict):
     pipeline: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="name; the DAG is kiln_<pipeline>")
     description: str = Field("", description="what the model is for (shown in the DAG and the model card)")
@@ -404,6 +425,7 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
     placement: PlacementConfig = PlacementConfig()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _schedule(self) -> PipelineConfig:

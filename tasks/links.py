@@ -6,13 +6,18 @@ has no UI) and TF Serving's REST status route.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from tasks import tracking
 from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.pushed import PushedModel
 from tasks.artifacts.registered import RegisteredModel
+from tasks.cache import RESULT_KEY
 from tasks.context import StepContext
 
 MLFLOW_RUN, MODEL_VERSION, SERVED_MODEL = "MLflow run", "MLflow model version", "Served model status"
+CACHED_FROM = "Cached from (MLflow run)"
 
 
 def mlflow_ui(tracking_uri: str | None) -> str | None:
@@ -27,7 +32,7 @@ def served_status_url(rest_url: str, served_model: str) -> str:
     return f"{rest_url.rstrip('/')}/v1/models/{served_model}"
 
 
-def step_links(tracked: bool, ctx: StepContext, outputs: dict[str, str]) -> dict[str, str]:
+def step_links(tracked: bool, ctx: StepContext, outputs: dict[str, Any]) -> dict[str, str]:
     """The links of the step `ctx` is given to, from its outputs."""
     links: dict[str, str] = {}
     ui = mlflow_ui(ctx.tracking_uri)
@@ -35,6 +40,11 @@ def step_links(tracked: bool, ctx: StepContext, outputs: dict[str, str]) -> dict
         found = tracking.find_step_run(ctx, ctx.step)
         if found is not None:
             links[MLFLOW_RUN] = f"{ui}/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
+    cached = outputs.get(RESULT_KEY) or {}
+    if ui and tracked and cached.get("hit") and cached.get("from_run"):  # the run whose outputs this step reused
+        source = tracking.find_step_run(replace(ctx, run_id=cached["from_run"]), ctx.step)
+        if source is not None:
+            links[CACHED_FROM] = f"{ui}/#/experiments/{source.info.experiment_id}/runs/{source.info.run_id}"
     if ui and "registered" in outputs:
         registered = RegisteredModel.read(outputs["registered"]).properties
         links[MODEL_VERSION] = model_version_url(ui, registered.model_name, registered.version)

@@ -34,6 +34,7 @@ from tasks.artifacts.transform import TransformGraph
 from tasks.artifacts.verification import ServingVerification
 from tasks.config import ConfigError, PipelineConfig, StepName
 from tasks.step_config import (
+    CacheSections,
     DataSections,
     EvaluateSections,
     MonitorSections,
@@ -87,7 +88,8 @@ class StepSpec:
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("resolve", "tasks.snapshot:resolve_run",
              "Resolve the pipeline YAML and the trigger's params into the run snapshot",
-             outputs={"run": RunSnapshot}, role="setup"),
+             outputs={"run": RunSnapshot}, role="setup", config=CacheSections,
+             params={"cache": "cache.enabled", "no_cache_steps": "cache.rerun"}),
     StepSpec("ingest", "tasks.steps.ingest:run", "CSV, Parquet or JSON lines -> Parquet examples, split train/eval by hash",
              outputs={"examples": Examples}, config=DataSections, params={"data_source": "data.source"},
              tracked=True),
@@ -208,7 +210,7 @@ def param_schema(param: str) -> dict[str, Any]:
     spec = step_of_param(param)
     schema["title"] = param.replace("_", " ").capitalize()
     schema["description"] = f"{schema['description']} (config field {PARAMS[param]})"
-    schema["section"] = spec.name.capitalize()
+    schema["section"] = "Cache" if PARAMS[param].startswith("cache.") else spec.name.capitalize()
     return schema
 
 

@@ -11,6 +11,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import (
+    CacheConfig,
     DataConfig,
     EvaluateConfig,
     MonitorConfig,
@@ -39,6 +40,12 @@ class StepConfig(BaseModel):
 
 class NoConfig(StepConfig):
     """A step that reads no config section."""
+
+
+class CacheSections(StepConfig):
+    """What resolve records for the run's steps: which of them may reuse earlier outputs (tasks.cache)."""
+
+    cache: CacheConfig
 
 
 class DataSections(StepConfig):

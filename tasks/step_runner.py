@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from typing import Any
 
-from tasks import tracking
+from tasks import cache, tracking
 from tasks.artifacts.base import ArtifactError, ArtifactType, Output, read_manifest
 from tasks.artifacts.evaluation import ModelEvaluation
 from tasks.artifacts.run import RunSnapshot
@@ -33,6 +33,7 @@ __all__ = ["StepContractError", "StepRejected", "StepSkipped", "ask", "links", "
            "run_steps"]
 
 log = logging.getLogger(__name__)
+CACHED_FROM_TAG = "kiln.cached_from"
 
 
 class StepRejected(Exception):
@@ -77,8 +78,14 @@ def _execute(spec: StepSpec, ctx: StepContext, config: PipelineConfig, inputs: d
     artifacts = _read_inputs(spec, inputs)
     for gate in spec.gates:
         _check_gate(spec, config, artifacts[gate])
-    function = spec.load()
     started = time.monotonic()
+    try:
+        decision = cache.decide(ctx, config, spec, artifacts) if cache.cacheable(spec.name) else None
+    except BadInputError as exc:  # e.g. ingest's data, which the key reads, is not there
+        raise _rejected(spec, exc) from None
+    if decision is not None and decision.hit:
+        return _reuse(spec, ctx, decision, started)
+    function = spec.load()
     outputs = {output: Output(kind, ctx.output_uri(output)) for output, kind in spec.outputs.items()}
     tracked = tracking.step_run(ctx, parent_tags=ctx.lineage) if spec.tracked else nullcontext()
     try:
@@ -87,15 +94,36 @@ def _execute(spec: StepSpec, ctx: StepContext, config: PipelineConfig, inputs: d
             for output in outputs.values():
                 output.publish()
     except BadInputError as exc:
-        message = one_line(exc)
-        log.error("%s rejected its input: %s", spec.name, message)
-        raise StepRejected(message) from None
+        raise _rejected(spec, exc) from None
     finally:
         for output in outputs.values():
             output.discard()
     result: dict[str, Any] = {output: handle.uri for output, handle in outputs.items()}
     log.info("%s done in %.1fs: %s", spec.name, time.monotonic() - started, result)
+    if decision is not None:
+        cache.record(ctx, spec.name, decision, result)
+        log.info("%s ran: %s (cache key %s)", spec.name, decision.reason, decision.key[:16])
+        result[cache.RESULT_KEY] = decision.summary()
     return {**(returned or {}), **result}
+
+
+def _rejected(spec: StepSpec, exc: BadInputError) -> StepRejected:
+    message = one_line(exc)
+    log.error("%s rejected its input: %s", spec.name, message)
+    return StepRejected(message)
+
+
+def _reuse(spec: StepSpec, ctx: StepContext, decision: cache.Decision, started: float) -> dict[str, Any]:
+    """A cache hit: the earlier outputs as they are (nothing copied), the step's MLflow run tagged with the run that
+    made them."""
+    if spec.tracked:
+        import mlflow
+
+        with tracking.step_run(ctx, parent_tags=ctx.lineage):
+            mlflow.set_tags({CACHED_FROM_TAG: decision.from_run or "", "kiln.cache_key": decision.key})
+    log.info("%s: %s in %.2fs, cache key %s: %s", spec.name, decision.reason, time.monotonic() - started,
+             decision.key[:16], decision.outputs)
+    return {**decision.outputs, cache.RESULT_KEY: decision.summary()}
 
 
 def ask(name: str, run_uri: str, inputs: dict[str, str | None]) -> Any:

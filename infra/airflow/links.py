@@ -13,6 +13,8 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
+from tasks.cache import cacheable
+
 XCOM_KEY = "kiln_links"
 
 
@@ -39,12 +41,18 @@ class ServedModelLink(_KilnLink):
     name = "Served model status"
 
 
+class CachedFromLink(_KilnLink):
+    name = "Cached from (MLflow run)"
+
+
 def links_for(spec: Any) -> tuple[BaseOperatorLink, ...]:
     """The buttons a step's task gets: only those whose URL it can produce (see tasks.links)."""
     served = {"pushed", "verification", "promotion"} & set(spec.outputs)
     chosen: list[BaseOperatorLink] = []
     if spec.tracked:
         chosen.append(MlflowRunLink())
+        if cacheable(spec.name):
+            chosen.append(CachedFromLink())
     if {"registered", "pushed", "promotion"} & set(spec.outputs) or spec.role == "service":  # service: the champion
         chosen.append(ModelVersionLink())
     if served:
@@ -54,4 +62,4 @@ def links_for(spec: Any) -> tuple[BaseOperatorLink, ...]:
 
 class KilnLinksPlugin(AirflowPlugin):
     name = "kiln_links"
-    operator_extra_links = [MlflowRunLink(), ModelVersionLink(), ServedModelLink()]
+    operator_extra_links = [MlflowRunLink(), ModelVersionLink(), ServedModelLink(), CachedFromLink()]

@@ -49,6 +49,7 @@ class TaskState:
     duration: float | None
     start_date: str | None
     end_date: str | None
+    note: str = ""  # what the CLI adds, e.g. a step that reused a cached output: "cached (run ...)"
 
 
 def admin_password(airflow_home: Path, user: str = "admin") -> str:

@@ -3,6 +3,7 @@ serving by the registry (promote/rollback/sync) and a run's approval (approve/re
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -155,7 +156,7 @@ def validated_config(config_path: Path, overrides: dict[str, Any], home: Path) -
         from tasks.snapshot import with_span
 
         source = with_span(config).data.source  # a spanned source: its newest span must exist
-        if "://" not in source and not Path(source).is_file():
+        if "://" not in source and not Path(source).exists() and not glob.glob(source):  # a file, folder or glob
             hint = "; `kiln demo-data` writes the demo data sets there" if Path(source).parent == home / "data" else ""
             raise fail(f"data source not found: {source} (data.source in {config_path}){hint}")
         check_model_function(config.train.model, config.train.hparams)
@@ -182,6 +183,9 @@ def demo_data(
 def run(
     config_path: Annotated[Path, typer.Argument(help="pipeline YAML (any path)")] = DEFAULT_CONFIG,
     param: Params = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="run every step, reusing no earlier output")] = False,
+    no_cache_step: Annotated[list[str] | None, typer.Option(
+        "--no-cache-step", help="run this step whatever its cache key (repeatable)")] = None,
     as_json: AsJson = False,
     home: Home = None,
 ) -> None:
@@ -189,6 +193,10 @@ def run(
     home_path = kiln_home(home)
     config_path = config_path.resolve()
     overrides = _parse_params(param or [])
+    if no_cache:
+        overrides["cache"] = False
+    if no_cache_step:
+        overrides["no_cache_steps"] = list(no_cache_step)
     config = validated_config(config_path, overrides, home_path)
     from infra.airflow.placement import check_executors
 

@@ -32,6 +32,7 @@ def print_task(task: TaskState) -> None:
     """One line per change of a task's state or try: `  train           running (try 2)`."""
     state = str(task.state or "none")
     shown = f"{state} (try {task.try_number})" if task.try_number > 1 else state
+    shown = f"{shown}, {task.note}" if task.note else shown
     took = f" ({task.duration:.1f}s)" if task.duration is not None and state in ("success", "failed") else ""
     err.print(Text.assemble(f"  {task.task_id:15s} ", (shown, STATE_STYLE.get(state, "")), took),
               highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from tasks.artifacts.optimized import OptimizedModel
 from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.registered import RegisteredModel
 from tasks.artifacts.verification import ServingVerification
-from tasks.config import PipelineConfig
+from tasks.cache import RESULT_KEY, cacheable
+from tasks.config import CACHED_STEPS, PipelineConfig
 from tasks.data.partitions import first_row
 from tasks.features import instance_from_row
 from tasks.models.assemble import PREDICTION, PROBABILITIES
@@ -111,6 +113,10 @@ def trigger_and_follow(
     run_id = client.trigger(dag_id, {k: v for k, v in params.items() if v is not None})
 
     def on_change(ti: TaskState) -> None:
+        if ti.state == "success" and cacheable(ti.task_id):
+            decision = (client.xcom(dag_id, run_id, ti.task_id) or {}).get(RESULT_KEY) or {}
+            if decision.get("hit"):
+                ti = replace(ti, note=decision["reason"])
         on_task(ti)
         if ti.state == AWAITING_INPUT:
             report(awaiting_line(config.pipeline, run_id, ti.task_id, stack.airflow_url))
@@ -199,6 +205,7 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
                        for split in examples.row_counts} | {
         "source": {"uri": examples.source, "format": examples.source_format, "bytes": examples.source_bytes,
                    "rows_without_label": examples.rows_without_label}}
+    summary["cache"] = {step: client.xcom(dag_id, run_id, step).get(RESULT_KEY) for step in CACHED_STEPS}
     trained = Model.read(output("train", "model"))
     summary["train"] = {"restarts": trained.properties.restarts,
                         "resumed_from_epoch": trained.properties.resumed_from_epoch}

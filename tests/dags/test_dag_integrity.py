@@ -106,8 +106,9 @@ def test_the_trigger_form_groups_the_params_by_the_step_that_declares_them(pipel
     assert sections["force_push_reason"] == "Push"
     assert sections["serving_format"] == "Optimize", "declared by the step that writes the version folder"
     assert sections["promotion"] == sections["promotion_timeout_minutes"] == "Approve"
-    assert list(dict.fromkeys(sections.values())) == ["Ingest", "Train", "Optimize", "Evaluate", "Push", "Approve"], \
-        "run order"
+    assert sections["cache"] == sections["no_cache_steps"] == "Cache"
+    assert list(dict.fromkeys(sections.values())) == ["Cache", "Ingest", "Train", "Optimize", "Evaluate", "Push",
+                                                      "Approve"], "run order, the run's cache first"
 
 
 def test_the_approval_waits_for_a_person_and_promote_runs_past_it_when_nobody_is_asked(pipeline_dags):
