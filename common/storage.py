@@ -85,6 +85,16 @@ def remove(uri: str | os.PathLike[str], first: Sequence[str] = ()) -> None:
         fs.rm(path, recursive=True)
 
 
+def remove_file(uri: str | os.PathLike[str]) -> None:
+    """Delete one file (missing: nothing to do)."""
+    if is_local(uri):
+        local_path(uri).unlink(missing_ok=True)
+        return
+    fs, path = url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
 def listing(uri: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """{relative path: info} of every file under a folder URL ({"": info} for a file); fresh, not cached."""
     fs, path = url_to_fs(uri)

@@ -21,17 +21,16 @@ the world (the registry, the server), and evaluate reads the champion as it is n
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from common import storage
 from tasks.artifacts.base import ArtifactError, ArtifactType, read_manifest
+from tasks.code_digest import model_code_digest, module_digest, uri_digest
 from tasks.config import CACHED_STEPS, PipelineConfig
 from tasks.context import StepContext
 from tasks.registry import StepSpec
@@ -82,6 +81,10 @@ def decide(ctx: StepContext, config: PipelineConfig, spec: StepSpec, inputs: dic
     """Look the step up in the index: a hit names the earlier outputs; a miss says why."""
     policy, step = config.cache, spec.name
     parts = key_parts(config, spec, inputs)
+    if step == "train" and config.tune is not None:  # the values train takes: the study's best trial's
+        from tasks.tuning import outcome
+
+        parts["tune"] = outcome(ctx, config.tune, config.train, inputs["examples"], inputs["transform"]).best_params
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     step_policy = policy.steps.get(step)
     if not policy.enabled:
@@ -119,11 +122,11 @@ def key_parts(config: PipelineConfig, spec: StepSpec, inputs: dict[str, Artifact
     fields = {k: v for k, v in _dotted(sections.model_dump(mode="json")).items() if k not in NOT_IN_KEY}
     # The snapshot carries its own copy of these files (a path per run): what counts is their content.
     if fields.get("data.schema_path"):
-        fields["data.schema_path"] = f"sha256:{_uri_digest(fields['data.schema_path'])[:12]}"
+        fields["data.schema_path"] = f"sha256:{uri_digest(fields['data.schema_path'])[:12]}"
     if "train.model" in fields:
         fields["train.model"] = _model_name(fields["train.model"])
     parts: dict[str, Any] = {
-        "code": {"kiln": _kiln_version(), "module": _module_digest(spec.executor.partition(":")[0])},
+        "code": {"kiln": _kiln_version(), "module": module_digest(spec.executor.partition(":")[0])},
         "config": fields,
         "inputs": {name: _fingerprint(artifact) for name, artifact in sorted(inputs.items())},
     }
@@ -143,17 +146,8 @@ def source_digest(source: str) -> str:
     lines = []
     for file in files:
         name = file.removeprefix(root) if file.startswith(root) else file.rsplit("/", 1)[-1]
-        lines.append(f"{_uri_digest(file)}  {name}")
+        lines.append(f"{uri_digest(file)}  {name}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def model_code_digest(ref: str) -> str:
-    """The digest of the code `train.model` names: a file's bytes, a module's source (a built-in's module)."""
-    from tasks.models.contract import BUILTINS, is_file_reference
-
-    target = BUILTINS.get(ref, ref)
-    location = target.rpartition(":")[0]
-    return _uri_digest(location) if is_file_reference(target) else _module_digest(location)
 
 
 def _model_name(ref: str) -> str:
@@ -164,14 +158,6 @@ def _model_name(ref: str) -> str:
         return ref
     location, _, function = ref.rpartition(":")
     return f"{location.rsplit('/', 1)[-1]}:{function}"
-
-
-def _uri_digest(uri: str) -> str:
-    """A file's sha256 when local, its ETag or version (fsspec's `ukey`) on object storage."""
-    if storage.is_local(uri):
-        return _file_sha256(storage.local_path(uri))
-    fs, path = storage.url_to_fs(uri)
-    return str(fs.ukey(path))
 
 
 def _what_changed(latest: dict[str, Any] | None, parts: dict[str, Any]) -> str:
@@ -189,6 +175,8 @@ def _what_changed(latest: dict[str, Any] | None, parts: dict[str, Any]) -> str:
         return f"re-ran: input {', '.join(inputs)} changed"
     if before.get("data") != parts.get("data"):
         return "re-ran: the data changed"
+    if before.get("tune") != parts.get("tune"):
+        return "re-ran: the tuned values changed"
     if before.get("model_code") != parts.get("model_code"):
         return "re-ran: the model code (train.model) changed"
     if before.get("code") != parts["code"]:
@@ -217,19 +205,6 @@ def _fingerprint(artifact: ArtifactType[Any] | None) -> str | None:
     return hashlib.sha256(f"{artifact.KIND}\n{properties}\n{artifact.fingerprint}".encode()).hexdigest()
 
 
-def _module_digest(module: str) -> str:
-    found = importlib.util.find_spec(module)
-    if found is None or not found.origin or not Path(found.origin).is_file():
-        return module  # a namespace or built-in module: its name is all there is
-    return _file_sha256(Path(found.origin))
-
-
-def _file_sha256(path: Path) -> str:
-    from common.digest import file_sha256
-
-    return file_sha256(path)
-
-
 def _kiln_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -248,3 +223,59 @@ def _read(uri: str) -> dict[str, Any] | None:
         return json.loads(storage.read_text(uri))
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed output set of a step: `kiln cache ls` shows it, `kiln cache prune` may remove it."""
+
+    step: str
+    key: str
+    run_id: str
+    created: datetime
+    outputs: dict[str, str]
+    uri: str  # the index file
+
+    @property
+    def present(self) -> bool:
+        """Every output still holds a complete artifact."""
+        for uri in self.outputs.values():
+            try:
+                read_manifest(uri)
+            except (ArtifactError, OSError):
+                return False
+        return True
+
+
+def entries(artifact_root: str, pipeline: str) -> list[Entry]:
+    """The pipeline's index, step by step in run order, newest first within a step."""
+    index = "/".join([artifact_root.rstrip("/"), pipeline, INDEX])
+    try:
+        files = storage.listing(index)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in files:
+        step, _, file = name.partition("/")
+        if file == LATEST or not file.endswith(".json"):
+            continue
+        uri = f"{index}/{name}"
+        entry = _read(uri)
+        if entry is None:
+            continue
+        found.append(Entry(step, entry["key"], entry["run_id"], datetime.fromisoformat(entry["created"]),
+                           entry["outputs"], uri))
+    order = {step: i for i, step in enumerate(CACHED_STEPS)}
+    return sorted(found, key=lambda e: (order.get(e.step, len(order)), -e.created.timestamp()))
+
+
+def prune(artifact_root: str, pipeline: str, older_than: timedelta | None = None) -> list[Entry]:
+    """Remove the index entries whose outputs are gone, or older than `older_than`; the outputs themselves stay
+    (they belong to their runs). Returns what was removed."""
+    now = datetime.now(UTC)
+    removed = []
+    for entry in entries(artifact_root, pipeline):
+        if (older_than is not None and now - entry.created > older_than) or not entry.present:
+            storage.remove_file(entry.uri)
+            removed.append(entry)
+    return removed

@@ -335,7 +335,7 @@ class StepPlacement(_Strict):
 
 # The pipeline's steps, in run order: the names `placement.steps` may use. The step registry
 # (tasks/registry.py) declares one spec per name, in this order; its tests check that the two agree.
-StepName = Literal["resolve", "ingest", "validate", "transform", "train", "optimize", "evaluate", "register",
+StepName = Literal["resolve", "ingest", "validate", "transform", "tune", "train", "optimize", "evaluate", "register",
                    "infra_validate", "push", "verify", "approve", "promote", "finish_tracking"]
 
 
@@ -388,6 +388,65 @@ def optimize_budget(task: TaskConfig, optimize: OptimizeConfig) -> float:
     return 1.0 if task.type == "classification" else 0.05
 
 
+TUNABLE = re.compile(r"^train\.(learning_rate|batch_size|hparams\.[A-Za-z_][A-Za-z0-9_]*)$")
+# What the built-in model bodies read from train.hparams (tasks.models.builtin): tunable without being in the YAML.
+BUILTIN_HPARAMS = {"mlp": {"hidden_units", "dropout", "activation"},
+                   "cnn": {"image_shape", "filters", "dense_units", "dropout"}}
+
+
+class SearchParam(_Strict):
+    """One dimension of the search space: an int or float range (log-scaled when `log`), or a choice."""
+
+    type: Literal["int", "float", "choice"]
+    low: float | None = Field(None, description="the range's low end (int, float)")
+    high: float | None = Field(None, description="the range's high end, included (int, float)")
+    log: bool = Field(False, description="sample the range on a log scale (low > 0)")
+    values: list[Any] | None = Field(None, description="the values to choose from (choice)")
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> SearchParam:
+        if self.type == "choice":
+            if not self.values or self.low is not None or self.high is not None:
+                raise ValueError("a choice takes a non-empty values list (no low/high)")
+            return self
+        if self.low is None or self.high is None or self.values is not None:
+            raise ValueError(f"an {self.type} range takes low and high (no values)")
+        if self.low >= self.high:
+            raise ValueError(f"empty or inverted range: low {self.low:g} >= high {self.high:g}")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError("an int range takes whole numbers")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class TuneConfig(_Strict):
+    objective: str = Field(description="the task's eval metric to optimise (accuracy, f1, rmse, ...), on a tuning "
+                                       "split carved from train; its direction is the metric's own")
+    trials: int = Field(ge=1, le=10_000, description="trials in the study (finished or pruned)")
+    parallelism: int = Field(1, ge=1, le=64, description="tune task instances (Airflow dynamic task mapping), "
+                                                         "each running trials of the one study")
+    algorithm: Literal["tpe", "random"] = Field("tpe", description="Optuna's sampler: tpe or random")
+    space: dict[str, SearchParam] = Field(min_length=1, description="dotted field -> range or choice: "
+                                          "train.learning_rate, train.batch_size, train.hparams.*")
+    epochs: int | None = Field(None, ge=1, le=1000, description="epochs per trial (default: train.epochs)")
+    early_stopping: bool = Field(True, description="prune trials that fall behind the median of earlier ones "
+                                                   "at the same epoch")
+    tuning_percent: int = Field(20, ge=5, le=50, description="share of the train split held out to score trials")
+    max_examples: int = Field(50_000, ge=100, description="train examples a trial reads (the split's first)")
+    storage: str | None = Field(None, description="Optuna's study database (a SQLAlchemy URL, e.g. "
+                                                  "postgresql://host/db); default: SQLite beside the artifacts "
+                                                  "(a local artifact root)")
+    timeout_minutes: int = Field(60, ge=1, le=10080, description="each tune task's execution_timeout")
+
+    @model_validator(mode="after")
+    def _parallelism_within_trials(self) -> TuneConfig:
+        if self.parallelism > self.trials:
+            raise ValueError(f"parallelism {self.parallelism} > trials {self.trials}: some tune tasks would "
+                             f"have no trial to run")
+        return self
+
+
 CachedStep = Literal["ingest", "validate", "transform", "train", "optimize"]
 CACHED_STEPS: tuple[str, ...] = get_args(CachedStep)
 MAX_AGE = r"^[0-9]+(s|m|h|d|w)$"
@@ -426,6 +485,7 @@ class PipelineConfig(_Strict):
     serving: ServingConfig = ServingConfig()
     placement: PlacementConfig = PlacementConfig()
     cache: CacheConfig = CacheConfig()
+    tune: TuneConfig | None = Field(None, description="hyperparameter search before train (absent: none)")
 
     @model_validator(mode="after")
     def _schedule(self) -> PipelineConfig:
@@ -437,6 +497,27 @@ class PipelineConfig(_Strict):
         if self.schedule in (ON_NEW_DATA, ON_DRIFT) and not spanned:
             raise ValueError(f"schedule {self.schedule} needs spans: data.source with {{SPAN}} in the file name, "
                              f"e.g. data/{self.pipeline}/span-{{SPAN}}.csv")
+        return self
+
+    @model_validator(mode="after")
+    def _tunable_space(self) -> PipelineConfig:
+        if self.tune is None:
+            return self
+        metrics = TASK_METRICS[self.task.type]
+        if self.tune.objective not in metrics:
+            raise ValueError(f"tune.objective: {self.tune.objective!r} is not a {self.task.type} metric; "
+                             f"{self.task.type} metrics are {', '.join(sorted(metrics))}")
+        known = set(self.train.hparams) | BUILTIN_HPARAMS.get(self.train.model, set())
+        for path, param in self.tune.space.items():
+            if not TUNABLE.match(path):
+                raise ValueError(f"tune.space: {path!r} is not tunable (train.learning_rate, train.batch_size, "
+                                 f"train.hparams.<name>)")
+            name = path.removeprefix("train.hparams.")
+            if path.startswith("train.hparams.") and name not in known:
+                raise ValueError(f"tune.space: {path!r} is not in the config (train.hparams has "
+                                 f"{sorted(known) or 'nothing'}; set a default there)")
+            if path == "train.batch_size" and param.type == "float":
+                raise ValueError("tune.space: train.batch_size takes an int range or a choice of ints")
         return self
 
     @model_validator(mode="after")
@@ -465,6 +546,8 @@ class PipelineConfig(_Strict):
             *sections, field = path.split(".")
             target = data
             for section in sections:
+                if target[section] is None:  # an optional section the YAML leaves out (tune)
+                    raise ConfigError(f"{path}: the pipeline has no {section} section to set it in")
                 target = target[section]
             target[field] = value
         return validate_config(data, source)

@@ -45,6 +45,7 @@ from tasks.step_config import (
     StepConfig,
     TrainSections,
     TransformSections,
+    TuneSections,
 )
 
 # setup: resolves the run; step: a function of its inputs; approval: a person's answer, which the DAG waits for
@@ -75,6 +76,17 @@ class StepSpec:
     optional_inputs: tuple[str, ...] = ()
     question: str | None = None  # an approval's "module:function": what a person is asked, or None: nobody
     placed_as: str | None = None  # a service step placed like this pipeline step (it writes what that step writes)
+    # A step run as several task instances (Airflow dynamic task mapping): the dotted config field with their number
+    # (absent or None: no instance, the task is skipped); each gets `instance` (0, 1, ...).
+    fan_out: str | None = None
+    after: tuple[str, ...] = ()  # steps that must end first (done or skipped) though the step reads nothing of theirs
+
+    def instances(self, config: PipelineConfig) -> int:
+        if self.fan_out is None:
+            return 1
+        section, field_name = self.fan_out.split(".")
+        value = getattr(config, section)
+        return int(getattr(value, field_name)) if value is not None else 0
 
     @property
     def config_sections(self) -> tuple[str, ...]:
@@ -101,9 +113,15 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("transform", "tasks.steps.transform:run", "Adapt the preprocessing layers on the train split",
              inputs={"examples": Examples, "schema": Schema}, outputs={"transform": TransformGraph},
              config=TransformSections),
-    StepSpec("train", "tasks.steps.train:run", "Train the model on N workers (MultiWorkerMirroredStrategy)",
+    StepSpec("tune", "tasks.steps.tune:run",
+             "Hyperparameter search: tune.parallelism instances draw trials from one Optuna study (absent: skipped)",
+             inputs={"examples": Examples, "transform": TransformGraph}, config=TuneSections,
+             params={"tune_trials": "tune.trials"}, timeout="tune.timeout_minutes", placed_as="train",
+             fan_out="tune.parallelism"),
+    StepSpec("train", "tasks.steps.train:run",
+             "Train the model on N workers (MultiWorkerMirroredStrategy), with the best trial's values when tuned",
              inputs={"examples": Examples, "transform": TransformGraph}, outputs={"model": Model},
-             config=TrainSections,
+             config=TrainSections, after=("tune",),
              params={"epochs": "train.epochs", "batch_size": "train.batch_size",
                      "learning_rate": "train.learning_rate", "num_workers": "train.num_workers"},
              tracked=True, timeout="train.timeout_minutes"),
@@ -193,14 +211,16 @@ def param_schema(param: str) -> dict[str, Any]:
     whose form widgets send null once emptied: there null is the empty list (`changed_params`).
     """
     section, field_name = PARAMS[param].split(".")
-    section_model = PipelineConfig.model_fields[section].annotation
+    annotation = PipelineConfig.model_fields[section].annotation
+    # An optional section (tune: TuneConfig | None): its model.
+    section_model = next((a for a in get_args(annotation) if a is not type(None)), annotation)
     full = section_model.model_json_schema()
     schema = _inline_refs(dict(full["properties"][field_name]), full.get("$defs", {}))
     schema.pop("default", None)
-    nullable = False
+    nullable = section_model is not annotation  # a pipeline without the optional section has no value
     if "anyOf" in schema:  # e.g. str | None: the concrete member's type and constraints
         members = schema.pop("anyOf")
-        nullable = any(s.get("type") == "null" for s in members)
+        nullable = nullable or any(s.get("type") == "null" for s in members)
         schema.update(next(s for s in members if s.get("type") != "null"))
     if schema["type"] == "array":
         nullable = True

@@ -22,6 +22,7 @@ from tasks.config import (
     TaskConfig,
     TrainConfig,
     TransformConfig,
+    TuneConfig,
     optimize_budget,
 )
 
@@ -61,6 +62,12 @@ class TransformSections(StepConfig):
 class TrainSections(StepConfig):
     train: TrainConfig
     data: DataConfig  # data.memory_budget: what the workers may cache
+    tune: TuneConfig | None  # the study whose best trial's values train takes
+
+
+class TuneSections(StepConfig):
+    tune: TuneConfig | None
+    train: TrainConfig
 
 
 class OptimizeSections(StepConfig):

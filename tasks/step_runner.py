@@ -22,6 +22,7 @@ from typing import Any
 from tasks import cache, tracking
 from tasks.artifacts.base import ArtifactError, ArtifactType, Output, read_manifest
 from tasks.artifacts.evaluation import ModelEvaluation
+from tasks.artifacts.examples import Examples
 from tasks.artifacts.run import RunSnapshot
 from tasks.config import PipelineConfig, load_config
 from tasks.context import StepContext
@@ -121,6 +122,10 @@ def _reuse(spec: StepSpec, ctx: StepContext, decision: cache.Decision, started: 
 
         with tracking.step_run(ctx, parent_tags=ctx.lineage):
             mlflow.set_tags({CACHED_FROM_TAG: decision.from_run or "", "kiln.cache_key": decision.key})
+        for name, kind in spec.outputs.items():  # the run's data, as the step that made the examples tags it
+            if kind is Examples:
+                data = Examples.read(decision.outputs[name]).properties
+                tracking.tag_data(ctx, data.source, data.source_sha256, data.span)
     log.info("%s: %s in %.2fs, cache key %s: %s", spec.name, decision.reason, time.monotonic() - started,
              decision.key[:16], decision.outputs)
     return {**decision.outputs, cache.RESULT_KEY: decision.summary()}
@@ -217,5 +222,9 @@ def run_steps(run_uri: str, names: list[str] | None = None, available: dict[str,
         if spec.role != "step" or (names is not None and spec.name not in names):
             continue
         inputs = {name: outputs.get(name) if name in spec.optional_inputs else outputs[name] for name in spec.inputs}
-        outputs.update(run_step(spec.name, run_uri, try_number, inputs))
+        if spec.fan_out is None:
+            outputs.update(run_step(spec.name, run_uri, try_number, inputs))
+            continue
+        for instance in range(spec.instances(run_config(RunSnapshot.read(run_uri)))):  # one after the other here
+            run_step(spec.name, run_uri, try_number, inputs, instance=instance)
     return outputs

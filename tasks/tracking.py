@@ -78,6 +78,12 @@ def tag_parent(ctx: StepContext, tags: dict[str, str]) -> None:
         mlflow_client.set_tag(run_id, key, value)
 
 
+def tag_data(ctx: StepContext, source: str, fingerprint: str, span: int | None) -> None:
+    """The run's data on its parent run (what `kiln lineage` reads): by ingest, or by a cache hit of it."""
+    tag_parent(ctx, {"kiln.data_source": source, "kiln.data_fingerprint": fingerprint,
+                     **({"kiln.data_span": str(span)} if span is not None else {})})
+
+
 def find_step_run(ctx: StepContext, step: str) -> Any | None:
     """The child run of `step` in this DAG run, if the step opened one."""
     mlflow_client = client(ctx)

@@ -82,9 +82,16 @@ def pipeline_dag(config: PipelineConfig, config_path: Path) -> DAG:
                 inputs = {name: outputs[name] for name in spec.inputs}
                 # Airflow wants ALL_SUCCESS right after a setup task, and a step with an optional input must run
                 # past that input's skipped step: such a step reads the run from resolve's XCom instead.
-                run = {} if spec.optional_inputs else {"run": outputs["run"]}
-                steps[spec.name] = _step_task(spec, _placed(config, spec))(inputs=inputs, **run)
-                steps[spec.name].operator.operator_extra_links = links_for(spec)
+                run = {} if spec.optional_inputs or spec.after else {"run": outputs["run"]}
+                made = _step_task(spec, _placed(config, spec))
+                if spec.fan_out is not None:  # dynamic task mapping: none when the config has no such section
+                    steps[spec.name] = made.partial(inputs=inputs, **run).expand(
+                        instance=list(range(spec.instances(config))))
+                else:
+                    steps[spec.name] = made(inputs=inputs, **run)
+                    steps[spec.name].operator.operator_extra_links = links_for(spec)
+                for earlier in spec.after:
+                    steps[earlier] >> steps[spec.name]
                 for name in spec.outputs:
                     outputs[name] = steps[spec.name][name]
             elif spec.role == "approval":
@@ -96,7 +103,9 @@ def pipeline_dag(config: PipelineConfig, config_path: Path) -> DAG:
         last = [s for s in STEPS if s.role == "step"][-1]
         for spec in STEPS:
             if spec.role == "teardown":
-                finish = _teardown_task(spec, list(steps), _placed(config, spec))(run=outputs["run"])
+                # A mapped step's results are one per instance and carry no artifact: the teardown reads the others.
+                unmapped = [s.name for s in STEPS if s.name in steps and s.fan_out is None]
+                finish = _teardown_task(spec, unmapped, _placed(config, spec))(run=outputs["run"])
                 steps[last.name] >> finish
                 finish.as_teardown(setups=outputs["run"])
     return dag
@@ -115,10 +124,10 @@ def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
     args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
     if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
         args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
-    if spec.timeout:
-        section, field_name = spec.timeout.split(".")
+    section, _, field_name = (spec.timeout or "").partition(".")
+    if spec.timeout and getattr(config, section) is not None:
         args["execution_timeout"] = timedelta(minutes=getattr(getattr(config, section), field_name))
-    if spec.optional_inputs:
+    if spec.optional_inputs or spec.after:
         # It runs past the skipped step of an optional input (promote past an approval not asked for), and is
         # skipped when all the steps it reads from are (promote after a push that was not blessed).
         args["trigger_rule"] = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
@@ -146,13 +155,14 @@ def _resolve_task(spec: StepSpec, config_path: Path, placement: dict[str, Any], 
 
 
 def _step_task(spec: StepSpec, placed: dict[str, Any]) -> Any:
-    def execute(inputs: dict[str, str], run: str | None = None) -> dict[str, str]:
+    def execute(inputs: dict[str, str], run: str | None = None, instance: int | None = None) -> dict[str, str]:
         from tasks.step_runner import StepRejected, StepSkipped, links, run_step
 
         ti = get_current_context()["ti"]
         run = run or ti.xcom_pull(task_ids=SETUP.name)
         try:
-            outputs = run_step(spec.name, run, ti.try_number, inputs)
+            outputs = run_step(spec.name, run, ti.try_number, inputs,
+                               **({"instance": instance} if instance is not None else {}))
         except StepRejected as exc:
             raise _rejected(str(exc)) from None
         except StepSkipped as exc:  # e.g. push of an unblessed model: skipped in the grid, the run succeeds

@@ -52,6 +52,12 @@ class TaskState:
     note: str = ""  # what the CLI adds, e.g. a step that reused a cached output: "cached (run ...)"
 
 
+def _task_label(ti: dict[str, Any]) -> str:
+    """The task's id; a mapped task's instances are tune[0], tune[1], ..."""
+    index = ti.get("map_index")
+    return ti["task_id"] if index is None or index < 0 else f"{ti['task_id']}[{index}]"
+
+
 def admin_password(airflow_home: Path, user: str = "admin") -> str:
     path = airflow_home / PASSWORDS_FILE
     try:
@@ -268,7 +274,7 @@ class AirflowClient:
         body = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         return [
             TaskState(
-                task_id=ti["task_id"],
+                task_id=_task_label(ti),
                 state=ti["state"],
                 try_number=ti.get("try_number") or 0,
                 duration=ti.get("duration"),

@@ -19,6 +19,7 @@ from rich.text import Text
 from infra.airflow.pipelines import SHIPPED
 from infra.cli.airflow_api import AirflowApiError
 from infra.cli.approval_commands import register as register_approval_commands
+from infra.cli.cache_commands import cache_app
 from infra.cli.console import AsJson, Home, err, fail, out, say
 from infra.cli.data_commands import data_app
 from infra.cli.demo_data import DATASETS
@@ -357,6 +358,7 @@ def status(home: Home = None) -> None:
 register_serving_commands(app)
 register_approval_commands(app)
 app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m infra.cli.app`

@@ -114,7 +114,10 @@ def trigger_and_follow(
 
     def on_change(ti: TaskState) -> None:
         if ti.state == "success" and cacheable(ti.task_id):
-            decision = (client.xcom(dag_id, run_id, ti.task_id) or {}).get(RESULT_KEY) or {}
+            try:
+                decision = (client.xcom(dag_id, run_id, ti.task_id) or {}).get(RESULT_KEY) or {}
+            except AirflowApiError:  # a note, not the run: the line goes without it
+                decision = {}
             if decision.get("hit"):
                 ti = replace(ti, note=decision["reason"])
         on_task(ti)
@@ -160,7 +163,8 @@ def awaiting_line(pipeline: str, run_id: str, task_id: str, airflow_url: str) ->
 
 
 def _order(task_id: str) -> int:
-    return STEP_NAMES.index(task_id) if task_id in STEP_NAMES else len(STEP_NAMES)
+    step = task_id.partition("[")[0]  # a mapped instance (tune[1]) sorts with its step
+    return STEP_NAMES.index(step) if step in STEP_NAMES else len(STEP_NAMES)
 
 
 def summarize(client: AirflowClient, stack: Stack, run_id: str, config: PipelineConfig) -> dict[str, Any]:
@@ -209,6 +213,7 @@ def summarize(client: AirflowClient, stack: Stack, run_id: str, config: Pipeline
     trained = Model.read(output("train", "model"))
     summary["train"] = {"restarts": trained.properties.restarts,
                         "resumed_from_epoch": trained.properties.resumed_from_epoch}
+    summary["tune"] = trained.properties.tuning  # {trials, completed, pruned, best: {params, metric}, parallelism}
     summary["metrics"] = evaluation.metrics  # the shipped artifact's: what the blessing checks
     summary["metrics_trained"] = evaluation.metrics_trained  # the trained float model's, for context
     shipped = optimized.shipped

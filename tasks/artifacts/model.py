@@ -29,6 +29,9 @@ class ModelProperties(Properties):
     final_metrics: dict[str, float] = {}
     restarts: int = 0  # worker-group restarts after a worker died
     resumed_from_epoch: int = 0  # epochs finished before the last start of the group (0: none)
+    learning_rate: float | None = None  # as trained (the best trial's when tuned)
+    batch_size: int | None = None
+    tuning: dict[str, Any] | None = None  # the study's summary when tuned (tasks.tuning.Outcome.summary)
 
 
 class Model(ArtifactType[ModelProperties]):

@@ -246,5 +246,4 @@ def _track(config: DataSections, ctx: StepContext, source: str, sha256: str, cou
     tracking.log_params({"data.source": source, "data.eval_percent": config.data.eval_percent, **span})
     mlflow.log_metrics({f"rows_{split}": count for split, count in counts.items()}
                        | {"rows_without_label": without_label, "rows_bad": bad_rows})
-    tracking.tag_parent(ctx, {"kiln.data_source": source, "kiln.data_fingerprint": sha256,
-                                      **({"kiln.data_span": str(config.data.span)} if span else {})})
+    tracking.tag_data(ctx, source, sha256, config.data.span)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common import storage
-from tasks import plots, tracking
+from tasks import plots, tracking, tuning
 from tasks.artifacts.base import Output
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.model import CURVES_FILE, METRICS_FILE, SAVED_MODEL_DIR, ModelProperties
@@ -38,7 +38,14 @@ def run(ctx: StepContext, config: TrainSections, *, examples: Examples, transfor
 
     preprocessing = transform.preprocessing()
     work_dir = ctx.work_dir()
-    train = config.train
+    train, tuned = config.train, None
+    if config.tune is not None:  # the best trial's values, from the study the tune tasks filled
+        tuned = tuning.outcome(ctx, config.tune, config.train, examples, transform)
+        train = tuning.with_values(train, tuned.best_params)
+        mlflow.log_metric(f"tune_best_{config.tune.objective}", tuned.best_metric)
+        mlflow.set_tag("kiln.tune_study", tuned.study)
+        log.info("train: the best of %d trials (%s %.4f): %s", tuned.trials, config.tune.objective,
+                 tuned.best_metric, tuned.best_params)
     remote = remote_work_uri(train, ctx)  # None: the workers write local paths
     tracking.log_params({f"train.{k}": v for k, v in train.model_dump(mode="json").items()
                          if k not in ("hparams", "kubernetes")}
@@ -81,6 +88,8 @@ def run(ctx: StepContext, config: TrainSections, *, examples: Examples, transfor
         epochs=train.epochs, data_fingerprint=examples.properties.source_sha256,
         mlflow_run_id=mlflow.active_run().info.run_id, train_seconds=train_seconds, final_metrics=final,
         restarts=recovery.restarts, resumed_from_epoch=recovery.resumed_from_epoch,
+        learning_rate=train.learning_rate, batch_size=train.batch_size,
+        tuning=tuned.summary() if tuned is not None else None,
     )
     model.publish()  # before the backups go: a publish that fails can still resume from them
     shutil.rmtree(work_dir, ignore_errors=True)

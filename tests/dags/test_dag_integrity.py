@@ -76,8 +76,8 @@ def test_tasks_and_dependencies_are_the_registrys(pipeline_dags):
             if spec.role in ("step", "approval"):
                 # A step with an optional input reads the run from resolve's XCom rather than as an argument:
                 # Airflow wants ALL_SUCCESS right after a setup task, and such a step runs past a skipped one.
-                run = set() if spec.optional_inputs else {"resolve"}
-                assert upstream == {produced_by[name].name for name in spec.inputs} | run, spec.name
+                run = set() if spec.optional_inputs or spec.after else {"resolve"}
+                assert upstream == {produced_by[name].name for name in spec.inputs} | run | set(spec.after), spec.name
         last_step = [s for s in STEPS if s.role == "step"][-1].name
         teardown = dag.get_task("finish_tracking")
         assert teardown.is_teardown and set(teardown.upstream_task_ids) == {"resolve", last_step}
@@ -107,8 +107,8 @@ def test_the_trigger_form_groups_the_params_by_the_step_that_declares_them(pipel
     assert sections["serving_format"] == "Optimize", "declared by the step that writes the version folder"
     assert sections["promotion"] == sections["promotion_timeout_minutes"] == "Approve"
     assert sections["cache"] == sections["no_cache_steps"] == "Cache"
-    assert list(dict.fromkeys(sections.values())) == ["Cache", "Ingest", "Train", "Optimize", "Evaluate", "Push",
-                                                      "Approve"], "run order, the run's cache first"
+    assert list(dict.fromkeys(sections.values())) == ["Cache", "Ingest", "Tune", "Train", "Optimize", "Evaluate",
+                                                      "Push", "Approve"], "run order, the run's cache first"
 
 
 def test_the_approval_waits_for_a_person_and_promote_runs_past_it_when_nobody_is_asked(pipeline_dags):

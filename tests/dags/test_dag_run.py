@@ -75,7 +75,8 @@ RUN_DAG = textwrap.dedent("""
     from airflow.dag_processing.dagbag import DagBag
     dag = DagBag(dag_folder=sys.argv[1]).dags[sys.argv[3]]
     run = dag.test(run_conf=json.loads(sys.argv[2]))
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    states = {ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": str(ti.state)
+              for ti in run.get_task_instances()}
     print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
 """)
 
@@ -114,12 +115,31 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
 @pytest.mark.slow
 def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succeeds(tmp_path, tiny_digits_csv,
                                                                                      model_server, airflow_env):
+    """On a tuned copy of the digits pipeline: its tune task is mapped over tune.parallelism instances, which
+    share the study, and train takes the best trial's values."""
+    from infra.airflow.pipelines import register
+
     env = airflow_env
+    tuned = tmp_path / "pipelines" / "tuned.yaml"
+    tuned.parent.mkdir()
+    shutil.copy(REPO / "pipelines" / "digits.schema.pbtxt", tuned.parent)
+    tuned.write_text((REPO / "pipelines" / "digits.yaml").read_text().replace("pipeline: digits", "pipeline: tuned")
+                     .replace("model_name: kiln-digits", "model_name: kiln-tuned") + textwrap.dedent("""
+        tune:
+          objective: accuracy
+          trials: 4
+          parallelism: 2
+          space:
+            train.learning_rate: {type: float, low: 0.001, high: 0.01, log: true}
+            train.batch_size: {type: choice, values: [32, 64]}
+        """))
+    register(Path(env["KILN_HOME"]), "tuned", tuned)
     outcome = run_dag(tmp_path, env, {"data_source": str(tiny_digits_csv), "epochs": 2,
-                                      "thresholds": {"accuracy": 1.0}, "variants": []})
+                                      "thresholds": {"accuracy": 1.0}, "variants": []}, dag_id="kiln_tuned")
     assert outcome["state"] == "success", (outcome["tasks"], outcome["output"][-3000:])
     tasks = outcome["tasks"]
-    assert tasks["evaluate"] == tasks["register"] == tasks["finish_tracking"] == "success"
+    assert tasks["tune[0]"] == tasks["tune[1]"] == tasks["train"] == "success", "two mapped tune instances"
+    assert tasks["evaluate"] == tasks["register"] == tasks["finish_tracking"] == "success", (tasks, outcome["output"][-6000:])
     assert {tasks[t] for t in ("push", "verify", "approve", "promote")} == {"skipped"}, "not promoted: in the grid"
     assert "not promoted: eval accuracy" in outcome["output"]
     assert parent_run_statuses(env) == ["FINISHED"]
@@ -127,8 +147,12 @@ def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succee
     from mlflow import MlflowClient
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    [version] = client.search_model_versions("name = 'kiln-digits'")
-    assert version.tags["blessed"] == "false" and client.get_registered_model("kiln-digits").aliases == {}
+    [version] = client.search_model_versions("name = 'kiln-tuned'")
+    assert version.tags["blessed"] == "false" and client.get_registered_model("kiln-tuned").aliases == {}
+    experiment = client.get_experiment_by_name("kiln").experiment_id
+    assert len(client.search_runs([experiment], "tags.`kiln.role` = 'trial'")) == 4
+    [train] = client.search_runs([experiment], "tags.`kiln.step` = 'train'")
+    assert train.data.tags["kiln.tune_study"].startswith("tuned-") and "tune_best_accuracy" in train.data.metrics
     assert model_server.config_file.read_text().strip() == "model_config_list {\n}", "serving untouched"
 
 

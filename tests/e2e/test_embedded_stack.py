@@ -45,12 +45,15 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
                             # variant's own build is covered by tests/tasks/test_tflite.py and test_optimize.py
                             "-p", "variants=[int8, qat_int8]")
     assert summary["state"] == "success" and summary["dag_id"] == "kiln_digits"
-    assert list(summary["task_seconds"]) == list(STEP_NAMES), "in the registry's order"
+    assert list(summary["task_seconds"]) == [s for s in STEP_NAMES if s != "tune"], "in the registry's order"
+    assert summary["task_states"]["tune"] == "skipped" and summary["tune"] is None, "no tune section: no instance"
     assert set(summary["metrics"]) == {"accuracy", "precision", "recall", "f1"} and summary["metrics"]["accuracy"] >= 0.6
     data = summary["data"]
     assert data["train"]["rows"] + data["eval"]["rows"] == 400 and data["train"]["format"] == "parquet"
     assert data["train"]["bytes"] > 0 and data["train"]["shards"] >= 1
     assert data["source"]["format"] == "csv" and data["source"]["bytes"] == Path(tiny_digits_csv).stat().st_size
+    assert {step: c["reason"] for step, c in summary["cache"].items()} == dict.fromkeys(
+        ["ingest", "validate", "transform", "train", "optimize"], "no earlier output"), "the stack's first run"
     blessing = summary["blessing"]
     assert blessing["blessed"] and summary["promoted"] and blessing["champion_version"] is None
     assert [c["name"] for c in blessing["checks"]] == ["accuracy >= 0.6", "accuracy vs champion"]
@@ -93,6 +96,14 @@ def test_digits_demo_pipeline(kiln, tiny_digits_csv) -> None:
     assert worse.returncode == 0, worse.stderr[-4000:]
     second = json.loads(worse.stdout)
     assert second["state"] == "success" and second["promoted"] is False
+    # Only epochs and what comes after train changed: the data steps reuse the first run's outputs, in place.
+    for step in ("ingest", "validate", "transform"):
+        assert second["cache"][step]["hit"] and second["cache"][step]["from_run"] == summary["run_id"]
+        assert f"{step:15s} success, cached (run {summary['run_id']})" in worse.stderr
+    assert second["cache"]["train"] == {**second["cache"]["train"], "hit": False,
+                                        "reason": "re-ran: train.epochs changed 4 → 1"}
+    cached_from = airflow.task_links("kiln_digits", second["run_id"], "ingest")["Cached from (MLflow run)"]
+    assert cached_from == airflow.task_links("kiln_digits", summary["run_id"], "ingest")["MLflow run"]
     assert {second["task_states"][t] for t in ("push", "verify", "approve", "promote")} == {"skipped"}
     assert second["task_states"]["infra_validate"] == "skipped", "a model that is not blessed is not even loaded"
     failed = [c for c in second["blessing"]["checks"] if not c["passed"]]

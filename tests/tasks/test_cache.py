@@ -65,6 +65,10 @@ def test_a_rerun_with_other_epochs_reuses_the_data_steps_and_retrains(tiny_digit
     [ingest_run] = client.search_runs([client.get_experiment_by_name("kiln").experiment_id],
                                       "tags.`kiln.step` = 'ingest' and tags.`kiln.cached_from` = 'cold'")
     assert ingest_run.data.tags["kiln.cache_key"].startswith(warm["cache"]["ingest"]["key"])
+    [parent] = client.search_runs([ingest_run.info.experiment_id],
+                                  "tags.`kiln.role` = 'parent' and tags.`kiln.run_id` = 'warm'")
+    assert parent.data.tags["kiln.data_fingerprint"] == \
+        Examples.read(warm["outputs"]["examples"]).properties.source_sha256, "lineage: the data the run used"
 
     model_file.write_text(BODY.format(units=9))  # the user's model code: train re-runs, nothing else does
     edited = run(config, tmp_path, mlflow_store, "edited", UNTIL_TRAIN, epochs=2)
@@ -115,3 +119,31 @@ def test_two_identical_runs_at_once_both_succeed(tiny_digits_csv, tmp_path, mode
     assert rows[0] == rows[1]
     assert run(config, tmp_path, mlflow_store, "third", ["ingest"])["cache"]["ingest"]["from_run"] in \
         ("twin-0", "twin-1")
+
+
+def test_kiln_cache_lists_and_prunes_the_entries_whose_outputs_are_gone(tiny_digits_csv, tmp_path, model_file,
+                                                                        mlflow_store) -> None:
+    from typer.testing import CliRunner
+
+    from infra.cli.app import app
+
+    config = pipeline(tmp_path, tiny_digits_csv, model_file)
+    made = run(config, tmp_path, mlflow_store, "made", ["ingest", "validate"])["outputs"]
+    root = str(tmp_path / "artifacts")
+
+    def kiln(*args: str) -> str:
+        result = CliRunner().invoke(app, ["cache", *args, "cached", "--artifact-root", root])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    listed = kiln("ls")
+    assert "ingest" in listed and "validate" in listed and listed.count("present") == 2
+    assert "0 entries removed" in kiln("prune")
+    shutil.rmtree(made["schema"])
+    assert "gone" in kiln("ls")
+    pruned = kiln("prune")
+    assert "removed validate" in pruned and "1 entries removed" in pruned
+    assert "validate" not in kiln("ls")
+    assert "1 entries removed" in kiln("prune", "--older-than", "0s")
+    refused = CliRunner().invoke(app, ["cache", "prune", "cached", "--older-than", "a week"])
+    assert refused.exit_code == 2 and "--older-than" in refused.stderr

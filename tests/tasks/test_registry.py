@@ -34,7 +34,9 @@ JSON_TYPES = {int: "integer", float: "number", str: "string", dict: "object", bo
 
 
 def section_model(section: str) -> type[BaseModel]:
-    return PipelineConfig.model_fields[section].annotation
+    """The section's model (an optional section such as `tune`: its model, not the union with None)."""
+    annotation = PipelineConfig.model_fields[section].annotation
+    return next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
 
 
 def config_field(path: str):
@@ -148,8 +150,11 @@ def test_param_schema_is_the_fields_titled_and_in_its_steps_section(param):
     field = config_field(PARAMS[param])
     schema = param_schema(param)
     kind = expected_type(field)
-    # Null only where the field is nullable, or for a list (the form's list widgets send null once emptied).
-    assert schema["type"] == ([kind, "null"] if is_nullable(field) or kind == "array" else kind)
+    # Null only where the field is nullable, in an optional section (tune: a pipeline without it has no value), or
+    # for a list (the form's list widgets send null once emptied).
+    section = PARAMS[param].split(".")[0]
+    optional_section = section_model(section) is not PipelineConfig.model_fields[section].annotation
+    assert schema["type"] == ([kind, "null"] if is_nullable(field) or optional_section or kind == "array" else kind)
     assert schema["description"] == f"{field.description} (config field {PARAMS[param]})"
     expected = "Cache" if PARAMS[param].startswith("cache.") else step_of_param(param).name.capitalize()
     assert schema["section"] == expected, "the cache's params have their own section; the others their step's"
