@@ -92,7 +92,23 @@ def direction(task: str, objective: str) -> str:
     return "maximize" if TASK_METRICS[task][objective] == HIGHER else "minimize"
 
 
-def open_study(url: str, name: str, tune: TuneConfig, task: str) -> Any:
+def open_study(url: str, name: str, tune: TuneConfig, task: str, attempts: int = 5) -> Any:
+    """The study, created on first use. Tune instances start together: on a fresh database they race to create
+    Optuna's tables, and the losers try again."""
+    import random
+    import time
+
+    import sqlalchemy.exc
+
+    for _ in range(attempts - 1):
+        try:
+            return _open_study(url, name, tune, task)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            time.sleep(0.5 + random.random())
+    return _open_study(url, name, tune, task)
+
+
+def _open_study(url: str, name: str, tune: TuneConfig, task: str) -> Any:
     import warnings
 
     import optuna

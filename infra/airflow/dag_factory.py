@@ -120,7 +120,8 @@ def _params(config: PipelineConfig) -> dict[str, Param]:
 
 def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
     """Task arguments for the step's placement (profile and YAML; unset fields keep Airflow's defaults)."""
-    chosen = step_placement(config.placement, spec.placed_as or spec.name, executor_remap())
+    chosen = (step_placement(config.placement, spec.placed_as, executor_remap()) if spec.role == "service"
+              else step_placement(config.placement, spec.name, executor_remap(), like=spec.placed_as))
     args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
     if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
         args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.config import Executor, PipelineConfig, PlacementConfig, StepPlacement
 from tasks.errors import BadInputError
 from tasks.registry import STEP_NAMES
+from tasks.registry import step as spec_of
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 REMAP_VARIABLE = "KILN_EXECUTOR_REMAP"  # "KubernetesExecutor=LocalExecutor,..."
@@ -59,10 +60,15 @@ def _merged(*layers: StepPlacement | None) -> StepPlacement:
     return StepPlacement.model_validate(fields)
 
 
-def step_placement(placement: PlacementConfig, step: str, remap: dict[str, str] | None = None) -> StepPlacement:
+def step_placement(placement: PlacementConfig, step: str, remap: dict[str, str] | None = None,
+                   like: str | None = None) -> StepPlacement:
+    """The step's placement: the profile's and the YAML's defaults, then those of the step it is placed `like` (tune
+    like train), then its own."""
     profile = load_profile(placement.profile) if placement.profile else None
+    steps = [like, step] if like else [step]
     placed = _merged(profile.default if profile else None, placement.default,
-                     profile.steps.get(step) if profile else None, placement.steps.get(step))
+                     *[layer for name in steps for layer in (profile.steps.get(name) if profile else None,
+                                                              placement.steps.get(name))])
     target = (remap or {}).get(placed.executor or "")
     if target:
         placed = placed.model_copy(update={"executor": target, "pod_override": None})
@@ -71,7 +77,7 @@ def step_placement(placement: PlacementConfig, step: str, remap: dict[str, str] 
 
 def placements(placement: PlacementConfig, remap: dict[str, str] | None = None) -> dict[str, StepPlacement]:
     """Every step's placement, in run order."""
-    return {step: step_placement(placement, step, remap) for step in STEP_NAMES}
+    return {step: step_placement(placement, step, remap, like=spec_of(step).placed_as) for step in STEP_NAMES}
 
 
 def executor_remap(env: dict[str, str] | None = None) -> dict[str, str]:

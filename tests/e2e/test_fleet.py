@@ -21,6 +21,7 @@ from infra.cli.runner import airflow_client
 from infra.stack.fleet_services import FleetServiceError, FleetServices
 from infra.stack.stack import FLEET_DATABASES, Stack
 from tasks.config import load_config
+from tasks.registry import step
 from tests.e2e.conftest import Kiln, supervised_processes
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_a_hybrid_pipeline_runs_on_celery_and_local_executors_with_airflow_on_po
     records = client._call("GET", f"/dags/kiln_fleetdigits/dagRuns/{summary['run_id']}/taskInstances")
     ran = {ti["task_id"]: (ti["executor"], ti["queue"]) for ti in records["task_instances"]}
     for task_id, (executor, queue) in ran.items():
-        wanted = step_placement(config.placement, task_id, stack.remap)
+        wanted = step_placement(config.placement, task_id, stack.remap, like=step(task_id).placed_as)
         assert executor == wanted.executor, f"{task_id} ran on {executor}, the profile says {wanted.executor}"
         if wanted.queue:
             assert queue == wanted.queue, f"{task_id} ran on queue {queue}, the profile says {wanted.queue}"

@@ -12,6 +12,7 @@ from infra.airflow.placement import (
     PlacementError,
     check_executors,
     load_profile,
+    placements,
     pod_override,
     profile_names,
     step_placement,
@@ -86,3 +87,12 @@ def test_the_pod_override_is_a_valid_pod() -> None:
     pod["spec"]["containers"][0]["image"] = "kiln:test"  # the executor fills it in from its worker pod
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t"}, **pod}, "1.37",
                                  strict=True)
+
+
+def test_tune_is_placed_like_train_unless_it_has_a_placement_of_its_own() -> None:
+    hybrid = PlacementConfig(profile="hybrid")
+    like_train = placements(hybrid)["tune"]
+    assert like_train == placements(hybrid)["train"] and like_train.pool == "gpu"
+    own = placements(PlacementConfig(profile="hybrid", steps={"tune": {"executor": "CeleryExecutor",
+                                                                         "queue": "onprem"}}))["tune"]
+    assert (own.executor, own.queue, own.pool) == ("CeleryExecutor", "onprem", "gpu"), "its own fields win"

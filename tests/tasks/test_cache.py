@@ -4,7 +4,6 @@ succeed."""
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from mlflow import MlflowClient
 
 from tasks.artifacts.examples import Examples
 from tasks.step_runner import run_step, run_steps
+from tests.subprocesses import call_at_once
 from tests.tasks.conftest import UNTIL_TRAIN, resolve, write_pipeline
 
 DATA_STEPS = ["ingest", "validate", "transform"]
@@ -110,10 +110,12 @@ def _ingest(config: str, root: str, store: str, run_id: str) -> str:
     return run_step("ingest", resolve(Path(config), Path(root), store, run_id=run_id), inputs={})["examples"]
 
 
-def test_two_identical_runs_at_once_both_succeed(tiny_digits_csv, tmp_path, model_file, mlflow_store) -> None:
+def test_two_identical_runs_at_once_both_succeed(tiny_digits_csv, tmp_path, model_file) -> None:
+    mlflow_store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own: the processes share nothing with the suite's
+    MlflowClient(mlflow_store).search_experiments()  # its tables made here, not by both processes at once
     config = pipeline(tmp_path, tiny_digits_csv, model_file)
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        made = pool.starmap(_ingest, [(str(config), str(tmp_path), mlflow_store, f"twin-{i}") for i in range(2)])
+    made = call_at_once("tests.tasks.test_cache:_ingest",
+                        [[str(config), str(tmp_path), mlflow_store, f"twin-{i}"] for i in range(2)])
     assert len(set(made)) == 2, "both missed together: each published its own examples"
     rows = [Examples.read(uri).properties.row_counts for uri in made]
     assert rows[0] == rows[1]

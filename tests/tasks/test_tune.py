@@ -4,9 +4,6 @@ loses only its running trial."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from mlflow import MlflowClient
 
 from tasks.artifacts.model import Model
 from tasks.step_runner import run_step, run_steps
+from tests.subprocesses import call_at_once, start
 from tests.tasks.conftest import resolve, write_pipeline
 
 SPACE = {"train.learning_rate": {"type": "float", "low": 0.001, "high": 0.02, "log": True},
@@ -44,12 +42,12 @@ def trial_runs(store: str, run_id: str) -> list[Any]:
 
 
 @pytest.mark.slow
-def test_two_tune_processes_share_one_study_and_train_takes_the_best(tiny_digits_csv, tmp_path, mlflow_store):
+def test_two_tune_processes_share_one_study_and_train_takes_the_best(tiny_digits_csv, tmp_path):
+    mlflow_store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # its own: the processes share nothing with the suite's
     config = tuned_pipeline(tmp_path, tiny_digits_csv)
     run, outputs = data_steps(config, tmp_path, mlflow_store, "tuned")
     inputs = {name: outputs[name] for name in ("examples", "transform")}
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        ran = pool.starmap(_tune, [(run, inputs, 0), (run, inputs, 1)])
+    ran = call_at_once("tests.tasks.test_tune:_tune", [[run, inputs, 0], [run, inputs, 1]])
     assert sum(ran) == 6 and all(ran), f"both instances drew trials from the one study: {ran}"
     trials = trial_runs(mlflow_store, "tuned")
     assert len(trials) == 6 and {t.data.tags["kiln.trial"] for t in trials} == {str(n) for n in range(6)}
@@ -71,7 +69,7 @@ def test_two_tune_processes_share_one_study_and_train_takes_the_best(tiny_digits
 
 
 @pytest.mark.slow
-def test_a_killed_tune_instance_loses_only_its_running_trial(tiny_digits_csv, tmp_path, mlflow_store):
+def test_a_killed_tune_instance_loses_only_its_running_trial(tiny_digits_csv, tmp_path):
     import optuna
 
     from tasks import tuning
@@ -80,6 +78,7 @@ def test_a_killed_tune_instance_loses_only_its_running_trial(tiny_digits_csv, tm
     from tasks.artifacts.transform import TransformGraph
     from tasks.snapshot import run_config, run_context
 
+    mlflow_store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = tuned_pipeline(tmp_path, tiny_digits_csv, trials=3, parallelism=1)
     run, outputs = data_steps(config, tmp_path, mlflow_store, "killed")
     inputs = {name: outputs[name] for name in ("examples", "transform")}
@@ -90,14 +89,13 @@ def test_a_killed_tune_instance_loses_only_its_running_trial(tiny_digits_csv, tm
         ctx, resolved.tune, resolved.train, Examples.read(inputs["examples"]), TransformGraph.read(inputs["transform"])),
         resolved.tune, "classification")
 
-    process = multiprocessing.get_context("spawn").Process(target=_tune, args=(run, inputs, 0))
-    process.start()
+    process = start("tests.tasks.test_tune:_tune", run, inputs, 0)
     deadline = time.monotonic() + 120
     while not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-        assert time.monotonic() < deadline and process.is_alive(), "no trial started"
+        assert time.monotonic() < deadline and process.poll() is None, "no trial started"
         time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)  # mid-trial, as a lost worker would
-    process.join()
+    process.kill()  # SIGKILL mid-trial, as a lost worker would be
+    process.communicate(timeout=60)
 
     ran = _tune(run, inputs, 0)  # Airflow's retry of the instance
     states = [t.state for t in study.get_trials()]
