@@ -2,7 +2,8 @@
 
 `kiln up --profile hybrid --no-cluster` (Airflow and MLflow on Postgres, a Celery worker of concurrency 2 on
 queue onprem, Redis), then one run of each of two copies of the digits pipeline that differ only in
-`tune.parallelism` (its tune instances on Celery queue onprem, the default pool). The tune phase is the span
+`tune.parallelism` (its tune instances on Celery queue onprem, the default pool), early stopping off so both
+do the same work. The tune phase is the span
 from the first tune instance's start to the last one's end, from Airflow's task-instance records. Target: >= 1.6x
 on 2 cores. Needs the machine's Postgres and Redis (KILN_POSTGRES_URL, KILN_REDIS_URL). Prints a table and writes
 bench/results/tune.json.
@@ -38,6 +39,7 @@ tune:
   trials: {trials}
   parallelism: {parallelism}
   epochs: {epochs}
+  early_stopping: {early_stopping}
   space:
     train.learning_rate: {{type: float, low: 0.0005, high: 0.01, log: true}}
     train.batch_size: {{type: choice, values: [32, 64]}}
@@ -45,7 +47,7 @@ tune:
 """
 
 
-def pipeline(folder: Path, parallelism: int, trials: int, epochs: int) -> Path:
+def pipeline(folder: Path, parallelism: int, trials: int, epochs: int, early_stopping: bool) -> Path:
     name = f"tuned-p{parallelism}"
     path = folder / f"{name}.yaml"
     text = ((REPO / "pipelines" / "digits.yaml").read_text()
@@ -56,7 +58,8 @@ def pipeline(folder: Path, parallelism: int, trials: int, epochs: int) -> Path:
             .replace("placement:\n  default: {executor: LocalExecutor}",
                      "placement:\n  profile: hybrid\n  steps:\n"
                      "    tune: {executor: CeleryExecutor, queue: onprem, pool: default_pool}"))
-    path.write_text(text + TUNE.format(trials=trials, parallelism=parallelism, epochs=epochs))
+    path.write_text(text + TUNE.format(trials=trials, parallelism=parallelism, epochs=epochs,
+                                       early_stopping=str(early_stopping).lower()))
     return path
 
 
@@ -72,7 +75,9 @@ def tune_span(stack: Stack, dag_id: str, run_id: str) -> tuple[float, list[dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=12, help="per trial")
+    parser.add_argument("--early-stopping", action="store_true",
+                        help="prune trials (off by default: both runs then do the same work)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kiln-tune-bench-"))
     home = root / "kiln"
@@ -92,7 +97,7 @@ def main() -> int:
         data = write_digits_csv(home / "data" / "digits.csv")
         stack = Stack.load(home)
         for parallelism in (1, 2):
-            config = pipeline(root, parallelism, args.trials, args.epochs)
+            config = pipeline(root, parallelism, args.trials, args.epochs, args.early_stopping)
             ran = kiln("run", "--json", str(config), "-p", f"data_source={data}", "-p", "variants=[]",
                        "-p", "thresholds={}", "-p", "change_thresholds={}")
             if ran.returncode:
@@ -106,7 +111,8 @@ def main() -> int:
         kiln("down")
 
     speedup = results[1]["tune_seconds"] / results[2]["tune_seconds"]
-    table = Table(title=f"{args.trials} trials x {args.epochs} epochs, hybrid fleet ({platform.machine()}, "
+    table = Table(title=f"{args.trials} trials x {args.epochs} epochs (early stopping "
+                        f"{'on' if args.early_stopping else 'off'}), hybrid fleet ({platform.machine()}, "
                         f"{os.cpu_count()} cores)")
     for column in ("parallelism", "tune phase s", "trials", "completed", "pruned", "best accuracy", "instances"):
         table.add_column(column)
@@ -119,6 +125,7 @@ def main() -> int:
     print(f"speedup {speedup:.2f}x (target >= {TARGET}x): {'met' if speedup >= TARGET else 'MISSED'}")
     out = REPO / "bench" / "results" / "tune.json"
     out.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "speedup": speedup,
+                               "trials": args.trials, "epochs": args.epochs, "early_stopping": args.early_stopping,
                                "runs": results}, indent=2))
     return 0
 

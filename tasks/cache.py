@@ -164,15 +164,16 @@ def _what_changed(latest: dict[str, Any] | None, parts: dict[str, Any]) -> str:
     if latest is None:
         return "no earlier output"
     before = latest.get("parts", {})
+    # An input that changed comes first: it is why the step after one that re-ran runs again.
+    inputs = [name for name, value in parts["inputs"].items() if before.get("inputs", {}).get(name) != value]
+    if inputs:
+        return f"re-ran: input {', '.join(inputs)} changed"
     old, new = before.get("config", {}), parts["config"]
     changed = [f"{k} changed {_shown(old.get(k))} → {_shown(new.get(k))}" for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k)]
     if changed:
         more = f" and {len(changed) - SHOWN_CHANGES} more" if len(changed) > SHOWN_CHANGES else ""
         return "re-ran: " + ", ".join(changed[:SHOWN_CHANGES]) + more
-    inputs = [name for name, value in parts["inputs"].items() if before.get("inputs", {}).get(name) != value]
-    if inputs:
-        return f"re-ran: input {', '.join(inputs)} changed"
     if before.get("data") != parts.get("data"):
         return "re-ran: the data changed"
     if before.get("tune") != parts.get("tune"):

@@ -60,5 +60,8 @@ def model_card(*, ctx: Any, version: int, run: dict[str, str], examples: Any, mo
               f"with LiteRT on the eval split:", "", optimized.table().rstrip()]
     lines += ["", "## Lineage", "", *[f"* {key}: `{value}`" for key, value in run.items() if value],
               f"* model: `{model.properties.model}` with hparams `{model.properties.hparams}`, "
-              f"{model.properties.epochs} epochs on {model.properties.num_workers} worker(s)", ""]
+              f"{model.properties.epochs} epochs on {model.properties.num_workers} worker(s)",
+              *([f"* tuned: the best of {model.properties.tuning['trials']} trials of study "
+                 f"`{model.properties.tuning['study']}`: `{model.properties.tuning['best']['params']}`"]
+                if model.properties.tuning else []), ""]
     return "\n".join(lines)

@@ -153,6 +153,10 @@ def _log_and_register(ctx: StepContext, trained: Model, evaluated: ModelEvaluati
             **{k: f"{v:.6f}" for k, v in props.metrics.items()}}
     if not props.blessed:
         tags["kiln.failed_check"] = (props.first_failure or "")[:5000]
+    tuning = trained.properties.tuning
+    if tuning:  # the values the version was trained with: the study's best trial's
+        tags |= {"kiln.tune_study": tuning["study"], "kiln.tuned_params": json.dumps(tuning["best"]["params"]),
+                 "kiln.tune_trials": str(tuning["trials"])}
     version = mlflow.register_model(info.model_uri, ctx.registered_model_name, tags=tags)
     log.info("register: logged %s and registered version %s", info.model_uri, version.version)
     return version

@@ -149,6 +149,8 @@ def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succee
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     [version] = client.search_model_versions("name = 'kiln-tuned'")
     assert version.tags["blessed"] == "false" and client.get_registered_model("kiln-tuned").aliases == {}
+    assert version.tags["kiln.tune_trials"] == "4" and set(json.loads(version.tags["kiln.tuned_params"])) == {
+        "train.learning_rate", "train.batch_size"}, "the model version records the values it was trained with"
     experiment = client.get_experiment_by_name("kiln").experiment_id
     assert len(client.search_runs([experiment], "tags.`kiln.role` = 'trial'")) == 4
     [train] = client.search_runs([experiment], "tags.`kiln.step` = 'train'")

@@ -302,3 +302,48 @@ def test_request_logging_is_off_by_default_and_its_path_is_relative_to_the_yaml(
 def test_a_sampling_rate_outside_0_1_is_refused_in_one_line(tmp_path, rate):
     path = minimal_with(tmp_path, f"serving: {{request_log: {{sampling_rate: {rate}, path: logs}}}}\n")
     assert "field 'serving.request_log.sampling_rate'" in config_error(path)
+
+
+TUNE = "tune: {{objective: {objective}, trials: {trials}, parallelism: {parallelism}, space: {{{space}}}}}\n"
+LEARNING_RATE = "train.learning_rate: {type: float, low: 0.0005, high: 0.01, log: true}"
+
+
+def tune_yaml(tmp_path: Path, objective: str = "accuracy", trials: int = 6, parallelism: int = 2,
+              space: str = LEARNING_RATE, train: str = "") -> Path:
+    return minimal_with(tmp_path, train + TUNE.format(objective=objective, trials=trials, parallelism=parallelism,
+                                                      space=space))
+
+
+def test_a_tune_section_loads_with_its_space_keyed_by_dotted_paths(tmp_path):
+    space = (f"{LEARNING_RATE}, train.hparams.units: {{type: int, low: 16, high: 64}}, "
+             "train.hparams.dropout: {type: choice, values: [0.0, 0.2]}")
+    tune = load_config(tune_yaml(tmp_path, space=space, train="train: {hparams: {units: 32}}\n")).tune
+    assert list(tune.space) == ["train.learning_rate", "train.hparams.units", "train.hparams.dropout"]
+    assert (tune.trials, tune.parallelism, tune.algorithm, tune.early_stopping) == (6, 2, "tpe", True)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"space": "train.learning_rate: {type: float, low: 0.01, high: 0.001}"}, "empty or inverted range: low 0.01"),
+    ({"space": "train.batch_size: {type: int, low: 64, high: 64}"}, "empty or inverted range"),
+    ({"space": "train.hparams.units: {type: int, low: 16, high: 64}"}, "'train.hparams.units' is not in the config"),
+    ({"space": "train.optimizer: {type: choice, values: [adam]}"}, "'train.optimizer' is not tunable"),
+    ({"space": "train.learning_rate: {type: choice, values: []}"}, "a choice takes a non-empty values list"),
+    ({"objective": "rmse"}, "tune.objective: 'rmse' is not a classification metric"),
+    ({"trials": 2, "parallelism": 3}, "parallelism 3 > trials 2"),
+])
+def test_a_bad_tune_section_is_refused_in_one_line(tmp_path, kwargs, words):
+    assert words in config_error(tune_yaml(tmp_path, **kwargs))
+
+
+def test_a_built_in_models_own_hparams_are_tunable_without_a_default(tmp_path):
+    space = "train.hparams.dropout: {type: choice, values: [0.0, 0.3]}"
+    assert "train.hparams.dropout" in load_config(tune_yaml(tmp_path, space=space)).tune.space  # mlp reads it
+
+
+@pytest.mark.parametrize(("cache", "words"), [
+    ("{steps: {register: {enabled: false}}}", "cache.steps.register"),
+    ("{max_age: a week}", "cache.max_age"),
+    ("{rerun: [push]}", "cache.rerun"),
+])
+def test_an_unknown_cache_policy_is_refused_in_one_line(tmp_path, cache, words):
+    assert words in config_error(minimal_with(tmp_path, f"cache: {cache}\n"))
