@@ -165,15 +165,17 @@ def with_values(train: TrainConfig, values: dict[str, Any]) -> TrainConfig:
 
 def run_trials(ctx: StepContext, tune: TuneConfig, train: TrainConfig, examples: Examples,
                transform: TransformGraph, instance: int) -> int:
-    """Draw trials from the shared study until it holds `tune.trials` finished, pruned or running ones; the number
-    this task ran."""
+    """Draw trials from the shared study until it holds `tune.trials` finished or pruned ones; the number this task
+    ran."""
+    import time
+
     import optuna
+    from optuna.trial import TrialState
 
     name = study_name(ctx, tune, train, examples, transform)
     study = open_study(storage_url(ctx, tune), name, tune, ctx.task_type)
     data = _TrialData.load(tune, train, examples, transform)
     done = 0
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
     def objective(trial: Any) -> float:
         values = suggest(trial, tune.space)
@@ -185,12 +187,19 @@ def run_trials(ctx: StepContext, tune: TuneConfig, train: TrainConfig, examples:
         return float("nan") if value is None else value
 
     # optimize() one trial at a time: it beats the trial's heartbeat, first fails the trials of a killed task
-    # (RetryFailedTrialCallback enqueues them again) and marks a trial that raises as failed.
+    # (RetryHeartbeatStaleTrialCallback enqueues them again) and marks a trial that raises as failed.
     while True:
         # A killed task's running trial has no heartbeat: failed here, it counts no more and is enqueued again.
         optuna.storages.fail_stale_trials(study)
-        if len(study.get_trials(deepcopy=False, states=counted)) >= tune.trials:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+        if finished >= tune.trials:
             break
+        if finished + states.count(TrialState.RUNNING) >= tune.trials:
+            # The rest is running elsewhere: wait for it to end, or for its heartbeat to stop (then it is retried
+            # here), so the study is whole when the last tune task ends.
+            time.sleep(HEARTBEAT_SECONDS)
+            continue
         study.optimize(objective, n_trials=1, gc_after_trial=False)
         done += 1
     log.info("tune %d: ran %d trials of study %s", instance, done, name)
