@@ -468,6 +468,50 @@ class CacheConfig(_Strict):
                                                     "--no-cache-step STEP)")
 
 
+BATCH_PLACEHOLDERS = ("{date}", "{run}", "{span}")
+
+
+class BatchConfig(_Strict):
+    """Batch inference (`kiln predict`, kiln_batch_<pipeline>): a data set scored with a registered version."""
+
+    data: str = Field(min_length=1, description="what to score: a file, folder, glob or image folder in any format "
+                                                "ingest reads, relative to the YAML or any fsspec URL; {SPAN} in the "
+                                                "file name scores the newest span")
+    format: Literal["csv", "parquet", "jsonl", "tfrecord", "images"] | None = Field(
+        None, description="the data's format (default: from its suffix, as for data.format)")
+    output: str = Field(min_length=1, description="the folder the predictions go to (part-NNNNN files, _SUCCESS); "
+                                                  "{date}, {run} and {span} are filled in per run")
+    output_format: Literal["parquet", "csv"] = Field("parquet", description="parquet (probabilities as a list) or "
+                                                                           "csv (a probability_<class> column each)")
+    schedule: str | None = Field(None, description="when kiln_batch_<pipeline> runs by itself: cron or preset, "
+                                                   "on_new_data (each new span of batch.data) or null (on trigger)")
+    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$", description="the MLflow alias whose version scores")
+    version: int | None = Field(None, ge=1, description="a version number instead of the alias")
+    id_column: str | None = Field(None, min_length=1, description="an input column copied to the output as the "
+                                                                  "row key (default: file and row number)")
+    shards: int = Field(1, ge=1, le=256, description="Airflow task instances that score partitions in parallel")
+    partition_bytes: ByteSize = Field(ByteSize(64 << 20), description="input bytes per partition (one output file "
+                                                                      "each)")
+    batch_rows: int = Field(4096, ge=1, le=1 << 20, description="rows per model call")
+    overwrite: bool = Field(False, description="replace an output folder that exists (else the run is refused)")
+    placement: StepPlacement | None = Field(None, description="where the scoring tasks run (default: evaluate's)")
+
+    @model_validator(mode="after")
+    def _checked(self) -> BatchConfig:
+        try:
+            check_schedule(self.schedule)
+        except ValueError as exc:
+            raise ValueError(f"batch.schedule: {exc}") from None
+        if self.schedule == ON_DRIFT:
+            raise ValueError("batch.schedule: on_drift starts retraining, not scoring; use on_new_data or a cron")
+        if self.schedule == ON_NEW_DATA and "{SPAN}" not in self.data:
+            raise ValueError("batch.schedule on_new_data needs batch.data with {SPAN} in the file name")
+        unknown = {m for m in re.findall(r"\{[^}]*\}", self.output) if m not in BATCH_PLACEHOLDERS}
+        if unknown:
+            raise ValueError(f"batch.output: unknown placeholder {sorted(unknown)[0]}; use {', '.join(BATCH_PLACEHOLDERS)}")
+        return self
+
+
 class PipelineConfig(_Strict):
     pipeline: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="name; the DAG is kiln_<pipeline>")
     description: str = Field("", description="what the model is for (shown in the DAG and the model card)")
@@ -486,6 +530,8 @@ class PipelineConfig(_Strict):
     placement: PlacementConfig = PlacementConfig()
     cache: CacheConfig = CacheConfig()
     tune: TuneConfig | None = Field(None, description="hyperparameter search before train (absent: none)")
+    batch: BatchConfig | None = Field(None, description="batch inference with a registered version: "
+                                                        "kiln_batch_<pipeline> (absent: no such DAG)")
 
     @model_validator(mode="after")
     def _schedule(self) -> PipelineConfig:
@@ -640,4 +686,7 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     if serving.request_log is not None:  # the server's working folder is not the YAML's
         request_log = serving.request_log.model_copy(update={"path": _absolute(base, serving.request_log.path)})
         serving = serving.model_copy(update={"request_log": request_log})
-    return config.model_copy(update={"data": data, "train": train, "serving": serving})
+    batch = config.batch
+    if batch is not None:
+        batch = batch.model_copy(update={"data": _absolute(base, batch.data), "output": _absolute(base, batch.output)})
+    return config.model_copy(update={"data": data, "train": train, "serving": serving, "batch": batch})

@@ -32,6 +32,7 @@ SERVING_ARTIFACT_PATH = "tf_serving"  # the exact version folder TF Serving runs
 CONTRACT_ARTIFACT_PATH = "contract"  # preprocessing.json: the served features and the label
 CONTRACT_FILE = "preprocessing.json"
 MODEL_CARD = "model_card.md"
+DIGEST_TAG = "kiln.artifact_sha256"  # the sha256 of the version folder that ships (common.digest)
 TRAIN_STATISTICS_TAG = "kiln.train_statistics"  # the version's ExampleStatistics: the drift monitor's baseline
 
 

@@ -23,6 +23,7 @@ from infra.cli.cache_commands import cache_app
 from infra.cli.console import AsJson, Home, err, fail, out, say
 from infra.cli.data_commands import data_app
 from infra.cli.demo_data import DATASETS
+from infra.cli.predict_command import predict
 from infra.cli.reports import print_pipelines, print_task, report_run, services_table
 from infra.cli.serving_commands import register as register_serving_commands
 from infra.stack.layout import StackError, StackPorts, kiln_home
@@ -356,6 +357,7 @@ def status(home: Home = None) -> None:
 
 
 register_serving_commands(app)
+app.command()(predict)
 register_approval_commands(app)
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")

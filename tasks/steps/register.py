@@ -50,6 +50,7 @@ from tasks.model_registry import (
     BLESSED_TAG,
     CONTRACT_ARTIFACT_PATH,
     CONTRACT_FILE,
+    DIGEST_TAG,
     MODEL_CARD,
     SERVING_ARTIFACT_PATH,
     TRAIN_STATISTICS_TAG,
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA_ARTIFACT_PATH = "schema"
-DIGEST_TAG = "kiln.artifact_sha256"
 
 
 class NotWhatWasEvaluated(BadInputError):
