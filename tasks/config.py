@@ -506,7 +506,7 @@ class BatchConfig(_Strict):
             raise ValueError("batch.schedule: on_drift starts retraining, not scoring; use on_new_data or a cron")
         if self.schedule == ON_NEW_DATA and "{SPAN}" not in self.data:
             raise ValueError("batch.schedule on_new_data needs batch.data with {SPAN} in the file name")
-        unknown = {m for m in re.findall(r"\{[^}]*\}", self.output) if m not in BATCH_PLACEHOLDERS}
+        unknown = {m for m in re.findall(r"(?<!\$)\{[^}]*\}", self.output) if m not in BATCH_PLACEHOLDERS}
         if unknown:
             raise ValueError(f"batch.output: unknown placeholder {sorted(unknown)[0]}; use {', '.join(BATCH_PLACEHOLDERS)}")
         return self

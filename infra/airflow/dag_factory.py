@@ -27,7 +27,7 @@ from infra.airflow.links import links_for
 from infra.airflow.pipelines import CONFIG_MARK, config_fingerprint
 from infra.airflow.placement import executor_remap, placements, pod_override, step_placement
 from infra.airflow.schedules import pipeline_schedule
-from tasks.config import PipelineConfig
+from tasks.config import PipelineConfig, StepPlacement
 from tasks.errors import BadInputError, one_line
 from tasks.registry import PARAMS, STEPS, StepSpec, param_defaults, param_schema
 
@@ -122,9 +122,7 @@ def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
     """Task arguments for the step's placement (profile and YAML; unset fields keep Airflow's defaults)."""
     chosen = (step_placement(config.placement, spec.placed_as, executor_remap()) if spec.role == "service"
               else step_placement(config.placement, spec.name, executor_remap(), like=spec.placed_as))
-    args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
-    if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
-        args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
+    args = placement_args(chosen)
     section, _, field_name = (spec.timeout or "").partition(".")
     if spec.timeout and getattr(config, section) is not None:
         args["execution_timeout"] = timedelta(minutes=getattr(getattr(config, section), field_name))
@@ -132,6 +130,14 @@ def _placed(config: PipelineConfig, spec: StepSpec) -> dict[str, Any]:
         # It runs past the skipped step of an optional input (promote past an approval not asked for), and is
         # skipped when all the steps it reads from are (promote after a push that was not blessed).
         args["trigger_rule"] = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+    return args
+
+
+def placement_args(chosen: StepPlacement) -> dict[str, Any]:
+    """Task arguments of a placement: executor, queue, pool, and the pod override on Kubernetes."""
+    args = {k: v for k, v in chosen.model_dump(exclude={"pod_override"}).items() if v is not None}
+    if chosen.pod_override is not None and chosen.executor == "KubernetesExecutor":
+        args["executor_config"] = {"pod_override": pod_override(chosen.pod_override)}
     return args
 
 

@@ -75,6 +75,15 @@ def step_placement(placement: PlacementConfig, step: str, remap: dict[str, str] 
     return placed
 
 
+def batch_placement(config: PipelineConfig, remap: dict[str, str] | None = None) -> StepPlacement:
+    """Where kiln_batch_<pipeline>'s scoring tasks run: evaluate's placement (they score as it does) under the batch
+    section's own."""
+    placed = _merged(step_placement(config.placement, "evaluate", remap),
+                     config.batch.placement if config.batch else None)
+    target = (remap or {}).get(placed.executor or "")
+    return placed.model_copy(update={"executor": target, "pod_override": None}) if target else placed
+
+
 def placements(placement: PlacementConfig, remap: dict[str, str] | None = None) -> dict[str, StepPlacement]:
     """Every step's placement, in run order."""
     return {step: step_placement(placement, step, remap, like=spec_of(step).placed_as) for step in STEP_NAMES}

@@ -40,3 +40,15 @@ def pipeline_schedule(config: PipelineConfig) -> Any:
     if config.schedule == ON_DRIFT:
         return [drift_asset(config)]
     return config.schedule
+
+
+def batch_asset(config: PipelineConfig) -> Asset:
+    """The batch data's folder: each new span of `batch.data` is an event on it (kiln_batch_<pipeline> on_new_data)."""
+    data = os.path.expandvars(config.batch.data if config.batch else "")
+    uri = data.rsplit("/", 1)[0] if "://" in data else Path(data).parent.resolve().as_uri()
+    return Asset(name=f"kiln_{config.pipeline}_batch_data", uri=uri, group="kiln-data")
+
+
+def batch_schedule(config: PipelineConfig) -> Any:
+    schedule = config.batch.schedule if config.batch else None
+    return [batch_asset(config)] if schedule == ON_NEW_DATA else schedule

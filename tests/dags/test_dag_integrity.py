@@ -34,13 +34,26 @@ def dagbag(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline_dags(dagbag):
-    return {dag_id: dag for dag_id, dag in dagbag.dags.items() if dag_id != SYNC_DAG}
+    return {dag_id: dag for dag_id, dag in dagbag.dags.items()
+            if dag_id != SYNC_DAG and not dag_id.startswith("kiln_batch_")}
 
 
 def test_every_shipped_pipeline_is_a_dag(dagbag):
     assert dagbag.import_errors == {}
-    assert {f"kiln_{name}" for name in shipped()} | {SYNC_DAG} == set(dagbag.dag_ids)
+    assert {f"kiln_{name}" for name in shipped()} | {SYNC_DAG, "kiln_batch_digits"} == set(dagbag.dag_ids)
     assert set(dagbag.dag_ids) >= {"kiln_digits", "kiln_cancer", "kiln_diabetes"}
+
+
+def test_the_batch_dag_maps_scoring_over_the_planned_shards_and_commits_whatever_happened(dagbag):
+    dag = dagbag.dags["kiln_batch_digits"]
+    assert sorted(dag.task_ids) == ["commit", "plan_batch", "score"] and dag.schedule is None
+    score, commit = dag.get_task("score"), dag.get_task("commit")
+    assert score.upstream_task_ids == {"plan_batch"} and commit.upstream_task_ids == {"score"}
+    assert type(score).__name__ == "DecoratedMappedOperator", "mapped at run time over plan_batch's shards"
+    assert commit.trigger_rule == "all_done", "commit closes the job FAILED when a shard failed"
+    assert score.executor == "LocalExecutor", "placed like evaluate (the pipeline's default)"
+    assert set(dag.params) == {"data", "output", "alias", "version", "overwrite", "allow_unblessed"}
+    assert dag.params["alias"] == "champion" and dag.params["version"] is None
 
 
 def test_the_serving_sync_runs_every_few_minutes_with_one_task_per_pipeline(dagbag):
@@ -214,7 +227,8 @@ def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path, text, wh
                             timeout=120, check=True)
     [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     outcome = json.loads(line.removeprefix("RESULT "))
-    assert outcome == {"dags": sorted([*(f"kiln_{n}" for n in shipped()), SYNC_DAG]), "errors": 0}
+    assert outcome == {"dags": sorted([*(f"kiln_{n}" for n in shipped()), SYNC_DAG, "kiln_batch_digits"]),
+                       "errors": 0}
     assert "pipeline broken" in result.stdout + result.stderr and why in result.stdout + result.stderr
 
 

@@ -112,6 +112,17 @@ def test_dag_test_trains_registers_and_serves(tmp_path, tiny_digits_csv, model_s
     assert prediction["class"] == prediction["class_id"] == int(first.split(",")[-1])
     assert len(prediction["probabilities"]) == 10
 
+    # The champion scores the CSV in kiln_batch_digits: one mapped shard, then the commit.
+    scored = tmp_path / "scored"
+    batch = run_dag(tmp_path, env, {"data": str(tiny_digits_csv), "output": str(scored)}, dag_id="kiln_batch_digits")
+    assert batch["state"] == "success", (batch["tasks"], batch["output"][-3000:])
+    assert batch["tasks"] == {"plan_batch": "success", "score[0]": "success", "commit": "success"}
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(scored)
+    assert table.num_rows == len(tiny_digits_csv.read_text().splitlines()) - 1 and (scored / "_SUCCESS").exists()
+    assert table.column("class").to_pylist()[0] == prediction["class"]
+
 
 @pytest.mark.slow
 def test_a_model_that_is_not_blessed_is_registered_not_pushed_and_the_run_succeeds(tmp_path, tiny_digits_csv,

@@ -347,3 +347,21 @@ def test_a_built_in_models_own_hparams_are_tunable_without_a_default(tmp_path):
 ])
 def test_an_unknown_cache_policy_is_refused_in_one_line(tmp_path, cache, words):
     assert words in config_error(minimal_with(tmp_path, f"cache: {cache}\n"))
+
+
+def test_a_batch_section_resolves_its_paths_against_the_yaml(tmp_path):
+    batch = load_config(minimal_with(tmp_path, "batch: {data: new/*.csv, output: 'scored/{date}', shards: 4}\n")).batch
+    assert batch.data == str(tmp_path / "new" / "*.csv") and batch.output == str(tmp_path / "scored") + "/{date}"
+    assert (batch.alias, batch.version, batch.output_format, batch.overwrite) == ("champion", None, "parquet", False)
+
+
+@pytest.mark.parametrize(("batch", "words"), [
+    ("{data: d.csv, output: 'o/{day}'}", "batch.output: unknown placeholder {day}"),
+    ("{data: d.csv, output: o, schedule: on_drift}", "on_drift starts retraining, not scoring"),
+    ("{data: d.csv, output: o, schedule: on_new_data}", "needs batch.data with {SPAN}"),
+    ("{data: d.csv, output: o, schedule: every day}", "'every day' is not a schedule"),
+    ("{data: d.csv, output: o, shards: 0}", "field 'batch.shards'"),
+    ("{data: d.csv}", "missing field 'batch.output'"),
+])
+def test_a_bad_batch_section_is_refused_in_one_line(tmp_path, batch, words):
+    assert words in config_error(minimal_with(tmp_path, f"batch: {batch}\n"))
