@@ -372,6 +372,9 @@ class MonitorConfig(_Strict):
     schedule: str = Field("@hourly", description="when kiln_monitor_<pipeline> checks the newest span besides "
                                                  "on every new span (cron or preset)")
     drift: DriftConfig = DriftConfig()
+    min_requests: int = Field(100, ge=1, description="served requests (logged by serving.request_log) a window needs "
+                                                     "before its skew and drift are measured; fewer wait for the "
+                                                     "next check")
 
     @model_validator(mode="after")
     def _cron(self) -> MonitorConfig:
@@ -540,9 +543,12 @@ class PipelineConfig(_Strict):
         except ValueError as exc:
             raise ValueError(f"schedule: {exc}") from None
         spanned = "{SPAN}" in self.data.source or self.data.span is not None  # a run's snapshot names its span
-        if self.schedule in (ON_NEW_DATA, ON_DRIFT) and not spanned:
+        watched = spanned or self.serving.request_log is not None  # the monitor reads spans or served traffic
+        if (self.schedule == ON_NEW_DATA and not spanned) or (self.schedule == ON_DRIFT and not watched):
             raise ValueError(f"schedule {self.schedule} needs spans: data.source with {{SPAN}} in the file name, "
-                             f"e.g. data/{self.pipeline}/span-{{SPAN}}.csv")
+                             f"e.g. data/{self.pipeline}/span-{{SPAN}}.csv"
+                             + (" (or serving.request_log, whose traffic the monitor watches)"
+                                if self.schedule == ON_DRIFT else ""))
         return self
 
     @model_validator(mode="after")

@@ -68,13 +68,13 @@ class Observed:
     top: Counter[str] = field(default_factory=Counter)
 
 
-def _features(baseline: statistics_pb2.DatasetFeatureStatistics) -> dict[str, statistics_pb2.FeatureNameStatistics]:
+def features_of(baseline: statistics_pb2.DatasetFeatureStatistics) -> dict[str, statistics_pb2.FeatureNameStatistics]:
     return {(f.path.step[0] if f.path.step else f.name): f for f in baseline.features}
 
 
 def observe(baseline: statistics_pb2.DatasetFeatureStatistics, batches: Iterable[dict[str, pa.Array]]) -> dict[str, Observed]:
     """Count a span's typed columns (null = missing) batch by batch against the baseline."""
-    features = _features(baseline)
+    features = features_of(baseline)
     observed: dict[str, Observed] = {}
     for batch in batches:
         for name, array in batch.items():
@@ -108,7 +108,7 @@ def compare(baseline: statistics_pb2.DatasetFeatureStatistics, columns: dict[str
             skip: set[str]) -> list[FeatureDrift]:
     """One FeatureDrift per feature of the baseline that is not in `skip` (the label)."""
     results = []
-    for name, feature in _features(baseline).items():
+    for name, feature in features_of(baseline).items():
         if name in skip:
             continue
         seen = columns.get(name)

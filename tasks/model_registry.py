@@ -175,3 +175,22 @@ def download_version(client: MlflowClient, model: str, version: int, folder: Pat
         contract = None
     return DownloadedVersion(version=version, version_folder=version_folder,
                              contract=contract if contract and contract.exists() else None)
+
+
+def version_contract(client: MlflowClient, model: str, version: int) -> str | None:
+    """The version's contract (preprocessing.json: its served features and label) as JSON text, or None when it
+    was registered before kiln logged one."""
+    import tempfile
+
+    import mlflow
+
+    quiet_downloads()
+    run_id = client.get_model_version(model, str(version)).run_id
+    with tempfile.TemporaryDirectory(prefix="kiln-contract-") as tmp:
+        try:
+            folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_ARTIFACT_PATH,
+                                                         dst_path=tmp, tracking_uri=client.tracking_uri)
+        except Exception:  # noqa: BLE001 - MLflow raises several kinds for an artifact that is not there
+            return None
+        path = Path(folder) / CONTRACT_FILE
+        return path.read_text() if path.is_file() else None

@@ -1,6 +1,6 @@
-"""`kiln_monitor_<pipeline>`: for each pipeline whose data comes in spans, a DAG that checks the newest
-span for drift on every new span (the data asset) and on its own schedule (`monitor.schedule`,
-hourly by default). Wiring only: the check is the registry's service step `check_drift`
+"""`kiln_monitor_<pipeline>`: for each pipeline whose data comes in spans or whose served requests are logged
+(`serving.request_log`), a DAG that checks the newest span and the champion's served traffic for drift on every
+new span (the data asset) and on its own schedule (`monitor.schedule`, hourly by default). Wiring only: the check is the registry's service step `check_drift`
 (`tasks.steps.check_drift`), run like a pipeline step (`infra.airflow.dag_factory.service_task`).
 
 `check_drift` writes the report (a table in the task log, a DriftReport artifact, an MLflow run);
@@ -42,15 +42,16 @@ def monitor_dags(pipelines: list[tuple[Path, PipelineConfig]]) -> dict[str, DAG]
 
 
 def monitor_dag(config: PipelineConfig, config_path: Path) -> DAG | None:
-    if not is_spanned(config.data.source):
+    spanned = is_spanned(config.data.source)
+    if not spanned and config.serving.request_log is None:
         return None
     check_placement(config)
     drift = drift_asset(config)
+    cron = CronTriggerTimetable(config.monitor.schedule, timezone="UTC")
     with DAG(
         dag_id=f"kiln_monitor_{config.pipeline}",
-        description=f"drift of {config.pipeline}'s newest span against its champion's training data",
-        schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(config.monitor.schedule, timezone="UTC"),
-                                     assets=[data_asset(config)]),
+        description=f"drift of {config.pipeline}'s newest span and served traffic against its champion's training data",
+        schedule=AssetOrTimeSchedule(timetable=cron, assets=[data_asset(config)]) if spanned else cron,
         catchup=False,
         max_active_runs=1,
         tags=["kiln", "monitor"],

@@ -17,6 +17,22 @@ class FeatureDrift(Properties):
     note: str = ""
 
 
+class TrafficDrift(Properties):
+    """The champion's served traffic (its request logs) in this window: skew against its training statistics and
+    drift against the previous window."""
+
+    version: int
+    requests: int = 0
+    files: int = 0
+    skew: list[FeatureDrift] = []
+    drift: list[FeatureDrift] = []
+    note: str = ""
+
+    @property
+    def drifted(self) -> bool:
+        return any(f.drifted for f in (*self.skew, *self.drift))
+
+
 class DriftProperties(Properties):
     pipeline: str
     source: str
@@ -26,10 +42,13 @@ class DriftProperties(Properties):
     features: list[FeatureDrift] = []
     drifted: bool = False
     note: str = ""  # why nothing was compared (no champion yet)
+    traffic: TrafficDrift | None = None  # served traffic, when serving.request_log is on
 
     @property
     def drifted_features(self) -> list[str]:
-        return [f.feature for f in self.features if f.drifted]
+        served = ([f"served skew: {f.feature}" for f in self.traffic.skew if f.drifted]
+                  + [f"served drift: {f.feature}" for f in self.traffic.drift if f.drifted]) if self.traffic else []
+        return [f.feature for f in self.features if f.drifted] + served
 
 
 class DriftReport(ArtifactType[DriftProperties]):

@@ -23,7 +23,14 @@ from tasks.data import images, partitions
 from tasks.data.readers import DataError
 from tasks.errors import BadInputError
 from tasks.features import Preprocessing
-from tasks.model_registry import BLESSED_TAG, DIGEST_TAG, aliases
+from tasks.model_registry import (
+    BLESSED_TAG,
+    CONTRACT_ARTIFACT_PATH,
+    CONTRACT_FILE,
+    DIGEST_TAG,
+    aliases,
+    version_contract,
+)
 from tasks.spans import is_spanned, span_file
 
 if TYPE_CHECKING:
@@ -161,23 +168,11 @@ def _check_output(output: str, overwrite: bool) -> None:
 
 
 def _contract(client: MlflowClient, name: str, version: int) -> Preprocessing:
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    from tasks.model_registry import CONTRACT_ARTIFACT_PATH, CONTRACT_FILE, quiet_downloads
-
-    quiet_downloads()
-    run_id = client.get_model_version(name, str(version)).run_id
-    with tempfile.TemporaryDirectory(prefix="kiln-contract-") as tmp:
-        try:
-            folder = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_ARTIFACT_PATH,
-                                                         dst_path=tmp, tracking_uri=client.tracking_uri)
-        except Exception:  # noqa: BLE001 - MLflow raises several kinds for an artifact that is not there
-            raise BatchError(f"{name} v{version} has no {CONTRACT_ARTIFACT_PATH}/{CONTRACT_FILE} (registered "
-                             f"before kiln logged its served features): it cannot read raw data") from None
-        return Preprocessing.model_validate_json((Path(folder) / CONTRACT_FILE).read_text())
+    text = version_contract(client, name, version)
+    if text is None:
+        raise BatchError(f"{name} v{version} has no {CONTRACT_ARTIFACT_PATH}/{CONTRACT_FILE} (registered before kiln "
+                         f"logged its served features): it cannot read raw data")
+    return Preprocessing.model_validate_json(text)
 
 
 def _partitions(data: str, format: str | None, partition_bytes: int,

@@ -11,19 +11,20 @@ DriftReport artifact, a table in the task log, and an MLflow run of its own in t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from tasks import tracking
+from tasks import tracking, traffic
 from tasks.artifacts.base import Output
-from tasks.artifacts.drift import REPORT_MD, DriftProperties
+from tasks.artifacts.drift import REPORT_MD, DriftProperties, TrafficDrift
 from tasks.artifacts.statistics import ExampleStatistics
 from tasks.context import StepContext
 from tasks.data import values
 from tasks.data.partitions import batches, plan
 from tasks.data.profile import profile_source
 from tasks.drift import compare, observe, table
-from tasks.model_registry import CHAMPION, TRAIN_STATISTICS_TAG, aliases
+from tasks.features import Preprocessing
+from tasks.model_registry import CHAMPION, TRAIN_STATISTICS_TAG, aliases, version_contract
 from tasks.schema import column_types
 from tasks.step_config import MonitorSections
 
@@ -37,6 +38,7 @@ def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftPropert
     mlflow_client = tracking.client(ctx)
     champion_version = aliases(mlflow_client, ctx.registered_model_name).get(CHAMPION)
     found: dict[str, Any] = {"baseline": "", "champion_version": None}
+    commit_traffic = None
     if champion_version is None:
         found["note"] = f"no champion of {ctx.registered_model_name} yet: nothing to compare the span with"
     else:
@@ -48,19 +50,52 @@ def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftPropert
                               f"recorded it): nothing to compare the span with"}
         else:
             baseline = ExampleStatistics.read(stats_uri).statistics("train").datasets[0]
-            features = compare(baseline, observe(baseline, _span_batches(config)), config.monitor.drift,
-                               skip={config.data.label_column})
             found = {"baseline": f"champion v{champion.version}: train split of {stats_uri}",
-                     "champion_version": int(champion.version), "features": features,
-                     "drifted": any(f.drifted for f in features)}
+                     "champion_version": int(champion.version)}
+            if config.data.span is not None:  # the newest span; a pipeline without spans is watched by its traffic
+                found["features"] = compare(baseline, observe(baseline, _span_batches(config)), config.monitor.drift,
+                                            skip={config.data.label_column})
+            if ctx.request_log is not None:
+                found["traffic"], commit_traffic = _traffic(ctx, config, mlflow_client, int(champion.version),
+                                                            baseline)
+            found["drifted"] = (any(f.drifted for f in found.get("features", []))
+                                or bool(found.get("traffic") and found["traffic"].drifted))
     report = DriftProperties(pipeline=ctx.pipeline, source=config.data.source, span=config.data.span, **found)
     text = _text(report)
     (drift.dir / REPORT_MD).write_text(text)
     drift.properties = report
     log.info("drift check of %s:\n%s", config.data.source, text)
     _track(mlflow_client, ctx, report, text)
+    if commit_traffic is not None:  # last: a retry of a check that failed reads the same window again
+        commit_traffic()
     return {"drifted": report.drifted, "drifted_features": report.drifted_features, "span": report.span,
             "champion_version": report.champion_version}
+
+
+def _traffic(ctx: StepContext, config: MonitorSections, mlflow_client: MlflowClient, version: int,
+             baseline: Any) -> tuple[TrafficDrift, Callable[[], None] | None]:
+    """The champion's request logs published since the last check: skew and window drift, and the function that
+    records the window as read (None: nothing to record)."""
+    assert ctx.request_log is not None
+    text = version_contract(mlflow_client, ctx.registered_model_name, version)
+    if text is None:
+        return TrafficDrift(version=version, note="no contract: the logged requests cannot be read as columns"), None
+    folder = traffic.log_folder(ctx.request_log.path, ctx.served_model_name, version)
+    state = traffic.state_uri(ctx.artifact_root, ctx.pipeline, version)
+    seen, previous = traffic.load_state(state)
+    window = traffic.read_window(traffic.new_files(folder, seen), Preprocessing.model_validate_json(text), baseline)
+    minimum = config.monitor.min_requests
+    if window.requests < minimum:  # too few to measure: the files wait for the next check
+        return TrafficDrift(version=version, requests=window.requests, files=len(window.files),
+                            note=f"{window.requests} requests logged in {folder} since the last check; "
+                                 f"{minimum} are measured (monitor.min_requests)"), None
+    label = config.data.label_column
+    result = TrafficDrift(
+        version=version, requests=window.requests, files=len(window.files),
+        skew=traffic.skew(baseline, window, config.monitor.drift, label),
+        drift=traffic.window_drift(baseline, previous, window.observed, config.monitor.drift, label) if previous else [],
+        note="" if previous else "the first window measured: its drift is compared from the next one on")
+    return result, lambda: traffic.save_state(state, seen, window)
 
 
 def _span_batches(config: MonitorSections) -> Iterator[dict[str, Any]]:
@@ -77,10 +112,21 @@ def _span_batches(config: MonitorSections) -> Iterator[dict[str, Any]]:
 
 def _text(report: DriftProperties) -> str:
     head = f"# Drift of {report.source}" + (f" (span {report.span})" if report.span is not None else "")
-    if not report.features:
+    if not report.features and report.traffic is None:
         return f"{head}\n\n{report.note}\n"
     verdict = (f"**drift** in {', '.join(report.drifted_features)}" if report.drifted else "no drift")
-    return f"{head}\n\nagainst {report.baseline}: {verdict}\n\n{table(report.features)}\n"
+    text = f"{head}\n\nagainst {report.baseline}: {verdict}\n"
+    if report.features:
+        text += f"\n{table(report.features)}\n"
+    served = report.traffic
+    if served is not None:
+        text += (f"\n## Served traffic of v{served.version}: {served.requests} requests in {served.files} log files"
+                 f"{' (' + served.note + ')' if served.note else ''}\n")
+        for title, features in (("Skew against the training data", served.skew),
+                                ("Drift against the previous window", served.drift)):
+            if features:
+                text += f"\n### {title}\n\n{table(features)}\n"
+    return text
 
 
 def _track(mlflow_client: MlflowClient, ctx: StepContext, report: DriftProperties, text: str) -> None:
@@ -90,9 +136,14 @@ def _track(mlflow_client: MlflowClient, ctx: StepContext, report: DriftPropertie
         "kiln.drifted": str(report.drifted).lower(), "kiln.data_source": report.source,
         **({"kiln.data_span": str(report.span)} if report.span is not None else {})})
     run_id = run.info.run_id
-    for feature in report.features:
-        if feature.distance is not None:
-            mlflow_client.log_metric(run_id, f"drift_{_metric_name(feature.feature)}", feature.distance)
+    served = report.traffic
+    measured = [("drift", report.features)] + ([("skew", served.skew), ("traffic_drift", served.drift)] if served else [])
+    for prefix, features in measured:
+        for feature in features:
+            if feature.distance is not None:
+                mlflow_client.log_metric(run_id, f"{prefix}_{_metric_name(feature.feature)}", feature.distance)
+    if served is not None:
+        mlflow_client.log_metric(run_id, "served_requests", served.requests)
     mlflow_client.log_text(run_id, text, "drift/report.md")
     mlflow_client.log_text(run_id, report.model_dump_json(indent=1), "drift/report.json")
     mlflow_client.set_terminated(run_id)

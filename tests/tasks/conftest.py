@@ -7,6 +7,7 @@ input/output checks and the run snapshot too.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,32 @@ def trained_house(house_csv: Path, mlflow_store: str, tmp_path_factory: pytest.T
     """The same on the house CSV (a regression)."""
     root = tmp_path_factory.mktemp("trained-house")
     return _trained(root, house_pipeline(root, house_csv), mlflow_store)
+
+
+@pytest.fixture(scope="session")
+def churn_champion(trained_churn, mlflow_store, tmp_path_factory):
+    """The churn model deployed as champion on a kiln-model-server of this session: (config path, tracking URI,
+    REST URL, registered name, artifact root), for batch inference and the served-traffic monitor."""
+    from serving.target import ServingTarget
+    from tests.servers import start_server
+    from tests.tasks.test_deploy import DEPLOY, endpoints
+
+    root = tmp_path_factory.mktemp("batch")
+    served = root / "serving"
+    served.mkdir()
+    (served / "models.config").write_text("model_config_list {\n}\n")
+    server = start_server(root, f"--model_config_file={served / 'models.config'}", "--file_system_poll_wait_seconds=1",
+                          "--max_num_load_retries=0", "--prefer_tflite_model=true")
+    target = ServingTarget(grpc_address=server.grpc_target, rest_url=server.rest_url,
+                           model_base_path=served / "models", config_file=served / "models.config")
+    config = root / "pipeline.yaml"
+    name = f"churn-batch-{uuid.uuid4().hex[:8]}"
+    config.write_text(trained_churn["config"].read_text() + f"registry: {{model_name: {name}}}\n")
+    run = resolve(config, root, mlflow_store, endpoints(target), params={"thresholds": {}, "change_thresholds": {},
+                                                                         "variants": []})
+    run_steps(run, DEPLOY, available=trained_churn)
+    try:
+        yield {"config": config, "tracking": mlflow_store, "rest": server.rest_url, "model": name,
+               "root": root / "artifacts"}
+    finally:
+        server.stop()

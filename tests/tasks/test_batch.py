@@ -21,39 +21,8 @@ from tasks.data.readers import DataError
 from tasks.errors import BadInputError
 from tasks.features import LabelSpec
 from tasks.snapshot import pipeline_context
-from tasks.step_runner import run_steps
-from tests.servers import start_server
-from tests.tasks.conftest import resolve
-from tests.tasks.test_deploy import DEPLOY, endpoints
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def churn_champion(trained_churn, mlflow_store, tmp_path_factory):
-    """The churn model deployed as champion on a kiln-model-server of this module: (config path, tracking URI,
-    REST URL, registered name, artifact root)."""
-    from serving.target import ServingTarget
-
-    root = tmp_path_factory.mktemp("batch")
-    served = root / "serving"
-    served.mkdir()
-    (served / "models.config").write_text("model_config_list {\n}\n")
-    server = start_server(root, f"--model_config_file={served / 'models.config'}", "--file_system_poll_wait_seconds=1",
-                          "--max_num_load_retries=0", "--prefer_tflite_model=true")
-    target = ServingTarget(grpc_address=server.grpc_target, rest_url=server.rest_url,
-                           model_base_path=served / "models", config_file=served / "models.config")
-    config = root / "pipeline.yaml"
-    name = f"churn-batch-{uuid.uuid4().hex[:8]}"
-    config.write_text(trained_churn["config"].read_text() + f"registry: {{model_name: {name}}}\n")
-    run = resolve(config, root, mlflow_store, endpoints(target), params={"thresholds": {}, "change_thresholds": {},
-                                                                         "variants": []})
-    run_steps(run, DEPLOY, available=trained_churn)
-    try:
-        yield {"config": config, "tracking": mlflow_store, "rest": server.rest_url, "model": name,
-               "root": root / "artifacts"}
-    finally:
-        server.stop()
 
 
 def _ctx(champion, run_id=None):
