@@ -489,6 +489,12 @@ def registry_metrics(tmp_path_factory) -> dict[str, set[str]]:
                                     tags={"blessed": "true" if version == 2 else "false"})
     client.set_registered_model_alias("kiln-digits", "champion", "2")
     client.set_registered_model_alias("kiln-digits", "previous-champion", "1")
+    for start, drifted, skew in ((1000, "false", 0.02), (2000, "true", 0.31)):  # the newest check is exported
+        monitor = client.create_run(experiment, start_time=start, tags={
+            "kiln.role": "monitor", "kiln.pipeline": "digits", "kiln.drifted": drifted})
+        for key, value in (("drift_pixel_3", 0.05), ("skew_pixel_3", skew), ("traffic_drift_pixel_3", 0.2),
+                           ("served_requests", 240.0)):
+            client.log_metric(monitor.info.run_id, key, value)
     registry = CollectorRegistry()
     registry.register(RegistryCollector(client))
     text = generate_latest(registry).decode()
@@ -499,6 +505,12 @@ def registry_metrics(tmp_path_factory) -> dict[str, set[str]]:
     assert values[("kiln_model_alias_version", (("alias", "champion"), ("model", "kiln-digits")))] == 2
     assert values[("kiln_model_version_blessed", (("model", "kiln-digits"), ("version", "1")))] == 0
     assert values[("kiln_registry_up", ())] == 1
+    assert values[("kiln_monitor_distance", (("check", "skew"), ("feature", "pixel_3"), ("pipeline", "digits")))] == 0.31
+    assert values[("kiln_monitor_distance", (("check", "traffic_drift"), ("feature", "pixel_3"),
+                                             ("pipeline", "digits")))] == 0.2
+    assert values[("kiln_monitor_distance", (("check", "span"), ("feature", "pixel_3"), ("pipeline", "digits")))] == 0.05
+    assert values[("kiln_monitor_drifted", (("pipeline", "digits"),))] == 1
+    assert values[("kiln_monitor_served_requests", (("pipeline", "digits"),))] == 240
     assert not any(s.labels.get("metric") == "loss" for s in samples), "only what register logs"
     broken = CollectorRegistry()
     broken.register(RegistryCollector(MlflowClient(tracking_uri="http://127.0.0.1:9", registry_uri="http://127.0.0.1:9")))
@@ -586,7 +598,7 @@ def test_the_dashboard_covers_serving_pipelines_and_models_and_is_provisioned() 
     board = dashboard()
     titles = " | ".join(p["title"] for p in board["panels"]).lower()
     for words in ("requests per second", "error", "latency", "version", "pipeline run duration",
-                  "runs finished", "model metric over versions"):
+                  "runs finished", "model metric over versions", "served-traffic skew per feature"):
         assert words in titles, words
     datasource = load_yaml(PROD / "config" / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
     [source] = datasource["datasources"]
