@@ -18,7 +18,8 @@ def retraining_row(client: Any, config: PipelineConfig) -> tuple[str, str, str, 
         dag = client.dag(f"kiln_{name}")
         data = client.asset(f"kiln_{name}_data")
         event = client.last_asset_event(data["id"]) if data else None
-        monitor = client.latest_runs(f"kiln_monitor_{name}", limit=1) if client.dag(f"kiln_monitor_{name}") else []
+        monitored = client.dag(f"kiln_monitor_{name}") is not None
+        monitor = client.latest_runs(f"kiln_monitor_{name}", limit=1) if monitored else []
     except AirflowApiError as exc:
         return str(config.schedule), f"unavailable ({str(exc)[:60]})", "", ""
     schedule = config.schedule or "on trigger only"
@@ -31,7 +32,7 @@ def retraining_row(client: Any, config: PipelineConfig) -> tuple[str, str, str, 
     last_event = "none" if event is None else (
         f"{_when(event['timestamp'])}" + (f" span {event['extra']['span']}" if "span" in (event.get("extra") or {})
                                           else ""))
-    check = "no monitor (data.source has no {SPAN})" if not data else "none yet"
+    check = "none yet" if monitored else "no monitor (no {SPAN} in data.source, no serving.request_log)"
     if monitor:
         run = monitor[0]
         check = f"{_when(run.get('end_date') or run.get('run_after'))} {run['state']}"
@@ -47,7 +48,9 @@ def _drift_verdict(client: Any, dag_id: str, run_id: str) -> str:
         return ""
     if result.get("champion_version") is None:
         return ": no champion to compare with"
-    return f": drift in {', '.join(result['drifted_features'])}" if result["drifted"] else ": no drift"
+    served = result.get("served_requests")
+    measured = f" ({served} served requests measured)" if served else ""
+    return (f": drift in {', '.join(result['drifted_features'])}" if result["drifted"] else ": no drift") + measured
 
 
 def _when(timestamp: str | None) -> str:

@@ -69,7 +69,8 @@ def run(ctx: StepContext, config: MonitorSections, *, drift: Output[DriftPropert
     if commit_traffic is not None:  # last: a retry of a check that failed reads the same window again
         commit_traffic()
     return {"drifted": report.drifted, "drifted_features": report.drifted_features, "span": report.span,
-            "champion_version": report.champion_version}
+            "champion_version": report.champion_version,
+            "served_requests": report.traffic.requests if report.traffic else None}
 
 
 def _traffic(ctx: StepContext, config: MonitorSections, mlflow_client: MlflowClient, version: int,
