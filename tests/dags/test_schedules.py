@@ -48,7 +48,10 @@ def test_schedules_and_monitors_in_the_dagbag(tmp_path) -> None:
     for name, schedule, spanned, monitor in (
             ("nightly", "0 3 * * *", False, ""),
             ("fresh", "on_new_data", True, "monitor: {schedule: '@daily'}\n"),
-            ("drifty", "on_drift", True, "")):
+            ("drifty", "on_drift", True, ""),
+            ("watched", "on_drift", False, "serving: {request_log: {sampling_rate: 0.5, path: logs}}\n"),
+            ("scored", None, False, "batch: {data: 'in/span-{SPAN}.csv', output: 'out/{span}', "
+                                    "schedule: on_new_data}\n")):
         register(home, name, _pipeline(tmp_path, name, schedule, spanned, monitor))
     env = {**os.environ, "KILN_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_HOME": str(tmp_path / "airflow")}
@@ -71,3 +74,9 @@ def test_schedules_and_monitors_in_the_dagbag(tmp_path) -> None:
         assert monitor["timetable"] == "AssetOrTimeSchedule" and cron in monitor["summary"]
         assert monitor["assets"] == [f"kiln_{name}_data"]
         assert monitor["outlets"] == {"trigger_retrain": [f"kiln_{name}_drift"]}
+    watched = dags["kiln_monitor_watched"]  # no spans: its served traffic is what the monitor reads
+    assert watched["timetable"] == "CronTriggerTimetable" and watched["assets"] == []
+    assert watched["outlets"] == {"trigger_retrain": ["kiln_watched_drift"]}
+    assert dags["kiln_watched"]["assets"] == ["kiln_watched_drift"]
+    assert dags["kiln_batch_scored"]["assets"] == ["kiln_scored_batch_data"], "each new span of batch.data"
+    assert "kiln_monitor_scored" not in dags and "kiln_batch_nightly" not in dags
