@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
@@ -17,7 +18,10 @@ from serving.client import RestClient
 from tasks.artifacts.examples import Examples
 from tasks.artifacts.promotion import Promotion
 from tasks.artifacts.transform import TransformGraph
+from tasks.batch import commit, job, scoring
+from tasks.config import BatchConfig, load_config
 from tasks.data.images import decode
+from tasks.snapshot import pipeline_context
 from tasks.step_runner import StepRejected, run_step, run_steps
 from tests.images import write_image_folder
 from tests.tasks.conftest import UNTIL_TRAIN, resolve, write_pipeline
@@ -79,6 +83,21 @@ def test_the_model_is_served_an_image_and_tells_the_stripes_apart(trained_images
     with RestClient(model_server.rest_url) as client:
         answers = client.predict("stripes", instances, label="stable").outputs
     assert [a["class"] for a in answers] == ["horizontal"] * 3 + ["vertical"] * 3
+
+    # Batch inference of the same images, unlabelled (no class folders, one in a subfolder), with the champion.
+    unlabelled = tmp_path / "unlabelled"
+    (unlabelled / "more").mkdir(parents=True)
+    names = [f"{kind[0]}{i}.png" if i < 2 else f"more/{kind[0]}{i}.png" for kind in files for i in range(3)]
+    for name, path in zip(names, [p for paths in files.values() for p in paths], strict=True):
+        (unlabelled / name).write_bytes(path.read_bytes())
+    config = load_config(trained_images["config"])
+    ctx = pipeline_context(config, str(tmp_path / "artifacts"), "batch-images", mlflow_store, None)
+    uri = job.plan(ctx, config, BatchConfig(data=str(unlabelled), output=str(tmp_path / "scored")))
+    scoring.score_shard(uri, 0)
+    commit.commit(uri)
+    scored = pq.read_table(tmp_path / "scored").to_pylist()
+    by_file = {row["file"]: row["class"] for row in scored}
+    assert by_file == dict(zip(names, [a["class"] for a in answers], strict=True)), "as the server answered"
 
 
 def test_an_image_that_does_not_decode_is_one_line_naming_it_or_a_counted_skip(image_folder, tmp_path,
