@@ -63,6 +63,7 @@ class Deployment:
     artifact_root: str
     tracking_uri: str | None = None
     serving: ServingEndpoints | None = None
+    tuning_storage: str | None = None  # the Optuna study database of tune sections that name none (a fleet's Postgres)
 
     def tracking_uri_for(self, config: PipelineConfig) -> str | None:
         return config.registry.tracking_uri or self.tracking_uri
@@ -74,7 +75,7 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
     path = Path(config_path)
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
     params = changed_params(params, load_config(path, expand_env=False))
-    config = with_span(apply_params(load_config(path), params))
+    config = with_tuning_storage(with_span(apply_params(load_config(path), params)), deployment)
     if parsed_placement is not None and config.placement.model_dump(mode="json") != parsed_placement:
         raise ConfigError(f"{path}: placement changed since Airflow parsed the DAG; trigger again once it is "
                           f"re-parsed (`kiln run` waits for that)")
@@ -93,6 +94,14 @@ def resolve_run(config_path: str, params: dict[str, Any], deployment: Deployment
         )
     log.info("resolve: %s (sha256 %s) -> %s", path, sha256[:12], uri)
     return uri
+
+
+def with_tuning_storage(config: PipelineConfig, deployment: Deployment) -> PipelineConfig:
+    """A tune section without `storage` gets the deployment's study database (a fleet's Postgres, which tune tasks on
+    every worker reach); without one either, tasks.tuning keeps the study in SQLite beside the artifacts."""
+    if config.tune is None or config.tune.storage or not deployment.tuning_storage:
+        return config
+    return config.model_copy(update={"tune": config.tune.model_copy(update={"storage": deployment.tuning_storage})})
 
 
 def with_span(config: PipelineConfig) -> PipelineConfig:

@@ -15,6 +15,7 @@ from infra import DEFAULT_HOME
 from tasks.context import ServingEndpoints
 from tasks.snapshot import Deployment
 
+TUNING_STORAGE_VARIABLE = "KILN_TUNING_STORAGE"  # the study database of tune sections without tune.storage
 SERVING_VARIABLES = {"rest_url": "KILN_SERVING_REST", "grpc_address": "KILN_SERVING_GRPC",
                      "model_base_path": "KILN_SERVING_MODELS", "config_file": "KILN_SERVING_CONFIG"}
 
@@ -28,4 +29,5 @@ def deployment_from_env(env: Mapping[str, str] | None = None) -> Deployment:
         artifact_root=env.get("KILN_ARTIFACT_ROOT") or str(home / "artifacts"),
         tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
         serving=ServingEndpoints(**serving) if all(serving.values()) else None,
+        tuning_storage=env.get(TUNING_STORAGE_VARIABLE) or None,
     )

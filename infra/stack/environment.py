@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common import LEGACY_KERAS_ENV
 from infra import REPO_ROOT
+from infra.airflow.deployment import TUNING_STORAGE_VARIABLE
 from infra.airflow.placement import REMAP_VARIABLE
 from infra.stack.fleet_services import FleetServices
 from infra.stack.layout import StackLayout
@@ -73,6 +74,8 @@ def _fleet_env(fleet: FleetServices) -> dict[str, str]:
         # Stacks sharing one Redis must not take each other's tasks.
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{fleet.key}:",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        # Tune tasks on any worker share their Optuna study through this database (tune.storage overrides it).
+        TUNING_STORAGE_VARIABLE: fleet.database_url("tuning"),
     }
 
 

@@ -23,7 +23,7 @@ from infra.stack.services import Service, stack_services
 from infra.stack.supervision import SupervisorError
 
 STACK_FILE = "stack.json"
-FLEET_DATABASES = ("airflow", "mlflow")
+FLEET_DATABASES = ("airflow", "mlflow", "tuning")
 
 
 @dataclass

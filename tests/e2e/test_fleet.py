@@ -22,6 +22,7 @@ from infra.stack.fleet_services import FleetServiceError, FleetServices
 from infra.stack.stack import FLEET_DATABASES, Stack
 from tasks.config import load_config
 from tasks.registry import step
+from tasks.tuning import STUDY_DB
 from tests.e2e.conftest import Kiln, supervised_processes
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,9 @@ def test_a_hybrid_pipeline_runs_on_celery_and_local_executors_with_airflow_on_po
                            .replace("digits.schema.pbtxt", str(DIGITS / "digits.schema.pbtxt"))
                            .replace("model_name: digits", "model_name: fleetdigits")
                            .replace("model_name: kiln-digits", "model_name: kiln-fleetdigits")
-                           .replace("placement:\n  default: {executor: LocalExecutor}", "placement:\n  profile: hybrid"))
+                           .replace("placement:\n  default: {executor: LocalExecutor}", "placement:\n  profile: hybrid")
+                           + "tune: {objective: accuracy, trials: 2, parallelism: 2, epochs: 1, early_stopping: false,\n"
+                             "       space: {train.learning_rate: {type: float, low: 0.001, high: 0.01, log: true}}}\n")
     summary = fleet.run_json(str(config_path), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
                              "-p", "thresholds={accuracy: 0.3}", "-p", "variants=[]")
     assert summary["state"] == "success" and summary["promoted"], summary.get("error")
@@ -100,6 +103,13 @@ def test_a_hybrid_pipeline_runs_on_celery_and_local_executors_with_airflow_on_po
         cursor.execute("SELECT count(*) FROM dag_run WHERE dag_id = 'kiln_fleetdigits' AND state = 'success'")
         assert cursor.fetchone()[0] == 1, "Airflow's metadata is on Postgres"
     connection.close()
+    # The two tune instances shared their study through the fleet's Postgres (KILN_TUNING_STORAGE), not SQLite.
+    assert (summary["tune"]["completed"], summary["tune"]["parallelism"]) == (2, 2)
+    with psycopg2.connect(fleet_services.database_url("tuning")) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT study_name FROM studies")
+        assert [row[0] for row in cursor.fetchall()] == [summary["tune"]["study"]]
+    connection.close()
+    assert not (fleet.home / "artifacts" / "fleetdigits" / STUDY_DB).exists()
     status = fleet("status", timeout=120)
     assert "airflow-celery-worker" in status.stdout and status.stdout.count("RUNNING") == 7
     recorded = json.loads((fleet.home / "stack.json").read_text())

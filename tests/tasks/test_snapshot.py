@@ -109,3 +109,16 @@ def test_the_trigger_forms_prefilled_values_are_no_overrides(churn_csv, tmp_path
     run = RunSnapshot.read(resolve(config, tmp_path, params={**form, "epochs": 2, "variants": None}))
     assert run.properties.overrides == {"epochs": 2, "variants": []}
     assert run_config(run).data.source == str(churn_csv) and run_config(run).optimize.variants == []
+
+
+def test_a_tune_section_without_storage_gets_the_deployments_study_database(churn_csv, tmp_path) -> None:
+    space = {"train.learning_rate": {"type": "float", "low": 0.001, "high": 0.01}}
+    fleet = Deployment(artifact_root=str(tmp_path / "artifacts"), tuning_storage="postgresql://db/kiln_x_tuning")
+    plain = churn_pipeline(tmp_path / "a", churn_csv, tune={"objective": "accuracy", "trials": 2, "space": space})
+    resolved = run_config(RunSnapshot.read(resolve_run(str(plain), {}, fleet, "fleet-run")))
+    assert resolved.tune.storage == "postgresql://db/kiln_x_tuning"
+    own = churn_pipeline(tmp_path / "b", churn_csv, tune={"objective": "accuracy", "trials": 2, "space": space,
+                                                         "storage": "sqlite:///own.db"})
+    assert run_config(RunSnapshot.read(resolve_run(str(own), {}, fleet, "fleet-run"))).tune.storage == "sqlite:///own.db"
+    untuned = churn_pipeline(tmp_path / "c", churn_csv)
+    assert run_config(RunSnapshot.read(resolve_run(str(untuned), {}, fleet, "fleet-run"))).tune is None
