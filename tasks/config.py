@@ -180,9 +180,20 @@ class TrainConfig(_Strict):
                        description="model body: mlp, cnn, path/to/file.py:function or package.module:function")
     hparams: dict[str, Any] = Field({}, description="free mapping handed to the model function")
     epochs: int = Field(12, ge=1, le=1000, description="passes over the train split")
-    batch_size: int = Field(64, ge=1, le=65536, description="per-worker batch size")
+    batch_size: int = Field(64, ge=1, le=65536, description="batch size per replica (a GPU, or a worker's CPU): "
+                                                            "the global batch is this x the replicas")
     learning_rate: float = Field(0.002, gt=0, lt=1, description="Adam's learning rate")
     num_workers: int = Field(1, ge=1, le=64, description="training worker processes (MultiWorkerMirroredStrategy)")
+    strategy: Literal["auto", "mirrored", "multi_worker"] = Field(
+        "auto", description="mirrored: one worker over its local GPUs; multi_worker: num_workers workers with "
+                            "gpus_per_worker GPUs each; auto: mirrored for one worker on several GPUs, else multi_worker")
+    gpus_per_worker: int | None = Field(None, ge=1, le=64, description="GPUs each worker gets (its own slice of "
+                                                                       "CUDA_VISIBLE_DEVICES); default: the visible "
+                                                                       "GPUs split evenly")
+    mixed_precision: Literal["mixed_float16", "mixed_bfloat16"] | None = Field(
+        None, description="Keras mixed precision (float16 needs a GPU: without one it warns and trains in float32); "
+                          "the head and the served outputs stay float32")
+    jit_compile: bool = Field(False, description="compile the training step with XLA")
     seed: int = Field(7, description="random seed for weights and shuffling")
     worker_timeout_seconds: int = Field(900, ge=10, description="deadline for the whole worker group, restarts "
                                                                 "included")
@@ -200,6 +211,9 @@ class TrainConfig(_Strict):
     def _launcher_settings(self) -> TrainConfig:
         if self.launcher == "kubernetes" and self.kubernetes is None:
             raise ValueError("launcher kubernetes needs a train.kubernetes section (at least its image)")
+        if self.strategy == "mirrored" and self.num_workers > 1:
+            raise ValueError(f"strategy mirrored is one worker over its local GPUs; num_workers {self.num_workers} "
+                             f"needs strategy multi_worker (or auto)")
         return self
 
 

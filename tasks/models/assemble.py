@@ -65,17 +65,22 @@ def _preprocess(feature: FeatureSpec, tensor: Any) -> Any:
 def _head(label: LabelSpec, body: Any) -> Any:
     import tf_keras as keras
 
+    # float32 whatever the mixed-precision policy: a softmax or a loss in float16 loses precision, and the served
+    # outputs keep their dtype.
     if label.task == "classification":
-        return keras.layers.Dense(label.num_classes, activation="softmax", name=PROBABILITIES)(body)
-    standardised = keras.layers.Dense(1, name=f"{PREDICTION}_standardised")(body)
-    return keras.layers.Rescaling(scale=label.std or 1.0, offset=label.mean or 0.0, name=PREDICTION)(standardised)
+        return keras.layers.Dense(label.num_classes, activation="softmax", name=PROBABILITIES, dtype="float32")(body)
+    standardised = keras.layers.Dense(1, name=f"{PREDICTION}_standardised", dtype="float32")(body)
+    return keras.layers.Rescaling(scale=label.std or 1.0, offset=label.mean or 0.0, name=PREDICTION,
+                                  dtype="float32")(standardised)
 
 
-def compile_model(model: Any, label: LabelSpec, learning_rate: float) -> None:
+def compile_model(model: Any, label: LabelSpec, learning_rate: float, jit_compile: bool = False) -> None:
+    """Adam and the task's loss; under a mixed_float16 policy tf_keras wraps the optimizer in a LossScaleOptimizer
+    (dynamic loss scaling) itself."""
     import tf_keras as keras
 
     if label.task == "classification":
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse"), "mae"]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics, jit_compile=jit_compile)

@@ -36,6 +36,7 @@ import tasks
 from common import LEGACY_KERAS_ENV, storage
 from common.processes import ProcessHandle, free_ports, log_tail, popen_in_own_session, stop_process_groups
 from tasks.models.contract import ModelContractError
+from tasks.training.devices import DevicePlan, plan_devices, visible_gpus
 from tasks.training.spec import TrainSpec, WorkerSpec, write_spec
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ def run_workers(spec: WorkerSpec, num_workers: int, timeout_seconds: float, work
                 max_restarts: int = 0) -> Recovery:
     """Start `num_workers` `tasks.training.worker` processes and wait for all; restart the group when a
     worker dies, at most `max_restarts` times; raise otherwise. One deadline covers every attempt."""
+    plan = plan_devices(spec.train, visible_gpus(), num_workers)
+    if plan.workers != num_workers:
+        log.info("train.strategy %s: %d worker over its local devices", plan.strategy, plan.workers)
+    num_workers = plan.workers
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "spec.json"
     write_spec(spec, str(spec_path))
@@ -112,7 +117,7 @@ def run_workers(spec: WorkerSpec, num_workers: int, timeout_seconds: float, work
     restarts, resumed_from_epoch = 0, epochs_done(spec)  # > 0 when an earlier task try left a backup
     with sigterm_unwinds():
         while True:
-            death = _run_group(WorkerGroup(num_workers, work_dir, attempt=restarts + 1), spec_path, deadline,
+            death = _run_group(WorkerGroup(plan, work_dir, attempt=restarts + 1), spec_path, deadline,
                                timeout_seconds)
             if death is None:
                 return Recovery(restarts, resumed_from_epoch)
@@ -145,12 +150,17 @@ def _run_group(group: WorkerGroup, spec_path: Path, deadline: float, timeout_sec
 
 @dataclass
 class WorkerGroup:
-    """One attempt: N workers on fresh loopback ports, each logging to its own file for this attempt."""
+    """One attempt: N workers on fresh loopback ports, each with its own devices (`plan`) and its own log file for
+    this attempt."""
 
-    num_workers: int
+    plan: DevicePlan
     work_dir: Path
     attempt: int
     procs: list[ProcessHandle] = field(default_factory=list)
+
+    @property
+    def num_workers(self) -> int:
+        return self.plan.workers
 
     @property
     def logs(self) -> list[Path]:
@@ -159,7 +169,8 @@ class WorkerGroup:
     def start(self, spec_path: Path) -> None:
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(self.num_workers)]}
         for index, log_path in enumerate(self.logs):
-            env = _worker_env({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            env = {**_worker_env({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   **self.plan.env(index)}
             self.procs.append(start_worker_process(["--spec", str(spec_path)], env, log_path))
         (self.work_dir / WORKERS_FILE).write_text(json.dumps({"attempt": self.attempt,
                                                               "pids": [p.pid for p in self.procs]}))
@@ -205,7 +216,7 @@ def start_worker_process(args: list[str], env: dict[str, str], log_path: Path) -
 
 
 def _worker_env(tf_config: dict[str, Any]) -> dict[str, str]:
-    env = dict(os.environ)  # CUDA_VISIBLE_DEVICES and the like pass through untouched
+    env = dict(os.environ)  # CUDA_VISIBLE_DEVICES passes through unless the device plan gives a worker its own
     env["TF_CONFIG"] = json.dumps(tf_config)
     env.update(LEGACY_KERAS_ENV)
     env[LAUNCHER_PID_ENV] = str(os.getpid())

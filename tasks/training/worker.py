@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from tasks.models.contract import ModelContractError
+from tasks.training.devices import CPU_REPLICAS_ENV, STRATEGY_ENV
 from tasks.training.launcher import CONTRACT_EXIT_CODE, LAUNCHER_PID_ENV
 from tasks.training.spec import CompressSpec, TrainSpec, WorkerSpec, WorkerSpecError, read_spec
 from tasks.training.worker_compress import compress
@@ -32,13 +33,16 @@ SPEC_ERROR_EXIT_CODE = 2  # as argparse exits on bad arguments: the worker was s
 
 
 def make_strategy() -> Any:
-    """MWMS with NCCL all-reduce on GPUs, TF's own choice (ring) on CPUs."""
+    """The strategy the launcher chose (KILN_TRAIN_STRATEGY): MultiWorkerMirroredStrategy across the workers (NCCL
+    all-reduce on GPUs, TF's own choice on CPUs), or MirroredStrategy over this worker's local devices."""
     import tensorflow as tf
 
     # Listing physical devices does not initialise the runtime, so it may precede the strategy.
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
+    if os.environ.get(STRATEGY_ENV) == "mirrored":
+        return _mirrored(tf, gpus)
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
                       else tf.distribute.experimental.CommunicationImplementation.AUTO)
     options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
@@ -48,6 +52,19 @@ def make_strategy() -> Any:
     # worker would ignore the launcher's SIGTERM. BackupAndRestore is the recovery: exit at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return strategy
+
+
+def _mirrored(tf: Any, gpus: list[Any]) -> Any:
+    """MirroredStrategy over the visible GPUs (NCCL between them); on CPU over KILN_CPU_REPLICAS logical devices."""
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    replicas = int(os.environ.get(CPU_REPLICAS_ENV) or 1)
+    if replicas > 1:
+        [cpu] = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    devices = [f"/cpu:{i}" for i in range(replicas)]
+    return tf.distribute.MirroredStrategy(devices=devices,
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice("/cpu:0"))
 
 
 def die_with_launcher() -> None:

@@ -26,7 +26,7 @@ log = logging.getLogger("kiln.train_worker")
 class WorkerRun:
     """What a worker of either mode derives from the spec and the strategy's cluster."""
 
-    strategy: Any  # tf.distribute.MultiWorkerMirroredStrategy
+    strategy: Any  # tf.distribute.MultiWorkerMirroredStrategy or MirroredStrategy
     preprocessing: Preprocessing
     num_workers: int
     task_id: int
@@ -39,11 +39,14 @@ class WorkerRun:
 
     @classmethod
     def of(cls, strategy: Any, spec: WorkerSpec) -> WorkerRun:
-        cluster = strategy.cluster_resolver.cluster_spec()
-        num_workers = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
-        global_batch = spec.train.batch_size * num_workers
+        """A MultiWorkerMirroredStrategy's place in its cluster; a MirroredStrategy is one worker, task 0. The global
+        batch is train.batch_size per replica: x every GPU (or worker CPU) in sync."""
+        resolver = getattr(strategy, "cluster_resolver", None)
+        cluster = resolver.cluster_spec() if resolver is not None else None
+        num_workers = cluster.num_tasks("worker") if cluster is not None and "worker" in cluster.jobs else 1
+        global_batch = spec.train.batch_size * strategy.num_replicas_in_sync
         return cls(strategy=strategy, preprocessing=spec.preprocessing, num_workers=num_workers,
-                   task_id=strategy.cluster_resolver.task_id or 0, global_batch=global_batch,
+                   task_id=(resolver.task_id or 0) if resolver is not None else 0, global_batch=global_batch,
                    steps_per_epoch=max(1, math.ceil(spec.num_train / global_batch)))
 
     def export(self, model: Any, chief_target: str, scratch: Path, scratch_name: str) -> None:

@@ -41,9 +41,10 @@ def train(spec: TrainSpec, run: WorkerRun) -> None:
     eval_data = dataset(spec.eval_files, features, label, global_batch, shuffle_seed=None, repeat=True,
                         memory_budget=spec.memory_budget)
 
+    policy = set_precision_policy(config.mixed_precision)
     with run.strategy.scope():
         model = build_model(preprocessing, spec.model, spec.hparams)
-        compile_model(model, label, config.learning_rate)
+        compile_model(model, label, config.learning_rate, jit_compile=config.jit_compile)
 
     with Scratch(spec.scratch_dir) as scratch:
         # Callbacks run in list order: an epoch's metrics line is written before its backup, so a worker
@@ -51,13 +52,29 @@ def train(spec: TrainSpec, run: WorkerRun) -> None:
         metrics = MetricsFile(spec.metrics_path, scratch.path) if run.is_chief else None
         callbacks = [epoch_metrics(metrics, config.epochs, task_id),
                      *backup_callbacks(spec.backup_dir, scratch.path, run.is_chief)]
-        log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d, %s parameters", PROGRESS_MARK, task_id,
-                 num_workers, config.epochs, steps_per_epoch, global_batch, f"{model.count_params():,}")
+        log.info("%s worker %d/%d: %d epochs x %d steps, global batch %d (%d replicas), %s parameters, %s%s",
+                 PROGRESS_MARK, task_id, num_workers, config.epochs, steps_per_epoch, global_batch,
+                 run.strategy.num_replicas_in_sync, f"{model.count_params():,}", policy,
+                 ", XLA" if config.jit_compile else "")
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_data,
                   validation_steps=validation_steps, callbacks=callbacks, verbose=0)
 
         run.export(model, spec.saved_model_dir, scratch.path, f"worker-{task_id}")
     log.info("%s worker %d done", PROGRESS_MARK, task_id)
+
+
+def set_precision_policy(policy: str | None) -> str:
+    """Keras' global dtype policy for the model about to be built; the one in effect. mixed_float16 needs a GPU
+    (on CPU it is slower than float32 and TF warns of it): without one, a warning and float32."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    if policy == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        log.warning("%s train.mixed_precision mixed_float16 needs a GPU and this worker has none: training in "
+                    "float32", PROGRESS_MARK)
+        policy = None
+    keras.mixed_precision.set_global_policy(policy or "float32")
+    return policy or "float32"
 
 
 def backup_callbacks(backup_dir: str, scratch: Path, is_chief: bool) -> list[Any]:
