@@ -20,7 +20,7 @@ export PATH := $(BIN):$(PATH)
 # This machine's pip config lists local mirror folders that may not exist; drop those warnings.
 QUIET_PIP := grep -v "^WARNING: Location '" || true
 
-.PHONY: demo test lint lock bench bench-serving bench-compression bench-shipped bench-data bench-cache bench-tune bench-batch up down status clean
+.PHONY: demo test lint lock bench bench-serving bench-compression bench-shipped bench-data bench-cache bench-tune bench-batch bench-train up down status clean
 
 # pyproject.toml too: kiln's own metadata (entry points, scripts) is installed from it.
 # uv installs the lock (its own venv, .lock-tools): it fetches, unpacks and compiles in parallel, under half of pip's time for
@@ -79,6 +79,9 @@ bench-tune: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(BIN)/python bench/batch_bench.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/train_scaling.py
 
 bench-compression: $(STAMP)
 	$(BIN)/python bench/compression.py
