@@ -108,13 +108,15 @@ def plan(ctx: StepContext, config: PipelineConfig, batch: BatchConfig, unblessed
                          f"); score with it anyway only with a reason (--allow-unblessed REASON)")
     data, span = (span_file(batch.data) if is_spanned(batch.data) else (batch.data, None))
     output = _output(batch.output, ctx.run_id, span)
-    _check_output(output, batch.overwrite)
+    replaced = _check_output(output, batch.overwrite)
     contract = _contract(client, name, version)
     shape = next((tuple(f.image_shape) for f in contract.features if f.kind == "image" and f.image_shape), None)
     planned = _partitions(data, batch.format, int(batch.partition_bytes), shape)
     _check_columns(planned[0], contract, batch.id_column)
     files = sorted({p.source for p in planned if p.format != "images"})
     key_root = data.rstrip("/") if planned[0].format == "images" else (_common_folder(files) if len(files) > 1 else None)
+    if replaced:  # only now that the job can run: a refused job leaves the old output as it was
+        storage.remove(output)
     run_id = _open_run(client, ctx, name, version, data, output, unblessed_reason if not blessed else None)
     folder = job_folder(ctx)
     storage.remove(folder)  # an earlier plan of this run: its shards' records must not count for this one
@@ -155,16 +157,16 @@ def _output(template: str, run_id: str, span: int | None) -> str:
             .replace("{span}", str(span)))
 
 
-def _check_output(output: str, overwrite: bool) -> None:
-    """An output folder that exists is refused unless overwrite; with it, it is emptied now (Spark's overwrite)."""
+def _check_output(output: str, overwrite: bool) -> bool:
+    """Whether an output folder is there to be replaced (overwrite, Spark's overwrite mode); refused without it."""
     fs, path = fsspec.core.url_to_fs(output)
     if not fs.exists(path):
-        return
+        return False
     if fs.isfile(path):
         raise BatchError(f"output {output} is a file; batch predictions go to a folder")
     if not overwrite:
         raise BatchError(f"output {output} exists; pass --overwrite (batch.overwrite: true) to replace it")
-    storage.remove(output)
+    return True
 
 
 def _contract(client: MlflowClient, name: str, version: int) -> Preprocessing:

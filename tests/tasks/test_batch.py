@@ -129,6 +129,11 @@ def test_an_output_that_exists_is_refused_unless_overwrite(churn_champion, churn
     config, ctx = _ctx(churn_champion)
     with pytest.raises(job.BatchError, match=r"scored exists; pass --overwrite"):
         job.plan(ctx, config, _batch(churn_csv, out))
+    no_plan = tmp_path / "noplan.csv"
+    no_plan.write_text("tenure,monthly\n1,2\n")
+    with pytest.raises(DataError, match="no column the model takes 'plan'"):
+        job.plan(ctx, config, _batch(no_plan, out, overwrite=True))
+    assert (out / "old.parquet").exists(), "a refused job leaves the old output as it was"
     _run(churn_champion, _batch(churn_csv, out, overwrite=True))
     assert not (out / "old.parquet").exists() and (out / "_SUCCESS").exists()
 
