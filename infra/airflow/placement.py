@@ -2,7 +2,8 @@
 `placement`, and the stack's executors.
 
 A step's placement is layered, later wins field by field: the profile's default, the pipeline's
-default, the profile's entry for the step, the pipeline's entry for the step. A stack started with
+default, the profile's entry for the step, the pipeline's entry for the step. The profile is the pipeline's
+`placement.profile`, else the running stack's (`kiln up --profile`). A stack started with
 `--no-cluster` has no KubernetesExecutor: `KILN_EXECUTOR_REMAP` (set by the stack for the
 dag-processor) sends those steps to the LocalExecutor, without their pod override.
 """
@@ -23,6 +24,7 @@ from tasks.registry import step as spec_of
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 REMAP_VARIABLE = "KILN_EXECUTOR_REMAP"  # "KubernetesExecutor=LocalExecutor,..."
+PROFILE_VARIABLE = "KILN_PLACEMENT_PROFILE"  # the running stack's profile: a pipeline that names none takes it
 
 
 class PlacementError(BadInputError):
@@ -60,11 +62,18 @@ def _merged(*layers: StepPlacement | None) -> StepPlacement:
     return StepPlacement.model_validate(fields)
 
 
+def profile_of(placement: PlacementConfig) -> str | None:
+    """The pipeline's own `placement.profile`, else the running stack's (KILN_PLACEMENT_PROFILE, which `kiln up` gives
+    its services and `kiln run` takes from the stack it triggers on), else none: Airflow's defaults."""
+    return placement.profile or os.environ.get(PROFILE_VARIABLE) or None
+
+
 def step_placement(placement: PlacementConfig, step: str, remap: dict[str, str] | None = None,
                    like: str | None = None) -> StepPlacement:
     """The step's placement: the profile's and the YAML's defaults, then those of the step it is placed `like` (tune
     like train), then its own."""
-    profile = load_profile(placement.profile) if placement.profile else None
+    name = profile_of(placement)
+    profile = load_profile(name) if name else None
     steps = [like, step] if like else [step]
     placed = _merged(profile.default if profile else None, placement.default,
                      *[layer for name in steps for layer in (profile.steps.get(name) if profile else None,
@@ -92,6 +101,17 @@ def placements(placement: PlacementConfig, remap: dict[str, str] | None = None) 
 def executor_remap(env: dict[str, str] | None = None) -> dict[str, str]:
     value = (os.environ if env is None else env).get(REMAP_VARIABLE, "")
     return dict(item.split("=", 1) for item in value.split(",") if "=" in item)
+
+
+def placement_lines(config: PipelineConfig, remap: dict[str, str] | None = None) -> list[str]:
+    """Where the pipeline's steps run, one line per place: `CeleryExecutor queue onprem: ingest, validate`."""
+    grouped: dict[str, list[str]] = {}
+    for step, placed in placements(config.placement, remap).items():
+        where = " ".join(filter(None, [placed.executor or "the default executor",
+                                       f"queue {placed.queue}" if placed.queue else "",
+                                       f"pool {placed.pool}" if placed.pool else ""]))
+        grouped.setdefault(where, []).append(step)
+    return [f"{where}: {', '.join(steps)}" for where, steps in grouped.items()]
 
 
 def executors_used(config: PipelineConfig, remap: dict[str, str] | None = None) -> set[str]:

@@ -200,13 +200,19 @@ def run(
     if no_cache_step:
         overrides["no_cache_steps"] = list(no_cache_step)
     config = validated_config(config_path, overrides, home_path)
-    from infra.airflow.placement import check_executors
+    from infra.airflow.placement import check_executors, placement_lines
 
     try:
         stack = Stack.load(home_path)
-        check_executors(config, stack.executors, stack.remap)
+        # Placed as the stack's services place it: a pipeline that names no profile takes the stack's.
+        placed = config.model_copy(update={"placement": config.placement.model_copy(
+            update={"profile": config.placement.profile or stack.profile})})
+        check_executors(placed, stack.executors, stack.remap)
     except (StackError, BadInputError) as exc:
         raise fail(str(exc)) from None
+    err.print(f"placement (profile {placed.placement.profile}):", highlight=False, markup=False)
+    for line in placement_lines(placed, stack.remap):
+        say(line)
     summary = run_and_summarize(stack, config_path, overrides, config)
     report_run(summary, as_json)
     if summary["state"] != "success":

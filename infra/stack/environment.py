@@ -12,7 +12,7 @@ from pathlib import Path
 from common import LEGACY_KERAS_ENV
 from infra import REPO_ROOT
 from infra.airflow.deployment import TUNING_STORAGE_VARIABLE
-from infra.airflow.placement import REMAP_VARIABLE
+from infra.airflow.placement import PROFILE_VARIABLE, REMAP_VARIABLE
 from infra.stack.fleet_services import FleetServices
 from infra.stack.layout import StackLayout
 
@@ -27,6 +27,7 @@ def service_env(stack: StackLayout) -> dict[str, str]:
             **LEGACY_KERAS_ENV,
             "TF_CPP_MIN_LOG_LEVEL": "1",
             "KILN_HOME": str(stack.home),
+            PROFILE_VARIABLE: stack.profile,  # where a pipeline that names no placement profile runs
             # Object storage when the operator says so (s3://bucket/artifacts), else under KILN_HOME.
             "KILN_ARTIFACT_ROOT": os.environ.get("KILN_ARTIFACT_ROOT") or str(stack.home / "artifacts"),
             "KILN_SERVING_GRPC": f"127.0.0.1:{stack.ports.serving_grpc}",

@@ -51,7 +51,7 @@ def test_the_batch_dag_maps_scoring_over_the_planned_shards_and_commits_whatever
     assert score.upstream_task_ids == {"plan_batch"} and commit.upstream_task_ids == {"score"}
     assert type(score).__name__ == "DecoratedMappedOperator", "mapped at run time over plan_batch's shards"
     assert commit.trigger_rule == "all_done", "commit closes the job FAILED when a shard failed"
-    assert score.executor == "LocalExecutor", "placed like evaluate (the pipeline's default)"
+    assert score.executor == dagbag.dags["kiln_digits"].get_task("evaluate").executor, "placed like evaluate"
     assert set(dag.params) == {"data", "output", "alias", "version", "overwrite", "allow_unblessed"}
     assert dag.params["alias"] == "champion" and dag.params["version"] is None
 

@@ -74,7 +74,6 @@ def test_a_hybrid_pipeline_runs_on_celery_and_local_executors_with_airflow_on_po
                            .replace("digits.schema.pbtxt", str(DIGITS / "digits.schema.pbtxt"))
                            .replace("model_name: digits", "model_name: fleetdigits")
                            .replace("model_name: kiln-digits", "model_name: kiln-fleetdigits")
-                           .replace("placement:\n  default: {executor: LocalExecutor}", "placement:\n  profile: hybrid")
                            + "tune: {objective: accuracy, trials: 2, parallelism: 2, epochs: 1, early_stopping: false,\n"
                              "       space: {train.learning_rate: {type: float, low: 0.001, high: 0.01, log: true}}}\n")
     summary = fleet.run_json(str(config_path), "-p", f"data_source={tiny_digits_csv}", "-p", "epochs=2",
@@ -84,6 +83,8 @@ def test_a_hybrid_pipeline_runs_on_celery_and_local_executors_with_airflow_on_po
     stack = Stack.load(fleet.home)
     assert stack.executors == ["LocalExecutor", "CeleryExecutor"]
     config = load_config(config_path, expand_env=False)
+    assert config.placement.profile is None, "a pipeline that names no profile takes the running stack's"
+    config = config.model_copy(update={"placement": config.placement.model_copy(update={"profile": "hybrid"})})
     client = airflow_client(stack)
     records = client._call("GET", f"/dags/kiln_fleetdigits/dagRuns/{summary['run_id']}/taskInstances")
     ran = {ti["task_id"]: (ti["executor"], ti["queue"]) for ti in records["task_instances"]}

@@ -96,3 +96,21 @@ def test_tune_is_placed_like_train_unless_it_has_a_placement_of_its_own() -> Non
     own = placements(PlacementConfig(profile="hybrid", steps={"tune": {"executor": "CeleryExecutor",
                                                                          "queue": "onprem"}}))["tune"]
     assert (own.executor, own.queue, own.pool) == ("CeleryExecutor", "onprem", "gpu"), "its own fields win"
+
+
+def test_a_pipeline_that_names_no_profile_takes_the_running_stacks(monkeypatch) -> None:
+    from infra.airflow.placement import PROFILE_VARIABLE, placement_lines, profile_of
+    from tasks.config import PipelineConfig
+
+    config = PipelineConfig.model_validate({"pipeline": "p", "data": {"source": "d.csv"},
+                                            "task": {"type": "regression"}})
+    monkeypatch.delenv(PROFILE_VARIABLE, raising=False)
+    assert profile_of(config.placement) is None and step_placement(config.placement, "ingest").executor is None
+    monkeypatch.setenv(PROFILE_VARIABLE, "hybrid")
+    ingest = step_placement(config.placement, "ingest", {"KubernetesExecutor": "LocalExecutor"})
+    assert (ingest.executor, ingest.queue) == ("CeleryExecutor", "onprem")
+    lines = placement_lines(config, {"KubernetesExecutor": "LocalExecutor"})
+    assert "CeleryExecutor queue onprem: ingest, validate, transform, infra_validate, push, verify, approve, promote" \
+        in lines and any(line.startswith("LocalExecutor pool gpu: ") and "train" in line for line in lines)
+    own = config.model_copy(update={"placement": PlacementConfig(profile="local")})
+    assert profile_of(own.placement) == "local" and step_placement(own.placement, "ingest").queue is None
