@@ -61,9 +61,9 @@ def new_files(folder: str, seen: set[str]) -> list[str]:
             and name not in seen]
 
 
-def request_columns(files: list[str], contract: Preprocessing) -> Iterator[tuple[int, dict[str, pa.Array]]]:
-    """(1, the stored columns of one logged Predict request) per request; a request without the model's inputs
-    (another signature, a Classify or Regress call) is skipped."""
+def request_columns(files: list[str], contract: Preprocessing) -> Iterator[dict[str, pa.Array]]:
+    """The stored columns of each logged Predict request; a request without the model's inputs (another signature,
+    a Classify or Regress call) is skipped."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -75,7 +75,7 @@ def request_columns(files: list[str], contract: Preprocessing) -> Iterator[tuple
             inputs = logged.predict_log.request.inputs
             if any(feature.name not in inputs for feature in contract.features):
                 continue
-            yield 1, _columns({name: tf.make_ndarray(inputs[name]) for name in inputs}, contract.features)
+            yield _columns({name: tf.make_ndarray(inputs[name]) for name in inputs}, contract.features)
 
 
 def _columns(inputs: dict[str, np.ndarray], features: list[FeatureSpec]) -> dict[str, pa.Array]:
@@ -104,8 +104,8 @@ def read_window(files: list[str], contract: Preprocessing,
 
     def counted() -> Iterator[dict[str, pa.Array]]:
         nonlocal requests, rows
-        for count, columns in request_columns(files, contract):
-            requests += count
+        for columns in request_columns(files, contract):
+            requests += 1
             rows += len(next(iter(columns.values()))) if columns else 0
             yield columns
 
