@@ -452,8 +452,9 @@ class TuneConfig(_Strict):
     tuning_percent: int = Field(20, ge=5, le=50, description="share of the train split held out to score trials")
     max_examples: int = Field(50_000, ge=100, description="train examples a trial reads (the split's first)")
     storage: str | None = Field(None, description="Optuna's study database (a SQLAlchemy URL, e.g. "
-                                                  "postgresql://host/db); default: SQLite beside the artifacts "
-                                                  "(a local artifact root)")
+                                                  "postgresql+psycopg2://host/db: psycopg2 is installed); default: "
+                                                  "a fleet's Postgres, else SQLite beside the artifacts (a local "
+                                                  "artifact root)")
     timeout_minutes: int = Field(60, ge=1, le=10080, description="each tune task's execution_timeout")
 
     @model_validator(mode="after")

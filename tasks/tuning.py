@@ -67,7 +67,7 @@ def storage_url(ctx: StepContext, tune: TuneConfig) -> str:
         return tune.storage
     if "://" in ctx.artifact_root and not ctx.artifact_root.startswith("file://"):
         raise TuningError(f"tune.storage: the artifact root {ctx.artifact_root} is object storage; give the study "
-                          f"a database URL (postgresql://...) the tune tasks can all reach")
+                          f"a database URL (postgresql+psycopg2://...) the tune tasks can all reach")
     from pathlib import Path
 
     path = Path(ctx.artifact_root.removeprefix("file://")) / ctx.pipeline / STUDY_DB

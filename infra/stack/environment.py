@@ -76,7 +76,7 @@ def _fleet_env(fleet: FleetServices) -> dict[str, str]:
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{fleet.key}:",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
         # Tune tasks on any worker share their Optuna study through this database (tune.storage overrides it).
-        TUNING_STORAGE_VARIABLE: fleet.database_url("tuning"),
+        TUNING_STORAGE_VARIABLE: fleet.database_url("tuning", "postgresql+psycopg2"),
     }
 
 
