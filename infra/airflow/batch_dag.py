@@ -7,6 +7,7 @@ its files in, or closes the job FAILED. The trigger form takes the data, output 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def batch_dag(config: PipelineConfig, config_path: Path) -> DAG | None:
             context = get_current_context()
             params = context["params"]
             config_now, ctx = _pipeline(config_path, context["run_id"], context["ti"].try_number)
-            batch = _with_form(config_now.batch, params)
+            batch = _with_form(config_now.batch, config.batch, params)
             try:
                 uri = plan(ctx, config_now, batch, params.get("allow_unblessed") or None)
             except BadInputError as exc:
@@ -111,11 +112,17 @@ def _pipeline(config_path: Path, run_id: str, try_number: int) -> tuple[Pipeline
     return config, ctx
 
 
-def _with_form(batch: BatchConfig, params: dict[str, Any]) -> BatchConfig:
+def _with_form(batch: BatchConfig, parsed: BatchConfig, params: dict[str, Any]) -> BatchConfig:
+    """The batch section as it is now with the trigger's changes: a form value equal to the YAML's as the DAG was
+    parsed (${VARS} unexpanded) is no change, so the run keeps the section's expanded value."""
     values = batch.model_dump()
-    values.update({name: params[name] for name in FORM if params.get(name) not in (None, "")})
-    if params.get("version") in (None, ""):
-        values["version"] = None  # the form's empty version: the alias decides
+    for name in FORM:
+        given = params.get(name)
+        if given in (None, "") and name != "version":
+            continue
+        if given == getattr(parsed, name):
+            continue
+        values[name] = os.path.expandvars(given) if isinstance(given, str) else given
     try:
         return BatchConfig.model_validate(values)
     except ValueError as exc:

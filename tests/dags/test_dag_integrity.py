@@ -235,3 +235,16 @@ def test_a_broken_yaml_does_not_take_the_other_pipelines_down(tmp_path, text, wh
 def _producers():
     """Output name -> the step that produces it (names are unique across the pipeline)."""
     return {output: spec for spec in STEPS for output in spec.outputs}
+
+
+def test_the_batch_form_left_as_the_yaml_keeps_its_expanded_values(monkeypatch) -> None:
+    from infra.airflow.batch_dag import _with_form
+    from tasks.config import BatchConfig
+
+    parsed = BatchConfig(data="${KILN_HOME}/data/d.csv", output="${KILN_HOME}/out/{run}", version=3)
+    now = BatchConfig(data="/home/k/data/d.csv", output="/home/k/out/{run}", version=3)
+    form = {"data": parsed.data, "output": parsed.output, "alias": "champion", "version": 3, "overwrite": False}
+    assert _with_form(now, parsed, form) == now, "the prefilled form is no change"
+    monkeypatch.setenv("SCORES", "/scores")
+    changed = _with_form(now, parsed, {**form, "output": "${SCORES}/{run}", "version": None})
+    assert (changed.data, changed.output, changed.version) == ("/home/k/data/d.csv", "/scores/{run}", None)
