@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import infra.cli.app as cli
 import infra.cli.reports as reports
 from infra.cli.airflow_api import TaskState
-from tasks.config import PlacementConfig
+from tasks.config import PipelineConfig, PlacementConfig
 
 STATES = [state.value for state in TaskInstanceState]  # a state a new Airflow adds is tested too
 ODD = ["none_of_the_above", "[/]", "[bold]closing[/]", "up_for_retry[/]"]
@@ -84,10 +84,11 @@ def fake_run(tmp_path, monkeypatch):
     monkeypatch.setattr(infra.cli.runner, "trigger_and_follow", follow)
     monkeypatch.setattr(infra.cli.runner, "summarize", lambda client, stack, run_id, config: dict(outcome["summary"]))
     monkeypatch.setattr(infra.airflow.pipelines, "register", lambda *args: False)
-    monkeypatch.setattr(cli, "validated_config", lambda path, overrides, home: SimpleNamespace(pipeline="fake",
-                                                                                            placement=PlacementConfig()))
+    config = PipelineConfig.model_validate({"pipeline": "fake", "data": {"source": "fake.csv"},
+                                            "task": {"type": "regression"}, "placement": PlacementConfig()})
+    monkeypatch.setattr(cli, "validated_config", lambda path, overrides, home: config)
     monkeypatch.setattr(cli.Stack, "load", classmethod(lambda cls, home_path: SimpleNamespace(
-        home=home, executors=["LocalExecutor"], remap={})))
+        home=home, executors=["LocalExecutor"], remap={}, profile="local")))
     return outcome
 
 
@@ -103,6 +104,7 @@ def test_kiln_run_prints_every_state_and_its_summary(fake_run, summary, as_json,
     for state in [*STATES, "none", *ODD]:
         assert f"{state}" in printed
     assert "running (try 2)" in printed
+    assert "placement (profile local):" in printed and "LocalExecutor: resolve, ingest" in printed, "the stack's profile"
     if as_json:
         body = printed[printed.index("{\n"):printed.rindex("}") + 1]
         assert json.loads(body)["run_id"] == summary["run_id"]
